@@ -17,8 +17,12 @@ pub fn init_logging() {
     let json = std::env::var("SFM_LOG_FORMAT").is_ok_and(|v| v == "json");
     let registry = tracing_subscriber::registry().with(filter);
     if json {
-        let _ = registry.with(fmt::layer().json().with_writer(std::io::stderr)).try_init();
+        let _ = registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init();
     } else {
-        let _ = registry.with(fmt::layer().with_writer(std::io::stderr)).try_init();
+        let _ = registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init();
     }
 }

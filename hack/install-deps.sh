@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on a bare Debian machine (idempotent; quick when present):
+# Debian packages, the Rust components, and the control-plane binaries built from Go modules.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+need=()
+for pair in openssl:openssl curl:curl xmllint:libxml2-utils python3:python3 runuser:util-linux \
+            make:make cc:gcc pkg-config:pkg-config; do
+  command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+done
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ] && ! command -v initdb >/dev/null; then need+=(postgresql-15); fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+command -v cargo >/dev/null || { echo "install-deps: Rust (cargo) is missing on this machine" >&2; exit 1; }
+command -v go >/dev/null || { echo "install-deps: Go is missing on this machine" >&2; exit 1; }
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+"$root/hack/build-controlplane.sh" >/dev/null

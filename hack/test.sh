@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `make test`: every check and every test. Formatting, clippy, the committed CRDs, then all cargo tests
+# (unit, PostgreSQL integration and end-to-end) against a real PostgreSQL server and a real local
+# control plane. Fails if the end-to-end suite ran no test.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== crds/ is current"
+cargo build --quiet --bins
+./target/debug/sfm-operator crds | diff -u crds/sfm.nhn.no.yaml - \
+  || { echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; }
+
+log=target/test-output.log
+echo "== cargo test (against a real PostgreSQL and a real kube-apiserver; log in $log)"
+set +e
+hack/test-env.sh cargo test --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# Count the end-to-end tests that really ran: the result line that follows the e2e test binary.
+e2e=$(awk '/Running tests\/e2e\.rs/ {seen=1} seen && /^test result:/ {print; exit}' "$log")
+passed=$(sed -n 's/.* \([0-9][0-9]*\) passed.*/\1/p' <<<"$e2e")
+echo "== end-to-end tests: ${e2e:-none ran}"
+if [ "$status" -ne 0 ]; then echo "cargo test failed" >&2; exit "$status"; fi
+if [ -z "$passed" ] || [ "$passed" -eq 0 ]; then
+  echo "the end-to-end suite ran no test: that proves nothing" >&2
+  exit 1
+fi

@@ -1,0 +1,11 @@
+//! End-to-end suite: runs against a real kube-apiserver (the local control plane of
+//! `hack/controlplane.sh`, or any cluster given by `KUBECONFIG` with `SFM_USE_EXISTING_CLUSTER=1`) and a
+//! real PostgreSQL server. `make test` starts both; run alone with `hack/test-env.sh cargo test --test e2e`.
+//!
+//! Every test works in its own namespace so the tests can run in parallel on one cluster.
+
+mod e2e {
+    pub mod cluster;
+    pub mod controlplane;
+    pub mod crds;
+}

@@ -1,0 +1,167 @@
+//! Shared helpers for the end-to-end tests: the cluster from `KUBECONFIG`, kubectl, and namespaces that
+//! clean up after themselves.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The kubeconfig of the cluster under test. An end-to-end test never skips itself: without a
+/// cluster it fails and says how to get one.
+pub fn kubeconfig() -> String {
+    std::env::var("KUBECONFIG").unwrap_or_else(|_| {
+        panic!("KUBECONFIG is not set: run the end-to-end suite with `make test` or `hack/test-env.sh cargo test --test e2e`")
+    })
+}
+
+/// Runs kubectl against the cluster under test, with optional standard input.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl is on PATH (hack/test-env.sh puts the v1.34 build there)");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs kubectl and panics with its stderr when it fails; returns stdout.
+pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(args, stdin);
+    assert!(
+        out.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The repository root, for files such as `crds/` and `examples/`.
+pub fn repo_path(relative: &str) -> String {
+    format!("{}/{}", env!("CARGO_MANIFEST_DIR"), relative)
+}
+
+/// Installs the committed CRDs (server-side apply, so it is safe to repeat from parallel tests) and
+/// waits until both are established.
+pub fn install_crds() {
+    kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &repo_path("crds/sfm.nhn.no.yaml"),
+        ],
+        None,
+    );
+    kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/migrationdatabases.sfm.nhn.no",
+            "crd/migrationkeys.sfm.nhn.no",
+        ],
+        None,
+    );
+}
+
+/// A namespace of its own for one test, deleted (without waiting) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub fn new(prefix: &str) -> TestNamespace {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        kubectl_ok(&["create", "namespace", &name], None);
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes; returns whether it became true.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Runs kubectl as the holder of a bearer token (a ServiceAccount's), with none of the admin
+/// credentials of the kubeconfig.
+pub fn kubectl_with_token(token: &str, args: &[&str]) -> Output {
+    let server = kubectl_ok(
+        &[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+        None,
+    );
+    let ca = kubectl_ok(
+        &[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+        ],
+        None,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.crt");
+    std::fs::write(
+        &ca_path,
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca.trim()).unwrap(),
+    )
+    .unwrap();
+    let mut all = vec![
+        "--kubeconfig".to_owned(),
+        dir.path().join("none").display().to_string(),
+        format!("--server={server}"),
+        format!("--certificate-authority={}", ca_path.display()),
+        format!("--token={token}"),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    Command::new("kubectl")
+        .args(&all)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
