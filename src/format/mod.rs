@@ -9,4 +9,5 @@ pub mod archive;
 pub mod envelope;
 pub mod index;
 pub mod layout;
+pub mod patient_file;
 pub mod xml;

@@ -1,0 +1,766 @@
+//! A pull cursor over quick-xml's namespace-aware reader that the model parsers walk like a tree:
+//! `next_child` until `None`, `text` for leaves, `skip` for what is not modelled.
+//!
+//! It is where the defences live: the prolog scan, the UTF-8 check, the depth and element-count
+//! bounds (counted for skipped subtrees too), and the content-model check that turns drift into
+//! deviations. It never copies text into an error or a deviation.
+
+use std::collections::HashMap;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use quick_xml::NsReader;
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+
+use super::schema::Model;
+use super::{XmlError, XmlLimits};
+use crate::model::{CodedValue, Deviation, Identifier};
+
+/// Refuses a DOCTYPE (or any other `<!` declaration) in the prolog, before any parser sees the
+/// bytes, and refuses UTF-16 and UTF-32 byte order marks. Comments, processing instructions and
+/// the XML declaration are skipped; the scan stops at the root element.
+pub fn check_prolog(bytes: &[u8]) -> Result<(), XmlError> {
+    if bytes.starts_with(&[0xFE, 0xFF]) || bytes.starts_with(&[0xFF, 0xFE]) {
+        return Err(XmlError::UnsupportedEncoding("UTF-16".into()));
+    }
+    if bytes.starts_with(&[0, 0, 0xFE, 0xFF]) {
+        return Err(XmlError::UnsupportedEncoding("UTF-32".into()));
+    }
+    let mut rest = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    loop {
+        let start = rest
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+            .unwrap_or(rest.len());
+        rest = &rest[start..];
+        if rest.starts_with(b"<?") {
+            rest = after(rest, 2, b"?>").ok_or_else(|| prolog_error(bytes, rest))?;
+        } else if rest.starts_with(b"<!--") {
+            rest = after(rest, 4, b"-->").ok_or_else(|| prolog_error(bytes, rest))?;
+        } else if rest.starts_with(b"<!") {
+            return Err(XmlError::Doctype);
+        } else {
+            return Ok(());
+        }
+    }
+}
+
+/// The slice after the first `end` found from `skip` on.
+fn after<'b>(rest: &'b [u8], skip: usize, end: &[u8]) -> Option<&'b [u8]> {
+    let found = rest[skip..].windows(end.len()).position(|w| w == end)?;
+    Some(&rest[skip + found + end.len()..])
+}
+
+fn prolog_error(whole: &[u8], rest: &[u8]) -> XmlError {
+    XmlError::Malformed {
+        position: (whole.len() - rest.len()) as u64,
+        reason: "unterminated comment or processing instruction before the root element".into(),
+    }
+}
+
+/// An element the cursor stopped at: its local name, whether it is in the document's namespace
+/// (the root's), and its attributes by local name (namespace declarations left out).
+#[derive(Debug)]
+pub(crate) struct Element {
+    pub name: String,
+    pub in_namespace: bool,
+    pub attributes: Vec<(String, String)>,
+}
+
+impl Element {
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// `xsi:nil="true"`.
+    fn is_nil(&self) -> bool {
+        matches!(self.attribute("nil"), Some("true" | "1"))
+    }
+}
+
+/// One open element.
+struct Frame {
+    /// Path segment, `Name` or `Name[n]`.
+    segment: String,
+    /// Content model to check children against, if the element is modelled.
+    model: Option<&'static Model>,
+    /// Sequence position in `model` and how often that particle has matched.
+    position: usize,
+    count: u32,
+    /// Children seen so far by name, for positions in paths.
+    seen: HashMap<String, u32>,
+    /// Stray text was already reported for this element.
+    text_reported: bool,
+}
+
+pub(crate) struct Cursor<'a> {
+    reader: NsReader<&'a [u8]>,
+    limits: XmlLimits,
+    /// The root element's namespace; children in it are "ours".
+    namespace: Vec<u8>,
+    elements: usize,
+    frames: Vec<Frame>,
+    /// The element last returned was self-closing: it has no content and no end event.
+    pending_empty: bool,
+    deviations: Vec<Deviation>,
+    dropped_deviations: usize,
+}
+
+/// How an element's namespace relates to the document's.
+fn in_namespace(resolved: &ResolveResult, namespace: &[u8]) -> Option<bool> {
+    match resolved {
+        ResolveResult::Bound(ns) => Some(ns.as_ref() == namespace),
+        ResolveResult::Unbound => Some(namespace.is_empty()),
+        ResolveResult::Unknown(_) => None,
+    }
+}
+
+impl<'a> Cursor<'a> {
+    /// Checks the prolog and the encoding, then prepares to read.
+    pub fn new(bytes: &'a [u8], limits: &XmlLimits) -> Result<Self, XmlError> {
+        check_prolog(bytes)?;
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        let text = std::str::from_utf8(bytes).map_err(|_| XmlError::NotUtf8)?;
+        let mut reader = NsReader::from_str(text);
+        reader.config_mut().check_comments = true;
+        Ok(Self {
+            reader,
+            limits: limits.clone(),
+            namespace: Vec::new(),
+            elements: 0,
+            frames: Vec::new(),
+            pending_empty: false,
+            deviations: Vec::new(),
+            dropped_deviations: 0,
+        })
+    }
+
+    /// The root element's namespace (empty when it has none).
+    pub fn namespace(&self) -> &[u8] {
+        &self.namespace
+    }
+
+    fn malformed(&self, reason: impl Into<String>) -> XmlError {
+        XmlError::Malformed {
+            position: self.reader.buffer_position(),
+            reason: reason.into(),
+        }
+    }
+
+    fn parse_error(&self, error: &quick_xml::Error) -> XmlError {
+        XmlError::Malformed {
+            position: self.reader.error_position(),
+            reason: error.to_string(),
+        }
+    }
+
+    /// Reads up to the root element and enters it. Its namespace becomes the document's.
+    pub fn root(&mut self) -> Result<Element, XmlError> {
+        loop {
+            let (resolved, event) = match self.reader.read_resolved_event() {
+                Ok(read) => read,
+                Err(e) => return Err(self.parse_error(&e)),
+            };
+            let namespace = match &resolved {
+                ResolveResult::Bound(ns) => Some(ns.as_ref().to_vec()),
+                ResolveResult::Unbound => Some(Vec::new()),
+                ResolveResult::Unknown(_) => None,
+            };
+            match event {
+                Event::Decl(declaration) => {
+                    if let Some(encoding) = declaration.encoding() {
+                        let encoding = encoding.map_err(|e| self.malformed(e.to_string()))?;
+                        let label = String::from_utf8_lossy(&encoding).into_owned();
+                        if !label.eq_ignore_ascii_case("utf-8")
+                            && !label.eq_ignore_ascii_case("utf8")
+                        {
+                            return Err(XmlError::UnsupportedEncoding(shown_label(&label)));
+                        }
+                    }
+                }
+                Event::Start(_) | Event::Empty(_) if namespace.is_none() => {
+                    return Err(self.malformed("the root element uses an undeclared prefix"));
+                }
+                Event::Start(start) => {
+                    self.namespace = namespace.unwrap_or_default();
+                    return self.open(&start, true, false);
+                }
+                Event::Empty(start) => {
+                    self.namespace = namespace.unwrap_or_default();
+                    return self.open(&start, true, true);
+                }
+                Event::Text(text) => {
+                    let text = text.unescape().map_err(|e| self.parse_error(&e))?;
+                    if !text.trim().is_empty() {
+                        return Err(self.malformed("text before the root element"));
+                    }
+                }
+                Event::Comment(_) | Event::PI(_) => {}
+                Event::DocType(_) => return Err(XmlError::Doctype),
+                Event::CData(_) => return Err(self.malformed("CDATA before the root element")),
+                Event::End(_) => return Err(self.malformed("an end tag before the root element")),
+                Event::Eof => return Err(XmlError::NoRoot),
+            }
+        }
+    }
+
+    /// Checks the current element's children against `model` from here on.
+    pub fn check_children(&mut self, model: &'static Model) {
+        if let Some(frame) = self.frames.last_mut() {
+            frame.model = Some(model);
+        }
+    }
+
+    /// The next child of the current element (which it enters), or `None` at the current
+    /// element's end (which it leaves).
+    pub fn next_child(&mut self) -> Result<Option<Element>, XmlError> {
+        if self.pending_empty {
+            self.pending_empty = false;
+            self.close();
+            return Ok(None);
+        }
+        loop {
+            let (resolved, event) = match self.reader.read_resolved_event() {
+                Ok(read) => read,
+                Err(e) => return Err(self.parse_error(&e)),
+            };
+            let ours = in_namespace(&resolved, &self.namespace);
+            match event {
+                Event::Start(start) => return self.open_child(&start, ours, false).map(Some),
+                Event::Empty(start) => return self.open_child(&start, ours, true).map(Some),
+                Event::End(_) => {
+                    self.close();
+                    return Ok(None);
+                }
+                Event::Text(text) => {
+                    let text = text.unescape().map_err(|e| self.parse_error(&e))?;
+                    if !text.trim().is_empty() {
+                        self.stray_text();
+                    }
+                }
+                Event::CData(_) => self.stray_text(),
+                Event::Comment(_) | Event::PI(_) => {}
+                Event::Decl(_) => {
+                    return Err(self.malformed("an XML declaration inside the document"));
+                }
+                Event::DocType(_) => return Err(XmlError::Doctype),
+                Event::Eof => return Err(self.malformed("the document ends inside an element")),
+            }
+        }
+    }
+
+    /// The text of the current element (a leaf), which it leaves. Child elements are skipped and
+    /// reported as deviations.
+    pub fn text(&mut self) -> Result<String, XmlError> {
+        if self.pending_empty {
+            self.pending_empty = false;
+            self.close();
+            return Ok(String::new());
+        }
+        let mut content = String::new();
+        loop {
+            let (resolved, event) = match self.reader.read_resolved_event() {
+                Ok(read) => read,
+                Err(e) => return Err(self.parse_error(&e)),
+            };
+            let ours = in_namespace(&resolved, &self.namespace);
+            match event {
+                Event::Text(text) => {
+                    content.push_str(&text.unescape().map_err(|e| self.parse_error(&e))?);
+                }
+                Event::CData(data) => {
+                    let data = std::str::from_utf8(&data).map_err(|_| XmlError::NotUtf8)?;
+                    content.push_str(data);
+                }
+                Event::Start(start) => {
+                    let child = self.open_child(&start, ours, false)?;
+                    self.record_here(format!(
+                        "element `{}` inside a text-only element",
+                        child.name
+                    ));
+                    self.skip()?;
+                }
+                Event::Empty(start) => {
+                    let child = self.open_child(&start, ours, true)?;
+                    self.record_here(format!(
+                        "element `{}` inside a text-only element",
+                        child.name
+                    ));
+                    self.skip()?;
+                }
+                Event::End(_) => {
+                    self.close();
+                    return Ok(content);
+                }
+                Event::Comment(_) | Event::PI(_) => {}
+                Event::Decl(_) => {
+                    return Err(self.malformed("an XML declaration inside the document"));
+                }
+                Event::DocType(_) => return Err(XmlError::Doctype),
+                Event::Eof => return Err(self.malformed("the document ends inside an element")),
+            }
+        }
+    }
+
+    /// Skips the current element with everything inside it, still checking well-formedness,
+    /// depth and element count.
+    pub fn skip(&mut self) -> Result<(), XmlError> {
+        if self.pending_empty {
+            self.pending_empty = false;
+            self.close();
+            return Ok(());
+        }
+        let mut depth = 0usize;
+        loop {
+            let (resolved, event) = match self.reader.read_resolved_event() {
+                Ok(read) => read,
+                Err(e) => return Err(self.parse_error(&e)),
+            };
+            let resolvable = !matches!(resolved, ResolveResult::Unknown(_));
+            match event {
+                Event::Start(start) => {
+                    depth += 1;
+                    self.count_element(depth)?;
+                    self.check_element(&start, resolvable)?;
+                }
+                Event::Empty(start) => {
+                    self.count_element(depth + 1)?;
+                    self.check_element(&start, resolvable)?;
+                }
+                Event::End(_) => {
+                    if depth == 0 {
+                        self.close();
+                        return Ok(());
+                    }
+                    depth -= 1;
+                }
+                Event::Text(text) => {
+                    text.unescape().map_err(|e| self.parse_error(&e))?;
+                }
+                Event::CData(_) | Event::Comment(_) | Event::PI(_) => {}
+                Event::Decl(_) => {
+                    return Err(self.malformed("an XML declaration inside the document"));
+                }
+                Event::DocType(_) => return Err(XmlError::Doctype),
+                Event::Eof => return Err(self.malformed("the document ends inside an element")),
+            }
+        }
+    }
+
+    /// After the root element: only comments, processing instructions and blanks may follow.
+    /// Returns the deviations, with a closing one counting those beyond the limit.
+    pub fn finish(mut self) -> Result<Vec<crate::model::Deviation>, XmlError> {
+        loop {
+            let event = match self.reader.read_event() {
+                Ok(event) => event,
+                Err(e) => return Err(self.parse_error(&e)),
+            };
+            match event {
+                Event::Eof => break,
+                Event::Text(text) => {
+                    let text = text.unescape().map_err(|e| self.parse_error(&e))?;
+                    if !text.trim().is_empty() {
+                        return Err(self.malformed("text after the root element"));
+                    }
+                }
+                Event::Comment(_) | Event::PI(_) => {}
+                Event::DocType(_) => return Err(XmlError::Doctype),
+                _ => return Err(self.malformed("content after the root element")),
+            }
+        }
+        if self.dropped_deviations > 0 {
+            self.deviations.push(Deviation {
+                path: "/".into(),
+                message: format!(
+                    "{} further deviations were not recorded",
+                    self.dropped_deviations
+                ),
+            });
+        }
+        Ok(self.deviations)
+    }
+
+    /// The path of the current element.
+    pub fn path(&self) -> String {
+        let mut path = String::new();
+        for (i, frame) in self.frames.iter().enumerate() {
+            if i > 0 {
+                path.push('/');
+            }
+            path.push_str(&frame.segment);
+        }
+        path
+    }
+
+    /// Records a deviation at `path`.
+    pub fn record(&mut self, path: String, message: String) {
+        if self.deviations.len() < self.limits.max_deviations {
+            self.deviations.push(Deviation { path, message });
+        } else {
+            self.dropped_deviations += 1;
+        }
+    }
+
+    /// Records a deviation at the current element.
+    fn record_here(&mut self, message: String) {
+        let path = self.path();
+        self.record(path, message);
+    }
+
+    fn stray_text(&mut self) {
+        let already = self.frames.last().is_none_or(|f| f.text_reported);
+        if !already {
+            if let Some(frame) = self.frames.last_mut() {
+                frame.text_reported = true;
+            }
+            self.record_here("text where only elements are expected".into());
+        }
+    }
+
+    fn count_element(&mut self, depth_below_current: usize) -> Result<(), XmlError> {
+        if self.frames.len() + depth_below_current > self.limits.max_depth {
+            return Err(XmlError::TooDeep {
+                limit: self.limits.max_depth,
+            });
+        }
+        self.elements += 1;
+        if self.elements > self.limits.max_elements {
+            return Err(XmlError::TooManyElements {
+                limit: self.limits.max_elements,
+            });
+        }
+        Ok(())
+    }
+
+    /// Well-formedness of a skipped element: a declared prefix and clean attributes.
+    fn check_element(&self, start: &BytesStart, resolvable: bool) -> Result<(), XmlError> {
+        if !resolvable {
+            return Err(self.malformed("an element uses an undeclared namespace prefix"));
+        }
+        for attribute in start.attributes() {
+            let attribute = attribute.map_err(|e| self.malformed(e.to_string()))?;
+            attribute
+                .unescape_value()
+                .map_err(|e| self.parse_error(&e))?;
+        }
+        Ok(())
+    }
+
+    fn open_child(
+        &mut self,
+        start: &BytesStart,
+        ours: Option<bool>,
+        empty: bool,
+    ) -> Result<Element, XmlError> {
+        let Some(ours) = ours else {
+            return Err(self.malformed("an element uses an undeclared namespace prefix"));
+        };
+        self.open(start, ours, empty)
+    }
+
+    /// Enters an element: bounds, attributes, content-model check against the parent, frame.
+    fn open(&mut self, start: &BytesStart, ours: bool, empty: bool) -> Result<Element, XmlError> {
+        self.count_element(1)?;
+        let name = std::str::from_utf8(start.local_name().as_ref())
+            .map_err(|_| XmlError::NotUtf8)?
+            .to_owned();
+        let mut attributes = Vec::new();
+        for attribute in start.attributes() {
+            let attribute = attribute.map_err(|e| self.malformed(e.to_string()))?;
+            let key = attribute.key;
+            if key.as_namespace_binding().is_some() {
+                continue;
+            }
+            let local = std::str::from_utf8(key.local_name().as_ref())
+                .map_err(|_| XmlError::NotUtf8)?
+                .to_owned();
+            let value = attribute
+                .unescape_value()
+                .map_err(|e| self.parse_error(&e))?
+                .into_owned();
+            attributes.push((local, value));
+        }
+        let segment = self.child_segment(&name, ours);
+        self.frames.push(Frame {
+            segment,
+            model: None,
+            position: 0,
+            count: 0,
+            seen: HashMap::new(),
+            text_reported: false,
+        });
+        self.pending_empty = empty;
+        Ok(Element {
+            name,
+            in_namespace: ours,
+            attributes,
+        })
+    }
+
+    /// The path segment for a new child of the current element, after checking it against the
+    /// current element's content model.
+    fn child_segment(&mut self, name: &str, ours: bool) -> String {
+        let Some(parent) = self.frames.last_mut() else {
+            return name.to_owned();
+        };
+        let seen = parent.seen.entry(name.to_owned()).or_insert(0);
+        *seen += 1;
+        let indexed = format!("{name}[{seen}]");
+        let Some(model) = parent.model else {
+            return indexed;
+        };
+        if !ours {
+            let path = format!("{}/{indexed}", self.path());
+            self.record(
+                path,
+                format!("`{name}` is in another namespace than the document"),
+            );
+            return indexed;
+        }
+        let (position, count) = (parent.position, parent.count);
+        let (message, repeatable) = if position < model.len() && model[position].matches(name) {
+            let particle = &model[position];
+            if count < particle.max {
+                parent.count += 1;
+                (None, particle.repeatable())
+            } else {
+                (
+                    Some(format!("more than {} `{name}` element(s)", particle.max)),
+                    particle.repeatable(),
+                )
+            }
+        } else if let Some(offset) = model
+            .get(position + 1..)
+            .and_then(|rest| rest.iter().position(|p| p.matches(name)))
+        {
+            let target = position + 1 + offset;
+            let missing = (position..target).find(|&i| {
+                let matched = if i == position { count } else { 0 };
+                matched < model[i].min
+            });
+            parent.position = target;
+            parent.count = 1;
+            (
+                missing
+                    .map(|i| format!("`{name}` found where {} was expected", model[i].describe())),
+                model[target].repeatable(),
+            )
+        } else if let Some(particle) = model.iter().find(|p| p.matches(name)) {
+            (
+                Some(format!("`{name}` is out of order")),
+                particle.repeatable(),
+            )
+        } else {
+            (
+                Some(format!("`{name}` is not part of the format here")),
+                true,
+            )
+        };
+        let segment = if repeatable { indexed } else { name.to_owned() };
+        if let Some(message) = message {
+            let path = format!("{}/{segment}", self.path());
+            self.record(path, message);
+        }
+        segment
+    }
+
+    /// Leaves the current element, reporting required children that never came.
+    fn close(&mut self) {
+        let Some(frame) = self.frames.last() else {
+            return;
+        };
+        if let Some(model) = frame.model {
+            let missing: Vec<String> = (frame.position..model.len())
+                .filter(|&i| {
+                    let matched = if i == frame.position { frame.count } else { 0 };
+                    matched < model[i].min
+                })
+                .map(|i| model[i].describe())
+                .collect();
+            if !missing.is_empty() {
+                let path = self.path();
+                for particle in missing {
+                    self.record(
+                        path.clone(),
+                        format!("required element {particle} is missing"),
+                    );
+                }
+            }
+        }
+        self.frames.pop();
+    }
+
+    // ---- typed leaves; each consumes the current element ----
+
+    /// Trimmed text.
+    pub fn string(&mut self) -> Result<String, XmlError> {
+        Ok(self.text()?.trim().to_owned())
+    }
+
+    /// Trimmed text, `None` when empty.
+    pub fn optional_string(&mut self) -> Result<Option<String>, XmlError> {
+        let text = self.string()?;
+        Ok(if text.is_empty() { None } else { Some(text) })
+    }
+
+    /// An `xs:boolean`; anything else is a deviation and `None`.
+    pub fn boolean(&mut self, element: &Element) -> Result<Option<bool>, XmlError> {
+        self.typed(element, "an xs:boolean", |text| match text {
+            "true" | "1" => Some(true),
+            "false" | "0" => Some(false),
+            _ => None,
+        })
+    }
+
+    /// An `xs:date` (a time zone, if any, is dropped).
+    pub fn date(&mut self, element: &Element) -> Result<Option<NaiveDate>, XmlError> {
+        self.typed(element, "an xs:date", parse_date)
+    }
+
+    /// An `xs:dateTime` as local wall-clock time (FM writes none with an offset; one, if any, is
+    /// dropped).
+    pub fn date_time(&mut self, element: &Element) -> Result<Option<NaiveDateTime>, XmlError> {
+        self.typed(element, "an xs:dateTime", parse_date_time)
+    }
+
+    fn typed<T>(
+        &mut self,
+        element: &Element,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Option<T>, XmlError> {
+        let path = self.path();
+        if element.is_nil() {
+            self.skip()?;
+            return Ok(None);
+        }
+        let text = self.string()?;
+        let value = parse(&text);
+        if value.is_none() {
+            self.record(path, format!("`{}` does not hold {expected}", element.name));
+        }
+        Ok(value)
+    }
+
+    /// A coded value (`CS`/`CV`) from the attributes `V`, `S` and `DN`.
+    pub fn coded(&mut self, element: &Element) -> Result<Option<CodedValue>, XmlError> {
+        let path = self.path();
+        self.skip()?;
+        let Some(code) = element.attribute("V") else {
+            self.record(path, format!("`{}` has no `V` attribute", element.name));
+            return Ok(None);
+        };
+        let display_name = element.attribute("DN").unwrap_or_default();
+        Ok(Some(CodedValue {
+            code: code.trim().to_owned(),
+            system: element.attribute("S").map(|s| s.trim().to_owned()),
+            display_name: display_name.to_owned(),
+        }))
+    }
+
+    /// An `Ident` (`Id` and `TypeId`); `None` (with deviations) when either is missing.
+    pub fn identifier(&mut self) -> Result<Option<Identifier>, XmlError> {
+        self.check_children(super::schema::IDENT);
+        let mut value = None;
+        let mut type_id = None;
+        while let Some(child) = self.next_child()? {
+            match (child.in_namespace, child.name.as_str()) {
+                (true, "Id") => value = Some(self.string()?),
+                (true, "TypeId") => type_id = self.coded(&child)?,
+                _ => self.skip()?,
+            }
+        }
+        Ok(match (value, type_id) {
+            (Some(value), Some(type_id)) => Some(Identifier { value, type_id }),
+            _ => None,
+        })
+    }
+}
+
+fn parse_date(text: &str) -> Option<NaiveDate> {
+    let (date, zone) = text.split_at_checked(10)?;
+    if !is_time_zone(zone) {
+        return None;
+    }
+    NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()
+}
+
+fn parse_date_time(text: &str) -> Option<NaiveDateTime> {
+    let local = if let Some(local) = text.strip_suffix('Z') {
+        local
+    } else if text.len() > 19 && is_time_zone(&text[text.len() - 6..]) {
+        &text[..text.len() - 6]
+    } else {
+        text
+    };
+    local.parse().ok()
+}
+
+/// Empty, `Z` or `±hh:mm`.
+fn is_time_zone(zone: &str) -> bool {
+    let bytes = zone.as_bytes();
+    match bytes {
+        [] | [b'Z'] => true,
+        [sign, h1, h2, b':', m1, m2] => {
+            matches!(sign, b'+' | b'-') && [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit())
+        }
+        _ => false,
+    }
+}
+
+/// An encoding label fit for an error: printable ASCII, at most 40 characters.
+fn shown_label(label: &str) -> String {
+    label
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(40)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_times_parse_with_and_without_zones() {
+        assert_eq!(
+            parse_date("2005-01-09"),
+            NaiveDate::from_ymd_opt(2005, 1, 9)
+        );
+        assert_eq!(
+            parse_date("2005-01-09+01:00"),
+            NaiveDate::from_ymd_opt(2005, 1, 9)
+        );
+        assert_eq!(parse_date("09.01.2005"), None);
+        let time = parse_date_time("2021-01-29T08:29:29.697").unwrap();
+        assert_eq!(time.to_string(), "2021-01-29 08:29:29.697");
+        assert_eq!(
+            parse_date_time("2021-03-25T08:00:40.6548181+01:00")
+                .unwrap()
+                .to_string(),
+            "2021-03-25 08:00:40.654818100"
+        );
+        assert!(parse_date_time("2021-01-29T08:29:29").is_some());
+        assert!(parse_date_time("2021-01-29").is_none());
+    }
+
+    #[test]
+    fn prolog_scan_stops_at_the_root() {
+        assert!(check_prolog(b"\xEF\xBB\xBF<?xml version=\"1.0\"?><!-- c --><a/>").is_ok());
+        assert!(matches!(
+            check_prolog(b"<?xml version=\"1.0\"?>\n<!DOCTYPE a [<!ENTITY x \"y\">]><a/>"),
+            Err(XmlError::Doctype)
+        ));
+        assert!(matches!(
+            check_prolog(b"<!-- <a> --><!doctype a><a/>"),
+            Err(XmlError::Doctype)
+        ));
+        assert!(matches!(
+            check_prolog(b"\xFF\xFE<\0a\0/\0>\0"),
+            Err(XmlError::UnsupportedEncoding(_))
+        ));
+    }
+}

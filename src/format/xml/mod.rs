@@ -1,0 +1,140 @@
+//! Streaming parse of the export's XML: `ExportImport` (organisation file) and `PasientExport`
+//! (patient) into [`crate::model`], and the KITH message files (`MsgHead`, `AppRec`) a patient
+//! carries, of which only the message id is extracted.
+//!
+//! Defences come before parsing: the prolog is scanned and any DOCTYPE is refused (so no DTD, no
+//! entity can be declared and the billion-laughs family cannot start), the text must be UTF-8,
+//! and the parser bounds nesting depth and element count as it goes, so hostile input costs at
+//! most one pass over its bytes.
+//!
+//! Real exports drift from NHN's XSD, so the content models of the modelled elements are checked
+//! as the parse goes and every departure becomes a [`Deviation`] rather than an error; whether
+//! deviations are acceptable is the caller's policy. Only what the API cannot do without (the
+//! patient's id and at least one identifier, an institution) is an error.
+//!
+//! Errors and deviations name elements and positions, never values: nothing from the document's
+//! text reaches a message.
+
+mod cursor;
+mod message;
+mod organisation;
+mod patient;
+mod schema;
+
+pub use cursor::check_prolog;
+pub use message::{MessageInfo, MessageKind, parse_message};
+pub use organisation::parse_organisation;
+pub use patient::parse_patient;
+
+use crate::model::Deviation;
+
+/// The namespace of `ExportImport` and `PasientExport`.
+pub const EXPORT_NAMESPACE: &str =
+    "http://www.kith.no/xmlstds/eresept/forskrivningsmodul/export/2019-11-13";
+
+/// Bounds on one XML document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XmlLimits {
+    /// Deepest element nesting. The XSD needs about 15 levels, KITH messages about 20.
+    pub max_depth: usize,
+    /// Most elements in one document. A large patient has around 100,000.
+    pub max_elements: usize,
+    /// Most deviations kept per document; the rest are counted in one closing deviation.
+    pub max_deviations: usize,
+}
+
+impl Default for XmlLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: 64,
+            max_elements: 2_000_000,
+            max_deviations: 1_000,
+        }
+    }
+}
+
+/// A parsed document and where it departed from the XSD.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed<T> {
+    /// The model.
+    pub value: T,
+    /// Departures from the XSD, in document order.
+    pub deviations: Vec<Deviation>,
+}
+
+/// Why a document is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum XmlError {
+    /// A DOCTYPE (and with it DTDs and entity declarations) is never accepted.
+    #[error("the document declares a DOCTYPE; DTDs and entity declarations are refused")]
+    Doctype,
+    /// The bytes are not UTF-8.
+    #[error("the document is not UTF-8 text")]
+    NotUtf8,
+    /// The document declares or is in another encoding.
+    #[error("the document is in encoding {0}; only UTF-8 is accepted")]
+    UnsupportedEncoding(String),
+    /// Nesting deeper than [`XmlLimits::max_depth`].
+    #[error("the document nests elements deeper than {limit} levels")]
+    TooDeep {
+        /// The limit.
+        limit: usize,
+    },
+    /// More elements than [`XmlLimits::max_elements`].
+    #[error("the document has more than {limit} elements")]
+    TooManyElements {
+        /// The limit.
+        limit: usize,
+    },
+    /// Not well-formed (namespace-aware) XML.
+    #[error("the document is not well-formed XML at byte {position}: {reason}")]
+    Malformed {
+        /// Byte offset where the parser stopped.
+        position: u64,
+        /// What is wrong (names markup, never text content).
+        reason: String,
+    },
+    /// No root element.
+    #[error("the document has no root element")]
+    NoRoot,
+    /// The root element is not the expected one.
+    #[error("the root element is {found}, expected {expected}")]
+    WrongRoot {
+        /// The expected local name(s).
+        expected: &'static str,
+        /// The local name found.
+        found: String,
+    },
+    /// The root element is in the wrong namespace.
+    #[error("the root element is not in the namespace {expected}")]
+    WrongNamespace {
+        /// The expected namespace.
+        expected: &'static str,
+    },
+    /// An element the API cannot do without is missing.
+    #[error("required element {path} is missing")]
+    MissingRequired {
+        /// Its path.
+        path: String,
+    },
+    /// An element the API cannot do without has an unusable value.
+    #[error("element {path} does not hold {expected}")]
+    InvalidRequired {
+        /// Its path.
+        path: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
+}
+
+#[cfg(test)]
+mod tests;
+
+/// An element name fit for an error: printable, at most 60 characters.
+fn shown_name(name: &str) -> String {
+    let mut shown: String = name.chars().filter(|c| !c.is_control()).take(60).collect();
+    if name.chars().count() > 60 {
+        shown.push('…');
+    }
+    shown
+}
