@@ -9,8 +9,8 @@
 mod test_postgres;
 
 use sfm_migration::postgres::{
-    SchemaError, applied_version, data_model_versions, latest_version, migrate_to,
-    parse_scram_sha256_verifier, quote_ident, quote_literal, scram_sha256_verifier,
+    SchemaError, Statement, applied_version, data_model_versions, latest_version, migrate_to,
+    parse_scram_sha256_verifier, scram_sha256_verifier,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection as _, Executor as _, PgConnection, Row as _};
@@ -553,12 +553,12 @@ async fn scram_verifiers_match_postgresql_and_let_a_role_log_in() {
                 .unwrap();
             admin
                 .execute(
-                    format!(
-                        "CREATE ROLE {} LOGIN PASSWORD {}",
-                        quote_ident(&server_role).unwrap(),
-                        quote_literal(&password).unwrap()
-                    )
-                    .as_str(),
+                    Statement::new("CREATE ROLE ")
+                        .ident(&server_role)
+                        .unwrap()
+                        .push(" LOGIN PASSWORD ")
+                        .literal(&password)
+                        .unwrap(),
                 )
                 .await
                 .unwrap();
@@ -579,12 +579,12 @@ async fn scram_verifiers_match_postgresql_and_let_a_role_log_in() {
             let verifier = sfm_migration::postgres::new_scram_sha256_verifier(&password);
             admin
                 .execute(
-                    format!(
-                        "CREATE ROLE {} LOGIN PASSWORD {}",
-                        quote_ident(&our_role).unwrap(),
-                        quote_literal(&verifier).unwrap()
-                    )
-                    .as_str(),
+                    Statement::new("CREATE ROLE ")
+                        .ident(&our_role)
+                        .unwrap()
+                        .push(" LOGIN PASSWORD ")
+                        .literal(&verifier)
+                        .unwrap(),
                 )
                 .await
                 .unwrap();
@@ -624,7 +624,7 @@ async fn scram_verifiers_match_postgresql_and_let_a_role_log_in() {
         // Roles are cluster-wide: remove them even when the test failed.
         for role in [&server_role, &our_role] {
             db.pool
-                .execute(format!("DROP ROLE IF EXISTS {}", quote_ident(role).unwrap()).as_str())
+                .execute(Statement::new("DROP ROLE IF EXISTS ").ident(role).unwrap())
                 .await
                 .unwrap();
         }

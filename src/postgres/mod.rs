@@ -11,6 +11,7 @@
 //! that is its job. This module must never put any of it, nor a password, verifier or migration key,
 //! into an error message, a log line or Debug output.
 
+pub mod provision;
 pub mod schema;
 pub mod scram;
 pub mod sql;
@@ -22,7 +23,7 @@ pub use scram::{
     DEFAULT_ITERATIONS, generate_password, new_scram_sha256_verifier, parse_scram_sha256_verifier,
     scram_sha256_verifier, scram_sha256_verifier_matches,
 };
-pub use sql::{SqlError, quote_ident, quote_literal, sanitise_identifier};
+pub use sql::{SqlError, Statement, quote_ident, quote_literal, sanitise_identifier};
 
 /// Any failure of this layer, for callers that talk to PostgreSQL through it.
 #[derive(Debug, thiserror::Error)]

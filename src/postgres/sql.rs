@@ -2,13 +2,16 @@
 //!
 //! Most statements take bind parameters and never need this. Utility statements cannot: `CREATE
 //! DATABASE`, `CREATE ROLE ... PASSWORD`, `GRANT`, `COMMENT ON` take identifiers and literals in the
-//! statement text. Every such name or value goes through [`quote_ident`] or [`quote_literal`]; nothing
-//! from a spec is ever spliced into SQL any other way. Identifiers derived from Kubernetes names come
-//! from [`sanitise_identifier`] first.
+//! statement text. Such statements are built with [`Statement`], which accepts only `&'static str`
+//! SQL text plus names and values that go through [`quote_ident`] or [`quote_literal`]; nothing from a
+//! spec is ever spliced into SQL any other way. sqlx 0.9 refuses dynamic strings unless wrapped in
+//! `AssertSqlSafe`; [`Statement`] is the only place this crate does that. Identifiers derived from
+//! Kubernetes names come from [`sanitise_identifier`] first.
 //!
 //! Errors name the problem, never the offending value: a literal may be a password verifier.
 
 use aws_lc_rs::digest;
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 
 /// PostgreSQL truncates identifiers to `NAMEDATALEN - 1` bytes; we refuse instead of truncating, so
 /// two long names cannot silently become one.
@@ -79,6 +82,69 @@ pub fn quote_literal(value: &str) -> Result<String, SqlError> {
     }
     quoted.push('\'');
     Ok(quoted)
+}
+
+/// An SQL statement assembled only from fixed SQL text and quoted identifiers and literals.
+///
+/// ```
+/// # use sfm_migration::postgres::sql::Statement;
+/// let statement = Statement::new("ALTER ROLE ")
+///     .ident("sfm_oslo_migrator")?
+///     .push(" PASSWORD ")
+///     .literal("SCRAM-SHA-256$4096:...")?;
+/// assert_eq!(statement.as_str(), r#"ALTER ROLE "sfm_oslo_migrator" PASSWORD 'SCRAM-SHA-256$4096:...'"#);
+/// # Ok::<(), sfm_migration::postgres::SqlError>(())
+/// ```
+///
+/// Its Debug output shows the length only: a statement may carry a password verifier.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Statement {
+    text: String,
+}
+
+impl Statement {
+    /// Starts a statement with fixed SQL text.
+    pub fn new(sql: &'static str) -> Self {
+        Statement {
+            text: sql.to_owned(),
+        }
+    }
+
+    /// Appends fixed SQL text.
+    pub fn push(mut self, sql: &'static str) -> Self {
+        self.text.push_str(sql);
+        self
+    }
+
+    /// Appends a quoted identifier (see [`quote_ident`]).
+    pub fn ident(mut self, name: &str) -> Result<Self, SqlError> {
+        self.text.push_str(&quote_ident(name)?);
+        Ok(self)
+    }
+
+    /// Appends a quoted string literal (see [`quote_literal`]).
+    pub fn literal(mut self, value: &str) -> Result<Self, SqlError> {
+        self.text.push_str(&quote_literal(value)?);
+        Ok(self)
+    }
+
+    /// The SQL text, for tests and for code that must show it; never log a statement with a literal.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Debug for Statement {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "Statement({} bytes)", self.text.len())
+    }
+}
+
+impl SqlSafeStr for Statement {
+    fn into_sql_str(self) -> SqlStr {
+        // Safe by construction: fixed text plus quote_ident/quote_literal output only.
+        AssertSqlSafe(self.text).into_sql_str()
+    }
 }
 
 /// Turns a Kubernetes object name into a PostgreSQL identifier of at most 63 bytes, `prefix` +
@@ -191,6 +257,22 @@ mod tests {
         let secret = "SCRAM-SHA-256$4096:c2FsdA==$secret\0";
         let message = quote_literal(secret).unwrap_err().to_string();
         assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn statements_quote_their_parts_and_hide_them_from_debug() {
+        let statement = Statement::new("CREATE ROLE ")
+            .ident("a\"b")
+            .unwrap()
+            .push(" PASSWORD ")
+            .literal("it's")
+            .unwrap();
+        assert_eq!(statement.as_str(), r#"CREATE ROLE "a""b" PASSWORD 'it''s'"#);
+        assert_eq!(format!("{statement:?}"), "Statement(35 bytes)");
+        assert_eq!(
+            Statement::new("SELECT ").literal("a\0").unwrap_err(),
+            SqlError::NulInLiteral
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use futures::FutureExt as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor as _, PgPool};
 
-use sfm_migration::postgres::quote_ident;
+use sfm_migration::postgres::Statement;
 
 const HOW_TO_START: &str = "SFM_PG_ADMIN_URL is not set. Start the test server first:\n    \
      bash hack/postgres.sh start /tmp/sfm-pg-test && source /tmp/sfm-pg-test/env\n\
@@ -57,9 +57,12 @@ where
         .await
         .unwrap_or_else(|error| panic!("cannot connect to the test PostgreSQL server: {error}"));
     let name = format!("sfm_test_{}", uuid::Uuid::new_v4().simple());
-    let quoted = quote_ident(&name).expect("a valid identifier");
     admin
-        .execute(format!("CREATE DATABASE {quoted}").as_str())
+        .execute(
+            Statement::new("CREATE DATABASE ")
+                .ident(&name)
+                .expect("a valid identifier"),
+        )
         .await
         .expect("create the test database");
 
@@ -78,7 +81,12 @@ where
 
     pool.close().await;
     admin
-        .execute(format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)").as_str())
+        .execute(
+            Statement::new("DROP DATABASE IF EXISTS ")
+                .ident(&name)
+                .expect("a valid identifier")
+                .push(" WITH (FORCE)"),
+        )
         .await
         .expect("drop the test database");
     admin.close().await;
