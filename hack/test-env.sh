@@ -29,5 +29,6 @@ else
   # shellcheck disable=SC1091
   source "$work/controlplane/env"
 fi
+export SFM_PG_FAST=${SFM_PG_FAST:-1}
 export SFM_TEST_WORK_DIR="$work"
 "$@"

@@ -146,6 +146,8 @@ pub fn kubectl_with_token(token: &str, args: &[&str]) -> Output {
     );
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.crt");
+    let empty_kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&empty_kubeconfig, "").unwrap();
     std::fs::write(
         &ca_path,
         base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca.trim()).unwrap(),
@@ -153,7 +155,7 @@ pub fn kubectl_with_token(token: &str, args: &[&str]) -> Output {
     .unwrap();
     let mut all = vec![
         "--kubeconfig".to_owned(),
-        dir.path().join("none").display().to_string(),
+        empty_kubeconfig.display().to_string(),
         format!("--server={server}"),
         format!("--certificate-authority={}", ca_path.display()),
         format!("--token={token}"),

@@ -1,0 +1,631 @@
+//! Provisioning of one MigrationDatabase on a PostgreSQL server: the database, its three roles, the
+//! schema at the requested data model version, and the two modes.
+//!
+//! - Staging: CONNECT revoked from PUBLIC and granted to the migrator only; the migrator may write the
+//!   `sfm` tables (not the mode); the application role cannot log in.
+//! - Operational: the migrator loses login, CONNECT and its privileges and its sessions are
+//!   terminated; the application role logs in with the privileges the SFM application needs.
+//!
+//! Every step is idempotent and safe to repeat after a crash at any point, and runs under a
+//! PostgreSQL advisory lock per database, so two operator processes (a stale leader and a new one)
+//! never change the same database at once. Passwords reach the server only as SCRAM verifiers, and
+//! nothing here logs a password or a verifier. Every identifier is quoted by [`super::sql`].
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, Executor, PgConnection, Row};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::schema::{SchemaError, migrate_to};
+use super::scram::new_scram_sha256_verifier;
+use super::sql::{SqlError, Statement, sanitise_identifier};
+
+/// The tag the operator writes on every database and role it creates: it never adopts one without it.
+const TAG_PREFIX: &str = "sfm.nhn.no/migration-database-uid=";
+
+/// Failures of provisioning, each with a sentence an NHN operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("the admin connection URI is not a valid postgres:// URI")]
+    BadAdminUri,
+    #[error("cannot reach the PostgreSQL server: {0}")]
+    Unreachable(String),
+    #[error("the PostgreSQL server refused the admin credentials")]
+    AdminAuthentication,
+    #[error(
+        "{kind} {name} already exists on the server but was not created for this MigrationDatabase (name collision); rename the MigrationDatabase or remove the other {kind}"
+    )]
+    NameCollision { kind: &'static str, name: String },
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    #[error("PostgreSQL refused a provisioning statement: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for ProvisionError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("28P01") => {
+                ProvisionError::AdminAuthentication
+            }
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
+                ProvisionError::Unreachable(error.to_string())
+            }
+            // Database errors carry PostgreSQL's message, which names objects, never passwords:
+            // verifiers are never echoed by the server.
+            _ => ProvisionError::Database(error.to_string()),
+        }
+    }
+}
+
+impl ProvisionError {
+    /// A CamelCase reason for conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProvisionError::BadAdminUri => "InvalidAdminSecret",
+            ProvisionError::Unreachable(_) => "ServerUnreachable",
+            ProvisionError::AdminAuthentication => "AdminAuthenticationFailed",
+            ProvisionError::NameCollision { .. } => "NameCollision",
+            ProvisionError::Schema(SchemaError::UnknownVersion { .. }) => "UnknownDataModelVersion",
+            ProvisionError::Schema(_) => "SchemaMigrationFailed",
+            ProvisionError::Sql(_) => "InvalidName",
+            ProvisionError::Database(_) => "ProvisioningFailed",
+        }
+    }
+}
+
+/// The names of one MigrationDatabase's database and roles, derived from its namespace, name and UID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseNames {
+    pub database: String,
+    pub owner: String,
+    pub migrator: String,
+    pub application: String,
+}
+
+impl DatabaseNames {
+    /// Names for `namespace/name` with this UID. The UID's first eight hex digits keep a recreated
+    /// object of the same name away from the retained database of its predecessor.
+    pub fn new(namespace: &str, name: &str, uid: &str) -> DatabaseNames {
+        let short_uid: String = uid
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .take(8)
+            .collect();
+        let base = format!("{namespace}-{name}");
+        let make = |role: &str| sanitise_identifier(&base, "sfm_", &format!("_{short_uid}{role}"));
+        DatabaseNames {
+            database: make(""),
+            owner: make("_owner"),
+            migrator: make("_migrator"),
+            application: make("_app"),
+        }
+    }
+}
+
+/// The current mode, as recorded in the database itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Staging,
+    Operational,
+}
+
+/// What the validation record in the staging database says (written by the migration API's verify).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidationRecord {
+    /// Lowercase hex SHA-256 of the validated manifest.
+    pub manifest_digest: String,
+    pub activation_requested: bool,
+}
+
+/// An admin session on one server, holding the advisory lock of one database while it lives.
+pub struct AdminSession {
+    connection: PgConnection,
+    options: PgConnectOptions,
+    names: DatabaseNames,
+    tag: String,
+}
+
+impl AdminSession {
+    /// Connects with the admin URI and takes the advisory lock for this database (waits for it).
+    pub async fn open(
+        admin_uri: &str,
+        names: DatabaseNames,
+        uid: &str,
+    ) -> Result<Self, ProvisionError> {
+        let options = PgConnectOptions::from_str(admin_uri)
+            .map_err(|_| ProvisionError::BadAdminUri)?
+            .application_name("sfm-operator");
+        let mut connection = tokio::time::timeout(
+            Duration::from_secs(10),
+            PgConnection::connect_with(&options),
+        )
+        .await
+        .map_err(|_| ProvisionError::Unreachable("connection timed out after 10s".into()))??;
+        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+            .bind(format!("sfm-operator:{}", names.database))
+            .execute(&mut connection)
+            .await?;
+        Ok(AdminSession {
+            connection,
+            options,
+            names,
+            tag: format!("{TAG_PREFIX}{uid}"),
+        })
+    }
+
+    pub fn names(&self) -> &DatabaseNames {
+        &self.names
+    }
+
+    /// Host and port of the server, for the Secrets.
+    pub fn server(&self) -> (String, u16) {
+        (self.options.get_host().to_owned(), self.options.get_port())
+    }
+
+    /// Releases the lock and closes the session.
+    pub async fn close(mut self) -> Result<(), ProvisionError> {
+        sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut self.connection)
+            .await?;
+        self.connection.close().await?;
+        Ok(())
+    }
+
+    /// Creates or repairs everything staging needs: roles (with these passwords, sent as SCRAM
+    /// verifiers), the tagged database, CONNECT only for the migrator, the schema at
+    /// `data_model_version`, the migrator's privileges and the metadata row. Refuses to touch a
+    /// database or role that exists without this MigrationDatabase's tag. Does nothing to a database
+    /// that is already operational beyond moving its schema forward.
+    pub async fn ensure_staging(
+        &mut self,
+        data_model_version: i64,
+        migrator_password: &str,
+        application_password: &str,
+    ) -> Result<Mode, ProvisionError> {
+        let names = self.names.clone();
+        self.ensure_role(&names.owner, None).await?;
+        self.ensure_role(&names.migrator, Some(migrator_password))
+            .await?;
+        self.ensure_role(&names.application, Some(application_password))
+            .await?;
+        // A CREATEROLE admin that is not superuser must be a member to create a database owned by it.
+        self.exec(
+            Statement::new("GRANT ")
+                .ident(&names.owner)?
+                .push(" TO CURRENT_USER"),
+        )
+        .await?;
+        self.ensure_database().await?;
+
+        let mode = self
+            .with_database(|db, names| {
+                Box::pin(async move { read_mode(db).await.map(|mode| (mode, names)) })
+            })
+            .await?
+            .0;
+        self.migrate(data_model_version).await?;
+        if mode == Some(Mode::Operational) {
+            return Ok(Mode::Operational);
+        }
+
+        self.exec(
+            Statement::new("REVOKE ALL ON DATABASE ")
+                .ident(&names.database)?
+                .push(" FROM PUBLIC"),
+        )
+        .await?;
+        self.exec(
+            Statement::new("REVOKE ALL ON DATABASE ")
+                .ident(&names.database)?
+                .push(" FROM ")
+                .ident(&names.application)?,
+        )
+        .await?;
+        self.exec(
+            Statement::new("GRANT CONNECT ON DATABASE ")
+                .ident(&names.database)?
+                .push(" TO ")
+                .ident(&names.migrator)?,
+        )
+        .await?;
+        self.exec(
+            Statement::new("ALTER ROLE ")
+                .ident(&names.application)?
+                .push(" NOLOGIN"),
+        )
+        .await?;
+        self.exec(
+            Statement::new("ALTER ROLE ")
+                .ident(&names.migrator)?
+                .push(" LOGIN"),
+        )
+        .await?;
+
+        let uid = self.tag.trim_start_matches(TAG_PREFIX).to_owned();
+        self.in_database(vec![
+            Statement::new("GRANT USAGE ON SCHEMA sfm TO ").ident(&names.migrator)?,
+            Statement::new("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA sfm TO ").ident(&names.migrator)?,
+            Statement::new("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA sfm TO ").ident(&names.migrator)?,
+            // The mode is the operator's: the migrator may read it, never change it.
+            Statement::new("REVOKE INSERT, UPDATE, DELETE ON sfm.metadata FROM ").ident(&names.migrator)?,
+            Statement::new("REVOKE ALL ON ALL TABLES IN SCHEMA sfm FROM ").ident(&names.application)?,
+            Statement::new("INSERT INTO sfm.metadata (mode, data_model_version, migration_database_uid) VALUES ('staging', ")
+                .literal(&data_model_version.to_string())?
+                .push("::bigint, ")
+                .literal(&uid)?
+                .push("::uuid) ON CONFLICT (singleton) DO UPDATE SET data_model_version = EXCLUDED.data_model_version, updated_at = now() WHERE sfm.metadata.data_model_version <> EXCLUDED.data_model_version"),
+        ])
+        .await?;
+        Ok(Mode::Staging)
+    }
+
+    /// Reads the mode and the validation record from the database itself (never from a status).
+    pub async fn observe(
+        &mut self,
+    ) -> Result<(Option<Mode>, Option<ValidationRecord>), ProvisionError> {
+        let mut db = self.connect_database().await?;
+        let mode = read_mode(&mut db).await?;
+        let validation = match sqlx::query(
+            "SELECT encode(manifest_sha256, 'hex') AS digest, activation_requested_at IS NOT NULL AS requested FROM sfm.validation",
+        )
+        .fetch_optional(&mut db)
+        .await
+        {
+            Ok(row) => row.map(|row| ValidationRecord {
+                manifest_digest: row.get("digest"),
+                activation_requested: row.get("requested"),
+            }),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => None,
+            Err(e) => return Err(e.into()),
+        };
+        db.close().await?;
+        Ok((mode, validation))
+    }
+
+    /// Switches the database to operational mode: the migrator loses login, CONNECT and privileges
+    /// and its open sessions are terminated; the application role gets login, CONNECT and the
+    /// privileges the SFM application needs; the mode row says `operational`. Idempotent.
+    pub async fn switch_to_operational(&mut self) -> Result<(), ProvisionError> {
+        let names = self.names.clone();
+        self.exec(
+            Statement::new("ALTER ROLE ")
+                .ident(&names.migrator)?
+                .push(" NOLOGIN"),
+        )
+        .await?;
+        self.exec(
+            Statement::new("REVOKE ALL ON DATABASE ")
+                .ident(&names.database)?
+                .push(" FROM ")
+                .ident(&names.migrator)?,
+        )
+        .await?;
+        self.in_database(vec![
+            Statement::new("REVOKE ALL ON ALL TABLES IN SCHEMA sfm FROM ")
+                .ident(&names.migrator)?,
+            Statement::new("REVOKE ALL ON ALL SEQUENCES IN SCHEMA sfm FROM ")
+                .ident(&names.migrator)?,
+            Statement::new("REVOKE ALL ON SCHEMA sfm FROM ").ident(&names.migrator)?,
+            Statement::new("GRANT USAGE ON SCHEMA sfm TO ").ident(&names.application)?,
+            Statement::new("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA sfm TO ")
+                .ident(&names.application)?,
+            Statement::new("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA sfm TO ")
+                .ident(&names.application)?,
+            Statement::new("REVOKE INSERT, UPDATE, DELETE ON sfm.metadata, sfm.validation FROM ")
+                .ident(&names.application)?,
+        ])
+        .await?;
+        self.terminate_sessions(&names.migrator).await?;
+        self.exec(
+            Statement::new("GRANT CONNECT ON DATABASE ")
+                .ident(&names.database)?
+                .push(" TO ")
+                .ident(&names.application)?,
+        )
+        .await?;
+        self.exec(
+            Statement::new("ALTER ROLE ")
+                .ident(&names.application)?
+                .push(" LOGIN"),
+        )
+        .await?;
+        self.in_database(vec![Statement::new(
+            "UPDATE sfm.metadata SET mode = 'operational', operational_at = now(), updated_at = now() WHERE mode = 'staging'",
+        )])
+        .await?;
+        Ok(())
+    }
+
+    /// For `Retain` on deletion: the data stays, but nobody can write it any more through the
+    /// migrator (login removed, sessions terminated).
+    pub async fn lock_migrator(&mut self) -> Result<(), ProvisionError> {
+        let names = self.names.clone();
+        if !self.role_exists(&names.migrator).await? {
+            return Ok(());
+        }
+        self.exec(
+            Statement::new("ALTER ROLE ")
+                .ident(&names.migrator)?
+                .push(" NOLOGIN"),
+        )
+        .await?;
+        self.terminate_sessions(&names.migrator).await
+    }
+
+    /// For `Delete` on deletion: drops the database and the three roles, but only what carries this
+    /// MigrationDatabase's tag. Idempotent.
+    pub async fn drop_everything(&mut self) -> Result<(), ProvisionError> {
+        let names = self.names.clone();
+        if let Some(tag) = self.database_tag().await? {
+            if tag != self.tag {
+                return Err(ProvisionError::NameCollision {
+                    kind: "database",
+                    name: names.database,
+                });
+            }
+            self.exec(
+                Statement::new("DROP DATABASE IF EXISTS ")
+                    .ident(&names.database)?
+                    .push(" WITH (FORCE)"),
+            )
+            .await?;
+        }
+        for role in [&names.migrator, &names.application, &names.owner] {
+            if self.role_exists(role).await? {
+                self.check_role_tag(role).await?;
+                self.exec(Statement::new("DROP ROLE IF EXISTS ").ident(role)?)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn exec(&mut self, statement: Statement) -> Result<(), ProvisionError> {
+        self.connection.execute(statement).await?;
+        Ok(())
+    }
+
+    async fn terminate_sessions(&mut self, role: &str) -> Result<(), ProvisionError> {
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+            .bind(role)
+            .execute(&mut self.connection)
+            .await?;
+        Ok(())
+    }
+
+    async fn role_exists(&mut self, role: &str) -> Result<bool, ProvisionError> {
+        Ok(sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_optional(&mut self.connection)
+            .await?
+            .is_some())
+    }
+
+    async fn check_role_tag(&mut self, role: &str) -> Result<(), ProvisionError> {
+        let tag: Option<String> = sqlx::query_scalar(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+        )
+        .bind(role)
+        .fetch_one(&mut self.connection)
+        .await?;
+        if tag.as_deref() != Some(self.tag.as_str()) {
+            return Err(ProvisionError::NameCollision {
+                kind: "role",
+                name: role.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates the role if missing (tagged), or checks its tag; sets the password verifier when one is
+    /// given. Roles start without login: the mode functions grant it.
+    async fn ensure_role(
+        &mut self,
+        role: &str,
+        password: Option<&str>,
+    ) -> Result<(), ProvisionError> {
+        if self.role_exists(role).await? {
+            self.check_role_tag(role).await?;
+        } else {
+            self.exec(Statement::new("CREATE ROLE ").ident(role)?.push(" NOLOGIN"))
+                .await?;
+            let tag = self.tag.clone();
+            self.exec(
+                Statement::new("COMMENT ON ROLE ")
+                    .ident(role)?
+                    .push(" IS ")
+                    .literal(&tag)?,
+            )
+            .await?;
+        }
+        if let Some(password) = password {
+            let verifier = new_scram_sha256_verifier(password);
+            self.exec(
+                Statement::new("ALTER ROLE ")
+                    .ident(role)?
+                    .push(" PASSWORD ")
+                    .literal(&verifier)?,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn database_tag(&mut self) -> Result<Option<String>, ProvisionError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+        )
+        .bind(&self.names.database)
+        .fetch_optional(&mut self.connection)
+        .await?;
+        Ok(row.map(|(tag,)| tag.unwrap_or_default()))
+    }
+
+    async fn ensure_database(&mut self) -> Result<(), ProvisionError> {
+        let names = self.names.clone();
+        match self.database_tag().await? {
+            Some(tag) if tag == self.tag => {}
+            Some(_) => {
+                return Err(ProvisionError::NameCollision {
+                    kind: "database",
+                    name: names.database,
+                });
+            }
+            None => {
+                // CREATE DATABASE cannot run in a transaction; a crash right after it leaves an untagged
+                // database, which the next pass would call a collision. So it is created under a
+                // temporary name, tagged, and renamed: the real name only ever appears tagged.
+                let temporary = sanitise_identifier(&names.database, "tmp_", "");
+                self.exec(Statement::new("DROP DATABASE IF EXISTS ").ident(&temporary)?)
+                    .await?;
+                self.exec(
+                    Statement::new("CREATE DATABASE ")
+                        .ident(&temporary)?
+                        .push(" OWNER ")
+                        .ident(&names.owner)?,
+                )
+                .await?;
+                let tag = self.tag.clone();
+                self.exec(
+                    Statement::new("COMMENT ON DATABASE ")
+                        .ident(&temporary)?
+                        .push(" IS ")
+                        .literal(&tag)?,
+                )
+                .await?;
+                self.exec(
+                    Statement::new("REVOKE ALL ON DATABASE ")
+                        .ident(&temporary)?
+                        .push(" FROM PUBLIC"),
+                )
+                .await?;
+                self.exec(
+                    Statement::new("ALTER DATABASE ")
+                        .ident(&temporary)?
+                        .push(" RENAME TO ")
+                        .ident(&names.database)?,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn database_options(&self) -> PgConnectOptions {
+        self.options.clone().database(&self.names.database)
+    }
+
+    async fn connect_database(&self) -> Result<PgConnection, ProvisionError> {
+        Ok(PgConnection::connect_with(&self.database_options()).await?)
+    }
+
+    /// Runs statements inside the database as its owner, so everything created belongs to the owner.
+    async fn in_database(&mut self, statements: Vec<Statement>) -> Result<(), ProvisionError> {
+        let mut db = self.connect_database().await?;
+        db.execute(Statement::new("SET ROLE ").ident(&self.names.owner)?)
+            .await?;
+        for statement in statements {
+            db.execute(statement).await?;
+        }
+        db.close().await?;
+        Ok(())
+    }
+
+    async fn with_database<T>(
+        &mut self,
+        work: impl for<'c> FnOnce(
+            &'c mut PgConnection,
+            DatabaseNames,
+        ) -> futures::future::BoxFuture<'c, Result<T, ProvisionError>>,
+    ) -> Result<T, ProvisionError> {
+        let mut db = self.connect_database().await?;
+        let result = work(&mut db, self.names.clone()).await;
+        db.close().await?;
+        result
+    }
+
+    /// Applies the embedded migrations up to the requested version, as the owner.
+    async fn migrate(&mut self, data_model_version: i64) -> Result<(), ProvisionError> {
+        let owner = quote(&self.names.owner)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .after_connect(move |connection, _| {
+                let set_role = format!("SET ROLE {owner}");
+                Box::pin(async move {
+                    connection.execute(sqlx::AssertSqlSafe(set_role)).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(self.database_options())
+            .await?;
+        let result = migrate_to(&pool, data_model_version).await;
+        pool.close().await;
+        Ok(result?)
+    }
+}
+
+fn quote(name: &str) -> Result<String, ProvisionError> {
+    Ok(super::sql::quote_ident(name)?)
+}
+
+async fn read_mode(db: &mut PgConnection) -> Result<Option<Mode>, ProvisionError> {
+    match sqlx::query_scalar::<_, String>("SELECT mode FROM sfm.metadata")
+        .fetch_optional(db)
+        .await
+    {
+        Ok(Some(mode)) if mode == "operational" => Ok(Some(Mode::Operational)),
+        Ok(Some(_)) => Ok(Some(Mode::Staging)),
+        Ok(None) => Ok(None),
+        // Before the first migration there is no table yet.
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("42P01") | Some("3F000")) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_distinct_per_role_and_fit_postgres() {
+        let names = DatabaseNames::new(
+            "legekontor-oslo",
+            "oslo",
+            "1a2b3c4d-0000-0000-0000-000000000000",
+        );
+        assert_eq!(names.database, "sfm_legekontor_oslo_oslo_1a2b3c4d");
+        assert_eq!(names.migrator, "sfm_legekontor_oslo_oslo_1a2b3c4d_migrator");
+        let long = DatabaseNames::new(&"n".repeat(63), &"m".repeat(253), "ffffffff-0000");
+        for name in [
+            &long.database,
+            &long.owner,
+            &long.migrator,
+            &long.application,
+        ] {
+            assert!(name.len() <= 63, "{name} is too long");
+        }
+        let all = [
+            &long.database,
+            &long.owner,
+            &long.migrator,
+            &long.application,
+        ];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        // A recreated object (new UID) gets a new database.
+        assert_ne!(
+            DatabaseNames::new("a", "b", "11111111").database,
+            DatabaseNames::new("a", "b", "22222222").database
+        );
+    }
+}
