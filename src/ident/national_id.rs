@@ -287,7 +287,7 @@ mod tests {
             1854..=1899 => 500 + seed % 250,
             1900..=1939 => seed % 500,
             1940..=1999 => {
-                if seed % 2 == 0 {
+                if seed.is_multiple_of(2) {
                     seed % 500
                 } else {
                     900 + seed % 100
