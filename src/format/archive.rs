@@ -247,10 +247,10 @@ pub fn read_archive(bytes: &[u8], limits: &ArchiveLimits) -> Result<Archive, Arc
     let mut entries = Vec::new();
     let mut total: u64 = 0;
     let mut declared_total: u64 = 0;
-    for index in 0..zip.len() {
+    for (index, raw_name) in raw_names.iter().enumerate() {
         let mut file = zip.by_index(index).map_err(|e| match e {
             ZipError::UnsupportedArchive(reason) => ArchiveError::UnsupportedEntry {
-                name: shown_name(&String::from_utf8_lossy(&raw_names[index])),
+                name: shown_name(&String::from_utf8_lossy(raw_name)),
                 reason: reason.to_owned(),
             },
             other => malformed(&other),
@@ -293,7 +293,9 @@ pub fn read_archive(bytes: &[u8], limits: &ArchiveLimits) -> Result<Archive, Arc
             ));
         }
         if is_directory {
-            if file.size() != 0 || file.compressed_size() != 0 {
+            // An empty deflate stream takes two bytes, so only the declared size counts here;
+            // the entry is never inflated either way.
+            if file.size() != 0 {
                 return Err(unsupported("it is a directory entry with content"));
             }
             continue;
