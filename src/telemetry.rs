@@ -13,7 +13,8 @@ pub fn install_crypto_provider() {
 /// Structured logs on stderr: JSON when `SFM_LOG_FORMAT=json` (in a cluster), readable text otherwise.
 /// The level comes from `RUST_LOG` (default `info`).
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let json = std::env::var("SFM_LOG_FORMAT").is_ok_and(|v| v == "json");
     let registry = tracing_subscriber::registry().with(filter);
     if json {

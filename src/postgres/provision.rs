@@ -12,7 +12,7 @@
 //! nothing here logs a password or a verifier. Every identifier is quoted by [`super::sql`].
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, Executor, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -200,12 +200,9 @@ impl AdminSession {
         .await?;
         self.ensure_database().await?;
 
-        let mode = self
-            .with_database(|db, names| {
-                Box::pin(async move { read_mode(db).await.map(|mode| (mode, names)) })
-            })
-            .await?
-            .0;
+        let mut db = self.connect_database().await?;
+        let mode = read_mode(&mut db).await?;
+        db.close().await?;
         self.migrate(data_model_version).await?;
         if mode == Some(Mode::Operational) {
             return Ok(Mode::Operational);
@@ -384,7 +381,7 @@ impl AdminSession {
     }
 
     async fn exec(&mut self, statement: Statement) -> Result<(), ProvisionError> {
-        self.connection.execute(statement).await?;
+        sqlx::query(statement).execute(&mut self.connection).await?;
         Ok(())
     }
 
@@ -525,45 +522,50 @@ impl AdminSession {
     /// Runs statements inside the database as its owner, so everything created belongs to the owner.
     async fn in_database(&mut self, statements: Vec<Statement>) -> Result<(), ProvisionError> {
         let mut db = self.connect_database().await?;
-        db.execute(Statement::new("SET ROLE ").ident(&self.names.owner)?)
+        sqlx::query(Statement::new("SET ROLE ").ident(&self.names.owner)?)
+            .execute(&mut db)
             .await?;
         for statement in statements {
-            db.execute(statement).await?;
+            sqlx::query(statement).execute(&mut db).await?;
         }
         db.close().await?;
         Ok(())
     }
 
-    async fn with_database<T>(
-        &mut self,
-        work: impl for<'c> FnOnce(
-            &'c mut PgConnection,
-            DatabaseNames,
-        ) -> futures::future::BoxFuture<'c, Result<T, ProvisionError>>,
-    ) -> Result<T, ProvisionError> {
-        let mut db = self.connect_database().await?;
-        let result = work(&mut db, self.names.clone()).await;
-        db.close().await?;
-        result
-    }
-
     /// Applies the embedded migrations up to the requested version, as the owner.
+    ///
+    /// sqlx's migrator future is not `Send` (its generic `Acquire` lifetimes), so the migration runs
+    /// on a blocking thread with a small runtime of its own, keeping the reconcile future `Send`.
     async fn migrate(&mut self, data_model_version: i64) -> Result<(), ProvisionError> {
         let owner = quote(&self.names.owner)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .after_connect(move |connection, _| {
-                let set_role = format!("SET ROLE {owner}");
-                Box::pin(async move {
-                    connection.execute(sqlx::AssertSqlSafe(set_role)).await?;
-                    Ok(())
-                })
+        let options = self.database_options();
+        let run = move || -> Result<(), ProvisionError> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ProvisionError::Database(e.to_string()))?;
+            runtime.block_on(async move {
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .after_connect(move |connection, _| {
+                        let set_role = format!("SET ROLE {owner}");
+                        Box::pin(async move {
+                            sqlx::query(sqlx::AssertSqlSafe(set_role))
+                                .execute(&mut *connection)
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?;
+                let result = migrate_to(&pool, data_model_version).await;
+                pool.close().await;
+                Ok(result?)
             })
-            .connect_with(self.database_options())
-            .await?;
-        let result = migrate_to(&pool, data_model_version).await;
-        pool.close().await;
-        Ok(result?)
+        };
+        tokio::task::spawn_blocking(run).await.map_err(|e| {
+            ProvisionError::Database(format!("the schema migration task failed: {e}"))
+        })?
     }
 }
 

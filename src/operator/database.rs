@@ -1,0 +1,648 @@
+//! Reconciling one MigrationDatabase: provision (staging), observe the migration, switch to
+//! operational under the activation rule, and clean up on deletion according to the reclaim policy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::children::{self, Credentials};
+use super::{Context, Error, FIELD_MANAGER, FINALIZER};
+use crate::crd::conditions::{ConditionType, set_condition};
+use crate::crd::{ActivationMode, DatabaseCoordinates, MigrationDatabase, Phase, ReclaimPolicy};
+use crate::postgres::provision::{AdminSession, DatabaseNames, Mode, ValidationRecord};
+use crate::postgres::schema::data_model_versions;
+use crate::postgres::scram::generate_password;
+
+/// What the activation rule decides for a database in staging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActivationDecision {
+    /// No validation record in PostgreSQL yet.
+    NotValidated,
+    /// The status claims a digest that the record in PostgreSQL does not hold.
+    DigestMismatch,
+    /// Validated; waiting for the client's activation request.
+    AwaitingRequest,
+    /// Manual activation: waiting for `spec.activation.approvedDigest` to equal the validated digest.
+    AwaitingApproval,
+    /// Every condition holds: switch.
+    Switch,
+}
+
+/// DESIGN section 3, "Activation, defined once": (1) a validation record exists in the database,
+/// (2) `status.migration.validatedDigest` equals its digest, (3) activation was requested, (4) the
+/// mode is Automatic, or Manual with an approval of exactly that digest.
+pub fn activation_decision(
+    db: &MigrationDatabase,
+    record: Option<&ValidationRecord>,
+) -> ActivationDecision {
+    let Some(record) = record else {
+        return ActivationDecision::NotValidated;
+    };
+    let claimed = db
+        .status
+        .as_ref()
+        .and_then(|s| s.migration.as_ref())
+        .and_then(|m| m.validated_digest.as_deref());
+    if claimed != Some(record.manifest_digest.as_str()) {
+        return ActivationDecision::DigestMismatch;
+    }
+    if !record.activation_requested {
+        return ActivationDecision::AwaitingRequest;
+    }
+    match db.spec.activation.mode {
+        ActivationMode::Automatic => ActivationDecision::Switch,
+        ActivationMode::Manual
+            if db.spec.activation.approved_digest.as_deref()
+                == Some(record.manifest_digest.as_str()) =>
+        {
+            ActivationDecision::Switch
+        }
+        ActivationMode::Manual => ActivationDecision::AwaitingApproval,
+    }
+}
+
+pub async fn reconcile(
+    db: Arc<MigrationDatabase>,
+    ctx: Arc<Context>,
+) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
+    let api: Api<MigrationDatabase> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, db, |event| async move {
+        match event {
+            // Boxed as `Send` futures here: without it the compiler cannot prove the nested futures
+            // Send for every lifetime (a known limitation with higher-ranked closures).
+            Finalizer::Apply(db) => {
+                let work: futures::future::BoxFuture<'static, Result<Action, Error>> =
+                    Box::pin(apply(db, ctx));
+                work.await
+            }
+            Finalizer::Cleanup(db) => {
+                let work: futures::future::BoxFuture<'static, Result<Action, Error>> =
+                    Box::pin(cleanup(db, ctx));
+                work.await
+            }
+        }
+    })
+    .await
+}
+
+pub fn error_policy(
+    db: Arc<MigrationDatabase>,
+    error: &kube::runtime::finalizer::Error<Error>,
+    ctx: Arc<Context>,
+) -> Action {
+    let _ = ctx;
+    tracing::warn!(database = %db.name_any(), namespace = ?db.namespace(), %error, "reconcile failed");
+    super::backoff(3)
+}
+
+/// Failures with a cause the user must fix are written to status and an Event, then retried with
+/// backoff by returning the error.
+async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let (db, ctx) = (db.as_ref(), ctx.as_ref());
+    match provision_and_observe(db, ctx).await {
+        Ok(action) => Ok(action),
+        Err(error) => {
+            let message = error.to_string();
+            let reason = error.reason();
+            publish(ctx, db, EventType::Warning, reason, &message).await;
+            let phase = match &error {
+                Error::Provision(crate::postgres::provision::ProvisionError::NameCollision {
+                    ..
+                }) => Phase::Failed,
+                Error::Config {
+                    reason: "UnknownDataModelVersion",
+                    ..
+                } => Phase::Failed,
+                _ => current_phase(db).unwrap_or(Phase::Pending),
+            };
+            patch_status(
+                ctx,
+                db,
+                phase,
+                reason,
+                vec![cond(ConditionType::Ready, false, reason, &message)],
+                None,
+                None,
+            )
+            .await?;
+            Err(error)
+        }
+    }
+}
+
+fn current_phase(db: &MigrationDatabase) -> Option<Phase> {
+    db.status.as_ref().and_then(|s| s.phase)
+}
+
+async fn admin_uri(db: &MigrationDatabase, ctx: &Context) -> Result<String, Error> {
+    match &db.spec.server {
+        Some(server) => {
+            let secrets: Api<Secret> =
+                Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+            let reference = &server.admin_secret_ref;
+            let secret = secrets
+                .get_opt(&reference.name)
+                .await?
+                .ok_or_else(|| Error::Config {
+                    reason: "AdminSecretMissing",
+                    message: format!(
+                        "the admin Secret {} does not exist in this namespace",
+                        reference.name
+                    ),
+                })?;
+            children::secret_field(&secret, &reference.key).ok_or_else(|| Error::Config {
+                reason: "InvalidAdminSecret",
+                message: format!(
+                    "the admin Secret {} has no key {}",
+                    reference.name, reference.key
+                ),
+            })
+        }
+        None => ctx
+            .config
+            .default_admin_uri
+            .clone()
+            .ok_or_else(|| Error::Config {
+                reason: "AdminSecretMissing",
+                message: "spec.server is empty and the operator has no default PostgreSQL server"
+                    .into(),
+            }),
+    }
+}
+
+/// Reads a Secret's password, creating the Secret first (as `candidate`, holding `candidate_password`)
+/// when it does not exist. The password is written to Kubernetes before it reaches PostgreSQL, so a
+/// crash in between loses nothing: the next pass sets the same password again.
+async fn ensure_password(
+    api: &Api<Secret>,
+    name: &str,
+    candidate: Secret,
+    candidate_password: String,
+) -> Result<String, Error> {
+    if let Some(secret) = api.get_opt(name).await? {
+        if let Some(password) = children::secret_field(&secret, "password") {
+            return Ok(password);
+        }
+    }
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &candidate,
+        )
+        .await
+    {
+        Ok(_) => Ok(candidate_password),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let secret = api.get(name).await?;
+            children::secret_field(&secret, "password").ok_or_else(|| Error::Config {
+                reason: "InvalidSecret",
+                message: format!("the Secret {name} exists without a password"),
+            })
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn provision_and_observe(db: &MigrationDatabase, ctx: &Context) -> Result<Action, Error> {
+    let namespace = db.namespace().unwrap_or_default();
+    let uid = db.uid().unwrap_or_default();
+    let version = db.spec.data_model_version;
+    if !data_model_versions().contains(&version) {
+        return Err(Error::Config {
+            reason: "UnknownDataModelVersion",
+            message: format!(
+                "data model version {version} does not exist; this operator knows {:?}",
+                data_model_versions()
+            ),
+        });
+    }
+    let admin = admin_uri(db, ctx).await?;
+    let names = DatabaseNames::new(&namespace, &db.name_any(), &uid);
+    if current_phase(db).is_none() || current_phase(db) == Some(Phase::Pending) {
+        patch_status(
+            ctx,
+            db,
+            Phase::Provisioning,
+            "Provisioning",
+            vec![cond(
+                ConditionType::Ready,
+                false,
+                "Provisioning",
+                "creating the database and its roles",
+            )],
+            None,
+            None,
+        )
+        .await?;
+    }
+
+    let mut session = AdminSession::open(&admin, names.clone(), &uid).await?;
+    let (host, port) = session.server();
+    let local_secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let api_secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.api_namespace);
+    let app_name = children::application_secret_name(db);
+    let migrator_name = children::migrator_secret_name(db);
+
+    let candidate = generate_password();
+    let secret = children::credentials_secret(
+        &app_name,
+        &namespace,
+        children::labels(db, "application-credentials"),
+        children::owner(db),
+        &Credentials {
+            username: &names.application,
+            password: &candidate,
+            host: &host,
+            port,
+            database: &names.database,
+        },
+    );
+    let application_password =
+        ensure_password(&local_secrets, &app_name, secret, candidate).await?;
+
+    let (mode_before, _) = session.observe().await.unwrap_or((None, None));
+    let migrator_password = if mode_before == Some(Mode::Operational) {
+        // The migrator is closed for good; its Secret is gone and must not come back.
+        generate_password()
+    } else {
+        let candidate = generate_password();
+        let secret = children::credentials_secret(
+            &migrator_name,
+            &ctx.config.api_namespace,
+            children::labels(db, "migrator-credentials"),
+            vec![],
+            &Credentials {
+                username: &names.migrator,
+                password: &candidate,
+                host: &host,
+                port,
+                database: &names.database,
+            },
+        );
+        ensure_password(&api_secrets, &migrator_name, secret, candidate).await?
+    };
+
+    let mut mode = session
+        .ensure_staging(version, &migrator_password, &application_password)
+        .await?;
+    let (_, record) = session.observe().await?;
+
+    let decision = activation_decision(db, record.as_ref());
+    if mode == Mode::Staging && decision == ActivationDecision::Switch {
+        patch_status(
+            ctx,
+            db,
+            Phase::Activating,
+            "Activating",
+            vec![cond(
+                ConditionType::Validated,
+                true,
+                "Validated",
+                "the validation record is in the database",
+            )],
+            None,
+            None,
+        )
+        .await?;
+        session.switch_to_operational().await?;
+        mode = Mode::Operational;
+        publish(
+            ctx,
+            db,
+            EventType::Normal,
+            "Operational",
+            "switched to operational mode: the migrator is closed and the application role is open",
+        )
+        .await;
+    }
+    session.close().await?;
+
+    if db.spec.network_policy.enabled {
+        apply_child(
+            &Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &namespace),
+            &children::network_policy(db, mode == Mode::Operational),
+        )
+        .await?;
+    }
+
+    let coordinates = DatabaseCoordinates {
+        host: host.clone(),
+        port: port.into(),
+        name: names.database.clone(),
+        data_model_version: version,
+        application_secret: (mode == Mode::Operational).then(|| app_name.clone()),
+        migrator_secret: (mode == Mode::Staging)
+            .then(|| format!("{}/{}", ctx.config.api_namespace, migrator_name)),
+    };
+
+    if mode == Mode::Operational {
+        apply_child(
+            &Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace),
+            &children::access_entry(db, &names.database),
+        )
+        .await?;
+        if api_secrets.get_opt(&migrator_name).await?.is_some() {
+            api_secrets
+                .delete(&migrator_name, &DeleteParams::default())
+                .await?;
+        }
+        let digest = record
+            .as_ref()
+            .map(|r| r.manifest_digest.as_str())
+            .unwrap_or("");
+        patch_status(
+            ctx,
+            db,
+            Phase::Operational,
+            "Operational",
+            vec![
+                cond(
+                    ConditionType::Ready,
+                    true,
+                    "Operational",
+                    "the database is in operational mode",
+                ),
+                cond(
+                    ConditionType::Validated,
+                    true,
+                    "Validated",
+                    &format!("validated manifest {digest}"),
+                ),
+                cond(
+                    ConditionType::Operational,
+                    true,
+                    "Switched",
+                    "the organisation's HelseID client has access",
+                ),
+            ],
+            Some(coordinates),
+            active_key(db, ctx).await?,
+        )
+        .await?;
+        return Ok(Action::requeue(ctx.config.resync));
+    }
+
+    let (phase, reason, validated, message) = match decision {
+        ActivationDecision::NotValidated => {
+            let migrating = db
+                .status
+                .as_ref()
+                .and_then(|s| s.migration.as_ref())
+                .is_some_and(|m| m.organisation_stored || m.patients.received > 0);
+            let phase = if migrating {
+                Phase::Migrating
+            } else {
+                Phase::Staging
+            };
+            (
+                phase,
+                if migrating { "Migrating" } else { "Staging" },
+                false,
+                "no validation record yet",
+            )
+        }
+        ActivationDecision::DigestMismatch => (
+            Phase::Migrating,
+            "ValidationDigestMismatch",
+            false,
+            "status.migration.validatedDigest does not match the validation record in the database",
+        ),
+        ActivationDecision::AwaitingRequest => (
+            Phase::Validated,
+            "AwaitingActivationRequest",
+            true,
+            "validated; waiting for the client to request activation",
+        ),
+        ActivationDecision::AwaitingApproval => (
+            Phase::Validated,
+            "AwaitingManualApproval",
+            true,
+            "validated; waiting for spec.activation.approvedDigest to equal the validated digest",
+        ),
+        ActivationDecision::Switch => unreachable!("handled above"),
+    };
+    let first_time = current_phase(db) != Some(phase);
+    patch_status(
+        ctx,
+        db,
+        phase,
+        reason,
+        vec![
+            cond(
+                ConditionType::Ready,
+                true,
+                "Staging",
+                "provisioned in staging mode: only the migration API may write",
+            ),
+            cond(ConditionType::Validated, validated, reason, message),
+            cond(
+                ConditionType::Operational,
+                false,
+                reason,
+                "not yet switched to operational mode",
+            ),
+        ],
+        Some(coordinates),
+        active_key(db, ctx).await?,
+    )
+    .await?;
+    if first_time {
+        publish(
+            ctx,
+            db,
+            EventType::Normal,
+            reason,
+            &format!("phase {phase:?}"),
+        )
+        .await;
+    }
+    Ok(Action::requeue(
+        Duration::from_secs(30).min(ctx.config.resync),
+    ))
+}
+
+/// The id of the one Active MigrationKey of this database, if any.
+async fn active_key(db: &MigrationDatabase, ctx: &Context) -> Result<Option<String>, Error> {
+    let keys: Api<crate::crd::MigrationKey> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    let list = keys.list(&Default::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|k| k.spec.database_ref == db.name_any())
+        .filter_map(|k| k.status)
+        .find(|s| s.phase == Some(crate::crd::KeyPhase::Active))
+        .and_then(|s| s.key_id))
+}
+
+async fn apply_child<K>(api: &Api<K>, object: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await?;
+    Ok(())
+}
+
+/// One condition to set: type, status, reason, message.
+struct Cond(ConditionType, bool, String, String);
+
+fn cond(type_: ConditionType, status: bool, reason: &str, message: &str) -> Cond {
+    Cond(type_, status, reason.to_owned(), message.to_owned())
+}
+
+/// One server-side apply of the operator's status fields. Never includes `status.migration`.
+async fn patch_status(
+    ctx: &Context,
+    db: &MigrationDatabase,
+    phase: Phase,
+    reason: &str,
+    conditions: Vec<Cond>,
+    coordinates: Option<DatabaseCoordinates>,
+    active_key: Option<String>,
+) -> Result<(), Error> {
+    let now = jiff::Timestamp::now();
+    let mut merged = db
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    for Cond(type_, status, reason, message) in conditions {
+        set_condition(
+            &mut merged,
+            type_,
+            status,
+            &reason,
+            &message,
+            db.metadata.generation,
+            now,
+        );
+    }
+    let mut status = json!({
+        "phase": phase,
+        "phaseReason": reason,
+        "conditions": merged,
+        "observedGeneration": db.metadata.generation,
+    });
+    let previous = db.status.as_ref();
+    if let Some(coordinates) = coordinates.or_else(|| previous.and_then(|s| s.database.clone())) {
+        status["database"] = serde_json::to_value(coordinates).unwrap_or_default();
+    }
+    if let Some(key) = active_key {
+        status["activeKey"] = json!(key);
+    }
+    let patch = json!({
+        "apiVersion": "sfm.nhn.no/v1alpha1",
+        "kind": "MigrationDatabase",
+        "status": status,
+    });
+    let api: Api<MigrationDatabase> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    api.patch_status(
+        &db.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    db: &MigrationDatabase,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &db.object_ref(&())).await {
+        tracing::warn!(%error, "could not publish an Event");
+    }
+}
+
+/// Deletion: `Delete` drops the database and roles; `Retain` keeps them, locks the migrator and
+/// orphans the credential Secrets so garbage collection does not take them. The migrator's Secret
+/// in the migration API's namespace goes either way.
+async fn cleanup(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let (db, ctx) = (db.as_ref(), ctx.as_ref());
+    let namespace = db.namespace().unwrap_or_default();
+    let names = DatabaseNames::new(&namespace, &db.name_any(), &db.uid().unwrap_or_default());
+    let api_secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.api_namespace);
+    let local_secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let app_name = children::application_secret_name(db);
+    match admin_uri(db, ctx).await {
+        Ok(admin) => {
+            let mut session =
+                AdminSession::open(&admin, names, &db.uid().unwrap_or_default()).await?;
+            match db.spec.reclaim_policy {
+                ReclaimPolicy::Delete => session.drop_everything().await?,
+                ReclaimPolicy::Retain => session.lock_migrator().await?,
+            }
+            session.close().await?;
+        }
+        Err(error) if db.spec.reclaim_policy == ReclaimPolicy::Retain => {
+            // Nothing to drop; the data stays where it is. Say so, and let the object go.
+            publish(
+                ctx,
+                db,
+                EventType::Warning,
+                error.reason(),
+                "could not lock the migrator on deletion",
+            )
+            .await;
+        }
+        Err(error) => return Err(error),
+    }
+    if api_secrets
+        .get_opt(&children::migrator_secret_name(db))
+        .await?
+        .is_some()
+    {
+        api_secrets
+            .delete(
+                &children::migrator_secret_name(db),
+                &DeleteParams::default(),
+            )
+            .await?;
+    }
+    if db.spec.reclaim_policy == ReclaimPolicy::Retain
+        && local_secrets.get_opt(&app_name).await?.is_some()
+    {
+        let orphan = json!({"metadata": {"ownerReferences": null}});
+        local_secrets
+            .patch(&app_name, &PatchParams::default(), &Patch::Merge(&orphan))
+            .await?;
+    }
+    publish(
+        ctx,
+        db,
+        EventType::Normal,
+        "Deleted",
+        &format!("reclaim policy {:?} applied", db.spec.reclaim_policy),
+    )
+    .await;
+    Ok(Action::await_change())
+}

@@ -1,0 +1,325 @@
+//! Reconciling MigrationKeys: each gets a Secret holding `sfmk_<keyId>_<secret>` (owned by the key),
+//! its digest in status, and a phase. Only the newest unrevoked, unexpired key of a database is
+//! Active; keys expire after their time to live and when the database goes operational.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::children::{
+    LABEL_COMPONENT, LABEL_DATABASE, LABEL_KEY_ID, LABEL_MANAGED_BY, LABEL_PART_OF,
+};
+use super::{Context, Error, FIELD_MANAGER};
+use crate::contract::MigrationKeyToken;
+use crate::crd::{KeyPhase, MigrationDatabase, MigrationKey, Phase};
+
+/// The key string's field in the Secret.
+pub const SECRET_KEY_FIELD: &str = "key";
+
+/// What decides a key's phase, for one key.
+#[derive(Clone, Debug)]
+pub struct KeyFacts {
+    pub name: String,
+    pub created: jiff::Timestamp,
+    pub expires: jiff::Timestamp,
+    pub revoked: bool,
+}
+
+/// The phase of every key of one database: revoked keys are Revoked; with the database operational
+/// every other key is Expired; past its expiry a key is Expired; of the rest, the newest (by creation,
+/// then name) is Active and the others are Superseded.
+pub fn key_phases(
+    keys: &[KeyFacts],
+    database_operational: bool,
+    now: jiff::Timestamp,
+) -> Vec<(String, KeyPhase)> {
+    let newest = keys
+        .iter()
+        .filter(|k| !k.revoked && !database_operational && k.expires > now)
+        .max_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)))
+        .map(|k| k.name.clone());
+    keys.iter()
+        .map(|k| {
+            let phase = if k.revoked {
+                KeyPhase::Revoked
+            } else if database_operational || k.expires <= now {
+                KeyPhase::Expired
+            } else if Some(&k.name) == newest.as_ref() {
+                KeyPhase::Active
+            } else {
+                KeyPhase::Superseded
+            };
+            (k.name.clone(), phase)
+        })
+        .collect()
+}
+
+fn secret_name(key: &MigrationKey) -> String {
+    format!("{}-key", key.name_any())
+}
+
+fn facts(key: &MigrationKey) -> Result<KeyFacts, Error> {
+    let created = key
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(jiff::Timestamp::now);
+    let ttl =
+        kube::core::Duration::from_str(&key.spec.time_to_live).map_err(|_| Error::Config {
+            reason: "InvalidTimeToLive",
+            message: format!("timeToLive {:?} is not a duration", key.spec.time_to_live),
+        })?;
+    let ttl: std::time::Duration = ttl.into();
+    let expires = created
+        .checked_add(jiff::SignedDuration::try_from(ttl).unwrap_or(jiff::SignedDuration::ZERO))
+        .unwrap_or(created);
+    Ok(KeyFacts {
+        name: key.name_any(),
+        created,
+        expires,
+        revoked: key.spec.revoked,
+    })
+}
+
+pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = key.namespace().unwrap_or_default();
+    let keys: Api<MigrationKey> = Api::namespaced(ctx.client.clone(), &namespace);
+    let databases: Api<MigrationDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(db) = databases.get_opt(&key.spec.database_ref).await? else {
+        let message = format!(
+            "the MigrationDatabase {} does not exist in this namespace",
+            key.spec.database_ref
+        );
+        patch_key_status(
+            &keys,
+            &key,
+            json!({"phase": KeyPhase::Pending, "message": message}),
+        )
+        .await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    };
+
+    // The Secret first: the key exists in exactly one place, owned by the MigrationKey.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let token = match secrets.get_opt(&secret_name(&key)).await? {
+        Some(secret) => read_token(&secret)?,
+        None => create_secret(&secrets, &key).await?,
+    };
+
+    let operational = db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Operational);
+    let siblings: Vec<MigrationKey> = keys
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|k| k.spec.database_ref == key.spec.database_ref)
+        .collect();
+    let all_facts = siblings.iter().map(facts).collect::<Result<Vec<_>, _>>()?;
+    let now = jiff::Timestamp::now();
+    let phases = key_phases(&all_facts, operational, now);
+    let mine = all_facts
+        .iter()
+        .find(|f| f.name == key.name_any())
+        .cloned()
+        .unwrap_or(facts(&key)?);
+    let my_phase = phases
+        .iter()
+        .find(|(n, _)| *n == key.name_any())
+        .map(|(_, p)| *p)
+        .unwrap_or(KeyPhase::Pending);
+
+    patch_key_status(
+        &keys,
+        &key,
+        json!({
+            "phase": my_phase,
+            "message": phase_message(my_phase),
+            "keyId": token.key_id(),
+            "digest": token.digest_hex(),
+            "secretName": secret_name(&key),
+            "issuedAt": mine.created.to_string(),
+            "expiresAt": mine.expires.to_string(),
+            "observedGeneration": key.metadata.generation,
+        }),
+    )
+    .await?;
+
+    // Siblings whose phase changed because of this key (superseded by it) are updated now, not at
+    // their next resync, so an older key stops showing Active at once.
+    for sibling in siblings.iter().filter(|k| k.name_any() != key.name_any()) {
+        let want = phases
+            .iter()
+            .find(|(n, _)| *n == sibling.name_any())
+            .map(|(_, p)| *p);
+        let have = sibling.status.as_ref().and_then(|s| s.phase);
+        if want.is_some() && want != have && have.is_some() {
+            patch_key_status(
+                &keys,
+                sibling,
+                json!({"phase": want, "message": want.map(phase_message)}),
+            )
+            .await?;
+        }
+    }
+
+    let until_expiry = (mine.expires - now).get_seconds().max(1) as u64;
+    Ok(Action::requeue(Duration::from_secs(until_expiry.min(300))))
+}
+
+fn phase_message(phase: KeyPhase) -> &'static str {
+    match phase {
+        KeyPhase::Pending => "waiting for the MigrationDatabase",
+        KeyPhase::Active => "this key fills the database",
+        KeyPhase::Superseded => "a newer key of the same database replaced this one",
+        KeyPhase::Expired => "the key's time to live ran out or the database is operational",
+        KeyPhase::Revoked => "revoked by an operator",
+    }
+}
+
+fn read_token(secret: &Secret) -> Result<MigrationKeyToken, Error> {
+    let text = super::children::secret_field(secret, SECRET_KEY_FIELD).unwrap_or_default();
+    MigrationKeyToken::from_str(text.trim()).map_err(|_| Error::Config {
+        reason: "InvalidKeySecret",
+        message: "the key Secret does not hold a well-formed migration key".into(),
+    })
+}
+
+async fn create_secret(
+    secrets: &Api<Secret>,
+    key: &MigrationKey,
+) -> Result<MigrationKeyToken, Error> {
+    let token = MigrationKeyToken::generate().map_err(|e| Error::Key(e.to_string()))?;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(key)),
+            namespace: key.namespace(),
+            owner_references: key.controller_owner_ref(&()).map(|o| vec![o]),
+            labels: Some(
+                [
+                    (LABEL_MANAGED_BY, FIELD_MANAGER),
+                    (LABEL_PART_OF, "sfm-migration"),
+                    (LABEL_COMPONENT, "migration-key"),
+                    (LABEL_DATABASE, key.spec.database_ref.as_str()),
+                    (LABEL_KEY_ID, token.key_id()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            [(
+                SECRET_KEY_FIELD.to_owned(),
+                ByteString(token.expose().into_bytes()),
+            )]
+            .into_iter()
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    match secrets
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &secret,
+        )
+        .await
+    {
+        Ok(_) => Ok(token),
+        // Another pass won the race: use what it wrote.
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            read_token(&secrets.get(&secret_name(key)).await?)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn patch_key_status(
+    api: &Api<MigrationKey>,
+    key: &MigrationKey,
+    status: serde_json::Value,
+) -> Result<(), Error> {
+    let patch =
+        json!({"apiVersion": "sfm.nhn.no/v1alpha1", "kind": "MigrationKey", "status": status});
+    api.patch_status(
+        &key.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn error_policy(key: Arc<MigrationKey>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(key = %key.name_any(), namespace = ?key.namespace(), %error, "key reconcile failed");
+    super::backoff(3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(seconds).unwrap()
+    }
+
+    fn key(name: &str, created: i64, expires: i64, revoked: bool) -> KeyFacts {
+        KeyFacts {
+            name: name.into(),
+            created: at(created),
+            expires: at(expires),
+            revoked,
+        }
+    }
+
+    #[test]
+    fn the_newest_valid_key_is_active_and_older_ones_are_superseded() {
+        let keys = [key("a", 10, 1000, false), key("b", 20, 1000, false)];
+        let phases = key_phases(&keys, false, at(100));
+        assert_eq!(
+            phases,
+            vec![
+                ("a".into(), KeyPhase::Superseded),
+                ("b".into(), KeyPhase::Active)
+            ]
+        );
+    }
+
+    #[test]
+    fn revoking_or_expiring_the_newest_does_not_revive_an_older_key_wrongly() {
+        let keys = [key("a", 10, 1000, false), key("b", 20, 1000, true)];
+        let phases = key_phases(&keys, false, at(100));
+        assert_eq!(
+            phases,
+            vec![
+                ("a".into(), KeyPhase::Active),
+                ("b".into(), KeyPhase::Revoked)
+            ]
+        );
+        let keys = [key("a", 10, 50, false), key("b", 20, 1000, false)];
+        assert_eq!(key_phases(&keys, false, at(100))[0].1, KeyPhase::Expired);
+    }
+
+    #[test]
+    fn every_key_expires_when_the_database_is_operational() {
+        let keys = [key("a", 10, 1000, false), key("b", 20, 1000, false)];
+        assert!(
+            key_phases(&keys, true, at(100))
+                .iter()
+                .all(|(_, p)| *p == KeyPhase::Expired)
+        );
+    }
+}
