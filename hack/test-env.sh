@@ -19,6 +19,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+export SFM_PG_FAST=${SFM_PG_FAST:-1} # tests only: no fsync
 "$root/hack/postgres.sh" start "$work/postgres" >&2
 # shellcheck disable=SC1091
 source "$work/postgres/env"
@@ -29,6 +30,5 @@ else
   # shellcheck disable=SC1091
   source "$work/controlplane/env"
 fi
-export SFM_PG_FAST=${SFM_PG_FAST:-1}
 export SFM_TEST_WORK_DIR="$work"
 "$@"

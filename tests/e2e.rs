@@ -8,4 +8,5 @@ mod e2e {
     pub mod cluster;
     pub mod controlplane;
     pub mod crds;
+    pub mod operator;
 }

@@ -358,6 +358,7 @@ async fn provision_and_observe(db: &MigrationDatabase, ctx: &Context) -> Result<
                 .delete(&migrator_name, &DeleteParams::default())
                 .await?;
         }
+        expire_keys(db, ctx).await?;
         let digest = record
             .as_ref()
             .map(|r| r.manifest_digest.as_str())
@@ -485,6 +486,33 @@ async fn active_key(db: &MigrationDatabase, ctx: &Context) -> Result<Option<Stri
         .filter_map(|k| k.status)
         .find(|s| s.phase == Some(crate::crd::KeyPhase::Active))
         .and_then(|s| s.key_id))
+}
+
+/// Every key of an operational database stops working at once (the API checks the phase too).
+async fn expire_keys(db: &MigrationDatabase, ctx: &Context) -> Result<(), Error> {
+    let keys: Api<crate::crd::MigrationKey> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    for key in keys.list(&Default::default()).await?.items {
+        let phase = key.status.as_ref().and_then(|s| s.phase);
+        if key.spec.database_ref == db.name_any()
+            && matches!(
+                phase,
+                Some(crate::crd::KeyPhase::Active)
+                    | Some(crate::crd::KeyPhase::Superseded)
+                    | Some(crate::crd::KeyPhase::Pending)
+            )
+        {
+            let patch = json!({"apiVersion": "sfm.nhn.no/v1alpha1", "kind": "MigrationKey",
+                "status": {"phase": crate::crd::KeyPhase::Expired, "message": "the database is operational"}});
+            keys.patch_status(
+                &key.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn apply_child<K>(api: &Api<K>, object: &K) -> Result<(), Error>

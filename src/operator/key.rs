@@ -172,7 +172,9 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
     }
 
     let until_expiry = (mine.expires - now).get_seconds().max(1) as u64;
-    Ok(Action::requeue(Duration::from_secs(until_expiry.min(300))))
+    Ok(Action::requeue(
+        Duration::from_secs(until_expiry).min(ctx.config.resync),
+    ))
 }
 
 fn phase_message(phase: KeyPhase) -> &'static str {

@@ -1,0 +1,186 @@
+//! The operator against the real API server and a real PostgreSQL server: the shipped examples reach
+//! Ready in staging, keys supersede each other, a faked status does not activate, and a validation
+//! record plus an activation request switches the database to operational, in PostgreSQL itself.
+
+use super::cluster::*;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+/// The operator as a local process, stopped when dropped.
+struct Operator(Child);
+
+impl Operator {
+    fn start(api_namespace: &str) -> Operator {
+        let admin = std::env::var("SFM_PG_ADMIN_URL")
+            .expect("SFM_PG_ADMIN_URL is not set: run the end-to-end suite with `make test`");
+        let log = std::fs::File::create(format!(
+            "{}/target/e2e-operator.log",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sfm-operator"))
+            .args([
+                "run",
+                "--api-namespace",
+                api_namespace,
+                "--resync-seconds",
+                "5",
+            ])
+            .env("KUBECONFIG", kubeconfig())
+            .env("SFM_DEFAULT_ADMIN_URL", admin)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the sfm-operator binary runs");
+        Operator(child)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn jsonpath(ns: &str, resource: &str, path: &str) -> String {
+    kubectl_ok(
+        &["-n", ns, "get", resource, "-o", &format!("jsonpath={path}")],
+        None,
+    )
+}
+
+fn secret_field(ns: &str, name: &str, field: &str) -> String {
+    let b64 = jsonpath(ns, &format!("secret/{name}"), &format!("{{.data.{field}}}"));
+    String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim()).unwrap(),
+    )
+    .unwrap()
+}
+
+const NS: &str = "sfm-organisations";
+const DB: &str = "mdb/legekontoret-fjordby";
+
+#[test]
+fn examples_go_from_staging_to_operational_under_the_activation_rule() {
+    install_crds();
+    let _operator = Operator::start("sfm-system");
+    // The examples exactly as shipped.
+    kubectl_ok(
+        &["apply", "-f", &repo_path("examples/00-namespace.yaml")],
+        None,
+    );
+    kubectl_ok(
+        &[
+            "apply",
+            "-f",
+            &repo_path("examples/10-migrationdatabase.yaml"),
+            "-f",
+            &repo_path("examples/20-migrationkey.yaml"),
+        ],
+        None,
+    );
+    kubectl_ok(
+        &[
+            "-n",
+            NS,
+            "wait",
+            "--for=condition=Ready",
+            DB,
+            "--timeout=120s",
+        ],
+        None,
+    );
+    assert_eq!(jsonpath(NS, DB, "{.status.phase}"), "Staging");
+
+    let migrator_secret = jsonpath(NS, DB, "{.status.database.migratorSecret}");
+    let (api_ns, migrator_name) = migrator_secret.split_once('/').unwrap();
+    let migrator_uri = secret_field(api_ns, migrator_name, "uri");
+    let application_uri = secret_field(NS, "legekontoret-fjordby-application", "uri");
+    assert!(migrator_uri.starts_with("postgres://"));
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use sqlx::{Connection, PgConnection};
+        // Staging: the migrator connects (scram over TCP) and writes; the application role cannot log in.
+        let mut migrator = PgConnection::connect(&migrator_uri).await.expect("the migrator connects in staging");
+        let mode: String = sqlx::query_scalar("SELECT mode FROM sfm.metadata").fetch_one(&mut migrator).await.unwrap();
+        assert_eq!(mode, "staging");
+        let refused = PgConnection::connect(&application_uri).await;
+        assert!(refused.is_err(), "the application role logged in during staging");
+        // The migrator may not change the mode.
+        assert!(sqlx::query("UPDATE sfm.metadata SET mode = 'operational', operational_at = now()").execute(&mut migrator).await.is_err());
+
+        // A second key supersedes the first.
+        let first_key = jsonpath(NS, "mkey/fjordby-key-1", "{.status.keyId}");
+        kubectl_ok(&["apply", "-f", "-"], Some(&format!(
+            "apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationKey\nmetadata:\n  name: fjordby-key-2\n  namespace: {NS}\nspec:\n  databaseRef: legekontoret-fjordby\n  timeToLive: 24h\n")));
+        assert!(eventually(Duration::from_secs(60), || jsonpath(NS, "mkey/fjordby-key-2", "{.status.phase}") == "Active"));
+        assert!(eventually(Duration::from_secs(60), || jsonpath(NS, "mkey/fjordby-key-1", "{.status.phase}") == "Superseded"));
+        let second_key = jsonpath(NS, "mkey/fjordby-key-2", "{.status.keyId}");
+        assert_ne!(first_key, second_key);
+        assert!(eventually(Duration::from_secs(60), || jsonpath(NS, DB, "{.status.activeKey}") == second_key));
+
+        // A status patch that claims validation, without the record in PostgreSQL, activates nothing.
+        let digest = "ab".repeat(32);
+        let claim = format!(r#"{{"apiVersion":"sfm.nhn.no/v1alpha1","kind":"MigrationDatabase","metadata":{{"name":"legekontoret-fjordby","namespace":"{NS}"}},"status":{{"migration":{{"validatedDigest":"{digest}","activationRequestedAt":"2026-01-01T00:00:00Z"}}}}}}"#);
+        kubectl_ok(&["apply", "--server-side", "--field-manager=sfm-migration-api", "--subresource=status", "-f", "-"], Some(&claim));
+        // Give the operator a few resyncs (5 s each here) to be fooled; it must not be.
+        std::thread::sleep(Duration::from_secs(8));
+        assert_ne!(jsonpath(NS, DB, "{.status.phase}"), "Operational");
+        assert_eq!(jsonpath(NS, DB, "{.status.conditions[?(@.type==\"Validated\")].status}"), "False");
+        // The operator's own status writes keep the API's field.
+        assert_eq!(jsonpath(NS, DB, "{.status.migration.validatedDigest}"), digest);
+
+        // A validation record (as the API's verify writes it) of another manifest, with activation
+        // requested: the digests differ, so still no switch.
+        let validated = "cd".repeat(32);
+        sqlx::query(
+            "INSERT INTO sfm.validation (manifest_sha256, users_expected, users_stored, patients_expected, patients_stored, files_rejected, migration_key_id, activation_requested_at)
+             VALUES (decode($1, 'hex'), 0, 0, 0, 0, 0, $2, now() + interval '1 second')",
+        )
+        .bind(&validated)
+        .bind(&second_key)
+        .execute(&mut migrator)
+        .await
+        .unwrap();
+        assert!(eventually(Duration::from_secs(30), || jsonpath(NS, DB, "{.status.phaseReason}") == "ValidationDigestMismatch"));
+        assert_ne!(jsonpath(NS, DB, "{.status.phase}"), "Operational");
+
+        // The API's status now names the validated digest: every condition holds, the switch happens.
+        let claim = claim.replace(&digest, &validated);
+        kubectl_ok(&["apply", "--server-side", "--field-manager=sfm-migration-api", "--subresource=status", "-f", "-"], Some(&claim));
+        kubectl_ok(&["-n", NS, "wait", "--for=condition=Operational", DB, "--timeout=120s"], None);
+        assert_eq!(jsonpath(NS, DB, "{.status.phase}"), "Operational");
+
+        // In PostgreSQL itself: the migrator's open session is gone and it cannot log in again; the
+        // application role logs in and writes.
+        assert!(sqlx::query("SELECT 1").execute(&mut migrator).await.is_err(), "the migrator session survived the switch");
+        assert!(PgConnection::connect(&migrator_uri).await.is_err(), "the migrator can still log in");
+        let mut application = PgConnection::connect(&application_uri).await.expect("the application role connects when operational");
+        let mode: String = sqlx::query_scalar("SELECT mode FROM sfm.metadata").fetch_one(&mut application).await.unwrap();
+        assert_eq!(mode, "operational");
+        sqlx::query("DELETE FROM sfm.rejections").execute(&mut application).await.expect("the application role may write");
+    });
+
+    // The migrator's Secret is gone, the access entry is there, and every key expired.
+    assert!(eventually(Duration::from_secs(30), || !kubectl(
+        &["-n", "sfm-system", "get", "secret", migrator_name],
+        None
+    )
+    .status
+    .success()));
+    assert_eq!(
+        jsonpath(
+            NS,
+            "configmap/legekontoret-fjordby-access",
+            "{.data.helseIdClientId}"
+        ),
+        "fjordby-legekontor-sfm"
+    );
+    assert!(eventually(Duration::from_secs(60), || jsonpath(
+        NS,
+        "mkey/fjordby-key-2",
+        "{.status.phase}"
+    ) == "Expired"));
+}
