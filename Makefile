@@ -22,7 +22,7 @@ demo: deps
 	hack/demo.sh up
 
 demo-down:
-	hack/demo.sh down
+	SFM_DEMO_DIR=$${SFM_DEMO_DIR:-/tmp/sfm-demo} hack/demo.sh down
 
 bench: deps
 	hack/bench.sh
