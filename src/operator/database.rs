@@ -188,10 +188,10 @@ async fn ensure_password(
     candidate: Secret,
     candidate_password: String,
 ) -> Result<String, Error> {
-    if let Some(secret) = api.get_opt(name).await? {
-        if let Some(password) = children::secret_field(&secret, "password") {
-            return Ok(password);
-        }
+    if let Some(secret) = api.get_opt(name).await?
+        && let Some(password) = children::secret_field(&secret, "password")
+    {
+        return Ok(password);
     }
     match api
         .create(
