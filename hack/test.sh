@@ -26,6 +26,10 @@ set -e
 e2e=$(awk '/Running tests\/e2e\.rs/ {seen=1} seen && /^test result:/ {print; exit}' "$log")
 passed=$(sed -n 's/.* \([0-9][0-9]*\) passed.*/\1/p' <<<"$e2e")
 echo "== end-to-end tests: ${e2e:-none ran}"
+read -r total_passed total_failed < <(awk '/^test result:/ {
+  for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+  END { print p+0, f+0 }' "$log")
+echo "tests: $total_passed passed, $total_failed failed"
 if [ "$status" -ne 0 ]; then echo "cargo test failed" >&2; exit "$status"; fi
 if [ -z "$passed" ] || [ "$passed" -eq 0 ]; then
   echo "the end-to-end suite ran no test: that proves nothing" >&2
