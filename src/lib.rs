@@ -11,6 +11,7 @@ pub mod contract;
 pub mod crd;
 pub mod export;
 pub mod format;
+pub mod helseid;
 pub mod ident;
 pub mod model;
 pub mod operator;
