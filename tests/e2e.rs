@@ -9,4 +9,5 @@ mod e2e {
     pub mod controlplane;
     pub mod crds;
     pub mod operator;
+    pub mod processes;
 }

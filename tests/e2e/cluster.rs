@@ -167,3 +167,20 @@ pub fn kubectl_with_token(token: &str, args: &[&str]) -> Output {
         .output()
         .unwrap()
 }
+
+/// One field of an object, by kubectl jsonpath.
+pub fn jsonpath(ns: &str, resource: &str, path: &str) -> String {
+    kubectl_ok(
+        &["-n", ns, "get", resource, "-o", &format!("jsonpath={path}")],
+        None,
+    )
+}
+
+/// One decoded field of a Secret.
+pub fn secret_field(ns: &str, name: &str, field: &str) -> String {
+    let b64 = jsonpath(ns, &format!("secret/{name}"), &format!("{{.data.{field}}}"));
+    String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim()).unwrap(),
+    )
+    .unwrap()
+}

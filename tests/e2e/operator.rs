@@ -3,60 +3,8 @@
 //! record plus an activation request switches the database to operational, in PostgreSQL itself.
 
 use super::cluster::*;
-use std::process::{Child, Command};
+use super::processes::*;
 use std::time::Duration;
-
-/// The operator as a local process, stopped when dropped.
-struct Operator(Child);
-
-impl Operator {
-    fn start(api_namespace: &str) -> Operator {
-        let admin = std::env::var("SFM_PG_ADMIN_URL")
-            .expect("SFM_PG_ADMIN_URL is not set: run the end-to-end suite with `make test`");
-        let log = std::fs::File::create(format!(
-            "{}/target/e2e-operator.log",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sfm-operator"))
-            .args([
-                "run",
-                "--api-namespace",
-                api_namespace,
-                "--resync-seconds",
-                "5",
-            ])
-            .env("KUBECONFIG", kubeconfig())
-            .env("SFM_DEFAULT_ADMIN_URL", admin)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("the sfm-operator binary runs");
-        Operator(child)
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn jsonpath(ns: &str, resource: &str, path: &str) -> String {
-    kubectl_ok(
-        &["-n", ns, "get", resource, "-o", &format!("jsonpath={path}")],
-        None,
-    )
-}
-
-fn secret_field(ns: &str, name: &str, field: &str) -> String {
-    let b64 = jsonpath(ns, &format!("secret/{name}"), &format!("{{.data.{field}}}"));
-    String::from_utf8(
-        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim()).unwrap(),
-    )
-    .unwrap()
-}
 
 const NS: &str = "sfm-organisations";
 const DB: &str = "mdb/legekontoret-fjordby";
@@ -64,7 +12,7 @@ const DB: &str = "mdb/legekontoret-fjordby";
 #[test]
 fn examples_go_from_staging_to_operational_under_the_activation_rule() {
     install_crds();
-    let _operator = Operator::start("sfm-system");
+    let _operator = start_operator("sfm-system", "operator-examples");
     // The examples exactly as shipped.
     kubectl_ok(
         &["apply", "-f", &repo_path("examples/00-namespace.yaml")],

@@ -1,0 +1,77 @@
+//! The project's own binaries as local processes for the end-to-end suite, each stopped when dropped and
+//! logging to its own file under `target/e2e-logs/`, so tests running in parallel do not mix their logs.
+#![allow(dead_code)] // shared by several test modules; not each uses every helper
+
+use super::cluster::kubeconfig;
+use std::process::{Child, Command};
+
+/// A child process killed (and reaped) when dropped.
+pub struct Process {
+    pub child: Child,
+    pub log: String,
+}
+
+impl Process {
+    /// Starts one of the package's binaries (`env!("CARGO_BIN_EXE_...")`) with the local cluster's
+    /// kubeconfig (unless `env` overrides `KUBECONFIG`), logging to `target/e2e-logs/<log_name>.log`.
+    pub fn start(binary: &str, args: &[&str], env: &[(&str, &str)], log_name: &str) -> Process {
+        let dir = format!("{}/target/e2e-logs", env!("CARGO_MANIFEST_DIR"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = format!("{dir}/{log_name}.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .env("KUBECONFIG", kubeconfig())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary} does not start: {e}"));
+        Process { child, log }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What the process has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The PostgreSQL admin URI of the test server (set by `hack/test-env.sh`).
+pub fn admin_url() -> String {
+    std::env::var("SFM_PG_ADMIN_URL")
+        .expect("SFM_PG_ADMIN_URL is not set: run the end-to-end suite with `make test`")
+}
+
+/// `sfm-operator run` against the local cluster and the test PostgreSQL server, with the migrator
+/// Secrets going to `api_namespace`.
+pub fn start_operator(api_namespace: &str, log_name: &str) -> Process {
+    let admin = admin_url();
+    Process::start(
+        env!("CARGO_BIN_EXE_sfm-operator"),
+        &[
+            "run",
+            "--api-namespace",
+            api_namespace,
+            "--resync-seconds",
+            "5",
+        ],
+        &[("SFM_DEFAULT_ADMIN_URL", admin.as_str())],
+        log_name,
+    )
+}
