@@ -94,16 +94,6 @@ pub async fn reconcile(
     .await
 }
 
-pub fn error_policy(
-    db: Arc<MigrationDatabase>,
-    error: &kube::runtime::finalizer::Error<Error>,
-    ctx: Arc<Context>,
-) -> Action {
-    let _ = ctx;
-    tracing::warn!(database = %db.name_any(), namespace = ?db.namespace(), %error, "reconcile failed");
-    super::backoff(3)
-}
-
 /// Failures with a cause the user must fix are written to status and an Event, then retried with
 /// backoff by returning the error.
 async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -12,7 +12,7 @@ const DB: &str = "mdb/legekontoret-fjordby";
 #[test]
 fn examples_go_from_staging_to_operational_under_the_activation_rule() {
     install_crds();
-    let _operator = start_operator("sfm-system", "operator-examples");
+    let _operator = start_operator(NS, "sfm-system", "operator-examples");
     // The examples exactly as shipped.
     kubectl_ok(
         &["apply", "-f", &repo_path("examples/00-namespace.yaml")],
