@@ -316,6 +316,9 @@ async fn provision_and_observe(db: &MigrationDatabase, ctx: &Context) -> Result<
             "switched to operational mode: the migrator is closed and the application role is open",
         )
         .await;
+    } else if mode == Mode::Operational {
+        // Finishes a switch that a crash interrupted after the mode was recorded (idempotent).
+        session.switch_to_operational().await?;
     }
     session.close().await?;
 
