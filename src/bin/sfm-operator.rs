@@ -49,6 +49,10 @@ enum Command {
             default_value = "sfm-operator"
         )]
         leader_election_lease: String,
+        /// Reconciliations at once per controller (each database reconcile holds two PostgreSQL
+        /// connections to its server).
+        #[arg(long, env = "SFM_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+        concurrency: u16,
         /// Seconds a Lease must stay unrenewed before a standby takes it over.
         #[arg(long, default_value_t = 15)]
         lease_duration_seconds: u64,
@@ -69,6 +73,7 @@ async fn main() -> Result<()> {
             leader_election_namespace,
             leader_election_lease,
             lease_duration_seconds,
+            concurrency,
         } => {
             telemetry::install_crypto_provider();
             telemetry::init_logging();
@@ -81,6 +86,7 @@ async fn main() -> Result<()> {
                 resync: Duration::from_secs(resync_seconds),
                 watch_namespace,
                 metrics_address,
+                concurrency,
                 leader_election: leader_election.then(|| {
                     let lease_duration = Duration::from_secs(lease_duration_seconds.max(3));
                     operator::LeaderElectionConfig {

@@ -47,6 +47,9 @@ pub struct Config {
     pub metrics_address: Option<SocketAddr>,
     /// Leader election on a Lease (off only for a single replica that knows it is alone).
     pub leader_election: Option<LeaderElectionConfig>,
+    /// Reconciliations running at once per controller. Each database reconcile holds two PostgreSQL
+    /// connections, so this bounds what the operator takes of a server's `max_connections`.
+    pub concurrency: u16,
 }
 
 /// Where the leader Lease lives and who this candidate is.
@@ -232,6 +235,8 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
         },
     );
     let namespace = config.watch_namespace.clone();
+    let controller_config =
+        kube::runtime::controller::Config::default().concurrency(config.concurrency.max(1));
     let context = Arc::new(Context {
         client: client.clone(),
         config,
@@ -249,6 +254,7 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
     let database_controller = Controller::new(databases, watcher::Config::default());
     let database_cache = database_controller.store();
     let database_controller = database_controller
+        .with_config(controller_config.clone())
         .owns(secrets.clone(), owned())
         // A fixed admin Secret (created, or its URI corrected) wakes the databases that name it at
         // once, rather than at their next backoff.
@@ -294,6 +300,7 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
     let key_controller = Controller::new(keys, watcher::Config::default());
     let key_cache = key_controller.store();
     let key_controller = key_controller
+        .with_config(controller_config)
         .owns(secrets, owned())
         .watches(
             databases_for_keys,
