@@ -91,6 +91,22 @@ fn normalise(facts: Vec<String>, names: &DatabaseNames, uid: &str) -> Vec<String
         .collect()
 }
 
+/// A new object provisioned in staging with these passwords.
+async fn provisioned(
+    migrator_password: &str,
+    application_password: &str,
+) -> (DatabaseNames, String) {
+    let (names, uid) = fresh();
+    let mut session = open(&names, &uid).await;
+    let mode = session
+        .ensure_staging(4, migrator_password, application_password)
+        .await
+        .unwrap();
+    assert_eq!(mode, Mode::Staging);
+    session.close().await.unwrap();
+    (names, uid)
+}
+
 async fn can_connect(uri: &str) -> bool {
     PgConnection::connect(uri).await.is_ok()
 }
@@ -128,19 +144,13 @@ async fn provisioning_twice_gives_the_same_result_and_staging_admits_only_the_mi
 #[tokio::test]
 async fn a_crash_after_the_roles_or_before_the_rename_is_repaired_by_the_next_pass() {
     // The reference: a clean provisioning of another object.
-    let (names, uid) = fresh();
-    let mut session = open(&names, &uid).await;
-    session.ensure_staging(4, "m", "a").await.unwrap();
-    session.close().await.unwrap();
+    let (names, uid) = provisioned("m", "a").await;
     let clean = normalise(snapshot(&names).await, &names, &uid);
     cleanup(&names, &uid).await;
 
     // Crash 1: the roles exist, the database does not. Crash 2: a temporary database was created but
     // never renamed (the real name never appears untagged).
-    let (names, uid) = fresh();
-    let mut session = open(&names, &uid).await;
-    session.ensure_staging(4, "m", "a").await.unwrap();
-    session.close().await.unwrap();
+    let (names, uid) = provisioned("m", "a").await;
     let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE \"{}\" WITH (FORCE)",
@@ -191,10 +201,7 @@ async fn new_passwords_written_to_secrets_before_a_crash_are_set_by_the_next_pas
 
 #[tokio::test]
 async fn a_switch_interrupted_after_recording_the_mode_is_finished_and_never_reopens_staging() {
-    let (names, uid) = fresh();
-    let mut session = open(&names, &uid).await;
-    session.ensure_staging(4, "m", "a").await.unwrap();
-    session.close().await.unwrap();
+    let (names, uid) = provisioned("m", "a").await;
     let migrator_uri = uri_for(&names, &names.migrator, "m");
     let mut open_migrator = PgConnection::connect(&migrator_uri).await.unwrap();
 
@@ -250,10 +257,7 @@ async fn a_switch_interrupted_after_recording_the_mode_is_finished_and_never_reo
 
 #[tokio::test]
 async fn delete_drops_only_what_is_tagged_and_twice_is_harmless() {
-    let (names, uid) = fresh();
-    let mut session = open(&names, &uid).await;
-    session.ensure_staging(4, "m", "a").await.unwrap();
-    session.close().await.unwrap();
+    let (names, uid) = provisioned("m", "a").await;
     // Another object's session cannot drop it: the tag differs.
     let stranger = uuid::Uuid::new_v4().to_string();
     let mut other = open(&names, &stranger).await;

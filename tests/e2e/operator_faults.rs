@@ -12,8 +12,13 @@ use std::time::Duration;
 
 const API_NS: &str = "sfm-system";
 
-fn ensure_api_namespace() {
+/// The CRDs, the API namespace, a namespace of the test's own and an operator watching it.
+fn setup(prefix: &str) -> (TestNamespace, Process) {
+    install_crds();
     let _ = kubectl(&["create", "namespace", API_NS], None);
+    let ns = TestNamespace::new(prefix);
+    let operator = start_operator(&ns.name, API_NS, &format!("operator-{}", ns.name));
+    (ns, operator)
 }
 
 /// A MigrationDatabase manifest; `extra` is indented spec YAML appended to the defaults.
@@ -112,11 +117,8 @@ fn uid(ns: &str, kind_name: &str) -> String {
 
 #[test]
 fn bad_server_references_get_a_clear_condition_make_nothing_and_recover_once_fixed() {
-    install_crds();
-    ensure_api_namespace();
-    let ns = TestNamespace::new("bad-input");
+    let (ns, _operator) = setup("bad-input");
     let ns = ns.name.as_str();
-    let _operator = start_operator(ns, API_NS, &format!("operator-{ns}"));
     let server = |secret: &str| {
         format!("  server:\n    adminSecretRef:\n      name: {secret}\n      key: uri\n")
     };
@@ -217,11 +219,8 @@ fn bad_server_references_get_a_clear_condition_make_nothing_and_recover_once_fix
 
 #[test]
 fn a_name_taken_by_an_untagged_database_is_a_collision_and_is_never_adopted() {
-    install_crds();
-    ensure_api_namespace();
-    let ns = TestNamespace::new("collision");
+    let (ns, _operator) = setup("collision");
     let ns = ns.name.as_str();
-    let _operator = start_operator(ns, API_NS, &format!("operator-{ns}"));
     // Held back by a missing admin Secret until the squatter is in place.
     apply(&database(
         ns,
@@ -301,11 +300,8 @@ fn validate_and_request_activation(ns: &str, db: &str, digest: &str) {
 
 #[test]
 fn manual_activation_waits_for_the_approval_of_exactly_the_validated_digest() {
-    install_crds();
-    ensure_api_namespace();
-    let ns = TestNamespace::new("manual");
+    let (ns, _operator) = setup("manual");
     let ns = ns.name.as_str();
-    let _operator = start_operator(ns, API_NS, &format!("operator-{ns}"));
     apply(&database(ns, "manual", "  activation:\n    mode: Manual\n"));
     wait_ready(ns, "manual");
     let digest = "5e".repeat(32);
@@ -360,11 +356,8 @@ fn manual_activation_waits_for_the_approval_of_exactly_the_validated_digest() {
 
 #[test]
 fn deletion_honours_the_reclaim_policy() {
-    install_crds();
-    ensure_api_namespace();
-    let ns_guard = TestNamespace::new("reclaim");
+    let (ns_guard, _operator) = setup("reclaim");
     let ns = ns_guard.name.as_str();
-    let _operator = start_operator(ns, API_NS, &format!("operator-{ns}"));
     apply(&database(ns, "keep", "  reclaimPolicy: Retain\n"));
     apply(&database(ns, "drop", "  reclaimPolicy: Delete\n"));
     wait_ready(ns, "keep");
@@ -424,7 +417,7 @@ fn deletion_honours_the_reclaim_policy() {
 #[test]
 fn killing_the_operator_mid_reconcile_converges_with_nothing_duplicated_or_leaked() {
     install_crds();
-    ensure_api_namespace();
+    let _ = kubectl(&["create", "namespace", API_NS], None);
     let ns = TestNamespace::new("crash");
     let ns = ns.name.as_str();
     let names: Vec<String> = (0..8).map(|i| format!("org-{i}")).collect();
@@ -521,7 +514,7 @@ fn metric(port: u16, name: &str) -> f64 {
 #[test]
 fn of_two_operators_only_the_lease_holder_reconciles_and_a_kill_hands_over() {
     install_crds();
-    ensure_api_namespace();
+    let _ = kubectl(&["create", "namespace", API_NS], None);
     let ns = TestNamespace::new("leader");
     let ns = ns.name.as_str();
     let (port_a, port_b) = (free_port(), free_port());
