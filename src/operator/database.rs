@@ -2,7 +2,6 @@
 //! operational under the activation rule, and clean up on deletion according to the reclaim policy.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -462,9 +461,9 @@ async fn provision_and_observe(db: &MigrationDatabase, ctx: &Context) -> Result<
         )
         .await;
     }
-    Ok(Action::requeue(
-        Duration::from_secs(30).min(ctx.config.resync),
-    ))
+    // The API's writes to `status.migration` (validated, activation requested) wake the object at
+    // once; the resync only repairs drift, so it can be long: every pass costs the server a session.
+    Ok(Action::requeue(ctx.config.resync))
 }
 
 /// The id of the one Active MigrationKey of this database, if any.
