@@ -43,7 +43,7 @@ kubectl apply --server-side -f "$manifests" >/dev/null
 applied=$(date +%s.%N)
 ready=0
 while [ "$ready" -lt "$n" ]; do
-  sleep 2
+  sleep 5
   ready=$(kubectl -n $ns get mdb -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
   printf '\r   %d/%d Ready after %.0fs' "$ready" "$n" "$(echo "$(date +%s.%N) - $start" | bc)"
   kill -0 $operator 2>/dev/null || { echo; echo "the operator died; see $work/operator.log" >&2; exit 1; }
