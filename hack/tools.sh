@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the chart tools, helm and kubeconform, from their Go modules (`go install`, pinned versions)
 # into a cache outside the clone, keyed by this script, so a second run is instant. Prints the bin
-# directory on stdout. Cold: helm takes several minutes on 2 cores (see the figure it prints).
+# directory on stdout. Cold (module downloads included): 379 s on the shared 2-core machine.
 set -euo pipefail
 helm_version=v4.3.1
 kubeconform_version=v0.8.0
@@ -18,9 +18,11 @@ if [ ! -x "$bin/helm" ] || [ ! -x "$bin/kubeconform" ]; then
   start=$(date +%s)
   # -trimpath and no VCS stamping: the result depends only on the module versions.
   GOBIN="$tmp" GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0 \
-    go install -ldflags="-s -w" "helm.sh/helm/v4/cmd/helm@$helm_version" >&2
+    go install -ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" \
+      "helm.sh/helm/v4/cmd/helm@$helm_version" >&2
   GOBIN="$tmp" GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0 \
-    go install -ldflags="-s -w" "github.com/yannh/kubeconform/cmd/kubeconform@$kubeconform_version" >&2
+    go install -ldflags="-s -w -X main.version=$kubeconform_version" \
+      "github.com/yannh/kubeconform/cmd/kubeconform@$kubeconform_version" >&2
   rm -rf "$bin"; mv "$tmp" "$bin"
   trap - EXIT
   echo "tools: built in $(( $(date +%s) - start ))s" >&2
