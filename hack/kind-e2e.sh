@@ -17,7 +17,7 @@
 #   SFM_KIND_KEEP=1 hack/kind-e2e.sh   keep the cluster (kubectl --context kind-sfm-e2e ...)
 #   SFM_KIND_SKIP_SUITE=1         stop after step 6
 #
-# Needs: docker, go (to install kind and helm if missing), cargo, openssl, jq, and network access for the
+# Needs: what `make test` needs (hack/install-deps.sh), docker, jq, and network access for the
 # Calico manifest and the base images.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
