@@ -10,5 +10,6 @@ mod e2e {
     pub mod controlplane;
     pub mod crds;
     pub mod operator;
+    pub mod operator_faults;
     pub mod processes;
 }

@@ -29,6 +29,33 @@ enum Command {
         /// Seconds between looks at an unchanged object.
         #[arg(long, env = "SFM_RESYNC_SECONDS", default_value_t = 300)]
         resync_seconds: u64,
+        /// Reconcile only this namespace's objects (default: all namespaces).
+        #[arg(long, env = "SFM_WATCH_NAMESPACE")]
+        watch_namespace: Option<String>,
+        /// Serve /metrics, /healthz and /readyz here, e.g. 0.0.0.0:8080 (default: not served).
+        #[arg(long, env = "SFM_METRICS_ADDRESS")]
+        metrics_address: Option<std::net::SocketAddr>,
+        /// Elect a leader on a Lease, so that only one replica reconciles. Turn off only for a single
+        /// replica that is sure to be alone.
+        #[arg(long, env = "SFM_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// The namespace of the leader Lease (in a cluster: the operator's own, from POD_NAMESPACE).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "sfm-system")]
+        leader_election_namespace: String,
+        /// The name of the leader Lease.
+        #[arg(
+            long,
+            env = "SFM_LEADER_ELECTION_LEASE",
+            default_value = "sfm-operator"
+        )]
+        leader_election_lease: String,
+        /// Reconciliations at once per controller (each database reconcile holds two PostgreSQL
+        /// connections to its server).
+        #[arg(long, env = "SFM_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+        concurrency: u16,
+        /// Seconds a Lease must stay unrenewed before a standby takes it over.
+        #[arg(long, default_value_t = 15)]
+        lease_duration_seconds: u64,
     },
 }
 
@@ -40,6 +67,13 @@ async fn main() -> Result<()> {
             default_admin_url,
             api_namespace,
             resync_seconds,
+            watch_namespace,
+            metrics_address,
+            leader_election,
+            leader_election_namespace,
+            leader_election_lease,
+            lease_duration_seconds,
+            concurrency,
         } => {
             telemetry::install_crypto_provider();
             telemetry::init_logging();
@@ -50,6 +84,22 @@ async fn main() -> Result<()> {
                 default_admin_uri: default_admin_url,
                 api_namespace,
                 resync: Duration::from_secs(resync_seconds),
+                watch_namespace,
+                metrics_address,
+                concurrency,
+                leader_election: leader_election.then(|| {
+                    let lease_duration = Duration::from_secs(lease_duration_seconds.max(3));
+                    operator::LeaderElectionConfig {
+                        namespace: leader_election_namespace,
+                        lease_name: leader_election_lease,
+                        identity: operator::leader::default_identity(),
+                        timings: operator::leader::Timings {
+                            lease_duration,
+                            renew_deadline: lease_duration * 2 / 3,
+                            retry_period: lease_duration / 7,
+                        },
+                    }
+                }),
             };
             operator::run(client, config).await?;
         }

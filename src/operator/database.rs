@@ -2,7 +2,6 @@
 //! operational under the activation rule, and clean up on deletion according to the reclaim policy.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -92,16 +91,6 @@ pub async fn reconcile(
         }
     })
     .await
-}
-
-pub fn error_policy(
-    db: Arc<MigrationDatabase>,
-    error: &kube::runtime::finalizer::Error<Error>,
-    ctx: Arc<Context>,
-) -> Action {
-    let _ = ctx;
-    tracing::warn!(database = %db.name_any(), namespace = ?db.namespace(), %error, "reconcile failed");
-    super::backoff(3)
 }
 
 /// Failures with a cause the user must fix are written to status and an Event, then retried with
@@ -326,6 +315,9 @@ async fn provision_and_observe(db: &MigrationDatabase, ctx: &Context) -> Result<
             "switched to operational mode: the migrator is closed and the application role is open",
         )
         .await;
+    } else if mode == Mode::Operational {
+        // Finishes a switch that a crash interrupted after the mode was recorded (idempotent).
+        session.switch_to_operational().await?;
     }
     session.close().await?;
 
@@ -469,9 +461,9 @@ async fn provision_and_observe(db: &MigrationDatabase, ctx: &Context) -> Result<
         )
         .await;
     }
-    Ok(Action::requeue(
-        Duration::from_secs(30).min(ctx.config.resync),
-    ))
+    // The API's writes to `status.migration` (validated, activation requested) wake the object at
+    // once; the resync only repairs drift, so it can be long: every pass costs the server a session.
+    Ok(Action::requeue(ctx.config.resync))
 }
 
 /// The id of the one Active MigrationKey of this database, if any.

@@ -265,11 +265,6 @@ async fn patch_key_status(
     Ok(())
 }
 
-pub fn error_policy(key: Arc<MigrationKey>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(key = %key.name_any(), namespace = ?key.namespace(), %error, "key reconcile failed");
-    super::backoff(3)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

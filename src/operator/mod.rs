@@ -10,9 +10,12 @@
 pub mod children;
 pub mod database;
 pub mod key;
+pub mod leader;
+pub mod metrics;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -38,6 +41,24 @@ pub struct Config {
     pub api_namespace: String,
     /// How often a healthy object is looked at again even without a change.
     pub resync: Duration,
+    /// Only this namespace's MigrationDatabases and MigrationKeys (all namespaces when `None`).
+    pub watch_namespace: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (not served when `None`).
+    pub metrics_address: Option<SocketAddr>,
+    /// Leader election on a Lease (off only for a single replica that knows it is alone).
+    pub leader_election: Option<LeaderElectionConfig>,
+    /// Reconciliations running at once per controller. Each database reconcile holds two PostgreSQL
+    /// connections, so this bounds what the operator takes of a server's `max_connections`.
+    pub concurrency: u16,
+}
+
+/// Where the leader Lease lives and who this candidate is.
+#[derive(Clone, Debug)]
+pub struct LeaderElectionConfig {
+    pub namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    pub timings: leader::Timings,
 }
 
 /// Shared by every reconcile.
@@ -45,6 +66,7 @@ pub struct Context {
     pub client: Client,
     pub config: Config,
     pub recorder: Recorder,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Errors of one reconcile; each becomes a condition message, an Event and a retry with backoff.
@@ -74,8 +96,137 @@ impl Error {
     }
 }
 
-/// Runs both controllers until the process is told to stop.
+/// Serves metrics and health, waits for the leader Lease (when elected), then runs both controllers
+/// until the process is told to stop. Losing the Lease ends the process with an error, so that a
+/// restarted process stands by again and no two operators ever reconcile at once.
 pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    if let Some(address) = config.metrics_address {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        tracing::info!(%address, "serving /metrics, /healthz and /readyz");
+        let router = metrics::router(metrics.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "the metrics server stopped");
+            }
+        });
+    }
+    let version = client.apiserver_version().await?;
+    tracing::info!(kubernetes = %version.git_version, "reached the API server");
+    metrics.set_ready();
+
+    let mut election = config.leader_election.as_ref().map(|le| {
+        leader::LeaderElection::new(
+            Api::namespaced(client.clone(), &le.namespace),
+            &le.lease_name,
+            &le.identity,
+            le.timings.clone(),
+        )
+    });
+    if let Some(election) = election.as_mut() {
+        tokio::select! {
+            () = election.acquire() => {}
+            () = shutdown_signal() => return Ok(()),
+        }
+    }
+    metrics.set_leader(true);
+
+    let controllers = run_controllers(client, config, metrics.clone());
+    match election {
+        None => {
+            controllers.await;
+            Ok(())
+        }
+        Some(mut election) => {
+            tokio::select! {
+                () = controllers => {
+                    election.release().await;
+                    Ok(())
+                }
+                reason = election.hold() => {
+                    metrics.set_leader(false);
+                    anyhow::bail!("stopped leading ({reason}); exiting so that only one operator reconciles")
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler can be installed");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The key of an object in the per-object failure counts (memory only, never a metric label).
+fn object_key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+        object.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+async fn reconcile_database(
+    db: Arc<MigrationDatabase>,
+    ctx: Arc<Context>,
+) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
+    let started = Instant::now();
+    let result = database::reconcile(db.clone(), ctx.clone()).await;
+    let failure = result.as_ref().err().map(finalizer_reason);
+    ctx.metrics
+        .reconciled("database", &object_key(db.as_ref()), started, failure);
+    result
+}
+
+fn database_error_policy(
+    db: Arc<MigrationDatabase>,
+    error: &kube::runtime::finalizer::Error<Error>,
+    ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(database = %db.name_any(), namespace = ?db.namespace(), %error, "reconcile failed");
+    Action::requeue(ctx.metrics.backoff(&object_key(db.as_ref())))
+}
+
+async fn reconcile_key(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = key::reconcile(key.clone(), ctx.clone()).await;
+    let failure = result.as_ref().err().map(Error::reason);
+    ctx.metrics
+        .reconciled("key", &object_key(key.as_ref()), started, failure);
+    result
+}
+
+fn key_error_policy(key: Arc<MigrationKey>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(key = %key.name_any(), namespace = ?key.namespace(), %error, "key reconcile failed");
+    Action::requeue(ctx.metrics.backoff(&object_key(key.as_ref())))
+}
+
+fn finalizer_reason(error: &kube::runtime::finalizer::Error<Error>) -> &'static str {
+    use kube::runtime::finalizer::Error as F;
+    match error {
+        F::ApplyFailed(error) | F::CleanupFailed(error) => error.reason(),
+        F::AddFinalizer(_) | F::RemoveFinalizer(_) => "FinalizerUpdateFailed",
+        F::UnnamedObject | F::InvalidFinalizer => "InvalidObject",
+    }
+}
+
+async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::Metrics>) {
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -83,21 +234,49 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    let namespace = config.watch_namespace.clone();
+    let controller_config =
+        kube::runtime::controller::Config::default().concurrency(config.concurrency.max(1));
     let context = Arc::new(Context {
         client: client.clone(),
         config,
         recorder,
+        metrics,
     });
-    let databases: Api<MigrationDatabase> = Api::all(client.clone());
-    let keys: Api<MigrationKey> = Api::all(client.clone());
-    let secrets: Api<Secret> = Api::all(client.clone());
+    let databases: Api<MigrationDatabase> = scoped(&client, &namespace);
+    let databases_for_keys = databases.clone();
+    let keys: Api<MigrationKey> = scoped(&client, &namespace);
+    let secrets: Api<Secret> = scoped(&client, &namespace);
+    let owned = || watcher::Config::default().labels(children::MANAGED_BY_SELECTOR);
 
     // Keys change a database's active key; status changes of a database (the migration API's
     // `status.migration`) must wake it too, so no generation-only predicate is used.
-    let database_controller = Controller::new(databases.clone(), watcher::Config::default())
-        .owns(
+    let database_controller = Controller::new(databases, watcher::Config::default());
+    let database_cache = database_controller.store();
+    let database_controller = database_controller
+        .with_config(controller_config.clone())
+        .owns(secrets.clone(), owned())
+        // A fixed admin Secret (created, or its URI corrected) wakes the databases that name it at
+        // once, rather than at their next backoff.
+        .watches(
             secrets.clone(),
-            watcher::Config::default().labels(children::MANAGED_BY_SELECTOR),
+            watcher::Config::default(),
+            move |secret: Secret| {
+                let (namespace, name) = (secret.namespace(), secret.name_any());
+                database_cache
+                    .state()
+                    .into_iter()
+                    .filter(|db| {
+                        db.namespace() == namespace
+                            && db
+                                .spec
+                                .server
+                                .as_ref()
+                                .is_some_and(|server| server.admin_secret_ref.name == name)
+                    })
+                    .map(|db| kube::runtime::reflector::ObjectRef::from_obj(db.as_ref()))
+                    .collect::<Vec<_>>()
+            },
         )
         .watches(
             keys.clone(),
@@ -109,42 +288,41 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
             },
         )
         .shutdown_on_signal()
-        .run(database::reconcile, database::error_policy, context.clone())
+        .run(reconcile_database, database_error_policy, context.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "database reconcile did not finish");
             }
         });
 
-    let key_controller = Controller::new(keys, watcher::Config::default())
-        .owns(
-            secrets,
-            watcher::Config::default().labels(children::MANAGED_BY_SELECTOR),
-        )
+    // A key waiting for its database (Pending) must wake when the database appears, so database
+    // changes map to the keys that name it, looked up in the key controller's own cache.
+    let key_controller = Controller::new(keys, watcher::Config::default());
+    let key_cache = key_controller.store();
+    let key_controller = key_controller
+        .with_config(controller_config)
+        .owns(secrets, owned())
         .watches(
-            databases,
+            databases_for_keys,
             watcher::Config::default(),
-            |db: MigrationDatabase| {
-                // A database going operational expires its keys.
-                let _ = db;
-                None::<kube::runtime::reflector::ObjectRef<MigrationKey>>
+            move |db: MigrationDatabase| {
+                let (namespace, name) = (db.namespace(), db.name_any());
+                key_cache
+                    .state()
+                    .into_iter()
+                    .filter(|key| key.namespace() == namespace && key.spec.database_ref == name)
+                    .map(|key| kube::runtime::reflector::ObjectRef::from_obj(key.as_ref()))
+                    .collect::<Vec<_>>()
             },
         )
         .shutdown_on_signal()
-        .run(key::reconcile, key::error_policy, context)
+        .run(reconcile_key, key_error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "key reconcile did not finish");
             }
         });
 
-    tracing::info!("sfm-operator started");
+    tracing::info!("sfm-operator reconciling");
     futures::join!(database_controller, key_controller);
-    Ok(())
-}
-
-/// Exponential backoff per object, from 2 s up to 5 minutes, from the number of failures so far.
-pub fn backoff(failures: u32) -> Action {
-    let seconds = 2u64.saturating_pow(failures.min(8)).min(300);
-    Action::requeue(Duration::from_secs(seconds))
 }

@@ -282,11 +282,19 @@ impl AdminSession {
         Ok((mode, validation))
     }
 
-    /// Switches the database to operational mode: the migrator loses login, CONNECT and privileges
-    /// and its open sessions are terminated; the application role gets login, CONNECT and the
-    /// privileges the SFM application needs; the mode row says `operational`. Idempotent.
+    /// Switches the database to operational mode: the mode row says `operational`; the migrator loses
+    /// login, CONNECT and privileges and its open sessions are terminated; the application role gets
+    /// login, CONNECT and the privileges the SFM application needs. Idempotent.
+    ///
+    /// The mode is written first, as the intent: a crash part-way leaves `operational` recorded, and
+    /// the next reconcile (which calls this again for every operational database) finishes the switch.
+    /// Were it written last, the next pass would see `staging` and open the migrator again.
     pub async fn switch_to_operational(&mut self) -> Result<(), ProvisionError> {
         let names = self.names.clone();
+        self.in_database(vec![Statement::new(
+            "UPDATE sfm.metadata SET mode = 'operational', operational_at = now(), updated_at = now() WHERE mode = 'staging'",
+        )])
+        .await?;
         self.exec(
             Statement::new("ALTER ROLE ")
                 .ident(&names.migrator)?
@@ -328,10 +336,6 @@ impl AdminSession {
                 .ident(&names.application)?
                 .push(" LOGIN"),
         )
-        .await?;
-        self.in_database(vec![Statement::new(
-            "UPDATE sfm.metadata SET mode = 'operational', operational_at = now(), updated_at = now() WHERE mode = 'staging'",
-        )])
         .await?;
         Ok(())
     }

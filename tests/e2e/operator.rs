@@ -12,7 +12,7 @@ const DB: &str = "mdb/legekontoret-fjordby";
 #[test]
 fn examples_go_from_staging_to_operational_under_the_activation_rule() {
     install_crds();
-    let _operator = start_operator("sfm-system", "operator-examples");
+    let operator = start_operator(NS, "sfm-system", "operator-examples");
     // The examples exactly as shipped.
     kubectl_ok(
         &["apply", "-f", &repo_path("examples/00-namespace.yaml")],
@@ -45,6 +45,11 @@ fn examples_go_from_staging_to_operational_under_the_activation_rule() {
     let (api_ns, migrator_name) = migrator_secret.split_once('/').unwrap();
     let migrator_uri = secret_field(api_ns, migrator_name, "uri");
     let application_uri = secret_field(NS, "legekontoret-fjordby-application", "uri");
+    let mut secrets = vec![
+        secret_field(api_ns, migrator_name, "password"),
+        secret_field(NS, "legekontoret-fjordby-application", "password"),
+        secret_field(NS, "fjordby-key-1-key", "key"),
+    ];
     assert!(migrator_uri.starts_with("postgres://"));
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -66,6 +71,7 @@ fn examples_go_from_staging_to_operational_under_the_activation_rule() {
         assert!(eventually(Duration::from_secs(60), || jsonpath(NS, "mkey/fjordby-key-2", "{.status.phase}") == "Active"));
         assert!(eventually(Duration::from_secs(60), || jsonpath(NS, "mkey/fjordby-key-1", "{.status.phase}") == "Superseded"));
         let second_key = jsonpath(NS, "mkey/fjordby-key-2", "{.status.keyId}");
+        secrets.push(secret_field(NS, "fjordby-key-2-key", "key"));
         assert_ne!(first_key, second_key);
         assert!(eventually(Duration::from_secs(60), || jsonpath(NS, DB, "{.status.activeKey}") == second_key));
 
@@ -131,4 +137,22 @@ fn examples_go_from_staging_to_operational_under_the_activation_rule() {
         "mkey/fjordby-key-2",
         "{.status.phase}"
     ) == "Expired"));
+
+    // No password or key reached the operator's log, an Event, or a status.
+    let events = kubectl_ok(&["-n", NS, "get", "events", "-o", "json"], None);
+    let objects = kubectl_ok(&["-n", NS, "get", "mdb,mkey", "-o", "json"], None);
+    let log = operator.log_text();
+    assert!(
+        log.contains("reached the API server"),
+        "the operator log is empty"
+    );
+    for secret in &secrets {
+        assert!(secret.len() >= 20, "not a real secret: {secret}");
+        for (place, text) in [("log", &log), ("Events", &events), ("objects", &objects)] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a password or key is in the operator's {place}"
+            );
+        }
+    }
 }

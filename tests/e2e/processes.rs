@@ -58,19 +58,36 @@ pub fn admin_url() -> String {
         .expect("SFM_PG_ADMIN_URL is not set: run the end-to-end suite with `make test`")
 }
 
-/// `sfm-operator run` against the local cluster and the test PostgreSQL server, with the migrator
-/// Secrets going to `api_namespace`.
-pub fn start_operator(api_namespace: &str, log_name: &str) -> Process {
+/// `sfm-operator run` against the local cluster and the test PostgreSQL server, reconciling only
+/// `watch_namespace` (so tests running in parallel each have their own operator), electing its leader
+/// on a Lease in that namespace, with the migrators' Secrets going to `api_namespace`.
+pub fn start_operator(watch_namespace: &str, api_namespace: &str, log_name: &str) -> Process {
+    start_operator_with(watch_namespace, api_namespace, log_name, &[])
+}
+
+/// As [`start_operator`], with extra flags (e.g. `--lease-duration-seconds`).
+pub fn start_operator_with(
+    watch_namespace: &str,
+    api_namespace: &str,
+    log_name: &str,
+    extra: &[&str],
+) -> Process {
     let admin = admin_url();
+    let mut args = vec![
+        "run",
+        "--api-namespace",
+        api_namespace,
+        "--watch-namespace",
+        watch_namespace,
+        "--leader-election-namespace",
+        watch_namespace,
+        "--resync-seconds",
+        "5",
+    ];
+    args.extend_from_slice(extra);
     Process::start(
         env!("CARGO_BIN_EXE_sfm-operator"),
-        &[
-            "run",
-            "--api-namespace",
-            api_namespace,
-            "--resync-seconds",
-            "5",
-        ],
+        &args,
         &[("SFM_DEFAULT_ADMIN_URL", admin.as_str())],
         log_name,
     )

@@ -1,0 +1,274 @@
+//! Provisioning against the real PostgreSQL server, over TCP with scram-sha-256: what the operator does
+//! to a database is the same whether it runs once, twice, or after a crash between any two of its steps.
+
+#[path = "common/postgres.rs"]
+mod test_postgres;
+
+use sfm_migration::postgres::provision::{AdminSession, DatabaseNames, Mode};
+use sqlx::{Connection, PgConnection};
+
+fn admin_url() -> String {
+    // Fails with instructions when the server is not started (see tests/common/postgres.rs).
+    test_postgres::admin_options();
+    std::env::var("SFM_PG_ADMIN_URL").unwrap()
+}
+
+/// A MigrationDatabase that exists only in this test: unique names and UID.
+fn fresh() -> (DatabaseNames, String) {
+    let uid = uuid::Uuid::new_v4().to_string();
+    let name = format!("t{}", &uid[..6]);
+    (DatabaseNames::new("provision-test", &name, &uid), uid)
+}
+
+fn uri_for(names: &DatabaseNames, user: &str, password: &str) -> String {
+    let mut url = url::Url::parse(&admin_url()).unwrap();
+    url.set_username(user).unwrap();
+    url.set_password(Some(password)).unwrap();
+    url.set_path(&names.database);
+    url.to_string()
+}
+
+async fn open(names: &DatabaseNames, uid: &str) -> AdminSession {
+    AdminSession::open(&admin_url(), names.clone(), uid)
+        .await
+        .expect("the admin session opens")
+}
+
+/// Everything about the database and its roles that provisioning decides, in comparable form.
+async fn snapshot(names: &DatabaseNames) -> Vec<String> {
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    let mut facts: Vec<String> = sqlx::query_scalar(
+        "SELECT datname || ' owner=' || pg_get_userbyid(datdba) || ' acl=' || coalesce(datacl::text, '') || ' tag=' || coalesce(shobj_description(oid, 'pg_database'), '')
+         FROM pg_database WHERE datname = $1 OR datname LIKE 'tmp\\_' || $1 || '%'",
+    )
+    .bind(&names.database)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    let roles: Vec<String> = sqlx::query_scalar(
+        "SELECT rolname || ' login=' || rolcanlogin || ' tag=' || coalesce(shobj_description(oid, 'pg_authid'), '')
+         FROM pg_roles WHERE rolname = ANY($1) ORDER BY rolname",
+    )
+    .bind(vec![
+        names.owner.clone(),
+        names.migrator.clone(),
+        names.application.clone(),
+    ])
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    facts.extend(roles);
+    let mut options: sqlx::postgres::PgConnectOptions = admin_url().parse().unwrap();
+    options = options.database(&names.database);
+    if let Ok(mut db) = PgConnection::connect_with(&options).await {
+        let inside: Vec<String> = sqlx::query_scalar(
+            "SELECT 'mode=' || mode || ' version=' || data_model_version FROM sfm.metadata
+             UNION ALL
+             SELECT table_name || ':' || grantee || ':' || string_agg(privilege_type, ',' ORDER BY privilege_type)
+             FROM information_schema.role_table_grants WHERE table_schema = 'sfm' AND grantee = ANY($1)
+             GROUP BY table_name, grantee ORDER BY 1",
+        )
+        .bind(vec![names.migrator.clone(), names.application.clone()])
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        facts.extend(inside);
+    }
+    facts
+}
+
+/// A snapshot with this object's names and UID replaced, to compare two objects' provisioning.
+fn normalise(facts: Vec<String>, names: &DatabaseNames, uid: &str) -> Vec<String> {
+    facts
+        .into_iter()
+        .map(|fact| {
+            fact.replace(&names.owner, "OWNER")
+                .replace(&names.migrator, "MIGRATOR")
+                .replace(&names.application, "APP")
+                .replace(&names.database, "DB")
+                .replace(uid, "UID")
+        })
+        .collect()
+}
+
+/// A new object provisioned in staging with these passwords.
+async fn provisioned(
+    migrator_password: &str,
+    application_password: &str,
+) -> (DatabaseNames, String) {
+    let (names, uid) = fresh();
+    let mut session = open(&names, &uid).await;
+    let mode = session
+        .ensure_staging(4, migrator_password, application_password)
+        .await
+        .unwrap();
+    assert_eq!(mode, Mode::Staging);
+    session.close().await.unwrap();
+    (names, uid)
+}
+
+async fn can_connect(uri: &str) -> bool {
+    PgConnection::connect(uri).await.is_ok()
+}
+
+async fn cleanup(names: &DatabaseNames, uid: &str) {
+    let mut session = open(names, uid).await;
+    session.drop_everything().await.unwrap();
+    session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn provisioning_twice_gives_the_same_result_and_staging_admits_only_the_migrator() {
+    let (names, uid) = fresh();
+    let mut session = open(&names, &uid).await;
+    let mode = session
+        .ensure_staging(4, "migrator-pw-1", "app-pw-1")
+        .await
+        .unwrap();
+    assert_eq!(mode, Mode::Staging);
+    let first = snapshot(&names).await;
+    let mode = session
+        .ensure_staging(4, "migrator-pw-1", "app-pw-1")
+        .await
+        .unwrap();
+    assert_eq!(mode, Mode::Staging);
+    assert_eq!(snapshot(&names).await, first);
+    session.close().await.unwrap();
+
+    assert!(can_connect(&uri_for(&names, &names.migrator, "migrator-pw-1")).await);
+    assert!(!can_connect(&uri_for(&names, &names.application, "app-pw-1")).await);
+    assert!(!can_connect(&uri_for(&names, &names.migrator, "wrong")).await);
+    cleanup(&names, &uid).await;
+}
+
+#[tokio::test]
+async fn a_crash_after_the_roles_or_before_the_rename_is_repaired_by_the_next_pass() {
+    // The reference: a clean provisioning of another object.
+    let (names, uid) = provisioned("m", "a").await;
+    let clean = normalise(snapshot(&names).await, &names, &uid);
+    cleanup(&names, &uid).await;
+
+    // Crash 1: the roles exist, the database does not. Crash 2: a temporary database was created but
+    // never renamed (the real name never appears untagged).
+    let (names, uid) = provisioned("m", "a").await;
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{}\" WITH (FORCE)",
+        names.database
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // The same temporary name the operator uses.
+    let temporary = sfm_migration::postgres::sanitise_identifier(&names.database, "tmp_", "");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{temporary}\""
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let mut session = open(&names, &uid).await;
+    session.ensure_staging(4, "m", "a").await.unwrap();
+    session.close().await.unwrap();
+    let repaired = normalise(snapshot(&names).await, &names, &uid);
+    assert_eq!(
+        repaired, clean,
+        "the repaired database differs from a clean one"
+    );
+    assert!(can_connect(&uri_for(&names, &names.migrator, "m")).await);
+    cleanup(&names, &uid).await;
+}
+
+#[tokio::test]
+async fn new_passwords_written_to_secrets_before_a_crash_are_set_by_the_next_pass() {
+    let (names, uid) = fresh();
+    let mut session = open(&names, &uid).await;
+    session
+        .ensure_staging(4, "old-password", "a")
+        .await
+        .unwrap();
+    // The operator lost its Secret and made a new password: the next pass sets it.
+    session
+        .ensure_staging(4, "new-password", "a")
+        .await
+        .unwrap();
+    session.close().await.unwrap();
+    assert!(can_connect(&uri_for(&names, &names.migrator, "new-password")).await);
+    assert!(!can_connect(&uri_for(&names, &names.migrator, "old-password")).await);
+    cleanup(&names, &uid).await;
+}
+
+#[tokio::test]
+async fn a_switch_interrupted_after_recording_the_mode_is_finished_and_never_reopens_staging() {
+    let (names, uid) = provisioned("m", "a").await;
+    let migrator_uri = uri_for(&names, &names.migrator, "m");
+    let mut open_migrator = PgConnection::connect(&migrator_uri).await.unwrap();
+
+    // A crash right after the first step of the switch: mode recorded, nothing else done.
+    let mut options: sqlx::postgres::PgConnectOptions = admin_url().parse().unwrap();
+    options = options.database(&names.database);
+    let mut db = PgConnection::connect_with(&options).await.unwrap();
+    sqlx::query("UPDATE sfm.metadata SET mode = 'operational', operational_at = now()")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+
+    // The next pass: provisioning must not reopen staging, and the switch is completed.
+    let mut session = open(&names, &uid).await;
+    let mode = session.ensure_staging(4, "m", "a").await.unwrap();
+    assert_eq!(mode, Mode::Operational);
+    session.switch_to_operational().await.unwrap();
+    let after_first = snapshot(&names).await;
+    session.switch_to_operational().await.unwrap();
+    assert_eq!(
+        snapshot(&names).await,
+        after_first,
+        "a second switch changed something"
+    );
+    session.close().await.unwrap();
+
+    assert!(
+        sqlx::query("SELECT 1")
+            .execute(&mut open_migrator)
+            .await
+            .is_err(),
+        "the migrator's session survived"
+    );
+    assert!(!can_connect(&migrator_uri).await, "the migrator can log in");
+    let mut application = PgConnection::connect(&uri_for(&names, &names.application, "a"))
+        .await
+        .expect("the application role logs in once operational");
+    sqlx::query("DELETE FROM sfm.rejections")
+        .execute(&mut application)
+        .await
+        .expect("the application role writes");
+    assert!(
+        sqlx::query("UPDATE sfm.metadata SET mode = 'staging'")
+            .execute(&mut application)
+            .await
+            .is_err(),
+        "the application role may change the mode"
+    );
+    application.close().await.unwrap();
+    cleanup(&names, &uid).await;
+}
+
+#[tokio::test]
+async fn delete_drops_only_what_is_tagged_and_twice_is_harmless() {
+    let (names, uid) = provisioned("m", "a").await;
+    // Another object's session cannot drop it: the tag differs.
+    let stranger = uuid::Uuid::new_v4().to_string();
+    let mut other = open(&names, &stranger).await;
+    assert!(other.drop_everything().await.is_err());
+    other.close().await.unwrap();
+    assert!(!snapshot(&names).await.is_empty());
+
+    cleanup(&names, &uid).await;
+    assert!(
+        snapshot(&names).await.is_empty(),
+        "something survived Delete"
+    );
+    cleanup(&names, &uid).await;
+}
