@@ -39,7 +39,7 @@ FROM ${DISTROLESS} AS migration-api
 COPY --from=build /out/sfm-migration-api /usr/local/bin/sfm-migration-api
 USER 65532:65532
 ENV SFM_LOG_FORMAT=json
-EXPOSE 8443 8080
+EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/sfm-migration-api"]
 CMD ["serve"]
 

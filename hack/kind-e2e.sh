@@ -9,7 +9,8 @@
 #      ingress policy and egress restricted to DNS, the API server and PostgreSQL;
 #   5. the examples applied as shipped and brought to Ready by the operator running in a pod;
 #   6. NetworkPolicy checks with probe pods: what must be blocked is blocked, what must be allowed is
-#      allowed (staging versus operational for the SFM application pods, the API's ports, PostgreSQL);
+#      allowed (staging versus operational for the SFM application pods, the API's port, the operator's
+#      metrics, PostgreSQL);
 #   7. the in-cluster operator stopped and the end-to-end suite run against the cluster
 #      (SFM_USE_EXISTING_CLUSTER=1; the suite starts its own operator and PostgreSQL as local processes).
 #
@@ -158,12 +159,13 @@ expect open    "PostgreSQL from a pod with the API's labels" "$system" "$api_lab
 expect blocked "PostgreSQL from an unlabelled pod" default "run=probe" "$pg" 5432
 expect blocked "PostgreSQL from the SFM application of a database in staging" "$organisations" \
   "sfm.nhn.no/application-database=legekontoret-fjordby" "$pg" 5432
+operator_metrics=$release-operator-metrics.$system.svc
+expect blocked "the operator's metrics from outside monitoring" default "run=probe" "$operator_metrics" 8080
+expect open    "the operator's metrics from monitoring" monitoring "run=probe" "$operator_metrics" 8080
 if kubectl -n "$system" get pods -l app.kubernetes.io/component=api -o jsonpath='{.items[*].status.containerStatuses[*].ready}' | grep -q true; then
-  expect open    "the API port from any namespace" default "run=probe" "$api" 8443
-  expect blocked "the API's metrics from outside monitoring" default "run=probe" "$api" 8080
-  expect open    "the API's metrics from monitoring" monitoring "run=probe" "$api" 8080
+  expect open    "the API's port from any namespace" default "run=probe" "$api" 8080
 else
-  say "  skipped: the API's ingress checks (no ready API pod)"
+  say "  skipped: the API's ingress check (no ready API pod)"
 fi
 # Switch legekontoret-fjordby to operational as the migration API would (validation record written with
 # the migrator's credentials, status.migration under the API's field manager), then the labelled SFM

@@ -145,13 +145,21 @@ fn ensure_namespace(namespace: &str) {
 /// authenticates with a token of that ServiceAccount (server and CA from the admin kubeconfig).
 /// Returns the kubeconfig's path. Safe to call repeatedly and from parallel tests.
 pub fn chart_kubeconfig(component: &str, namespace: &str) -> String {
+    chart_kubeconfig_with(component, namespace, &[])
+}
+
+/// `chart_kubeconfig` with more `helm template` arguments (e.g. `--set operator.watchNamespace=...`).
+/// The kubeconfig's file name depends on component and namespace only.
+pub fn chart_kubeconfig_with(component: &str, namespace: &str, extra: &[&str]) -> String {
     assert!(
         component == "operator" || component == "api",
         "component is operator or api"
     );
     ensure_namespace(namespace);
     let template = format!("templates/{component}/rbac.yaml");
-    let rbac = render(namespace, &["--show-only", &template]);
+    let mut args = vec!["--show-only", template.as_str()];
+    args.extend_from_slice(extra);
+    let rbac = render(namespace, &args);
     assert!(
         rbac.contains("kind: ServiceAccount"),
         "no ServiceAccount rendered"
@@ -421,6 +429,7 @@ fn the_rendered_chart_is_accepted_by_the_api_server_with_default_and_non_default
         "networkPolicy.postgresql.inCluster.namespace={}",
         postgres.name
     );
+    let watch_namespace = format!("operator.watchNamespace={}", postgres.name);
 
     for (label, extra) in [
         ("default", vec!["--include-crds"]),
@@ -432,6 +441,8 @@ fn the_rendered_chart_is_accepted_by_the_api_server_with_default_and_non_default
                 &values,
                 "--set",
                 &postgres_namespace,
+                "--set",
+                &watch_namespace,
             ],
         ),
     ] {
@@ -457,11 +468,13 @@ fn the_rendered_chart_is_accepted_by_the_api_server_with_default_and_non_default
         ] {
             assert!(kinds.contains(kind), "{label}: no {kind} rendered");
         }
-        assert_eq!(
-            kinds.contains("ServiceMonitor"),
-            label == "non-default",
-            "{label}: a ServiceMonitor only when enabled"
-        );
+        for optional in ["ServiceMonitor", "Ingress"] {
+            assert_eq!(
+                kinds.contains(optional),
+                label == "non-default",
+                "{label}: a {optional} only when enabled"
+            );
+        }
         check_pod_security_and_probes(&docs, label);
     }
 
@@ -591,14 +604,26 @@ fn the_api_accepts_ingress_only_on_its_port_and_postgresql_only_from_the_allowed
         .flat_map(|rule| rule["ports"].as_array().unwrap().iter())
         .map(|p| p["port"].as_i64().unwrap())
         .collect();
-    assert_eq!(
-        ports,
-        BTreeSet::from([9443, 9091]),
-        "the API port and /metrics only"
-    );
+    assert_eq!(ports, BTreeSet::from([9443]), "the API's one port only");
     assert!(
         ingress.iter().all(|rule| rule["from"].is_array()),
         "every port names its sources"
+    );
+
+    let operator = find(&docs, "NetworkPolicy", "sfm-operator");
+    let ingress = operator["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(
+        ingress.len(),
+        1,
+        "the operator admits /metrics scrapes only"
+    );
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"protocol": "TCP", "port": 9090}])
+    );
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
     );
 
     let postgres = find(&docs, "NetworkPolicy", "sfm-postgresql");
@@ -627,7 +652,8 @@ fn the_api_accepts_ingress_only_on_its_port_and_postgresql_only_from_the_allowed
         .filter(|rule| rule.get("from").is_none())
         .collect();
     assert_eq!(open.len(), 1);
-    assert_eq!(open[0]["ports"], json!([{"protocol": "TCP", "port": 8443}]));
+    assert_eq!(open[0]["ports"], json!([{"protocol": "TCP", "port": 8080}]));
+    assert_eq!(api["spec"]["ingress"].as_array().unwrap().len(), 1);
 }
 
 /// JSON schemas for kubeconform, made from the live API server's OpenAPI v2 document (this machine
@@ -1202,6 +1228,13 @@ fn the_operator_under_the_charts_identity_brings_the_examples_to_ready_and_a_man
             "run",
             "--api-namespace",
             "sfm-system",
+            "--watch-namespace",
+            NS,
+            // The chart's Lease: its Role allows only this one, in the release namespace.
+            "--leader-election-namespace",
+            "sfm-system",
+            "--leader-election-lease",
+            "sfm-operator",
             "--resync-seconds",
             "5",
         ],
@@ -1403,5 +1436,86 @@ fn the_operator_under_the_charts_identity_brings_the_examples_to_ready_and_a_man
         denied.is_empty(),
         "the chart's RBAC refused the operator:\n{}",
         denied.join("\n")
+    );
+}
+
+#[test]
+fn with_a_watch_namespace_the_operator_gets_roles_in_that_namespace_only() {
+    install_crds();
+    let home = TestNamespace::new("chart-home");
+    let watched = TestNamespace::new("chart-watched");
+    let elsewhere = TestNamespace::new("chart-elsewhere");
+    let watch = format!("operator.watchNamespace={}", watched.name);
+    let kubeconfig = chart_kubeconfig_with("operator", &home.name, &["--set", &watch]);
+    let access = |verb, group, resource, subresource, namespace: &str| Access {
+        verb,
+        group,
+        resource,
+        subresource,
+        namespace: namespace.to_owned(),
+        name: "",
+    };
+    let cases = [
+        (access("list", "", "secrets", "", &watched.name), true),
+        (access("create", "", "secrets", "", &watched.name), true),
+        (
+            access(
+                "patch",
+                "sfm.nhn.no",
+                "migrationdatabases",
+                "status",
+                &watched.name,
+            ),
+            true,
+        ),
+        (
+            access("watch", "sfm.nhn.no", "migrationkeys", "", &watched.name),
+            true,
+        ),
+        (
+            access(
+                "create",
+                "networking.k8s.io",
+                "networkpolicies",
+                "",
+                &watched.name,
+            ),
+            true,
+        ),
+        // The migrators' Secrets at home: read, create, delete; never list.
+        (access("get", "", "secrets", "", &home.name), true),
+        (access("create", "", "secrets", "", &home.name), true),
+        (access("delete", "", "secrets", "", &home.name), true),
+        (access("list", "", "secrets", "", &home.name), false),
+        (access("delete", "", "secrets", "", &watched.name), false),
+        // Nothing elsewhere, nothing cluster-wide.
+        (access("get", "", "secrets", "", &elsewhere.name), false),
+        (
+            access(
+                "list",
+                "sfm.nhn.no",
+                "migrationdatabases",
+                "",
+                &elsewhere.name,
+            ),
+            false,
+        ),
+        (access("list", "", "secrets", "", ""), false),
+        (
+            access("watch", "sfm.nhn.no", "migrationdatabases", "", ""),
+            false,
+        ),
+    ];
+    let questions: Vec<Access> = cases.iter().map(|(q, _)| q.clone()).collect();
+    let answers = allowed(&kubeconfig, &questions);
+    for ((question, want), got) in cases.iter().zip(answers) {
+        assert_eq!(got, *want, "{question:?}");
+    }
+    // No ClusterRole was rendered for this release.
+    let cluster_role = format!("{}-{RELEASE}-operator", home.name);
+    assert!(
+        !kubectl(&["get", "clusterrole", &cluster_role], None)
+            .status
+            .success()
     );
 }

@@ -120,3 +120,31 @@ app.kubernetes.io/component: {{ .component }}
 {{- fail "api.decryptionKeys needs at least one Secret with the private key the FM export is encrypted to" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The operator's rules in the namespaces it watches (cluster-wide unless operator.watchNamespace). */}}
+{{- define "sfm.operatorRules" -}}
+- apiGroups: [sfm.nhn.no]
+  resources: [migrationdatabases]
+  verbs: [get, list, watch, patch]
+- apiGroups: [sfm.nhn.no]
+  resources: [migrationdatabases/status, migrationkeys/status]
+  verbs: [patch]
+- apiGroups: [sfm.nhn.no]
+  resources: [migrationkeys]
+  verbs: [get, list, watch]
+- apiGroups: [sfm.nhn.no]
+  resources: [migrationdatabases/finalizers, migrationkeys/finalizers]
+  verbs: [update]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, patch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
