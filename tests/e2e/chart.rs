@@ -268,7 +268,7 @@ fn values_outside_the_schema_and_unsafe_combinations_are_refused() {
             ],
             "leaderElection",
         ),
-        (vec!["--set", "api.ports.http=70000"], "maximum"),
+        (vec!["--set", "api.port=70000"], "maximum"),
         (
             vec!["--set", "networkPolicy.postgresql.inCluster.enabled=true"],
             "podLabels",
@@ -1427,7 +1427,9 @@ fn the_operator_under_the_charts_identity_brings_the_examples_to_ready_and_a_man
     std::thread::sleep(Duration::from_secs(6));
     operator.kill();
     let log = operator.log_text();
-    assert!(log.contains("sfm-operator started"), "{log}");
+    // It took the chart's Lease (its Role allows only that one) and reconciled.
+    assert!(log.contains("became the leader"), "{log}");
+    assert!(log.contains("sfm-operator reconciling"), "{log}");
     let denied: Vec<&str> = log
         .lines()
         .filter(|l| l.to_lowercase().contains("forbidden"))
