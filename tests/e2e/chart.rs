@@ -1521,3 +1521,55 @@ fn with_a_watch_namespace_the_operator_gets_roles_in_that_namespace_only() {
             .success()
     );
 }
+
+/// The container arguments of a rendered Deployment of `component`.
+fn container_args(docs: &[Value], component: &str) -> Vec<String> {
+    let deployment = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Deployment"
+                && d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        })
+        .unwrap_or_else(|| panic!("no {component} Deployment"));
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_binaries_accept_the_arguments_the_chart_gives_them() {
+    let values = format!("{}/ci/nondefault-values.yaml", chart_dir());
+    for extra in [vec![], vec!["-f", values.as_str()]] {
+        let docs = documents(&render("sfm-system", &extra));
+        for (component, binary) in [
+            ("operator", env!("CARGO_BIN_EXE_sfm-operator")),
+            ("api", env!("CARGO_BIN_EXE_sfm-migration-api")),
+        ] {
+            // clap checks every argument and value before it acts on the trailing --help.
+            let mut args = container_args(&docs, component);
+            args.push("--help".into());
+            let out = Command::new(binary).args(&args).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if component == "api" && stderr.contains("is not built yet") {
+                // The API's binary on this branch is the placeholder; the check applies once it lands.
+                eprintln!(
+                    "sfm-migration-api is the placeholder here: its arguments were not checked"
+                );
+                continue;
+            }
+            assert!(
+                out.status.success(),
+                "{binary} refuses the chart's arguments {args:?}: {stderr}"
+            );
+        }
+    }
+    // And it can fail: an argument the operator does not know.
+    let out = Command::new(env!("CARGO_BIN_EXE_sfm-operator"))
+        .args(["run", "--no-such-flag", "--help"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
