@@ -2,9 +2,10 @@
 //! the default and with non-default values, applied with server-side dry run (every object accepted,
 //! no Pod Security warning under the "restricted" profile); kubeconform against schemas taken from the
 //! same server; the chart's CRDs equal `crds/`; the chart's RBAC applied for real and checked verb by
-//! verb with ServiceAccount tokens; the operator run under the chart's own identity bringing the
-//! shipped examples to Ready and, with a Manual approval, to Operational; the Argo CD health checks
-//! run with Lua 5.4 on those live objects.
+//! verb with ServiceAccount tokens (cluster-wide, and with `operator.watchNamespace` namespaced); the
+//! binaries accept the arguments the chart gives them; the operator run under the chart's own
+//! identity (and Lease) bringing the shipped examples to Ready and, with a Manual approval, to
+//! Operational; the Argo CD health checks run with Lua 5.4 on those live objects.
 //!
 //! `chart_kubeconfig` gives other tests a kubeconfig of the chart's operator or API identity.
 #![allow(dead_code)] // chart_kubeconfig and the helpers are for other test modules too
