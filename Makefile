@@ -10,7 +10,7 @@ help:
 	@echo "make demo-down  stop what 'make demo' started"
 	@echo "make test       every check and test (formatting, clippy, CRDs, unit, PostgreSQL, end-to-end)"
 	@echo "make bench      the benchmarks (figures printed, nothing asserted)"
-	@echo "make crds       regenerate crds/ from the Rust types"
+	@echo "make crds       regenerate crds/ (and the chart's copy) from the Rust types"
 
 deps:
 	hack/install-deps.sh
@@ -32,6 +32,7 @@ build:
 
 crds: build
 	./target/debug/sfm-operator crds > crds/sfm.nhn.no.yaml
+	cp crds/sfm.nhn.no.yaml charts/sfm-migration/crds/sfm.nhn.no.yaml
 
 check-crds: build
 	./target/debug/sfm-operator crds | diff -u crds/sfm.nhn.no.yaml -

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a bare Debian machine (idempotent; quick when present):
-# Debian packages, the Rust components, and the control-plane binaries built from Go modules.
+# Debian packages (lua5.4 runs the Argo CD health checks in the chart tests), the Rust components, and the
+# control-plane binaries, helm and kubeconform built from Go modules.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 need=()
 for pair in openssl:openssl curl:curl xmllint:libxml2-utils python3:python3 runuser:util-linux \
-            make:make cc:gcc pkg-config:pkg-config; do
+            make:make cc:gcc pkg-config:pkg-config lua5.4:lua5.4; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if [ ! -x /usr/lib/postgresql/15/bin/initdb ] && ! command -v initdb >/dev/null; then need+=(postgresql-15); fi
@@ -22,3 +23,4 @@ if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
 "$root/hack/build-controlplane.sh" >/dev/null
+"$root/hack/tools.sh" >/dev/null # helm and kubeconform for the chart tests
