@@ -1219,6 +1219,7 @@ const MANUAL: &str = "mdb/sykehjem-nordby";
 #[test]
 fn the_operator_under_the_charts_identity_brings_the_examples_to_ready_and_a_manual_approval_to_operational()
  {
+    let _turn = examples_turn();
     install_crds();
     let operator_kubeconfig = chart_kubeconfig("operator", "sfm-system");
     let api_kubeconfig = chart_kubeconfig("api", "sfm-system");

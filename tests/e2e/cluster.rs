@@ -58,6 +58,13 @@ pub fn repo_path(relative: &str) -> String {
 
 /// Installs the committed CRDs (server-side apply, so it is safe to repeat from parallel tests) and
 /// waits until both are established.
+/// The shipped examples live in fixed namespaces (`sfm-organisations`, `sfm-system`), so the tests that
+/// apply them take turns: hold this guard for the whole test.
+pub fn examples_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub fn install_crds() {
     kubectl_ok(
         &[

@@ -11,6 +11,7 @@ const DB: &str = "mdb/legekontoret-fjordby";
 
 #[test]
 fn examples_go_from_staging_to_operational_under_the_activation_rule() {
+    let _turn = examples_turn();
     install_crds();
     let operator = start_operator(NS, "sfm-system", "operator-examples");
     // The examples exactly as shipped.
