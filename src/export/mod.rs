@@ -335,7 +335,7 @@ pub fn write_export(
                         break;
                     }
                     let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if finished % 500 == 0 {
+                    if finished.is_multiple_of(500) {
                         progress(finished);
                     }
                 }

@@ -127,7 +127,17 @@ const CITIES: &[(&str, &str, &str)] = &[
 ];
 
 /// (ATC, active substance, name-form-strength, form code, form name, unit, dose text, use area)
-const DRUGS: &[(&str, &str, &str, &str, &str, &str, &str, &str)] = &[
+type Drug = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+const DRUGS: &[Drug] = &[
     (
         "C10AA05",
         "Atorvastatin",
@@ -484,7 +494,7 @@ fn message_xml(
     doctor: &SyntheticUser,
     msg_id: Uuid,
     gen_date: &str,
-    drug: &(&str, &str, &str, &str, &str, &str, &str, &str),
+    drug: &Drug,
 ) -> String {
     let resept_id = uuid(rng);
     format!(
@@ -524,16 +534,22 @@ fn message_xml(
 }
 
 /// One prescription version (`Prescription`), naming the doctor by user id and HPR number.
+/// The ids every version of one prescription shares.
+struct PrescriptionIds {
+    prescription: Uuid,
+    info: Uuid,
+    resept: Uuid,
+}
+
 fn prescription(
     out: &mut String,
     rng: &mut StdRng,
-    prescription_id: Uuid,
+    ids: &PrescriptionIds,
     previous: Option<Uuid>,
-    info_id: Uuid,
-    resept_id: Uuid,
     doctor: &SyntheticUser,
     head: bool,
 ) -> Uuid {
+    let (prescription_id, info_id, resept_id) = (ids.prescription, ids.info, ids.resept);
     let version = uuid(rng);
     let _ = write!(
         out,
@@ -586,13 +602,16 @@ fn treatment(out: &mut String, rng: &mut StdRng, doctor: &SyntheticUser) {
     let versions = rng.gen_range(1..=5);
     let mut previous = None;
     for v in 0..versions {
+        let ids = PrescriptionIds {
+            prescription: prescription_id,
+            info: info_id,
+            resept: resept_id,
+        };
         previous = Some(prescription(
             out,
             rng,
-            prescription_id,
+            &ids,
             previous,
-            info_id,
-            resept_id,
             doctor,
             v + 1 == versions,
         ));
