@@ -531,18 +531,19 @@ async fn tus_client_resumes_retries_and_never_sends_a_file_twice() {
     assert_eq!(completed.len(), report.files.len());
     assert!(completed.values().all(|&n| n == 1), "{completed:?}");
     assert_eq!(server.missing_checksums.load(Ordering::SeqCst), 0);
-    let uploads = server.uploads.lock().unwrap();
-    for file in &report.files {
-        let data = std::fs::read(&file.path).unwrap();
-        assert!(
-            uploads
-                .values()
-                .any(|u| u.name == file.name && u.data == data),
-            "{} arrived intact",
-            file.name
-        );
+    {
+        let uploads = server.uploads.lock().unwrap();
+        for file in &report.files {
+            let data = std::fs::read(&file.path).unwrap();
+            assert!(
+                uploads
+                    .values()
+                    .any(|u| u.name == file.name && u.data == data),
+                "{} arrived intact",
+                file.name
+            );
+        }
     }
-    drop(uploads);
 
     // The manifest takes the digests from the ledger and matches the files.
     let manifest = manifest(&report, Some(&ledger)).unwrap();
