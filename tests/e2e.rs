@@ -8,6 +8,7 @@ mod e2e {
     pub mod cluster;
     pub mod controlplane;
     pub mod crds;
+    pub mod flow;
     pub mod operator;
     pub mod processes;
 }
