@@ -21,4 +21,7 @@ if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
+# tuspy: a tus client nobody here wrote, for the migration API's end-to-end test.
+python3 -c 'import tusclient' 2>/dev/null || python3 -m pip install -q tuspy 2>/dev/null \
+  || python3 -m pip install -q --break-system-packages tuspy
 "$root/hack/build-controlplane.sh" >/dev/null

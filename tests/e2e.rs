@@ -5,6 +5,7 @@
 //! Every test works in its own namespace so the tests can run in parallel on one cluster.
 
 mod e2e {
+    pub mod api;
     pub mod cluster;
     pub mod controlplane;
     pub mod crds;
