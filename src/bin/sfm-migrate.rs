@@ -306,10 +306,18 @@ async fn run(cli: Cli) -> Outcome<ExitCode> {
         }
         Command::Activate(args) => {
             let api = ctx.api(1)?;
-            key_check(&api).await?;
+            let (_, check) = key_check(&api).await?;
             let report =
                 sfm_migration::client::check::check_export(&args.folder, &CheckOptions::default())?;
-            do_activate(&api, &args.folder, &report, args.keep, args.timeout_secs).await?;
+            do_activate(
+                &api,
+                &args.folder,
+                &report,
+                args.keep,
+                args.timeout_secs,
+                check.expires_at,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
@@ -320,7 +328,15 @@ async fn run(cli: Cli) -> Outcome<ExitCode> {
             }
             let (_, check) = key_check(&api).await?;
             do_verify(&api, &args.folder, &report, &check.database).await?;
-            do_activate(&api, &args.folder, &report, args.keep, args.timeout_secs).await?;
+            do_activate(
+                &api,
+                &args.folder,
+                &report,
+                args.keep,
+                args.timeout_secs,
+                check.expires_at,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -461,8 +477,9 @@ async fn do_activate(
     report: &CheckReport,
     keep: bool,
     timeout_secs: u64,
+    key_expires_at: chrono::DateTime<Utc>,
 ) -> Outcome<()> {
-    activate_and_wait(api, Duration::from_secs(timeout_secs)).await?;
+    activate_and_wait(api, Duration::from_secs(timeout_secs), Some(key_expires_at)).await?;
     println!("The database is operational: the migration is complete.");
     if keep {
         println!("The export files were kept (--keep).");

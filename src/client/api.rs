@@ -136,21 +136,25 @@ impl ApiError {
     }
 
     /// Whether the same request may succeed later: network trouble, 5xx, 429, `busy`,
-    /// `organisation-missing` (while the organisation file is ingested), `dpop-nonce-required`.
+    /// `organisation-missing` with `Retry-After` (the organisation file is being ingested),
+    /// `dpop-nonce-required`.
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Network { .. } => true,
             ApiError::Protocol(_) => false,
             ApiError::Status {
-                status, problem, ..
+                status,
+                problem,
+                retry_after,
             } => {
                 let code = problem.as_ref().map(|p| p.code);
+                // `organisation-missing` is worth waiting for only while the organisation file is
+                // being ingested (the API then sends Retry-After); otherwise it never comes.
                 matches!(
                     code,
-                    Some(ProblemCode::Busy)
-                        | Some(ProblemCode::OrganisationMissing)
-                        | Some(ProblemCode::DpopNonceRequired)
-                ) || *status == 429
+                    Some(ProblemCode::Busy) | Some(ProblemCode::DpopNonceRequired)
+                ) || (code == Some(ProblemCode::OrganisationMissing) && retry_after.is_some())
+                    || *status == 429
                     || *status >= 500
             }
         }

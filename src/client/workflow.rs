@@ -151,7 +151,16 @@ pub async fn verify(
 
 /// Asks for operational mode (unless already operational) and waits until the database is
 /// `Operational`, printing each phase it passes.
-pub async fn activate_and_wait(api: &ApiClient, timeout: Duration) -> Outcome<()> {
+///
+/// The wire contract lets the key read `status` after the switch. Should an API instead answer
+/// `key-expired` once activation was requested, while the key's own time to live (`key_expires_at`,
+/// from the key check) has not run out, the only cause left is the switch itself (keys expire when
+/// the database goes operational), and it is taken as `Operational`.
+pub async fn activate_and_wait(
+    api: &ApiClient,
+    timeout: Duration,
+    key_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Outcome<()> {
     let status = api.status().await.map_err(|e| e.failure())?;
     if status.phase != MigrationPhase::Operational {
         match api.activate().await {
@@ -171,6 +180,17 @@ pub async fn activate_and_wait(api: &ApiClient, timeout: Duration) -> Outcome<()
             Err(error) if error.is_transient() => {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
+            }
+            Err(error)
+                if error.code() == Some(ProblemCode::KeyExpired)
+                    && key_expires_at.is_some_and(|at| {
+                        at > chrono::Utc::now() + chrono::Duration::seconds(60)
+                    }) =>
+            {
+                eprintln!(
+                    "  phase: Operational (the API stopped accepting the migration key, which happens at the switch)"
+                );
+                return Ok(());
             }
             Err(error) => return Err(error.failure()),
         };
