@@ -152,6 +152,7 @@ EOF
     "$bin/sfm-migrate" --config-dir "$config" upload "$export_dir" --workers "$workers" --plain \
     >"$work/upload-$n.log" 2>&1 || { echo "   upload failed:" >&2; tail -5 "$work/upload-$n.log" >&2; }
   t1=$(now)
+  upload_s=$(elapsed "$t0" "$t1")
   api_cpu=$(elapsed "$api_cpu0" "$(cpu_of "$api_pid")")
   pg_cpu=$(elapsed "$pg_cpu0" "$(postgres_cpu)")
   op_cpu=$(elapsed "$op_cpu0" "$(cpu_of "$operator_pid")")
@@ -162,13 +163,16 @@ EOF
     >"$work/activate-$n.log" 2>&1 || { echo "   activate failed:" >&2; tail -5 "$work/activate-$n.log" >&2; }
   t2=$(now)
 
-  upload_s=$(elapsed "$t0" "$t1")
   total_s=$(elapsed "$t0" "$t2")
   stored=$(kubectl -n "$ns" get mdb/bench -o jsonpath='{.status.migration.patients.stored}' 2>/dev/null || echo "?")
   phase=$(kubectl -n "$ns" get mdb/bench -o jsonpath='{.status.phase}' 2>/dev/null || echo "?")
   # The busiest process is the bottleneck (CPU seconds over the upload; 2 cores in all).
   bottleneck=$(printf "client %s\napi %s\npostgres %s\noperator %s\n" "$client_cpu" "$api_cpu" "$pg_cpu" "$op_cpu" |
     sort -k2 -g | tail -1 | cut -d' ' -f1)
+  # With the cores mostly idle the limit is latency (requests in sequence, commits), not a process.
+  busy=$(awk -v a="$client_cpu" -v b="$api_cpu" -v c="$pg_cpu" -v d="$op_cpu" -v t="$upload_s" -v n="$(nproc)" \
+    'BEGIN { if (t > 0) printf "%.0f", 100 * (a + b + c + d) / (t * n); else print 0 }')
+  if [ "$busy" -lt 50 ]; then bottleneck="latency (CPU ${busy}% busy; busiest: $bottleneck)"; else bottleneck="$bottleneck (CPU ${busy}% busy)"; fi
   line=$(printf "RSA %4s %7s patients %4s workers | upload %8ss %8s patients/s %7s MB/s | with verify+activate %8ss | CPU s: client %s api %s postgres %s operator %s | bottleneck %s | stored %s, %s" \
     "$bits" "$patients" "$workers" "$upload_s" "$(ratio "$patients" "$upload_s")" \
     "$(ratio "$(awk -v b="$bytes" 'BEGIN { print b / 1e6 }')" "$upload_s")" "$total_s" \
