@@ -12,7 +12,7 @@ use rand::Rng;
 use reqwest::{Method, Response};
 use url::Url;
 
-use super::api::{ApiClient, ApiError, error_of};
+use super::api::{ApiClient, ApiError};
 use super::check::ExportFile;
 use super::ledger::{Ledger, LedgerEntry, LedgerState};
 use super::{Failure, Outcome};
@@ -44,11 +44,15 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait before retry number `attempt` (1-based): `Retry-After` when given, else exponential
-    /// backoff with full jitter.
+    /// The wait before retry number `attempt` (1-based): `Retry-After` when given (never less), else
+    /// exponential backoff with jitter.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(wait) = retry_after {
-            return wait.min(Duration::from_secs(300));
+            // At least what the server asked, plus up to a quarter more so that a thousand workers
+            // told the same number do not all come back in the same instant.
+            let wait = wait.min(Duration::from_secs(300));
+            let spread = (wait.as_millis() as u64 / 4).max(1);
+            return wait + Duration::from_millis(rand::thread_rng().gen_range(0..=spread));
         }
         let exponential = self
             .base_delay
@@ -359,9 +363,4 @@ pub fn read_with_digest(file: &ExportFile) -> Outcome<(Vec<u8>, String)> {
     }
     let digest = contract::sha256_hex(&data);
     Ok((data, digest))
-}
-
-/// The error of a completed response, for callers that want the problem.
-pub async fn problem_of(response: Response) -> ApiError {
-    error_of(response).await
 }

@@ -204,33 +204,67 @@ fn an_export_goes_from_files_to_an_operational_database() {
     );
     assert!(checked.status.success(), "{}", text(&checked));
 
-    // First upload, killed (SIGKILL) once part of the patients are in.
-    let mut first = Process::start(
+    // First upload, stopped with Ctrl-C (SIGINT) once some patients are in: it finishes the requests
+    // in flight and says how to continue.
+    let upload_args = [
+        "upload",
+        export.to_str().unwrap(),
+        "--workers",
+        "16",
+        "--plain",
+    ];
+    let mut interrupted = Process::start(
         client,
-        &[
-            "upload",
-            export.to_str().unwrap(),
-            "--workers",
-            "16",
-            "--plain",
-        ],
+        &upload_args,
         &[config_env],
         &format!("client-flow-{ns_name}-1"),
     );
     assert!(
         eventually(Duration::from_secs(300), || ledger_lines(&export, "stored")
-            >= PATIENTS / 3),
+            >= PATIENTS / 5),
         "the first upload made no progress; its log:\n{}",
-        first.log_text()
+        interrupted.log_text()
     );
-    first.kill();
+    let pid = interrupted.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = interrupted.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", interrupted.log_text());
+    assert!(
+        interrupted
+            .log_text()
+            .contains("Interrupted: run the same command again"),
+        "{}",
+        interrupted.log_text()
+    );
+    let stored_at_interrupt = ledger_lines(&export, "stored");
+
+    // Second upload, killed (SIGKILL, as a crash) after more patients are in.
+    let mut killed = Process::start(
+        client,
+        &upload_args,
+        &[config_env],
+        &format!("client-flow-{ns_name}-2"),
+    );
+    assert!(
+        eventually(Duration::from_secs(300), || ledger_lines(&export, "stored")
+            >= stored_at_interrupt + PATIENTS / 5),
+        "the second upload made no progress; its log:\n{}",
+        killed.log_text()
+    );
+    killed.kill();
     let stored_at_kill = ledger_lines(&export, "stored");
     assert!(
         stored_at_kill < PATIENTS + REPORTS + 1,
         "the upload finished before it was killed"
     );
 
-    // Second run: completes exactly what is missing.
+    // Third run: completes exactly what is missing.
     let second = run(
         client,
         &[
@@ -263,7 +297,7 @@ fn an_export_goes_from_files_to_an_operational_database() {
     assert_eq!(count(&ns_name, "patients.rejected"), 0);
     assert_eq!(count(&ns_name, "users.stored"), 25);
 
-    // Third run: nothing is sent twice.
+    // Fourth run: nothing is sent twice.
     let received_before = count(&ns_name, "patients.received");
     let third = run(
         client,
