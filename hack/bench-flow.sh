@@ -148,8 +148,8 @@ EOF
 
   api_cpu0=$(cpu_of "$api_pid"); pg_cpu0=$(postgres_cpu); op_cpu0=$(cpu_of "$operator_pid")
   t0=$(now)
-  /usr/bin/time -f "%U %S" -o "$work/client-$n.time" \
-    "$bin/sfm-migrate" --config-dir "$config" upload "$export_dir" --workers "$workers" --plain \
+  timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -f "%U %S" -o "$work/client-$n.time")
+  "${timer[@]}" "$bin/sfm-migrate" --config-dir "$config" upload "$export_dir" --workers "$workers" --plain \
     >"$work/upload-$n.log" 2>&1 || { echo "   upload failed:" >&2; tail -5 "$work/upload-$n.log" >&2; }
   t1=$(now)
   upload_s=$(elapsed "$t0" "$t1")

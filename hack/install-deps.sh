@@ -4,7 +4,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 need=()
-for pair in openssl:openssl curl:curl xmllint:libxml2-utils python3:python3 runuser:util-linux \
+for pair in openssl:openssl curl:curl xmllint:libxml2-utils unzip:unzip python3:python3 runuser:util-linux \
             make:make cc:gcc pkg-config:pkg-config; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
