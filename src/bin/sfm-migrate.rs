@@ -91,7 +91,7 @@ struct LoginArgs {
     /// An access token you were given (as NHN's uploader accepts); else SFM_HELSEID_TOKEN.
     #[arg(long, env = "SFM_HELSEID_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// The type of a given token: Bearer (default) or DPoP is not possible without its key.
+    /// The type of a given token; only Bearer works (a DPoP token is useless without its key).
     #[arg(long, default_value = "Bearer")]
     token_type: String,
     /// HelseID's issuer, e.g. https://helseid-sts.nhn.no.
@@ -122,6 +122,7 @@ struct FolderArgs {
 
 #[derive(Args)]
 struct CheckArgs {
+    /// The export folder (holds ExportData.dat and Index.txt).
     folder: PathBuf,
     /// The "SFM migrering" certificate: also check every file was encrypted to a key of its size.
     #[arg(long)]
@@ -149,6 +150,7 @@ struct UploadTuning {
 
 #[derive(Args)]
 struct UploadArgs {
+    /// The export folder (holds ExportData.dat and Index.txt).
     folder: PathBuf,
     #[command(flatten)]
     tuning: UploadTuning,
@@ -156,6 +158,7 @@ struct UploadArgs {
 
 #[derive(Args)]
 struct ActivateArgs {
+    /// The export folder (holds ExportData.dat and Index.txt).
     folder: PathBuf,
     /// Keep the export files after the database is operational.
     #[arg(long)]
@@ -167,11 +170,14 @@ struct ActivateArgs {
 
 #[derive(Args)]
 struct RunArgs {
+    /// The export folder (holds ExportData.dat and Index.txt).
     folder: PathBuf,
     #[command(flatten)]
     tuning: UploadTuning,
+    /// Keep the export files after the database is operational.
     #[arg(long)]
     keep: bool,
+    /// How long to wait for operational mode, in seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_secs: u64,
 }
