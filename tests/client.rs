@@ -255,6 +255,7 @@ struct Server {
     next_id: AtomicUsize,
     posts: AtomicUsize,
     busy_answers: AtomicUsize,
+    with_body: AtomicUsize,
     torn_patches: AtomicUsize,
     missing_checksums: AtomicUsize,
     /// Answer the first POST with 503 busy.
@@ -302,7 +303,7 @@ async fn key_check(State(server): State<Arc<Server>>, headers: HeaderMap) -> Res
     .into_response()
 }
 
-async fn create(State(server): State<Arc<Server>>, headers: HeaderMap) -> Response {
+async fn create(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bytes) -> Response {
     if !authorised(&server, &headers) {
         return problem(contract::ProblemCode::KeyWrong, None);
     }
@@ -327,23 +328,43 @@ async fn create(State(server): State<Arc<Server>>, headers: HeaderMap) -> Respon
         .unwrap();
     assert!(metadata.iter().any(|(k, _)| k == "FileType"));
     let id = format!("u{}", server.next_id.fetch_add(1, Ordering::SeqCst));
+    // creation-with-upload: the body, when there is one, is the first chunk.
+    if !body.is_empty() {
+        server.with_body.fetch_add(1, Ordering::SeqCst);
+    }
+    let complete = !body.is_empty() && body.len() as u64 == length;
+    if complete {
+        *server
+            .completed
+            .lock()
+            .unwrap()
+            .entry(name.clone())
+            .or_default() += 1;
+    }
+    let offset = body.len();
     server.uploads.lock().unwrap().insert(
         id.clone(),
         Upload {
             name,
             length,
-            data: Vec::new(),
+            data: body.to_vec(),
         },
     );
-    (
+    let mut response = (
         StatusCode::CREATED,
         [
             ("location", format!("/files/{id}")),
             ("tus-resumable", "1.0.0".into()),
-            ("upload-offset", "0".into()),
+            ("upload-offset", offset.to_string()),
         ],
     )
-        .into_response()
+        .into_response();
+    if complete {
+        response
+            .headers_mut()
+            .insert(contract::HEADER_INGEST_STATE, "stored".parse().unwrap());
+    }
+    response
 }
 
 async fn head(
@@ -467,6 +488,8 @@ async fn tus_client_resumes_retries_and_never_sends_a_file_twice() {
     let options = UploadOptions {
         workers: 4,
         quiet: true,
+        // Small chunks: several PATCHes per file (files that fit in one go use creation-with-upload).
+        chunk_size: 1024,
         retry: RetryPolicy {
             base_delay: std::time::Duration::from_millis(10),
             ..RetryPolicy::default()
@@ -531,6 +554,22 @@ async fn tus_client_resumes_retries_and_never_sends_a_file_twice() {
     assert_eq!(completed.len(), report.files.len());
     assert!(completed.values().all(|&n| n == 1), "{completed:?}");
     assert_eq!(server.missing_checksums.load(Ordering::SeqCst), 0);
+    // With whole files in one request (the default chunk size), creation-with-upload sends each file
+    // in its POST.
+    let small = UploadOptions {
+        chunk_size: 8 * 1024 * 1024,
+        ..options.clone()
+    };
+    let fresh = Ledger::open(&out, "test/other-db").unwrap();
+    let whole = upload(&api, &report, &fresh, &small, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(whole.sent, report.files.len());
+    assert_eq!(
+        server.with_body.load(Ordering::SeqCst),
+        report.files.len(),
+        "every file went in its creation request"
+    );
     {
         let uploads = server.uploads.lock().unwrap();
         for file in &report.files {

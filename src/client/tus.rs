@@ -159,29 +159,59 @@ impl FileUpload<'_> {
         }
     }
 
-    async fn create(&self, file: &ExportFile) -> Result<Url, TusError> {
+    /// `POST /files`. With `body` (the whole file, when it fits in one chunk) the upload is created
+    /// and sent in one request (tus creation-with-upload, with its checksum): the answer then carries
+    /// the offset and, when complete, the ingest state.
+    async fn create(
+        &self,
+        file: &ExportFile,
+        body: Option<&[u8]>,
+    ) -> Result<(Url, u64, Option<(LedgerState, Option<String>)>), TusError> {
         let url = self.api.url(contract::PATH_FILES);
         let metadata = encode_upload_metadata(&[
             (contract::METADATA_NAME, &file.name),
             (contract::METADATA_CONTENT_TYPE, CONTENT_TYPE_OCTET_STREAM),
             (contract::METADATA_FILE_TYPE, file.file_type.as_str()),
         ]);
+        let checksum = body.map(|b| UploadChecksum::of(ChecksumAlgorithm::Sha256, b).to_header());
         let response = self
             .retrying(|| {
                 self.api.send(Method::POST, &url, true, |r| {
-                    r.header(contract::HEADER_TUS_RESUMABLE, TUS_VERSION)
+                    let r = r
+                        .header(contract::HEADER_TUS_RESUMABLE, TUS_VERSION)
                         .header(contract::HEADER_UPLOAD_LENGTH, file.size.to_string())
-                        .header(contract::HEADER_UPLOAD_METADATA, &metadata)
+                        .header(contract::HEADER_UPLOAD_METADATA, &metadata);
+                    match (body, &checksum) {
+                        (Some(body), Some(checksum)) => r
+                            .header(
+                                reqwest::header::CONTENT_TYPE,
+                                CONTENT_TYPE_OFFSET_OCTET_STREAM,
+                            )
+                            .header(contract::HEADER_UPLOAD_CHECKSUM, checksum)
+                            .body(body.to_vec()),
+                        _ => r,
+                    }
                 })
             })
             .await?;
         let location = header(&response, contract::HEADER_LOCATION).ok_or_else(|| {
             TusError::Api(ApiError::Protocol("no Location for the upload".into()))
         })?;
-        self.api
+        let location = self
+            .api
             .url(contract::PATH_FILES)
             .join(location)
-            .map_err(|_| TusError::Api(ApiError::Protocol("an unusable Location".into())))
+            .map_err(|_| TusError::Api(ApiError::Protocol("an unusable Location".into())))?;
+        let offset = if body.is_some() {
+            offset_of(&response).unwrap_or(0)
+        } else {
+            0
+        };
+        if offset > 0 {
+            (self.on_bytes)(offset);
+        }
+        let done = (offset >= file.size && file.size > 0).then(|| ingest_of(&response));
+        Ok((location, offset, done))
     }
 
     /// `HEAD` of an upload: its offset and, once complete, its ingest state. `None` when the upload is
@@ -269,11 +299,22 @@ impl FileUpload<'_> {
             let (url, mut offset) = match resume.take() {
                 Some(found) => found,
                 None => {
-                    let url = self.create(file).await?;
+                    let whole = (data.len() <= self.chunk_size && restarts == 0).then_some(data);
+                    let (url, offset, done) = self.create(file, whole).await?;
                     entry.url = url.to_string();
+                    if let Some((state, code)) = done {
+                        entry.state = state;
+                        entry.code = code.clone();
+                        self.ledger.record(entry)?;
+                        return Ok(Uploaded {
+                            state,
+                            code,
+                            sent: offset,
+                        });
+                    }
                     entry.state = LedgerState::Created;
                     self.ledger.record(entry.clone())?;
-                    (url, 0)
+                    (url, offset)
                 }
             };
             entry.url = url.to_string();

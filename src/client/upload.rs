@@ -239,7 +239,7 @@ pub async fn upload(
         api,
         ledger,
         retry: &options.retry,
-        chunk_size: options.chunk_size.max(64 * 1024),
+        chunk_size: options.chunk_size.max(1024),
         cancel,
         on_bytes: &on_bytes,
     };
