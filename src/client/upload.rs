@@ -112,12 +112,40 @@ impl std::fmt::Display for UploadSummary {
             self.megabytes_per_second()
         )?;
         for (name, code) in self.rejected.iter().take(20) {
-            writeln!(f, "  rejected: {name} ({code})")?;
+            writeln!(f, "  rejected: {name} ({code}): {}", rejection_hint(code))?;
         }
         for (name, why) in self.failed.iter().take(20) {
             writeln!(f, "  not sent: {name}: {why}")?;
         }
         Ok(())
+    }
+}
+
+/// What a rejection code means for the data controller, and whom to ask.
+pub fn rejection_hint(code: &str) -> &'static str {
+    match code {
+        "envelope-undecryptable" => {
+            "it is not encrypted to the SFM migration certificate this API holds (wrong certificate?): ask your EPJ supplier to export it again with NHN's current certificate"
+        }
+        "envelope-malformed" => "the file is truncated or damaged: export it again",
+        "archive-limits" | "archive-path" | "archive-content" => {
+            "the packed file inside is not a valid export archive: ask your EPJ supplier"
+        }
+        "xml-doctype" | "xml-malformed" | "xml-schema" | "xml-unexpected-root" => {
+            "its XML does not follow NHN's format: ask your EPJ supplier"
+        }
+        "data-quality-identifier" => "an identifier has wrong check digits: correct it in the EPJ",
+        "data-quality-synthetic-identity" => {
+            "it holds a synthetic test identity, which this database does not allow"
+        }
+        "data-quality-hpr-unknown" => {
+            "it names an HPR number that is not a user in ExportData.dat: export users and patients together"
+        }
+        "data-quality-organisation-mismatch" => {
+            "it belongs to another organisation than this database: check the export folder"
+        }
+        "data-quality-missing-field" => "a required value is missing: correct it in the EPJ",
+        _ => "see `sfm-migrate status` for the reason",
     }
 }
 

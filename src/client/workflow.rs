@@ -114,7 +114,12 @@ pub async fn verify(
                 if !mismatches.rejected.is_empty() {
                     eprintln!("  rejected: {}", mismatches.rejected.len());
                     for file in mismatches.rejected.iter().take(20) {
-                        eprintln!("    {} ({}: {})", file.path, file.code, file.code.title());
+                        eprintln!(
+                            "    {} ({}): {}",
+                            file.path,
+                            file.code,
+                            super::upload::rejection_hint(file.code.as_str())
+                        );
                     }
                 }
                 if mismatches.truncated {
