@@ -107,6 +107,7 @@ for run in $runs; do
   export_dir=$dir/export
   rm -f "$export_dir/sfm-migrate.ledger"
   bytes=$(du -sb "$export_dir" | cut -f1)
+  xml_mb=$(grep -o '[0-9.]* MB XML' "$dir/generate.log" | head -1 | cut -d' ' -f1)
 
   # A database and key for this run.
   ns=bench-$n-$$
@@ -173,9 +174,9 @@ EOF
   busy=$(awk -v a="$client_cpu" -v b="$api_cpu" -v c="$pg_cpu" -v d="$op_cpu" -v t="$upload_s" -v n="$(nproc)" \
     'BEGIN { if (t > 0) printf "%.0f", 100 * (a + b + c + d) / (t * n); else print 0 }')
   if [ "$busy" -lt 50 ]; then bottleneck="latency (CPU ${busy}% busy; busiest: $bottleneck)"; else bottleneck="$bottleneck (CPU ${busy}% busy)"; fi
-  line=$(printf "RSA %4s %7s patients %4s workers | upload %8ss %8s patients/s %7s MB/s | with verify+activate %8ss | CPU s: client %s api %s postgres %s operator %s | bottleneck %s | stored %s, %s" \
+  line=$(printf "RSA %4s %7s patients %4s workers | upload %8ss %8s patients/s %7s MB/s files %7s MB/s XML | with verify+activate %8ss | CPU s: client %s api %s postgres %s operator %s | bottleneck %s | stored %s, %s" \
     "$bits" "$patients" "$workers" "$upload_s" "$(ratio "$patients" "$upload_s")" \
-    "$(ratio "$(awk -v b="$bytes" 'BEGIN { print b / 1e6 }')" "$upload_s")" "$total_s" \
+    "$(ratio "$(awk -v b="$bytes" 'BEGIN { print b / 1e6 }')" "$upload_s")" "$(ratio "${xml_mb:-0}" "$upload_s")" "$total_s" \
     "$client_cpu" "$api_cpu" "$pg_cpu" "$op_cpu" "$bottleneck" "$stored" "$phase")
   echo "   $line" >&2
   results+=("$line")

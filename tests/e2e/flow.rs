@@ -169,6 +169,25 @@ fn an_export_goes_from_files_to_an_operational_database() {
     );
     assert!(generated.status.success(), "{}", text(&generated));
 
+    // One patient file encrypted to the wrong certificate (of the same size, so `check` cannot
+    // tell): the API rejects it, the client says so and why, verify refuses, and the corrected file
+    // goes through on the next upload.
+    let wrong_name = {
+        let index = std::fs::read_to_string(export.join("Index.txt")).unwrap();
+        index.lines().nth(7).unwrap().to_owned()
+    };
+    let wrong_path = export.join(wrong_name.replace('\\', "/"));
+    let original = std::fs::read(&wrong_path).unwrap();
+    {
+        use sfm_migration::format::envelope::{self, DecryptionKeys, RecipientCertificate};
+        let right = DecryptionKeys::from_pem_files(&[keys.join("private_key.pem")]).unwrap();
+        let other = envelope::generate_demo_key_pair(2048, "not SFM migrering").unwrap();
+        let other = RecipientCertificate::from_pem(other.certificate_pem.as_bytes()).unwrap();
+        let plain = right.decrypt(&original).unwrap().content;
+        let misencrypted = envelope::encrypt(&plain, &other, envelope::DEFAULT_EXTENSION).unwrap();
+        std::fs::write(&wrong_path, misencrypted).unwrap();
+    }
+
     let port = free_port();
     let api_url = format!("http://127.0.0.1:{port}");
     let _api = start_api(
@@ -289,13 +308,54 @@ fn an_export_goes_from_files_to_an_operational_database() {
                 .unwrap()
         })
     };
+    let second_out = String::from_utf8_lossy(&second.stdout).into_owned();
+    assert!(
+        second_out.contains(&format!("rejected: {wrong_name} (envelope-undecryptable)"))
+            && second_out.contains("wrong certificate"),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(
+        query("SELECT count(*) FROM sfm.patients"),
+        PATIENTS as i64 - 1
+    );
+    assert!(eventually(Duration::from_secs(30), || count(
+        &ns_name,
+        "patients.rejected"
+    ) == 1));
+    assert_eq!(count(&ns_name, "users.stored"), 25);
+
+    // Verify refuses while a file is rejected, and says which and why.
+    let refused = run(client, &["verify", export.to_str().unwrap()], &[config_env]);
+    assert!(!refused.status.success());
+    let refused_text = text(&refused);
+    assert!(
+        refused_text.contains("1 rejected") && refused_text.contains(&wrong_name),
+        "{refused_text}"
+    );
+
+    // The EPJ supplier delivers the file again, encrypted correctly: exactly that file is sent.
+    std::fs::write(&wrong_path, &original).unwrap();
+    let fixed = run(
+        client,
+        &["upload", export.to_str().unwrap(), "--plain"],
+        &[config_env],
+    );
+    assert!(fixed.status.success(), "{}", text(&fixed));
+    assert!(
+        String::from_utf8_lossy(&fixed.stdout).contains(&format!(
+            "{total_files} files in the export, 1 sent now, {} already sent before",
+            total_files - 1
+        )),
+        "{}",
+        text(&fixed)
+    );
     assert_eq!(query("SELECT count(*) FROM sfm.patients"), PATIENTS as i64);
     assert!(eventually(Duration::from_secs(30), || count(
         &ns_name,
         "patients.stored"
     ) == PATIENTS as u64));
     assert_eq!(count(&ns_name, "patients.rejected"), 0);
-    assert_eq!(count(&ns_name, "users.stored"), 25);
 
     // Fourth run: nothing is sent twice.
     let received_before = count(&ns_name, "patients.received");
