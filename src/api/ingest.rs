@@ -163,13 +163,21 @@ pub fn prepare(
     if policy.schema_check == SchemaCheck::Strict
         && let Some(first) = prepared.deviations().first()
     {
+        let mut patterns: Vec<String> = prepared
+            .deviations()
+            .iter()
+            .map(|d| d.path_pattern())
+            .collect();
+        patterns.sort();
+        patterns.dedup();
+        patterns.truncate(5);
         return Err(Rejection::new(
             ProblemCode::XmlSchema,
             format!(
-                "{} departure(s) from NHN's XSD and the database's schema check is Strict; the first at {}: {}",
+                "{} departure(s) from NHN's XSD and the database's schema check is Strict; the first: {}; at {}",
                 prepared.deviations().len(),
-                first.path,
-                first.message
+                first.message,
+                patterns.join(", ")
             ),
         ));
     }
