@@ -140,7 +140,8 @@ fn claims_with(change: impl FnOnce(&mut serde_json::Value)) -> (Arc<Issuer>, Str
 
 #[test]
 fn wrong_issuer_audience_expiry_scope_and_organisation_are_refused() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>, TokenError)> = vec![
+    type Change = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Change, TokenError)> = vec![
         (
             "issuer",
             Box::new(|c| c["iss"] = "https://evil.test".into()),
