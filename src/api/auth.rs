@@ -29,12 +29,15 @@ use crate::operator::children;
 /// working within seconds on every replica.
 const CACHE_FOR: Duration = Duration::from_secs(2);
 
+/// A looked-up key (or its absence) and when it was looked up.
+type CachedKey = (Instant, Option<Arc<MigrationKey>>);
+
 /// Finds keys, databases and their connection pools, with short caches.
 pub struct Directory {
     kube: Client,
     namespace: String,
     max_connections: u32,
-    keys: Mutex<HashMap<String, (Instant, Option<Arc<MigrationKey>>)>>,
+    keys: Mutex<HashMap<String, CachedKey>>,
     databases: tokio::sync::Mutex<Option<(Instant, Vec<Arc<MigrationDatabase>>)>>,
     pools: tokio::sync::Mutex<HashMap<Uuid, PgPool>>,
 }

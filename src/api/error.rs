@@ -9,14 +9,15 @@ use crate::contract::{self, ContractError, Problem, ProblemCode};
 
 #[derive(Debug)]
 pub struct ApiError {
-    pub problem: Problem,
+    /// Boxed: handlers return `Result<_, ApiError>` everywhere and the problem is large.
+    pub problem: Box<Problem>,
     pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
     pub fn new(code: ProblemCode) -> Self {
         let mut error = ApiError {
-            problem: Problem::new(code),
+            problem: Box::new(Problem::new(code)),
             headers: Vec::new(),
         };
         let challenge = match code {

@@ -163,13 +163,21 @@ pub fn prepare(
     if policy.schema_check == SchemaCheck::Strict
         && let Some(first) = prepared.deviations().first()
     {
+        let mut patterns: Vec<String> = prepared
+            .deviations()
+            .iter()
+            .map(|d| d.path_pattern())
+            .collect();
+        patterns.sort();
+        patterns.dedup();
+        patterns.truncate(5);
         return Err(Rejection::new(
             ProblemCode::XmlSchema,
             format!(
-                "{} departure(s) from NHN's XSD and the database's schema check is Strict; the first at {}: {}",
+                "{} departure(s) from NHN's XSD and the database's schema check is Strict; the first: {}; at {}",
                 prepared.deviations().len(),
-                first.path,
-                first.message
+                first.message,
+                patterns.join(", ")
             ),
         ));
     }
@@ -307,15 +315,16 @@ fn hpr_key(hpr: &str) -> String {
     }
 }
 
-/// The upload being ingested.
-struct Claimed {
-    file_name: String,
-    file_type: String,
-    migration_key_id: String,
-    helseid_client_id: Option<String>,
-    sha256: Vec<u8>,
-    size: i64,
-    completed_at: chrono::DateTime<chrono::Utc>,
+/// The file being ingested and who sent it: what the audit trail records.
+pub struct Claimed {
+    pub file_name: String,
+    pub file_type: String,
+    pub migration_key_id: String,
+    pub helseid_client_id: Option<String>,
+    /// SHA-256 of the file as received (the envelope).
+    pub sha256: Vec<u8>,
+    pub size: i64,
+    pub completed_at: chrono::DateTime<chrono::Utc>,
 }
 
 type Outcome = (IngestState, Option<ProblemCode>);
@@ -397,7 +406,9 @@ pub async fn ingest_upload(
         .map_err(|e| ApiError::internal("run the ingest", e))?;
         let stored = match prepared {
             Err(rejection) => Err(rejection),
-            Ok(prepared) => store(&mut tx, &session, upload, &claimed, prepared).await?,
+            Ok(prepared) => {
+                store(&mut tx, &session.database, Some(upload), &claimed, prepared).await?
+            }
         };
         match stored {
             Ok(()) => {
@@ -531,11 +542,11 @@ fn digest(data: &[u8]) -> Vec<u8> {
 }
 
 /// Writes a prepared file. `Ok(Err(_))` is a rejection found against the database (an unknown HPR
-/// number, a patient before the organisation); the caller rolls back.
-async fn store(
+/// number, a patient before the organisation); the caller rolls back. Public for the benchmark.
+pub async fn store(
     tx: &mut PgConnection,
-    session: &Session,
-    upload: Uuid,
+    target: &MigrationDatabase,
+    upload: Option<Uuid>,
     claimed: &Claimed,
     prepared: Prepared,
 ) -> Result<Result<(), Rejection>, ApiError> {
@@ -587,7 +598,7 @@ async fn store(
         .collect();
     match prepared {
         Prepared::Organisation(file) => {
-            store_organisation(tx, session, stored_file_id, &file).await?
+            store_organisation(tx, target, stored_file_id, &file).await?
         }
         Prepared::Patient(file) => {
             if let Err(rejection) =
@@ -650,11 +661,11 @@ fn digits_or_none(value: Option<&str>, max: usize) -> Option<String> {
 
 async fn store_organisation(
     tx: &mut PgConnection,
-    session: &Session,
+    target: &MigrationDatabase,
     stored_file_id: i64,
     file: &OrganisationFile,
 ) -> Result<(), ApiError> {
-    let spec = &session.database.spec.organisation;
+    let spec = &target.spec.organisation;
     let her_id = file
         .organisation
         .institutions

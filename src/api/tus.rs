@@ -511,6 +511,21 @@ pub async fn patch(
     if is_open(&row.state) && row.expires_at <= Utc::now() {
         return Err(ApiError::new(ProblemCode::UploadExpired));
     }
+    // The offset is checked again under the row lock; checking it first answers a stale PATCH with
+    // 409 before its body is read.
+    if is_open(&row.state) && offset != row.upload_offset as u64 {
+        // Drain (bounded) so the connection stays usable for the client's next request.
+        let _ = axum::body::to_bytes(body, state.config.limits.max_chunk_bytes).await;
+        return Err(ApiError::new(ProblemCode::UploadOffsetMismatch)
+            .detail(format!(
+                "the server holds {} bytes; HEAD and resume from there",
+                row.upload_offset
+            ))
+            .header(
+                contract::HEADER_UPLOAD_OFFSET,
+                row.upload_offset.to_string(),
+            ));
+    }
     let remaining = (row.declared_length - row.upload_offset).max(0) as u64;
     let body = read_body(
         body,
