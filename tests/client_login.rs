@@ -196,3 +196,139 @@ async fn login_speaks_private_key_jwt_and_dpop_with_a_nonce() {
     // Debug output never holds the token.
     assert!(!format!("{bound:?}").contains("bound-token"));
 }
+
+/// `sfm-migrate login` (the binary) against the project's own local HelseID-like issuer
+/// (`helseid::issuer`), and the token and proofs it then sends checked by the API's own verifier
+/// (`helseid::verify`): the two sides of HelseID's protocol meet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sfm_migrate_login_meets_the_local_issuer_and_the_api_verifier() {
+    use jsonwebtoken::EncodingKey;
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use sfm_migration::helseid::issuer::{Issuer, IssuerConfig, RegisteredClient, router};
+    use sfm_migration::helseid::verify::{
+        Expectations, ProofContext, ReplayCache, verify_access_token, verify_dpop_proof,
+    };
+
+    sfm_migration::telemetry::install_crypto_provider();
+    const SCOPE: &str = "nhn:sfm-migration/upload";
+    const AUDIENCE: &str = "nhn:sfm-migration";
+    const ORGNR: &str = "974600951";
+    let client_key = generate_demo_key_pair(2048, "flow-sfm").unwrap();
+    let mut jwk = Jwk::from_encoding_key(
+        &EncodingKey::from_rsa_pem(client_key.private_key_pem.as_bytes()).unwrap(),
+        Algorithm::RS256,
+    )
+    .unwrap();
+    jwk.common.key_id = Some("client-key-1".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer_url = format!("http://{}", listener.local_addr().unwrap());
+    let issuer = Issuer::new(IssuerConfig {
+        issuer_url: issuer_url.clone(),
+        audience: AUDIENCE.into(),
+        clients: vec![RegisteredClient {
+            client_id: "flow-sfm".into(),
+            jwks: JwkSet { keys: vec![jwk] },
+            organisation_number: ORGNR.into(),
+            child_organisation_number: None,
+            scopes: vec![SCOPE.into()],
+        }],
+        token_lifetime: std::time::Duration::from_secs(600),
+    })
+    .unwrap();
+    let app = router(issuer.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("client-key.pem");
+    std::fs::write(&key_file, &client_key.private_key_pem).unwrap();
+    let config = dir.path().join("config");
+    let login = |dpop: bool| {
+        let mut args = vec![
+            "login".to_owned(),
+            "--issuer".into(),
+            issuer_url.clone(),
+            "--client-id".into(),
+            "flow-sfm".into(),
+            "--key-file".into(),
+            key_file.display().to_string(),
+            "--kid".into(),
+            "client-key-1".into(),
+            "--scope".into(),
+            SCOPE.into(),
+        ];
+        if dpop {
+            args.push("--dpop".into());
+        }
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sfm-migrate"))
+                .args(&args)
+                .env("SFM_MIGRATE_CONFIG_DIR", &config)
+                .output()
+                .unwrap()
+        })
+    };
+    let expect = Expectations {
+        issuer: &issuer_url,
+        audience: AUDIENCE,
+        required_scope: Some(SCOPE),
+        organisation_number: ORGNR,
+    };
+
+    // Bearer.
+    let out = login(false).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config.join("token.json")).unwrap()).unwrap();
+    assert_eq!(stored["token_type"], "Bearer");
+    let token = stored["access_token"].as_str().unwrap();
+    verify_access_token(token, &issuer.jwks(), &expect).expect("the API accepts the token");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(token),
+        "the token is never printed"
+    );
+
+    // DPoP: the token is bound to the key stored beside it, and the client's proofs verify.
+    let out = login(true).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(config.join("token.json")).unwrap()).unwrap();
+    assert_eq!(stored["token_type"], "DPoP");
+    let token = stored["access_token"].as_str().unwrap();
+    let claims = verify_access_token(token, &issuer.jwks(), &expect).unwrap();
+    let key = DpopKey::from_pem(stored["dpop_key_pem"].as_str().unwrap()).unwrap();
+    let jkt = claims.cnf.and_then(|c| c.jkt).expect("a DPoP-bound token");
+    assert_eq!(jkt, key.thumbprint());
+    let url = "https://api.test/files";
+    let proof = key.proof("POST", url, Some(token), None).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    verify_dpop_proof(
+        &proof,
+        &ProofContext {
+            method: "POST",
+            url,
+            access_token: Some(token),
+            jkt: Some(&jkt),
+            now,
+        },
+        &ReplayCache::default(),
+    )
+    .expect("the API accepts the client's DPoP proof");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(config.join("token.json"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -107,7 +107,7 @@ struct LoginArgs {
     #[arg(long)]
     kid: Option<String>,
     /// The scope(s) to ask for.
-    #[arg(long, default_value = "nhn:sfm/migration")]
+    #[arg(long, default_value = "nhn:sfm-migration/upload")]
     scope: String,
     /// Ask for a DPoP-bound token (RFC 9449).
     #[arg(long)]
