@@ -423,3 +423,196 @@ fn an_export_goes_from_files_to_an_operational_database() {
         "{late_text}"
     );
 }
+
+/// A database that requires HelseID: without a login the client stops at the key check with one
+/// sentence; after `sfm-migrate login --dpop` against the project's local HelseID-like issuer, `run`
+/// takes the export to `Operational`, every request carrying the DPoP-bound token and a fresh proof.
+#[test]
+fn a_helseid_protected_database_takes_a_dpop_login() {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use sfm_migration::helseid::issuer::{Issuer, IssuerConfig, RegisteredClient, router};
+
+    const SCOPE: &str = "nhn:sfm-migration/upload";
+    const AUDIENCE: &str = "nhn:sfm-migration";
+    const SMALL: usize = 24;
+    sfm_migration::telemetry::install_crypto_provider();
+    install_crds();
+    kubectl(&["create", "namespace", API_NS], None);
+    let ns = TestNamespace::new("flow-helseid");
+    let ns_name = ns.name.clone();
+    let _operator = start_operator(API_NS, &format!("operator-{ns_name}"));
+
+    // The issuer, with the data controller's client registered (RSA key, kid).
+    let work = tempfile::tempdir().unwrap();
+    let client_key =
+        sfm_migration::format::envelope::generate_demo_key_pair(2048, "flow-sfm").unwrap();
+    let client_key_file = work.path().join("helseid-client.pem");
+    std::fs::write(&client_key_file, &client_key.private_key_pem).unwrap();
+    let mut jwk = Jwk::from_encoding_key(
+        &EncodingKey::from_rsa_pem(client_key.private_key_pem.as_bytes()).unwrap(),
+        Algorithm::RS256,
+    )
+    .unwrap();
+    jwk.common.key_id = Some("flow-key-1".into());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let issuer_url = format!("http://{}", listener.local_addr().unwrap());
+    let issuer = Issuer::new(IssuerConfig {
+        issuer_url: issuer_url.clone(),
+        audience: AUDIENCE.into(),
+        clients: vec![RegisteredClient {
+            client_id: "flow-sfm".into(),
+            jwks: JwkSet { keys: vec![jwk] },
+            organisation_number: ORGANISATION_NUMBER.into(),
+            child_organisation_number: None,
+            scopes: vec![SCOPE.into()],
+        }],
+        token_lifetime: Duration::from_secs(900),
+    })
+    .unwrap();
+    let app = router(issuer);
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let database = database_yaml(&ns_name).replace(
+        "    schemaCheck: Strict\n",
+        &format!(
+            "    schemaCheck: Strict\n    helseId:\n      issuer: {issuer_url}\n      audience: {AUDIENCE}\n      requiredScope: {SCOPE}\n"
+        ),
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&database));
+    kubectl_ok(&["apply", "-f", "-"], Some(&key_yaml(&ns_name)));
+    kubectl_ok(
+        &[
+            "-n",
+            &ns_name,
+            "wait",
+            "--for=condition=Ready",
+            "mdb/flow",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    assert!(eventually(Duration::from_secs(60), || jsonpath(
+        &ns_name,
+        "mkey/flow-key",
+        "{.status.phase}"
+    ) == "Active"));
+    let secret = jsonpath(&ns_name, "mkey/flow-key", "{.status.secretName}");
+    let key = secret_field(&ns_name, &secret, "key");
+
+    let keys = work.path().join("keys");
+    let export = work.path().join("export");
+    let exporter = env!("CARGO_BIN_EXE_sfm-export");
+    assert!(
+        run(exporter, &["keygen", "--out", keys.to_str().unwrap()], &[])
+            .status
+            .success()
+    );
+    let small = SMALL.to_string();
+    let generated = run(
+        exporter,
+        &[
+            "generate",
+            "--cert",
+            keys.join("certificate.pem").to_str().unwrap(),
+            "--out",
+            export.to_str().unwrap(),
+            "--patients",
+            &small,
+            "--size-kb",
+            "20",
+            "--organisation-number",
+            ORGANISATION_NUMBER,
+        ],
+        &[],
+    );
+    assert!(generated.status.success(), "{}", text(&generated));
+    let port = free_port();
+    let api_url = format!("http://127.0.0.1:{port}");
+    let _api = start_api(
+        &keys.join("private_key.pem"),
+        port,
+        &format!("api-flow-{ns_name}"),
+    );
+
+    let client = env!("CARGO_BIN_EXE_sfm-migrate");
+    let config = work.path().join("config");
+    let config_env = ("SFM_MIGRATE_CONFIG_DIR", config.to_str().unwrap());
+    assert!(
+        run(
+            client,
+            &["key", "add", "flyt", "--for-api", &api_url],
+            &[config_env, ("SFM_MIGRATION_KEY", key.as_str())],
+        )
+        .status
+        .success()
+    );
+
+    // Without a login: one sentence, nothing sent.
+    let refused = run(
+        client,
+        &["upload", export.to_str().unwrap(), "--plain"],
+        &[config_env],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("This database requires a HelseID login"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(ledger_lines(&export, "stored"), 0);
+
+    // Log in with a DPoP-bound token, then the whole migration in one go.
+    let login = run(
+        client,
+        &[
+            "login",
+            "--issuer",
+            &issuer_url,
+            "--client-id",
+            "flow-sfm",
+            "--key-file",
+            client_key_file.to_str().unwrap(),
+            "--kid",
+            "flow-key-1",
+            "--scope",
+            SCOPE,
+            "--dpop",
+        ],
+        &[config_env],
+    );
+    assert!(login.status.success(), "{}", text(&login));
+    assert!(String::from_utf8_lossy(&login.stdout).contains("DPoP token"));
+    let migrated = run(
+        client,
+        &[
+            "run",
+            export.to_str().unwrap(),
+            "--workers",
+            "8",
+            "--plain",
+            "--timeout-secs",
+            "180",
+        ],
+        &[config_env],
+    );
+    assert!(migrated.status.success(), "{}", text(&migrated));
+    assert_eq!(count(&ns_name, "patients.stored"), SMALL as u64);
+    kubectl_ok(
+        &[
+            "-n",
+            &ns_name,
+            "wait",
+            "--for=condition=Operational",
+            "mdb/flow",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    assert!(!export.join("ExportData.dat").exists());
+    assert!(!export.join("Index.txt").exists());
+    drop(runtime);
+}
