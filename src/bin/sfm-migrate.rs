@@ -128,7 +128,7 @@ struct CheckArgs {
     #[arg(long)]
     cert: Option<PathBuf>,
     /// Largest file accepted, in MB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     max_file_mb: u64,
 }
 

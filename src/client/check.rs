@@ -15,8 +15,8 @@ use crate::format::layout::{ExportLayout, scan};
 
 use super::{Failure, Outcome};
 
-/// Default largest file accepted (the API's `Tus-Max-Size` is the final word).
-pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+/// Default largest file accepted: the API's default `Tus-Max-Size` (the API has the final word).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// One file of the export to upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
