@@ -5,7 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 need=()
-for pair in openssl:openssl curl:curl xmllint:libxml2-utils python3:python3 runuser:util-linux \
+for pair in openssl:openssl curl:curl xmllint:libxml2-utils unzip:unzip python3:python3 runuser:util-linux \
             make:make cc:gcc pkg-config:pkg-config lua5.4:lua5.4; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
@@ -22,5 +22,8 @@ if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
+# tuspy: a tus client nobody here wrote, for the migration API's end-to-end test.
+python3 -c 'import tusclient' 2>/dev/null || python3 -m pip install -q tuspy 2>/dev/null \
+  || python3 -m pip install -q --break-system-packages tuspy
 "$root/hack/build-controlplane.sh" >/dev/null
 "$root/hack/tools.sh" >/dev/null # helm and kubeconform for the chart tests

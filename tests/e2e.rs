@@ -5,10 +5,12 @@
 //! Every test works in its own namespace so the tests can run in parallel on one cluster.
 
 mod e2e {
+    pub mod api;
     pub mod chart;
     pub mod cluster;
     pub mod controlplane;
     pub mod crds;
+    pub mod flow;
     pub mod operator;
     pub mod operator_faults;
     pub mod processes;

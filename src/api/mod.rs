@@ -1,1 +1,213 @@
-//! (placeholder; built by its own issue)
+//! `sfm-migration-api`: accepts the encrypted FM export over tus 1.0, decrypts, checks and stores each
+//! file in its organisation's staging database, and reports progress in the MigrationDatabase's
+//! `status.migration` (DESIGN sections 3, 5 and 6; the wire contract is [`crate::contract`]).
+//!
+//! - [`auth`]: the migration key (header or tus `SessionId`), found through the MigrationKey's status,
+//!   and the migrator's connection Secret in the API's own namespace (one bounded pool per database);
+//!   a HelseID token through [`crate::helseid::verify`] when the database asks for one.
+//! - [`tus`]: the protocol at `/files`; upload state lives in the staging database, so any replica
+//!   serves any request and uploads survive restarts.
+//! - [`ingest`]: one completed file in one transaction: decrypt, unzip, parse, check, store.
+//! - [`progress`]: `GET /api/v1/status`, `verify`, `activate`, and the batched `status.migration`
+//!   patches under the field manager [`FIELD_MANAGER`].
+//!
+//! It must never log, count or echo personal data (names, fødselsnummer, HPR numbers), a migration
+//! key, a token or a password: log lines name databases, upload ids, key ids and problem codes only.
+
+pub mod auth;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod progress;
+pub mod tus;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::Semaphore;
+
+use crate::contract::{self, ProblemCode, ProductVersion};
+use crate::format::envelope::DecryptionKeys;
+use crate::format::patient_file::FormatLimits;
+
+pub use error::ApiError;
+
+/// The field manager of every status write the API makes; it owns `status.migration` only.
+pub const FIELD_MANAGER: &str = "sfm-migration-api";
+
+/// Limits that protect PostgreSQL, memory and the process (flags of `sfm-migration-api serve`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest `Upload-Length` accepted (`Tus-Max-Size`).
+    pub max_upload_bytes: u64,
+    /// Largest body of one `PATCH`.
+    pub max_chunk_bytes: usize,
+    /// Files decrypted, parsed and stored at the same time by this process.
+    pub max_concurrent_ingests: usize,
+    /// Connections of this process to one staging database.
+    pub max_connections_per_database: u32,
+    /// tus requests (creation, append) served at the same time; beyond it, 503 `busy`.
+    pub max_inflight_requests: usize,
+    /// How long an unfinished upload lives (tus expiration).
+    pub upload_ttl: Duration,
+    /// How long a completing `PATCH` of a patient waits for its ingest before answering `pending`.
+    pub ingest_wait: Duration,
+    /// Seconds a client is told to wait in `Retry-After`.
+    pub retry_after_seconds: u64,
+    /// Zip and XML limits of every file.
+    pub format: FormatLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_upload_bytes: 512 * 1024 * 1024,
+            max_chunk_bytes: 64 * 1024 * 1024,
+            max_concurrent_ingests: 4,
+            max_connections_per_database: 8,
+            max_inflight_requests: 64,
+            upload_ttl: Duration::from_secs(24 * 3600),
+            ingest_wait: Duration::from_secs(60),
+            retry_after_seconds: 2,
+            format: FormatLimits::default(),
+        }
+    }
+}
+
+/// How the API is configured.
+pub struct Config {
+    /// The API's own namespace: the only one whose Secrets it reads (the migrators' connections).
+    pub namespace: String,
+    /// The private keys of the "SFM migrering" certificate(s); several during a rotation.
+    pub decryption_keys: DecryptionKeys,
+    /// The base URL clients reach the API at, for `Location`; without it, taken from `Host`.
+    pub public_url: Option<String>,
+    pub limits: Limits,
+}
+
+/// Shared by every request.
+pub struct AppState {
+    pub config: Config,
+    pub kube: kube::Client,
+    pub directory: auth::Directory,
+    pub ingest_slots: Arc<Semaphore>,
+    pub request_slots: Arc<Semaphore>,
+    pub metrics: metrics::Metrics,
+    pub helseid: crate::helseid::verify::Verifier,
+    /// Databases (UIDs) whose `status.migration` must be written at the next flush.
+    pub dirty: Mutex<HashSet<uuid::Uuid>>,
+}
+
+impl AppState {
+    pub fn new(config: Config, kube: kube::Client) -> Arc<Self> {
+        let limits = config.limits.clone();
+        Arc::new(AppState {
+            directory: auth::Directory::new(kube.clone(), &config.namespace, &limits),
+            ingest_slots: Arc::new(Semaphore::new(limits.max_concurrent_ingests)),
+            request_slots: Arc::new(Semaphore::new(limits.max_inflight_requests)),
+            metrics: metrics::Metrics::new(),
+            helseid: crate::helseid::verify::Verifier::new(),
+            dirty: Mutex::new(HashSet::new()),
+            config,
+            kube,
+        })
+    }
+
+    /// Marks a database's status for the next batched write.
+    pub fn mark_dirty(&self, database: uuid::Uuid) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(database);
+    }
+
+    /// A `busy` problem with the configured `Retry-After`.
+    pub fn busy(&self, why: &str) -> ApiError {
+        self.metrics.busy.inc();
+        ApiError::new(ProblemCode::Busy)
+            .detail(why)
+            .retry_after(self.config.limits.retry_after_seconds)
+    }
+}
+
+/// Every route of the contract.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            contract::PATH_FILES,
+            post(tus::create).options(tus::options),
+        )
+        .route(
+            contract::PATH_FILE,
+            axum::routing::head(tus::head)
+                .patch(tus::patch)
+                .delete(tus::terminate),
+        )
+        .route(contract::PATH_PRODUCT_VERSION, get(product_version))
+        .route(contract::PATH_KEY_CHECK, post(progress::key_check))
+        .route(contract::PATH_STATUS, get(progress::status))
+        .route(contract::PATH_VERIFY, post(progress::verify))
+        .route(contract::PATH_ACTIVATE, post(progress::activate))
+        .route(contract::PATH_OPENAPI, get(openapi))
+        .route(contract::PATH_HEALTHZ, get(healthz))
+        .route(contract::PATH_READYZ, get(readyz))
+        .route(contract::PATH_METRICS, get(metrics::serve))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn product_version() -> Response {
+    axum::Json(ProductVersion::new(env!("CARGO_PKG_VERSION"))).into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/yaml"),
+        )],
+        contract::OPENAPI_YAML,
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.kube.apiserver_version().await {
+        Ok(_) => (StatusCode::OK, "ready").into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the Kubernetes API is not reachable",
+        )
+            .into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ProblemCode::NotFound)
+}
+
+/// Serves the API on `listen` until the process is stopped, with the background work: batched status
+/// writes, recovery of completed-but-not-ingested uploads after a crash, and the expiry sweep.
+pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> anyhow::Result<()> {
+    tokio::spawn(progress::flush_loop(state.clone()));
+    tokio::spawn(ingest::recovery_loop(state.clone()));
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, namespace = %state.config.namespace, keys = state.config.decryption_keys.len(), "migration API listening");
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,6 +1,646 @@
-//! `sfm-migrate`: not built yet (see its issue). It says so and exits non-zero rather than pretend.
+//! `sfm-migrate`: the data controller's migration client (DESIGN section 6). Run `sfm-migrate --help`.
 
-fn main() {
-    eprintln!("sfm-migrate is not built yet in this version of the SFM migration platform");
-    std::process::exit(2);
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand};
+use sfm_migration::client::api::{ApiClient, Auth};
+use sfm_migration::client::check::{CheckOptions, CheckReport, check_export};
+use sfm_migration::client::config::{KeyStore, StoredToken, config_dir};
+use sfm_migration::client::ledger::Ledger;
+use sfm_migration::client::upload::{UploadOptions, settle_pending, upload};
+use sfm_migration::client::workflow::{
+    activate_and_wait, delete_export, key_check, manifest, verify,
+};
+use sfm_migration::client::{Failure, Outcome};
+use sfm_migration::format::envelope::RecipientCertificate;
+use sfm_migration::helseid::client::{ClientCredentials, SigningKey, client_credentials};
+
+#[derive(Parser)]
+#[command(
+    name = "sfm-migrate",
+    version,
+    about = "Moves an organisation's FM export into its new SFM database through NHN's migration API",
+    long_about = "Moves an organisation's FM export into its new SFM database through NHN's migration API.\n\n\
+        Typical use: `sfm-migrate key add oslo < key.txt`, `sfm-migrate login ...` when the database\n\
+        requires HelseID, then `sfm-migrate run --api https://... /path/to/export`."
+)]
+struct Cli {
+    /// Where the client keeps its keys and token (default: ~/.config/sfm-migrate).
+    #[arg(long, global = true, env = "SFM_MIGRATE_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// The migration API's address (default: the one stored with the active key).
+    #[arg(long, global = true, env = "SFM_MIGRATE_API")]
+    api: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Get a HelseID access token (client credentials with a signed client assertion), or store one
+    /// you were given.
+    Login(LoginArgs),
+    /// Forget the stored HelseID token.
+    Logout,
+    /// Manage migration keys: several may be registered, one is active.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Check an export folder before anything is sent.
+    Check(CheckArgs),
+    /// Send the export: the organisation file first, then patients in parallel; resumable.
+    Upload(UploadArgs),
+    /// Send the manifest of every file and its digest; the API confirms it holds exactly those.
+    Verify(FolderArgs),
+    /// Ask for operational mode, wait for it, then delete the export's files (unless --keep).
+    Activate(ActivateArgs),
+    /// check, upload, verify and activate in one go.
+    Run(RunArgs),
+    /// Show the migration's progress as the API sees it.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Register a migration key (read from SFM_MIGRATION_KEY or standard input, never an argument).
+    Add {
+        /// Your name for the key, e.g. the organisation.
+        name: String,
+        /// The migration API this key is for.
+        #[arg(long = "for-api")]
+        for_api: Option<String>,
+        /// Make it the active key even if another is active.
+        #[arg(long = "use")]
+        make_active: bool,
+    },
+    /// List the registered keys (names and key ids, never the secrets).
+    List,
+    /// Make a key the active one.
+    Use { name: String },
+    /// Remove a key.
+    Remove { name: String },
+}
+
+#[derive(Args)]
+struct LoginArgs {
+    /// An access token you were given (as NHN's uploader accepts); else SFM_HELSEID_TOKEN.
+    #[arg(long, env = "SFM_HELSEID_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The type of a given token; only Bearer works (a DPoP token is useless without its key).
+    #[arg(long, default_value = "Bearer")]
+    token_type: String,
+    /// HelseID's issuer, e.g. https://helseid-sts.nhn.no.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Your HelseID client id.
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Your client's private key (RSA or P-256, PEM) that signs the client assertion.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The key id (kid) registered with HelseID for that key.
+    #[arg(long)]
+    kid: Option<String>,
+    /// The scope(s) to ask for.
+    #[arg(long, default_value = "nhn:sfm-migration/upload")]
+    scope: String,
+    /// Ask for a DPoP-bound token (RFC 9449).
+    #[arg(long)]
+    dpop: bool,
+}
+
+#[derive(Args)]
+struct FolderArgs {
+    /// The export folder (holds ExportData.dat and Index.txt).
+    folder: PathBuf,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The export folder (holds ExportData.dat and Index.txt).
+    folder: PathBuf,
+    /// The "SFM migrering" certificate: also check every file was encrypted to a key of its size.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Largest file accepted, in MB.
+    #[arg(long, default_value_t = 512)]
+    max_file_mb: u64,
+}
+
+#[derive(Args, Clone)]
+struct UploadTuning {
+    /// Concurrent uploads, 1 to 1000.
+    #[arg(long, default_value_t = 10)]
+    workers: usize,
+    /// Bytes per PATCH request, in MB.
+    #[arg(long, default_value_t = 8)]
+    chunk_mb: usize,
+    /// Send again files the API rejected before.
+    #[arg(long)]
+    resend_rejected: bool,
+    /// Plain progress lines instead of a progress bar.
+    #[arg(long)]
+    plain: bool,
+}
+
+#[derive(Args)]
+struct UploadArgs {
+    /// The export folder (holds ExportData.dat and Index.txt).
+    folder: PathBuf,
+    #[command(flatten)]
+    tuning: UploadTuning,
+}
+
+#[derive(Args)]
+struct ActivateArgs {
+    /// The export folder (holds ExportData.dat and Index.txt).
+    folder: PathBuf,
+    /// Keep the export files after the database is operational.
+    #[arg(long)]
+    keep: bool,
+    /// How long to wait for operational mode, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_secs: u64,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The export folder (holds ExportData.dat and Index.txt).
+    folder: PathBuf,
+    #[command(flatten)]
+    tuning: UploadTuning,
+    /// Keep the export files after the database is operational.
+    #[arg(long)]
+    keep: bool,
+    /// How long to wait for operational mode, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_secs: u64,
+}
+
+fn main() -> ExitCode {
+    sfm_migration::telemetry::install_crypto_provider();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start ({error})");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Context {
+    dir: PathBuf,
+    api_flag: Option<String>,
+}
+
+impl Context {
+    fn api(&self, workers: usize) -> Outcome<ApiClient> {
+        let store = KeyStore::load(&self.dir)?;
+        let key = store.active_key()?;
+        let base = self.api_flag.clone().or_else(|| key.api.clone()).ok_or_else(|| {
+            Failure::new(
+                "The client does not know the migration API's address.",
+                "give it with --api https://... (or store it with `sfm-migrate key add --for-api`)",
+            )
+        })?;
+        let token = StoredToken::load(&self.dir)?;
+        let auth = Auth::new(key.token()?.expose(), token)?;
+        ApiClient::new(&base, auth, workers)
+    }
+}
+
+async fn run(cli: Cli) -> Outcome<ExitCode> {
+    let ctx = Context {
+        dir: config_dir(cli.config_dir.as_deref())?,
+        api_flag: cli.api.clone(),
+    };
+    match cli.command {
+        Command::Key(command) => key_command(&ctx, command),
+        Command::Login(args) => login(&ctx, args).await,
+        Command::Logout => {
+            let path = ctx.dir.join(sfm_migration::client::config::TOKEN_FILE);
+            match std::fs::remove_file(&path) {
+                Ok(()) => println!("Logged out: the stored HelseID token is deleted."),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    println!("No HelseID token was stored.")
+                }
+                Err(e) => return Err(sfm_migration::client::io_failure("delete", &path, &e)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(args) => {
+            let certificate_bits = match &args.cert {
+                Some(path) => Some(certificate_bits(path)?),
+                None => None,
+            };
+            let report = check_export(
+                &args.folder,
+                &CheckOptions {
+                    max_file_bytes: args.max_file_mb * 1024 * 1024,
+                    certificate_bits,
+                    ..CheckOptions::default()
+                },
+            )?;
+            print!("{report}");
+            if report.is_ok() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(report.failure())
+            }
+        }
+        Command::Status => {
+            let api = ctx.api(1)?;
+            let status = api.status().await.map_err(|e| e.failure())?;
+            println!("database {}: {}", status.database, status.phase);
+            if let Some(reason) = &status.phase_reason {
+                println!("  reason: {reason}");
+            }
+            println!("  organisation stored: {}", status.organisation_stored);
+            for (what, counts) in [
+                ("users", status.users),
+                ("patients", status.patients),
+                ("reports", status.reports),
+            ] {
+                println!(
+                    "  {what}: received {}, stored {}, rejected {}",
+                    counts.received, counts.stored, counts.rejected
+                );
+            }
+            for rejection in &status.rejections {
+                println!(
+                    "  rejected {} ({}): {}",
+                    rejection.file, rejection.code, rejection.message
+                );
+            }
+            if let Some(digest) = &status.validated_digest {
+                println!("  validated manifest digest: {digest}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Upload(args) => {
+            let report = checked(&args.folder)?;
+            let api = ctx.api(args.tuning.workers)?;
+            let summary = do_upload(&api, &args.folder, &report, &args.tuning).await?;
+            Ok(if summary {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Verify(args) => {
+            let report = checked(&args.folder)?;
+            let api = ctx.api(1)?;
+            let (_, check) = key_check(&api).await?;
+            do_verify(&api, &args.folder, &report, &check.database).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Activate(args) => {
+            let api = ctx.api(1)?;
+            let (_, check) = key_check(&api).await?;
+            let report =
+                sfm_migration::client::check::check_export(&args.folder, &CheckOptions::default())?;
+            do_activate(
+                &api,
+                &args.folder,
+                &report,
+                args.keep,
+                args.timeout_secs,
+                check.expires_at,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => {
+            let report = checked(&args.folder)?;
+            let api = ctx.api(args.tuning.workers)?;
+            if !do_upload(&api, &args.folder, &report, &args.tuning).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+            let (_, check) = key_check(&api).await?;
+            do_verify(&api, &args.folder, &report, &check.database).await?;
+            do_activate(
+                &api,
+                &args.folder,
+                &report,
+                args.keep,
+                args.timeout_secs,
+                check.expires_at,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn certificate_bits(path: &Path) -> Outcome<usize> {
+    let pem =
+        std::fs::read(path).map_err(|e| sfm_migration::client::io_failure("read", path, &e))?;
+    RecipientCertificate::from_pem(&pem)
+        .map(|c| c.key_bits())
+        .map_err(|e| {
+            Failure::new(
+                format!("{} is not a usable certificate ({e}).", path.display()),
+                "give the \"SFM migrering\" certificate NHN published, in PEM",
+            )
+        })
+}
+
+/// Runs the check and stops on problems (printing the report).
+fn checked(folder: &Path) -> Outcome<CheckReport> {
+    let report = check_export(folder, &CheckOptions::default())?;
+    if !report.is_ok() {
+        print!("{report}");
+        return Err(report.failure());
+    }
+    eprintln!(
+        "Checked {}: {} patient files, {} report files, {:.1} MB",
+        folder.display(),
+        report.count(sfm_migration::contract::FileType::Patient),
+        report.count(sfm_migration::contract::FileType::Report),
+        report.total_bytes() as f64 / 1e6
+    );
+    Ok(report)
+}
+
+/// Ctrl-C once: stop taking new files; twice: exit now.
+fn cancel_on_ctrl_c() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "\nStopping: finishing the requests in flight (Ctrl-C again to quit at once; the ledger keeps what was sent)"
+            );
+            flag.store(true, Ordering::Relaxed);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    cancel
+}
+
+async fn do_upload(
+    api: &ApiClient,
+    folder: &Path,
+    report: &CheckReport,
+    tuning: &UploadTuning,
+) -> Outcome<bool> {
+    let (version, check) = key_check(api).await?;
+    eprintln!(
+        "Migration API {} (contract {}), key {} for database {} ({})",
+        version.product_version, version.api_version, check.key_id, check.database, check.phase
+    );
+    if check.expires_at < Utc::now() + chrono::Duration::hours(1) {
+        eprintln!(
+            "warning: the migration key expires at {}; ask NHN for a new one if the upload may take longer",
+            check.expires_at
+        );
+    }
+    let ledger = Ledger::open(folder, &check.database)?;
+    let options = UploadOptions {
+        workers: tuning.workers,
+        chunk_size: tuning.chunk_mb.max(1) * 1024 * 1024,
+        resend_rejected: tuning.resend_rejected,
+        plain_progress: tuning.plain,
+        ..UploadOptions::default()
+    };
+    let cancel = cancel_on_ctrl_c();
+    let summary = upload(api, report, &ledger, &options, &cancel).await?;
+    print!("{summary}");
+    if summary.cancelled {
+        eprintln!("Interrupted: run the same command again to continue where it stopped.");
+        return Ok(false);
+    }
+    if !summary.failed.is_empty() {
+        return Err(Failure::new(
+            format!("{} file(s) could not be sent.", summary.failed.len()),
+            "see the reasons above, then run the same command again; it sends only what is missing",
+        ));
+    }
+    if summary.pending > 0 {
+        let still = settle_pending(api, &ledger, &options.retry, 16).await?;
+        if still > 0 {
+            eprintln!(
+                "{still} file(s) are still being ingested by the API; verify waits for them."
+            );
+        }
+    }
+    if !summary.rejected.is_empty() {
+        eprintln!(
+            "{} file(s) were rejected: `sfm-migrate status` gives the reasons; ask your EPJ supplier for corrected files.",
+            summary.rejected.len()
+        );
+    }
+    Ok(true)
+}
+
+async fn do_verify(
+    api: &ApiClient,
+    folder: &Path,
+    report: &CheckReport,
+    database: &str,
+) -> Outcome<()> {
+    let ledger = Ledger::open(folder, database)?;
+    let manifest = manifest(report, Some(&ledger))?;
+    eprintln!(
+        "Verifying {} files (manifest digest {})",
+        manifest.files.len(),
+        manifest.digest()
+    );
+    let answer = verify(api, &manifest, Duration::from_secs(600)).await?;
+    println!(
+        "Verified: the API holds exactly this export ({} files: {} users, {} patients, {} reports), digest {} at {}",
+        answer.files,
+        answer.users,
+        answer.patients,
+        answer.reports,
+        answer.digest,
+        answer.validated_at
+    );
+    Ok(())
+}
+
+async fn do_activate(
+    api: &ApiClient,
+    folder: &Path,
+    report: &CheckReport,
+    keep: bool,
+    timeout_secs: u64,
+    key_expires_at: chrono::DateTime<Utc>,
+) -> Outcome<()> {
+    activate_and_wait(api, Duration::from_secs(timeout_secs), Some(key_expires_at)).await?;
+    println!("The database is operational: the migration is complete.");
+    if keep {
+        println!("The export files were kept (--keep).");
+    } else {
+        let deleted = delete_export(folder, report)?;
+        println!(
+            "Deleted the export: {deleted} files ({} and the files it names); nothing else in {} was touched.",
+            sfm_migration::format::index::INDEX_FILE_NAME,
+            folder.display()
+        );
+    }
+    Ok(())
+}
+
+fn key_command(ctx: &Context, command: KeyCommand) -> Outcome<ExitCode> {
+    let mut store = KeyStore::load(&ctx.dir)?;
+    match command {
+        KeyCommand::Add {
+            name,
+            for_api,
+            make_active,
+        } => {
+            let key = match std::env::var("SFM_MIGRATION_KEY") {
+                Ok(key) if !key.trim().is_empty() => key,
+                _ => {
+                    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        eprintln!("Paste the migration key and press Enter:");
+                    }
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .take(4096)
+                        .read_to_string(&mut line)
+                        .map_err(|e| {
+                            Failure::new(
+                                format!("Cannot read the key from standard input ({e})."),
+                                "pipe the key in, e.g. `sfm-migrate key add NAME < key.txt`",
+                            )
+                        })?;
+                    line.lines().next().unwrap_or_default().to_owned()
+                }
+            };
+            store.add(&name, &key, for_api.or(ctx.api_flag.clone()), make_active)?;
+            store.save(&ctx.dir)?;
+            println!(
+                "Registered key {name:?}{}.",
+                if store.active.as_deref() == Some(&name) {
+                    " (active)"
+                } else {
+                    ""
+                }
+            );
+        }
+        KeyCommand::List => {
+            if store.keys.is_empty() {
+                println!("No keys registered; add one with `sfm-migrate key add <name>`.");
+            }
+            for key in &store.keys {
+                let active = store.active.as_deref() == Some(key.name.as_str());
+                println!(
+                    "{} {:<24} key id {:<20} api {} added {}",
+                    if active { "*" } else { " " },
+                    key.name,
+                    key.key_id(),
+                    key.api.as_deref().unwrap_or("-"),
+                    key.added_at.format("%Y-%m-%d %H:%M")
+                );
+            }
+        }
+        KeyCommand::Use { name } => {
+            store.use_key(&name)?;
+            store.save(&ctx.dir)?;
+            println!("Key {name:?} is now active.");
+        }
+        KeyCommand::Remove { name } => {
+            store.remove(&name)?;
+            store.save(&ctx.dir)?;
+            println!("Removed key {name:?}.");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn login(ctx: &Context, args: LoginArgs) -> Outcome<ExitCode> {
+    if let Some(token) = args.token {
+        if args.token_type.eq_ignore_ascii_case("dpop") {
+            return Err(Failure::new(
+                "A DPoP token cannot be used without the key it is bound to.",
+                "log in with --issuer, --client-id and --key-file and --dpop instead",
+            ));
+        }
+        StoredToken {
+            access_token: token.trim().to_owned(),
+            token_type: "Bearer".into(),
+            expires_at: None,
+            dpop_key_pem: None,
+        }
+        .save(&ctx.dir)?;
+        println!("Stored the access token.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(issuer), Some(client_id), Some(key_file)) =
+        (args.issuer, args.client_id, args.key_file)
+    else {
+        return Err(Failure::new(
+            "Login needs either --token, or --issuer, --client-id and --key-file.",
+            "give your HelseID client's id and private key (see `sfm-migrate login --help`)",
+        ));
+    };
+    let pem = std::fs::read(&key_file)
+        .map_err(|e| sfm_migration::client::io_failure("read", &key_file, &e))?;
+    let key = SigningKey::from_pem(&pem, args.kid).map_err(|e| {
+        Failure::new(
+            format!("{}: {e}.", key_file.display()),
+            "give the private key registered for your HelseID client (PEM)",
+        )
+    })?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| Failure::new(format!("Cannot set up HTTPS ({e})."), "check the system"))?;
+    let token = client_credentials(
+        &http,
+        &ClientCredentials {
+            issuer,
+            client_id,
+            key,
+            scope: args.scope,
+            dpop: args.dpop,
+        },
+    )
+    .await
+    .map_err(|e| {
+        Failure::new(
+            format!("HelseID login failed: {e}."),
+            "check the issuer address, client id, key and scope; ask NHN whether the client is allowed the scope",
+        )
+    })?;
+    let expires_at = token
+        .expires_in
+        .map(|s| Utc::now() + chrono::Duration::seconds(s as i64));
+    StoredToken {
+        access_token: token.access_token.clone(),
+        token_type: token.token_type.clone(),
+        expires_at,
+        dpop_key_pem: token.dpop_key.as_ref().map(|k| k.pem().to_owned()),
+    }
+    .save(&ctx.dir)?;
+    println!(
+        "Logged in: {} token{}, stored in {}.",
+        token.token_type,
+        expires_at
+            .map(|at| format!(" valid until {at}"))
+            .unwrap_or_default(),
+        ctx.dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

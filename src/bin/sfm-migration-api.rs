@@ -1,6 +1,108 @@
-//! `sfm-migration-api`: not built yet (see its issue). It says so and exits non-zero rather than pretend.
+//! `sfm-migration-api`: `serve` runs the migration API; `dev-issuer` runs a local HelseID-like issuer
+//! for the demo.
 
-fn main() {
-    eprintln!("sfm-migration-api is not built yet in this version of the SFM migration platform");
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use sfm_migration::api::{self, AppState, Config, Limits};
+use sfm_migration::format::envelope::DecryptionKeys;
+use sfm_migration::telemetry;
+
+#[derive(Parser)]
+#[command(version, about = "SFM migration API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the migration API (kubeconfig from the environment or the service account).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "SFM_API_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// The API's own namespace, where the migrators' connection Secrets are.
+        #[arg(long, env = "SFM_API_NAMESPACE", default_value = "sfm-system")]
+        namespace: String,
+        /// PEM files with the private key(s) of the "SFM migrering" certificate; repeat (or separate
+        /// with commas) during a rotation.
+        #[arg(
+            long = "decryption-key",
+            env = "SFM_DECRYPTION_KEYS",
+            value_delimiter = ',',
+            required = true
+        )]
+        decryption_keys: Vec<PathBuf>,
+        /// The URL clients reach the API at (for `Location`); default: from the Host header.
+        #[arg(long, env = "SFM_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Largest upload in bytes (Tus-Max-Size).
+        #[arg(long, env = "SFM_MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
+        max_upload_bytes: u64,
+        /// Files ingested at the same time by this process.
+        #[arg(long, env = "SFM_MAX_CONCURRENT_INGESTS", default_value_t = 4)]
+        max_concurrent_ingests: usize,
+        /// Connections of this process to one staging database.
+        #[arg(long, env = "SFM_MAX_CONNECTIONS_PER_DATABASE", default_value_t = 8)]
+        max_connections_per_database: u32,
+        /// tus requests served at the same time; beyond it, 503 with Retry-After.
+        #[arg(long, env = "SFM_MAX_INFLIGHT_REQUESTS", default_value_t = 64)]
+        max_inflight_requests: usize,
+        /// Hours an unfinished upload lives.
+        #[arg(long, env = "SFM_UPLOAD_TTL_HOURS", default_value_t = 24)]
+        upload_ttl_hours: u64,
+        /// Seconds a completing PATCH waits for its ingest before answering `pending`.
+        #[arg(long, env = "SFM_INGEST_WAIT_SECONDS", default_value_t = 60)]
+        ingest_wait_seconds: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Serve {
+            listen,
+            namespace,
+            decryption_keys,
+            public_url,
+            max_upload_bytes,
+            max_concurrent_ingests,
+            max_connections_per_database,
+            max_inflight_requests,
+            upload_ttl_hours,
+            ingest_wait_seconds,
+        } => {
+            telemetry::install_crypto_provider();
+            telemetry::init_logging();
+            let keys = DecryptionKeys::from_pem_files(&decryption_keys)
+                .context("the decryption keys cannot be loaded")?;
+            let kube = kube::Client::try_default()
+                .await
+                .context("no Kubernetes configuration found")?;
+            let limits = Limits {
+                max_upload_bytes,
+                max_concurrent_ingests: max_concurrent_ingests.max(1),
+                max_connections_per_database: max_connections_per_database.max(1),
+                max_inflight_requests: max_inflight_requests.max(1),
+                upload_ttl: Duration::from_secs(upload_ttl_hours.max(1) * 3600),
+                ingest_wait: Duration::from_secs(ingest_wait_seconds),
+                ..Limits::default()
+            };
+            let state = AppState::new(
+                Config {
+                    namespace,
+                    decryption_keys: keys,
+                    public_url,
+                    limits,
+                },
+                kube,
+            );
+            api::serve(state, listen).await?;
+        }
+    }
+    Ok(())
 }

@@ -1,1 +1,478 @@
-//! (to be built; see mod.rs)
+//! The migration API's check of a HelseID access token, when a database's policy asks for one.
+//!
+//! - Signature by a key of the issuer's JWKS (found through its discovery document, cached), with the
+//!   `alg` from an allow-list of asymmetric algorithms: `none` and every HMAC algorithm are refused
+//!   before any key is touched, so an HMAC token "signed" with the public key never verifies.
+//! - `iss`, `aud`, `exp` (with a small leeway), the required scope, and the organisation number
+//!   claims (`orgnr_parent` or `orgnr_child`) against the database's organisation.
+//! - For `Authorization: DPoP` (RFC 9449): the proof's `typ`, `alg`, embedded public `jwk`, `htm` and
+//!   `htu` against this request, `iat` within a window, `ath` (hash of the access token), `jti` not
+//!   seen before (replay), and the key's thumbprint equal to the token's `cnf.jkt`. A DPoP-bound token
+//!   sent as `Bearer` is refused.
+//!
+//! Errors say which check failed, never the token, its claims' values or personal data.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{Jwk, JwkSet, ThumbprintHash};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+
+use super::DPOP_PROOF_TYP;
+use crate::api::ApiError;
+use crate::api::auth::RequestFacts;
+use crate::contract::{self, ProblemCode};
+use crate::crd::TokenPolicy;
+
+/// The signature algorithms accepted for access tokens and DPoP proofs (asymmetric only).
+pub const ALLOWED_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+];
+/// Clock leeway for `exp`/`nbf`, seconds.
+pub const LEEWAY_SECONDS: u64 = 30;
+/// How far a DPoP proof's `iat` may be from now, seconds.
+pub const DPOP_IAT_WINDOW_SECONDS: i64 = 60;
+/// How long a JWKS is reused before it is fetched again.
+const JWKS_CACHE_FOR: Duration = Duration::from_secs(300);
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no HelseID access token was sent")]
+    Missing,
+    #[error("the access token is not valid: {0}")]
+    Invalid(&'static str),
+    #[error("the DPoP proof is not valid: {0}")]
+    InvalidProof(&'static str),
+    #[error("the access token lacks the required scope")]
+    Scope,
+    #[error("the access token's organisation number is not the database's")]
+    Organisation,
+    #[error("the issuer's keys cannot be fetched")]
+    Jwks,
+}
+
+impl TokenError {
+    pub fn code(&self) -> ProblemCode {
+        match self {
+            TokenError::Missing => ProblemCode::TokenRequired,
+            TokenError::Invalid(_) | TokenError::InvalidProof(_) | TokenError::Jwks => {
+                ProblemCode::TokenInvalid
+            }
+            TokenError::Scope => ProblemCode::TokenScopeMissing,
+            TokenError::Organisation => ProblemCode::TokenOrganisationMismatch,
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(error: TokenError) -> Self {
+        ApiError::new(error.code()).detail(error.to_string())
+    }
+}
+
+/// What the access token must satisfy.
+pub struct Expectations<'a> {
+    pub issuer: &'a str,
+    pub audience: &'a str,
+    pub required_scope: Option<&'a str>,
+    pub organisation_number: &'a str,
+}
+
+/// The claims the API reads from an access token.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccessClaims {
+    #[serde(default)]
+    pub scope: Option<ScopeClaim>,
+    #[serde(rename = "client_id", default)]
+    pub client_id: Option<String>,
+    #[serde(rename = "helseid://claims/client/claims/orgnr_parent", default)]
+    pub orgnr_parent: Option<String>,
+    #[serde(rename = "helseid://claims/client/claims/orgnr_child", default)]
+    pub orgnr_child: Option<String>,
+    #[serde(default)]
+    pub cnf: Option<Confirmation>,
+}
+
+/// `scope` as a space-separated string or an array (HelseID sends an array).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ScopeClaim {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl ScopeClaim {
+    fn contains(&self, scope: &str) -> bool {
+        match self {
+            ScopeClaim::Text(text) => text.split(' ').any(|s| s == scope),
+            ScopeClaim::List(list) => list.iter().any(|s| s == scope),
+        }
+    }
+}
+
+/// `cnf`: the DPoP key's JWK SHA-256 thumbprint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Confirmation {
+    pub jkt: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProofClaims {
+    jti: Option<String>,
+    htm: Option<String>,
+    htu: Option<String>,
+    iat: Option<i64>,
+    ath: Option<String>,
+    nonce: Option<String>,
+}
+
+/// A checked token: who the client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub client_id: String,
+    pub dpop_bound: bool,
+}
+
+fn allowed(alg: Algorithm) -> bool {
+    ALLOWED_ALGORITHMS.contains(&alg)
+}
+
+/// Checks an access token's signature and claims against a JWKS. Pure: no network, no clock but
+/// `jsonwebtoken`'s own for `exp`.
+pub fn verify_access_token(
+    token: &str,
+    jwks: &JwkSet,
+    expect: &Expectations<'_>,
+) -> Result<AccessClaims, TokenError> {
+    let header = decode_header(token)
+        .map_err(|_| TokenError::Invalid("the header is not a JWT header with a known alg"))?;
+    if !allowed(header.alg) {
+        return Err(TokenError::Invalid(
+            "the alg is not an allowed asymmetric algorithm",
+        ));
+    }
+    let jwk = match header.kid.as_deref() {
+        Some(kid) => jwks.find(kid),
+        None if jwks.keys.len() == 1 => jwks.keys.first(),
+        None => None,
+    }
+    .ok_or(TokenError::Invalid(
+        "no key of the issuer's JWKS matches the kid",
+    ))?;
+    let key = DecodingKey::from_jwk(jwk)
+        .map_err(|_| TokenError::Invalid("the issuer's key is unusable"))?;
+    let mut validation = Validation::new(header.alg);
+    validation.algorithms = vec![header.alg];
+    validation.leeway = LEEWAY_SECONDS;
+    validation.set_issuer(&[expect.issuer]);
+    validation.set_audience(&[expect.audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    let data = decode::<AccessClaims>(token, &key, &validation).map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind;
+        TokenError::Invalid(match e.kind() {
+            ErrorKind::ExpiredSignature => "it has expired",
+            ErrorKind::InvalidIssuer => "the issuer is not the expected one",
+            ErrorKind::InvalidAudience => "the audience is not the expected one",
+            ErrorKind::InvalidSignature => "the signature does not verify",
+            ErrorKind::ImmatureSignature => "it is not valid yet",
+            ErrorKind::MissingRequiredClaim(_) => "a required claim (exp, iss, aud) is missing",
+            ErrorKind::InvalidAlgorithm => "the alg does not match the key",
+            _ => "it cannot be decoded",
+        })
+    })?;
+    let claims = data.claims;
+    if let Some(scope) = expect.required_scope
+        && !claims.scope.as_ref().is_some_and(|s| s.contains(scope))
+    {
+        return Err(TokenError::Scope);
+    }
+    let organisation = [
+        claims.orgnr_child.as_deref(),
+        claims.orgnr_parent.as_deref(),
+    ];
+    if !organisation.contains(&Some(expect.organisation_number)) {
+        return Err(TokenError::Organisation);
+    }
+    Ok(claims)
+}
+
+/// `jti`s seen in DPoP proofs, kept until their proof could no longer be accepted anyway.
+#[derive(Default)]
+pub struct ReplayCache {
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl ReplayCache {
+    /// Records `jti`; false if it was seen before (a replay).
+    pub fn first_use(&self, jti: &str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let keep = Duration::from_secs(2 * DPOP_IAT_WINDOW_SECONDS as u64 + LEEWAY_SECONDS);
+        if seen.len() > 10_000 {
+            seen.retain(|_, at| now.duration_since(*at) < keep);
+        }
+        match seen.get(jti) {
+            Some(at) if now.duration_since(*at) < keep => false,
+            _ => {
+                seen.insert(jti.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
+/// The request a DPoP proof must be bound to.
+pub struct ProofContext<'a> {
+    pub method: &'a str,
+    /// The request URL without query or fragment.
+    pub url: &'a str,
+    /// The access token the proof comes with (`ath`); `None` at a token endpoint.
+    pub access_token: Option<&'a str>,
+    /// The token's `cnf.jkt`, when known.
+    pub jkt: Option<&'a str>,
+    /// Seconds since the epoch.
+    pub now: i64,
+}
+
+/// SHA-256 JWK thumbprint (RFC 7638), base64url: what `cnf.jkt` holds.
+pub fn thumbprint(jwk: &Jwk) -> Result<String, TokenError> {
+    jwk.thumbprint(ThumbprintHash::SHA256)
+        .map_err(|_| TokenError::InvalidProof("its key has no thumbprint"))
+}
+
+/// `ath`: base64url of the SHA-256 of the access token.
+pub fn access_token_hash(token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        token.as_bytes(),
+    ))
+}
+
+fn strip_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// Checks a DPoP proof; returns its key's thumbprint and the `nonce` it carried.
+pub fn verify_dpop_proof(
+    proof: &str,
+    context: &ProofContext<'_>,
+    replay: &ReplayCache,
+) -> Result<(String, Option<String>), TokenError> {
+    let header = decode_header(proof)
+        .map_err(|_| TokenError::InvalidProof("the header is not a JWT header with a known alg"))?;
+    if header.typ.as_deref() != Some(DPOP_PROOF_TYP) {
+        return Err(TokenError::InvalidProof("typ is not dpop+jwt"));
+    }
+    if !allowed(header.alg) {
+        return Err(TokenError::InvalidProof(
+            "the alg is not an allowed asymmetric algorithm",
+        ));
+    }
+    let jwk = header
+        .jwk
+        .as_ref()
+        .ok_or(TokenError::InvalidProof("the header carries no jwk"))?;
+    let key = DecodingKey::from_jwk(jwk)
+        .map_err(|_| TokenError::InvalidProof("its jwk is not a usable public key"))?;
+    let mut validation = Validation::new(header.alg);
+    validation.algorithms = vec![header.alg];
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let claims = decode::<ProofClaims>(proof, &key, &validation)
+        .map_err(|_| TokenError::InvalidProof("the signature does not verify with its jwk"))?
+        .claims;
+    let jkt = thumbprint(jwk)?;
+    if let Some(expected) = context.jkt
+        && !contract::digests_equal(&jkt, expected)
+    {
+        return Err(TokenError::InvalidProof(
+            "its key is not the one the token is bound to (cnf.jkt)",
+        ));
+    }
+    if claims.htm.as_deref() != Some(context.method) {
+        return Err(TokenError::InvalidProof("htm is not this request's method"));
+    }
+    if claims.htu.as_deref().map(strip_query) != Some(strip_query(context.url)) {
+        return Err(TokenError::InvalidProof("htu is not this request's URL"));
+    }
+    let iat = claims
+        .iat
+        .ok_or(TokenError::InvalidProof("iat is missing"))?;
+    if (iat - context.now).abs() > DPOP_IAT_WINDOW_SECONDS {
+        return Err(TokenError::InvalidProof(
+            "iat is outside the accepted window",
+        ));
+    }
+    if let Some(token) = context.access_token {
+        let expected = access_token_hash(token);
+        if !claims
+            .ath
+            .as_deref()
+            .is_some_and(|ath| contract::digests_equal(ath, &expected))
+        {
+            return Err(TokenError::InvalidProof(
+                "ath is not the hash of the access token",
+            ));
+        }
+    }
+    let jti = claims
+        .jti
+        .clone()
+        .filter(|j| !j.is_empty() && j.len() <= 256)
+        .ok_or(TokenError::InvalidProof("jti is missing"))?;
+    if !replay.first_use(&jti) {
+        return Err(TokenError::InvalidProof("it was used before (jti replay)"));
+    }
+    Ok((jkt, claims.nonce))
+}
+
+/// The issuer's discovery document, as far as the API needs it.
+#[derive(Deserialize)]
+struct Discovery {
+    jwks_uri: String,
+}
+
+/// Verifies tokens for the API: fetches and caches each issuer's JWKS, remembers DPoP `jti`s.
+pub struct Verifier {
+    http: reqwest::Client,
+    jwks: tokio::sync::Mutex<HashMap<String, (Instant, JwkSet)>>,
+    pub replay: ReplayCache,
+}
+
+impl Verifier {
+    pub fn new() -> Self {
+        Verifier {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            jwks: tokio::sync::Mutex::new(HashMap::new()),
+            replay: ReplayCache::default(),
+        }
+    }
+
+    /// The issuer's JWKS, from its discovery document (cached; fetched again on an unknown kid).
+    pub async fn jwks(&self, issuer: &str, refresh: bool) -> Result<JwkSet, TokenError> {
+        let mut cache = self.jwks.lock().await;
+        if !refresh
+            && let Some((at, set)) = cache.get(issuer)
+            && at.elapsed() < JWKS_CACHE_FOR
+        {
+            return Ok(set.clone());
+        }
+        let discovery_url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let discovery: Discovery = self
+            .http
+            .get(&discovery_url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|_| TokenError::Jwks)?
+            .json()
+            .await
+            .map_err(|_| TokenError::Jwks)?;
+        let set: JwkSet = self
+            .http
+            .get(&discovery.jwks_uri)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|_| TokenError::Jwks)?
+            .json()
+            .await
+            .map_err(|_| TokenError::Jwks)?;
+        cache.insert(issuer.to_owned(), (Instant::now(), set.clone()));
+        Ok(set)
+    }
+
+    /// Checks the request's token against the database's policy; returns the HelseID client id.
+    pub async fn check_request(
+        &self,
+        policy: &TokenPolicy,
+        organisation_number: &str,
+        request: &RequestFacts<'_>,
+    ) -> Result<String, ApiError> {
+        let authorization = request
+            .headers
+            .get(contract::HEADER_AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(TokenError::Missing)?;
+        let (scheme, token) = authorization
+            .split_once(' ')
+            .ok_or(TokenError::Invalid("the Authorization header is malformed"))?;
+        let dpop = if scheme.eq_ignore_ascii_case(contract::AUTH_SCHEME_DPOP) {
+            true
+        } else if scheme.eq_ignore_ascii_case(contract::AUTH_SCHEME_BEARER) {
+            false
+        } else {
+            return Err(TokenError::Missing.into());
+        };
+        let token = token.trim();
+        let expect = Expectations {
+            issuer: &policy.issuer,
+            audience: &policy.audience,
+            required_scope: policy.required_scope.as_deref(),
+            organisation_number,
+        };
+        let mut jwks = self.jwks(&policy.issuer, false).await?;
+        let kid_known = decode_header(token)
+            .ok()
+            .and_then(|h| h.kid)
+            .is_none_or(|kid| jwks.find(&kid).is_some());
+        if !kid_known {
+            jwks = self.jwks(&policy.issuer, true).await?;
+        }
+        let claims = verify_access_token(token, &jwks, &expect)?;
+        let jkt = claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
+        match (dpop, jkt) {
+            (false, Some(_)) => {
+                return Err(TokenError::Invalid(
+                    "a DPoP-bound token must be sent with the DPoP scheme",
+                )
+                .into());
+            }
+            (true, None) => {
+                return Err(TokenError::Invalid("a DPoP token must carry cnf.jkt").into());
+            }
+            (true, Some(jkt)) => {
+                let proof = request
+                    .headers
+                    .get(contract::HEADER_DPOP)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or(TokenError::InvalidProof("no DPoP header was sent"))?;
+                let context = ProofContext {
+                    method: request.method.as_str(),
+                    url: &request.url,
+                    access_token: Some(token),
+                    jkt: Some(jkt),
+                    now: chrono::Utc::now().timestamp(),
+                };
+                verify_dpop_proof(proof, &context, &self.replay)?;
+            }
+            (false, None) => {}
+        }
+        Ok(claims.client_id.unwrap_or_default())
+    }
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# The whole migration path as a benchmark (DESIGN section 8): sfm-export writes a synthetic export,
+# sfm-migrate uploads it with N workers to the real sfm-migration-api, which ingests into a staging
+# database on a real PostgreSQL server provisioned by the real operator; then verify and activate.
+# Prints patients/s and MB/s of the upload (and of the whole run), the exporter's own rate, and CPU
+# seconds per process (client, API, PostgreSQL, operator) so the bottleneck is visible. Nothing is
+# asserted: it prints figures.
+#
+#   hack/bench-flow.sh                 # the full set: 2048-bit 10,000 patients with 1, 10, 100
+#                                      # workers; 2048-bit 100,000 with 100; 4096-bit 10,000 with 100
+#   BENCH_QUICK=1 hack/bench-flow.sh   # a small proof run (200 patients, 1 and 10 workers, 4096 too)
+#   BENCH_RUNS="2048:10000:10 4096:10000:100" hack/bench-flow.sh   # bits:patients:workers ...
+#
+# Environment: BENCH_PROFILE=release (default; builds with --release) or dev; BENCH_SIZE_KB (mean XML
+# per patient, default 100); SFM_PG_FAST (default 0 here: PostgreSQL with fsync, as in production).
+# Starts its own PostgreSQL and control plane through hack/test-env.sh unless one is already set up.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+if [ -z "${SFM_PG_ADMIN_URL:-}" ] || [ -z "${KUBECONFIG:-}" ]; then
+  export SFM_PG_FAST=${SFM_PG_FAST:-0}
+  exec "$root/hack/test-env.sh" "$0" "$@"
+fi
+
+profile=${BENCH_PROFILE:-release}
+size_kb=${BENCH_SIZE_KB:-100}
+if [ -n "${BENCH_RUNS:-}" ]; then
+  runs=$BENCH_RUNS
+elif [ "${BENCH_QUICK:-}" = 1 ]; then
+  runs="2048:200:1 2048:200:10 4096:200:10"
+else
+  runs="2048:10000:1 2048:10000:10 2048:10000:100 2048:100000:100 4096:10000:100"
+fi
+
+cd "$root"
+if [ "$profile" = release ]; then
+  cargo build --release --bins >&2
+  bin=$root/target/release
+else
+  cargo build --bins >&2
+  bin=$root/target/debug
+fi
+work=$(mktemp -d /tmp/sfm-bench-flow.XXXXXX)
+pids=()
+cleanup() {
+  set +e
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+api_ns=sfm-system
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl create namespace "$api_ns" >/dev/null 2>&1 || true
+SFM_DEFAULT_ADMIN_URL=$SFM_PG_ADMIN_URL "$bin/sfm-operator" run --api-namespace "$api_ns" \
+  --resync-seconds 5 >"$work/operator.log" 2>&1 &
+operator_pid=$!
+pids+=("$operator_pid")
+
+# CPU seconds (user+system) of a process, with its reaped children (PostgreSQL's backends).
+clk=$(getconf CLK_TCK)
+cpu_of() {
+  local pid=$1
+  [ -r "/proc/$pid/stat" ] || { echo 0; return; }
+  # Fields after the command: utime=14 stime=15 cutime=16 cstime=17.
+  awk -v clk="$clk" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13 + $14 + $15) / clk }' "/proc/$pid/stat"
+}
+postgres_cpu() {
+  local data=${SFM_TEST_WORK_DIR:-}/postgres/data pm total=0 child
+  [ -r "$data/postmaster.pid" ] || { echo 0; return; }
+  pm=$(head -1 "$data/postmaster.pid")
+  total=$(cpu_of "$pm")
+  for child in $(pgrep -P "$pm" || true); do
+    total=$(awk -v a="$total" -v b="$(cpu_of "$child")" 'BEGIN { printf "%.2f", a + b }')
+  done
+  echo "$total"
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "n/a" }'; }
+
+# The organisation number every export and database in this run share (valid mod 11).
+orgno=974600951
+declare -A exports
+results=()
+n=0
+for run in $runs; do
+  IFS=: read -r bits patients workers <<<"$run"
+  n=$((n + 1))
+  echo "== run $n: RSA $bits, $patients patients, $workers workers, ~${size_kb} KB XML per patient" >&2
+
+  # The export (one per key size and patient count, reused across the worker sweep).
+  tag="$bits-$patients"
+  if [ -z "${exports[$tag]:-}" ]; then
+    dir=$work/export-$tag
+    "$bin/sfm-export" keygen --bits "$bits" --out "$dir/keys" >/dev/null
+    t0=$(now)
+    "$bin/sfm-export" generate --cert "$dir/keys/certificate.pem" --out "$dir/export" \
+      --patients "$patients" --size-kb "$size_kb" --organisation-number "$orgno" --seed "$n" \
+      >"$dir/generate.log" 2>&1
+    t1=$(now)
+    exports[$tag]=$dir
+    echo "   export: $(tail -1 "$dir/generate.log")" >&2
+  fi
+  dir=${exports[$tag]}
+  export_dir=$dir/export
+  rm -f "$export_dir/sfm-migrate.ledger"
+  bytes=$(du -sb "$export_dir" | cut -f1)
+  xml_mb=$(grep -o '[0-9.]* MB XML' "$dir/generate.log" | head -1 | cut -d' ' -f1)
+
+  # A database and key for this run.
+  ns=bench-$n-$$
+  kubectl create namespace "$ns" >/dev/null
+  kubectl apply -f - >/dev/null <<EOF
+apiVersion: sfm.nhn.no/v1alpha1
+kind: MigrationDatabase
+metadata: {name: bench, namespace: $ns}
+spec:
+  organisation: {name: Bench legekontor, organisationNumber: "$orgno", helseIdClientId: bench-sfm}
+  dataModelVersion: 4
+  activation: {mode: Automatic}
+  reclaimPolicy: Delete
+  validation: {allowSyntheticIdentities: true, schemaCheck: Lenient}
+---
+apiVersion: sfm.nhn.no/v1alpha1
+kind: MigrationKey
+metadata: {name: bench-key, namespace: $ns}
+spec: {databaseRef: bench, timeToLive: 24h}
+EOF
+  kubectl -n "$ns" wait --for=condition=Ready mdb/bench --timeout=180s >/dev/null
+  for _ in $(seq 1 120); do
+    secret=$(kubectl -n "$ns" get mkey/bench-key -o jsonpath='{.status.secretName}' 2>/dev/null || true)
+    [ -n "$secret" ] && break
+    sleep 0.5
+  done
+  key=$(kubectl -n "$ns" get secret "$secret" -o jsonpath='{.data.key}' | base64 -d)
+
+  port=$(free_port)
+  "$bin/sfm-migration-api" serve --listen "127.0.0.1:$port" --namespace "$api_ns" \
+    --decryption-key "$dir/keys/private_key.pem" >"$work/api-$n.log" 2>&1 &
+  api_pid=$!
+  pids+=("$api_pid")
+  for _ in $(seq 1 120); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.25; done
+
+  config=$work/config-$n
+  SFM_MIGRATION_KEY=$key "$bin/sfm-migrate" --config-dir "$config" key add bench \
+    --for-api "http://127.0.0.1:$port" >/dev/null
+
+  api_cpu0=$(cpu_of "$api_pid"); pg_cpu0=$(postgres_cpu); op_cpu0=$(cpu_of "$operator_pid")
+  t0=$(now)
+  timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -f "%U %S" -o "$work/client-$n.time")
+  "${timer[@]}" "$bin/sfm-migrate" --config-dir "$config" upload "$export_dir" --workers "$workers" --plain \
+    >"$work/upload-$n.log" 2>&1 || { echo "   upload failed:" >&2; tail -5 "$work/upload-$n.log" >&2; }
+  t1=$(now)
+  upload_s=$(elapsed "$t0" "$t1")
+  api_cpu=$(elapsed "$api_cpu0" "$(cpu_of "$api_pid")")
+  pg_cpu=$(elapsed "$pg_cpu0" "$(postgres_cpu)")
+  op_cpu=$(elapsed "$op_cpu0" "$(cpu_of "$operator_pid")")
+  client_cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$work/client-$n.time" 2>/dev/null || echo 0)
+  "$bin/sfm-migrate" --config-dir "$config" verify "$export_dir" >"$work/verify-$n.log" 2>&1 ||
+    { echo "   verify failed:" >&2; tail -5 "$work/verify-$n.log" >&2; }
+  "$bin/sfm-migrate" --config-dir "$config" activate "$export_dir" --keep --timeout-secs 600 \
+    >"$work/activate-$n.log" 2>&1 || { echo "   activate failed:" >&2; tail -5 "$work/activate-$n.log" >&2; }
+  t2=$(now)
+
+  total_s=$(elapsed "$t0" "$t2")
+  stored=$(kubectl -n "$ns" get mdb/bench -o jsonpath='{.status.migration.patients.stored}' 2>/dev/null || echo "?")
+  phase=$(kubectl -n "$ns" get mdb/bench -o jsonpath='{.status.phase}' 2>/dev/null || echo "?")
+  # The busiest process is the bottleneck (CPU seconds over the upload; 2 cores in all).
+  bottleneck=$(printf "client %s\napi %s\npostgres %s\noperator %s\n" "$client_cpu" "$api_cpu" "$pg_cpu" "$op_cpu" |
+    sort -k2 -g | tail -1 | cut -d' ' -f1)
+  # With the cores mostly idle the limit is latency (requests in sequence, commits), not a process.
+  busy=$(awk -v a="$client_cpu" -v b="$api_cpu" -v c="$pg_cpu" -v d="$op_cpu" -v t="$upload_s" -v n="$(nproc)" \
+    'BEGIN { if (t > 0) printf "%.0f", 100 * (a + b + c + d) / (t * n); else print 0 }')
+  if [ "$busy" -lt 50 ]; then bottleneck="latency (CPU ${busy}% busy; busiest: $bottleneck)"; else bottleneck="$bottleneck (CPU ${busy}% busy)"; fi
+  line=$(printf "RSA %4s %7s patients %4s workers | upload %8ss %8s patients/s %7s MB/s files %7s MB/s XML | with verify+activate %8ss | CPU s: client %s api %s postgres %s operator %s | bottleneck %s | stored %s, %s" \
+    "$bits" "$patients" "$workers" "$upload_s" "$(ratio "$patients" "$upload_s")" \
+    "$(ratio "$(awk -v b="$bytes" 'BEGIN { print b / 1e6 }')" "$upload_s")" "$(ratio "${xml_mb:-0}" "$upload_s")" "$total_s" \
+    "$client_cpu" "$api_cpu" "$pg_cpu" "$op_cpu" "$bottleneck" "$stored" "$phase")
+  echo "   $line" >&2
+  results+=("$line")
+  # Stage timings, when the API exposes them.
+  curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null | grep -E '^sfm_[a-z_]*(stage|ingest)[a-z_]*_seconds_(sum|count)' | sed 's/^/     /' >&2 || true
+
+  kill "$api_pid" 2>/dev/null; wait "$api_pid" 2>/dev/null || true
+  kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
+done
+
+echo
+echo "bench-flow ($profile build, ~${size_kb} KB XML per patient, PostgreSQL fsync $([ "${SFM_PG_FAST:-0}" = 1 ] && echo off || echo on), $(nproc) cores):"
+for tag in "${!exports[@]}"; do
+  echo "  exporter $tag: $(grep -o '[0-9.]* patients/s' "${exports[$tag]}/generate.log" | head -1)"
+done
+for line in "${results[@]}"; do echo "  $line"; done

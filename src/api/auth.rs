@@ -1,0 +1,402 @@
+//! Who may write into which staging database.
+//!
+//! The migration key is found by its key id in the MigrationKeys' status (cluster-wide list and get
+//! of MigrationKeys; the API never reads a Secret outside its own namespace), its SHA-256 compared
+//! with `status.digest` in constant time, its phase and expiry checked here, not only by the
+//! operator. Its `databaseRef` names the MigrationDatabase; the migrator's connection Secret
+//! `sfm-<ns>-<name>-migrator` in the API's own namespace gives one bounded pool per database.
+//! A HelseID token is checked when the database's policy asks for one.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, Method};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+use super::{ApiError, AppState, Limits};
+use crate::contract::{self, MigrationKeyToken, ProblemCode};
+use crate::crd::{KeyPhase, MigrationDatabase, MigrationKey, Phase};
+use crate::operator::children;
+
+/// How long a looked-up key or database list is reused. Short, so a revoked or superseded key stops
+/// working within seconds on every replica.
+const CACHE_FOR: Duration = Duration::from_secs(2);
+
+/// A looked-up key (or its absence) and when it was looked up.
+type CachedKey = (Instant, Option<Arc<MigrationKey>>);
+
+/// Finds keys, databases and their connection pools, with short caches.
+pub struct Directory {
+    kube: Client,
+    namespace: String,
+    max_connections: u32,
+    keys: Mutex<HashMap<String, CachedKey>>,
+    databases: tokio::sync::Mutex<Option<(Instant, Vec<Arc<MigrationDatabase>>)>>,
+    pools: tokio::sync::Mutex<HashMap<Uuid, PgPool>>,
+}
+
+/// An authenticated request for one database.
+#[derive(Clone)]
+pub struct Session {
+    pub database: Arc<MigrationDatabase>,
+    pub uid: Uuid,
+    /// The key id (never the key).
+    pub key_id: String,
+    /// The HelseID client, when the database required a token.
+    pub helseid_client: Option<String>,
+    pub pool: PgPool,
+}
+
+impl Session {
+    /// `<namespace>/<name>` of the database.
+    pub fn database_name(&self) -> String {
+        format!(
+            "{}/{}",
+            self.database.namespace().unwrap_or_default(),
+            self.database.name_any()
+        )
+    }
+}
+
+/// What the request looked like, for the HelseID checks (DPoP binds a proof to method and URL).
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    pub url: String,
+    pub headers: &'a HeaderMap,
+}
+
+impl Directory {
+    pub fn new(kube: Client, namespace: &str, limits: &Limits) -> Self {
+        Directory {
+            kube,
+            namespace: namespace.to_owned(),
+            max_connections: limits.max_connections_per_database,
+            keys: Mutex::new(HashMap::new()),
+            databases: tokio::sync::Mutex::new(None),
+            pools: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The MigrationKey with this key id, by the label `sfm.nhn.no/key-id` when the operator set it,
+    /// else by `status.keyId`.
+    pub async fn key(&self, key_id: &str) -> Result<Option<Arc<MigrationKey>>, ApiError> {
+        if let Some((at, key)) = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key_id)
+            && at.elapsed() < CACHE_FOR
+        {
+            return Ok(key.clone());
+        }
+        let api: Api<MigrationKey> = Api::all(self.kube.clone());
+        let by_label = api
+            .list(&ListParams::default().labels(&format!("{}={key_id}", children::LABEL_KEY_ID)))
+            .await
+            .map_err(|e| ApiError::internal("look up the migration key", e))?;
+        let mut found = by_label
+            .items
+            .into_iter()
+            .find(|k| status_key_id(k) == Some(key_id));
+        if found.is_none() {
+            let all = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| ApiError::internal("look up the migration key", e))?;
+            found = all
+                .items
+                .into_iter()
+                .find(|k| status_key_id(k) == Some(key_id));
+        }
+        let found = found.map(Arc::new);
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key_id.to_owned(), (Instant::now(), found.clone()));
+        Ok(found)
+    }
+
+    /// Every MigrationDatabase of the cluster (cached briefly).
+    pub async fn databases(&self) -> Result<Vec<Arc<MigrationDatabase>>, ApiError> {
+        let mut cache = self.databases.lock().await;
+        if let Some((at, list)) = cache.as_ref()
+            && at.elapsed() < CACHE_FOR
+        {
+            return Ok(list.clone());
+        }
+        let api: Api<MigrationDatabase> = Api::all(self.kube.clone());
+        let list: Vec<Arc<MigrationDatabase>> = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| ApiError::internal("list the migration databases", e))?
+            .items
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        *cache = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    pub async fn database_by_uid(
+        &self,
+        uid: Uuid,
+    ) -> Result<Option<Arc<MigrationDatabase>>, ApiError> {
+        Ok(self
+            .databases()
+            .await?
+            .into_iter()
+            .find(|db| database_uid(db) == Some(uid)))
+    }
+
+    pub async fn database_by_name(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<MigrationDatabase>>, ApiError> {
+        Ok(self
+            .databases()
+            .await?
+            .into_iter()
+            .find(|db| db.namespace().as_deref() == Some(namespace) && db.name_any() == name))
+    }
+
+    /// The bounded pool of the database's migrator, from its Secret in the API's namespace.
+    pub async fn pool(&self, db: &MigrationDatabase) -> Result<PgPool, ApiError> {
+        let uid = database_uid(db)
+            .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
+        let mut pools = self.pools.lock().await;
+        if let Some(pool) = pools.get(&uid) {
+            return Ok(pool.clone());
+        }
+        let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), &self.namespace);
+        let name = children::migrator_secret_name(db);
+        let secret = secrets
+            .get_opt(&name)
+            .await
+            .map_err(|e| ApiError::internal("read the migrator Secret", e))?;
+        let uri = secret
+            .as_ref()
+            .and_then(|s| children::secret_field(s, "uri"))
+            .ok_or_else(|| {
+                ApiError::new(ProblemCode::MigrationOperational).detail(
+                    "the database has no migrator connection: it is not in staging (operational, or not provisioned yet)",
+                )
+            })?;
+        let options = sqlx::postgres::PgConnectOptions::from_str(&uri)
+            .map_err(|_| {
+                ApiError::internal(
+                    "read the migrator Secret",
+                    "the uri is not a PostgreSQL URI",
+                )
+            })?
+            .application_name(super::FIELD_MANAGER);
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .idle_timeout(Duration::from_secs(60))
+            .connect_lazy_with(options);
+        pools.insert(uid, pool.clone());
+        Ok(pool)
+    }
+
+    /// Forgets a database's pool (its migrator was closed or its password changed).
+    pub async fn forget_pool(&self, uid: Uuid) {
+        if let Some(pool) = self.pools.lock().await.remove(&uid) {
+            pool.close().await;
+        }
+    }
+}
+
+pub fn database_uid(db: &MigrationDatabase) -> Option<Uuid> {
+    db.uid().and_then(|uid| Uuid::parse_str(&uid).ok())
+}
+
+fn status_key_id(key: &MigrationKey) -> Option<&str> {
+    key.status.as_ref().and_then(|s| s.key_id.as_deref())
+}
+
+/// The key from `Sfm-Migration-Key`, if sent.
+pub fn header_key(headers: &HeaderMap) -> Result<Option<MigrationKeyToken>, ApiError> {
+    match headers.get(contract::HEADER_MIGRATION_KEY) {
+        None => Ok(None),
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                ApiError::new(ProblemCode::KeyMalformed).detail("the key header is not ASCII")
+            })?;
+            Ok(Some(MigrationKeyToken::from_str(text.trim())?))
+        }
+    }
+}
+
+/// Whether a key (already matched, or named by an upload) still works: phase Active, not expired.
+/// These answers come only after the secret matched, so they tell nothing to a stranger.
+pub fn check_key_usable(
+    key: &MigrationKey,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ApiError> {
+    let status = key.status.as_ref();
+    match status.and_then(|s| s.phase) {
+        Some(KeyPhase::Active) => {}
+        Some(KeyPhase::Superseded) => return Err(ApiError::new(ProblemCode::KeySuperseded)),
+        Some(KeyPhase::Expired) => return Err(ApiError::new(ProblemCode::KeyExpired)),
+        Some(KeyPhase::Revoked) => return Err(ApiError::new(ProblemCode::KeyRevoked)),
+        Some(KeyPhase::Pending) | None => {
+            return Err(ApiError::new(ProblemCode::KeyUnknown).detail("the key is not issued yet"));
+        }
+    }
+    if key.spec.revoked {
+        return Err(ApiError::new(ProblemCode::KeyRevoked));
+    }
+    let expires = status
+        .and_then(|s| s.expires_at.as_deref())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    match expires {
+        Some(at) if at > now => Ok(()),
+        _ => Err(ApiError::new(ProblemCode::KeyExpired)),
+    }
+}
+
+/// The key's expiry, for key-check.
+pub fn key_expires_at(key: &MigrationKey) -> Option<chrono::DateTime<chrono::Utc>> {
+    key.status
+        .as_ref()
+        .and_then(|s| s.expires_at.as_deref())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Finds and checks a presented key: known id, matching digest (constant time), usable.
+pub async fn verify_token(
+    state: &AppState,
+    token: &MigrationKeyToken,
+) -> Result<Arc<MigrationKey>, ApiError> {
+    let key = state
+        .directory
+        .key(token.key_id())
+        .await?
+        .ok_or_else(|| ApiError::new(ProblemCode::KeyUnknown))?;
+    let digest = key
+        .status
+        .as_ref()
+        .and_then(|s| s.digest.as_deref())
+        .unwrap_or("");
+    if !token.matches_digest(digest) {
+        state.metrics.auth_failures.inc();
+        return Err(ApiError::new(ProblemCode::KeyWrong));
+    }
+    check_key_usable(&key, chrono::Utc::now())?;
+    Ok(key)
+}
+
+/// The database a key fills.
+pub async fn key_database(
+    state: &AppState,
+    key: &MigrationKey,
+) -> Result<Arc<MigrationDatabase>, ApiError> {
+    let namespace = key.namespace().unwrap_or_default();
+    state
+        .directory
+        .database_by_name(&namespace, &key.spec.database_ref)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(ProblemCode::KeyUnknown).detail("the key's database does not exist")
+        })
+}
+
+/// A full session from a presented key: key, database, HelseID token when required, pool.
+pub async fn session_for_token(
+    state: &AppState,
+    token: &MigrationKeyToken,
+    request: &RequestFacts<'_>,
+) -> Result<Session, ApiError> {
+    let key = verify_token(state, token).await?;
+    let database = key_database(state, &key).await?;
+    finish_session(
+        state,
+        database,
+        key.status
+            .as_ref()
+            .and_then(|s| s.key_id.clone())
+            .unwrap_or_default(),
+        request,
+    )
+    .await
+}
+
+/// A session for an existing upload: the upload's database, the key that created it (still usable;
+/// a key sent now must be that same database's), and the token when required.
+pub async fn session_for_upload_key(
+    state: &AppState,
+    database: Arc<MigrationDatabase>,
+    upload_key_id: &str,
+    request: &RequestFacts<'_>,
+) -> Result<Session, ApiError> {
+    let uid = database_uid(&database);
+    if let Some(token) = header_key(request.headers)? {
+        let key = verify_token(state, &token).await?;
+        let key_db = key_database(state, &key).await?;
+        if database_uid(&key_db) != uid {
+            return Err(ApiError::new(ProblemCode::KeyWrongDatabase));
+        }
+    }
+    let key = state.directory.key(upload_key_id).await?.ok_or_else(|| {
+        ApiError::new(ProblemCode::KeyUnknown)
+            .detail("the key that created this upload no longer exists")
+    })?;
+    check_key_usable(&key, chrono::Utc::now())?;
+    let key_db = key_database(state, &key).await?;
+    if database_uid(&key_db) != uid {
+        return Err(ApiError::new(ProblemCode::KeyWrongDatabase));
+    }
+    finish_session(state, database, upload_key_id.to_owned(), request).await
+}
+
+async fn finish_session(
+    state: &AppState,
+    database: Arc<MigrationDatabase>,
+    key_id: String,
+    request: &RequestFacts<'_>,
+) -> Result<Session, ApiError> {
+    let uid = database_uid(&database)
+        .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
+    let helseid_client = match &database.spec.validation.helse_id {
+        None => None,
+        Some(policy) => Some(
+            state
+                .helseid
+                .check_request(
+                    policy,
+                    &database.spec.organisation.organisation_number,
+                    request,
+                )
+                .await?,
+        ),
+    };
+    let pool = state.directory.pool(&database).await?;
+    Ok(Session {
+        database,
+        uid,
+        key_id,
+        helseid_client,
+        pool,
+    })
+}
+
+/// Refuses writes once the database is activating or operational.
+pub fn ensure_writable(db: &MigrationDatabase) -> Result<(), ApiError> {
+    match db.status.as_ref().and_then(|s| s.phase) {
+        Some(Phase::Activating | Phase::Operational | Phase::Deleting) => {
+            Err(ApiError::new(ProblemCode::MigrationOperational))
+        }
+        _ => Ok(()),
+    }
+}

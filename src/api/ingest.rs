@@ -1,0 +1,1066 @@
+//! One completed upload into the staging database, in one transaction: decrypt (every key of a
+//! rotation), unzip within limits, parse, check the data quality, and store the organisation with its
+//! users, or a patient with identifiers, allergies, treatments and messages, plus the raw documents;
+//! or record a rejection with its reason. The same file twice (same SHA-256) stores once; the same
+//! patient in a re-export replaces its rows.
+//!
+//! The claim is the row lock: `SELECT ... FOR UPDATE SKIP LOCKED` on a `complete` upload. A replica
+//! that dies mid-ingest loses its transaction and the lock; the upload is `complete` again and the
+//! recovery loop of any replica takes it.
+//!
+//! Rejection messages name element paths, positions and limits, never values from the file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use super::auth::Session;
+use super::error::database;
+use super::{ApiError, AppState};
+use crate::contract::{FileType, IngestState, ProblemCode};
+use crate::crd::{MigrationDatabase, SchemaCheck, ValidationPolicy};
+use crate::format::archive::{ArchiveError, read_archive};
+use crate::format::envelope::{DecryptionKeys, EnvelopeError};
+use crate::format::patient_file::{
+    FormatError, FormatLimits, ORGANISATION_DOCUMENT, OrganisationFile, PATIENT_DOCUMENT,
+    PatientFile, read_organisation_file, read_patient_file,
+};
+use crate::format::xml::XmlError;
+use crate::ident::{HprNumber, NationalId, OrganisationNumber};
+use crate::model::{Deviation, TreatmentKind};
+
+/// Why a file's content was refused: a rejection code and a message free of personal data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ProblemCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: ProblemCode, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A decrypted, parsed and locally checked file, ready to store.
+pub enum Prepared {
+    Organisation(OrganisationFile),
+    Patient(Box<PatientFile>),
+    Report(Vec<(String, Vec<u8>)>),
+}
+
+impl Prepared {
+    fn deviations(&self) -> &[Deviation] {
+        match self {
+            Prepared::Organisation(f) => &f.deviations,
+            Prepared::Patient(f) => &f.deviations,
+            Prepared::Report(_) => &[],
+        }
+    }
+}
+
+/// The envelope errors as rejections. Bad padding, no matching key and an unreadable archive are
+/// one code (`envelope-undecryptable`) so the API is no padding oracle.
+pub fn envelope_rejection(error: &EnvelopeError) -> Rejection {
+    let code = match error {
+        EnvelopeError::Truncated(_) | EnvelopeError::BadHeader(_) => ProblemCode::EnvelopeMalformed,
+        _ => ProblemCode::EnvelopeUndecryptable,
+    };
+    match code {
+        ProblemCode::EnvelopeMalformed => Rejection::new(code, error.to_string()),
+        _ => Rejection::new(
+            code,
+            "the file cannot be decrypted with the API's keys, or it does not decrypt to a readable archive",
+        ),
+    }
+}
+
+pub fn archive_rejection(error: &ArchiveError) -> Rejection {
+    let code = match error {
+        ArchiveError::TooManyEntries { .. }
+        | ArchiveError::NameTooLong { .. }
+        | ArchiveError::EntryTooLarge { .. }
+        | ArchiveError::TotalTooLarge { .. }
+        | ArchiveError::RatioTooHigh { .. } => ProblemCode::ArchiveLimits,
+        ArchiveError::UnsafeName { .. } => ProblemCode::ArchivePath,
+        // Not readable as a zip: one answer with bad padding (see above).
+        _ => {
+            return Rejection::new(
+                ProblemCode::EnvelopeUndecryptable,
+                "the file cannot be decrypted with the API's keys, or it does not decrypt to a readable archive",
+            );
+        }
+    };
+    Rejection::new(code, error.to_string())
+}
+
+pub fn format_rejection(error: &FormatError) -> Rejection {
+    match error {
+        FormatError::Archive(e) => archive_rejection(e),
+        FormatError::MissingDocument(_)
+        | FormatError::MissingMessageFiles { .. }
+        | FormatError::UnexpectedEntries { .. } => {
+            Rejection::new(ProblemCode::ArchiveContent, error.to_string())
+        }
+        FormatError::Xml { source, .. } => {
+            let code = match source {
+                XmlError::Doctype => ProblemCode::XmlDoctype,
+                XmlError::WrongRoot { .. } | XmlError::WrongNamespace { .. } => {
+                    ProblemCode::XmlUnexpectedRoot
+                }
+                XmlError::MissingRequired { .. } => ProblemCode::DataQualityMissingField,
+                XmlError::InvalidRequired { .. } => ProblemCode::XmlSchema,
+                _ => ProblemCode::XmlMalformed,
+            };
+            Rejection::new(code, error.to_string())
+        }
+    }
+}
+
+/// Decrypts and parses one file and runs every check that needs no database. Pure CPU: run it on a
+/// blocking thread.
+pub fn prepare(
+    keys: &DecryptionKeys,
+    data: &[u8],
+    file_type: FileType,
+    file_name: &str,
+    limits: &FormatLimits,
+    db: &MigrationDatabase,
+) -> Result<Prepared, Rejection> {
+    let plain = keys.decrypt(data).map_err(|e| envelope_rejection(&e))?;
+    let policy = &db.spec.validation;
+    let prepared = match file_type {
+        FileType::ExportData => {
+            let file =
+                read_organisation_file(&plain.content, limits).map_err(|e| format_rejection(&e))?;
+            check_organisation(&file, policy, &db.spec.organisation.organisation_number)?;
+            Prepared::Organisation(file)
+        }
+        FileType::Patient => {
+            let file =
+                read_patient_file(&plain.content, limits).map_err(|e| format_rejection(&e))?;
+            check_patient(&file, policy, file_name)?;
+            Prepared::Patient(Box::new(file))
+        }
+        FileType::Report => {
+            let archive =
+                read_archive(&plain.content, &limits.archive).map_err(|e| archive_rejection(&e))?;
+            Prepared::Report(
+                archive
+                    .entries
+                    .into_iter()
+                    .map(|e| (e.name, e.data))
+                    .collect(),
+            )
+        }
+    };
+    if policy.schema_check == SchemaCheck::Strict
+        && let Some(first) = prepared.deviations().first()
+    {
+        let mut patterns: Vec<String> = prepared
+            .deviations()
+            .iter()
+            .map(|d| d.path_pattern())
+            .collect();
+        patterns.sort();
+        patterns.dedup();
+        patterns.truncate(5);
+        return Err(Rejection::new(
+            ProblemCode::XmlSchema,
+            format!(
+                "{} departure(s) from NHN's XSD and the database's schema check is Strict; the first: {}; at {}",
+                prepared.deviations().len(),
+                first.message,
+                patterns.join(", ")
+            ),
+        ));
+    }
+    Ok(prepared)
+}
+
+fn check_person_number(
+    value: &str,
+    policy: &ValidationPolicy,
+    whose: &str,
+) -> Result<(), Rejection> {
+    match NationalId::parse(value) {
+        Err(_) => Err(Rejection::new(
+            ProblemCode::DataQualityIdentifier,
+            format!("{whose}: the national identity number fails its check digits or date"),
+        )),
+        Ok(id) if id.synthetic && !policy.allow_synthetic_identities => Err(Rejection::new(
+            ProblemCode::DataQualitySyntheticIdentity,
+            format!("{whose}: a synthetic test identity, and the database does not allow them"),
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Organisation number(s) valid and the database's; users' identifiers valid.
+pub fn check_organisation(
+    file: &OrganisationFile,
+    policy: &ValidationPolicy,
+    organisation_number: &str,
+) -> Result<(), Rejection> {
+    let mut numbers = Vec::new();
+    for (index, institution) in file.organisation.institutions.iter().enumerate() {
+        if let Some(number) = institution.organisation_number() {
+            OrganisationNumber::parse(number).map_err(|_| {
+                Rejection::new(
+                    ProblemCode::DataQualityIdentifier,
+                    format!(
+                        "Institusjon[{}]: the organisation number fails its check digit",
+                        index + 1
+                    ),
+                )
+            })?;
+            numbers.push(number);
+        }
+    }
+    if !numbers.contains(&organisation_number) {
+        return Err(Rejection::new(
+            ProblemCode::DataQualityOrganisationMismatch,
+            "no Institusjon of the file carries the database's organisation number",
+        ));
+    }
+    for (index, user) in file.organisation.users.iter().enumerate() {
+        let whose = format!("Brukere/Helseperson[{}]", index + 1);
+        for ident in &user.identifiers {
+            if ident.kind().is_person_number() {
+                check_person_number(&ident.value, policy, &whose)?;
+            }
+        }
+        if let Some(hpr) = user.hpr_number() {
+            HprNumber::parse(hpr).map_err(|_| {
+                Rejection::new(
+                    ProblemCode::DataQualityIdentifier,
+                    format!("{whose}: the HPR number is not 1 to 9 digits"),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The patient's identifiers valid, its Id the file's name, its doctors' HPR numbers well-formed.
+pub fn check_patient(
+    file: &PatientFile,
+    policy: &ValidationPolicy,
+    file_name: &str,
+) -> Result<(), Rejection> {
+    let patient = &file.patient;
+    let stem = file_name
+        .rsplit(['\\', '/'])
+        .next()
+        .unwrap_or(file_name)
+        .rsplit_once('.')
+        .map(|(stem, _)| stem)
+        .unwrap_or(file_name);
+    if Uuid::parse_str(stem).ok() != Some(patient.id) {
+        return Err(Rejection::new(
+            ProblemCode::DataQualityIdentifier,
+            "PasientExport/Id does not match the file name",
+        ));
+    }
+    for ident in &patient.demographics.identifiers {
+        if ident.kind().is_person_number() {
+            check_person_number(&ident.value, policy, "PasientExport/DemografiskInfo/Ident")?;
+        }
+    }
+    for (path, doctor) in [
+        (
+            "PasientExport/Fastlege/HprId",
+            &patient.general_practitioner,
+        ),
+        (
+            "PasientExport/MultidoseAnsvarligLege/HprId",
+            &patient.multidose_doctor,
+        ),
+    ] {
+        if let Some(doctor) = doctor
+            && !doctor.hpr_id.is_empty()
+        {
+            HprNumber::parse(&doctor.hpr_id).map_err(|_| {
+                Rejection::new(
+                    ProblemCode::DataQualityIdentifier,
+                    format!("{path} is not 1 to 9 digits"),
+                )
+            })?;
+        }
+    }
+    for hpr in patient.referenced_hpr_numbers() {
+        HprNumber::parse(hpr).map_err(|_| {
+            Rejection::new(
+                ProblemCode::DataQualityIdentifier,
+                "a referenced HPR number is not 1 to 9 digits",
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// HPR numbers compared as numbers (the sample pads them to nine digits).
+fn hpr_key(hpr: &str) -> String {
+    let trimmed = hpr.trim_start_matches('0');
+    if trimmed.is_empty() {
+        "0".into()
+    } else {
+        trimmed.into()
+    }
+}
+
+/// The file being ingested and who sent it: what the audit trail records.
+pub struct Claimed {
+    pub file_name: String,
+    pub file_type: String,
+    pub migration_key_id: String,
+    pub helseid_client_id: Option<String>,
+    /// SHA-256 of the file as received (the envelope).
+    pub sha256: Vec<u8>,
+    pub size: i64,
+    pub completed_at: chrono::DateTime<chrono::Utc>,
+}
+
+type Outcome = (IngestState, Option<ProblemCode>);
+
+/// Ingests one complete upload if no other replica holds it. `None`: another replica is at it.
+pub async fn ingest_upload(
+    state: Arc<AppState>,
+    session: Session,
+    upload: Uuid,
+) -> Result<Option<Outcome>, ApiError> {
+    let _slot = state
+        .ingest_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal("wait for an ingest slot", e))?;
+    let started = Instant::now();
+    let mut tx = session
+        .pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the ingest", e))?;
+    let row = sqlx::query(
+        "SELECT file_name, file_type, migration_key_id, helseid_client_id, sha256, declared_length, completed_at
+         FROM sfm.uploads WHERE id = $1 AND state = 'complete' FOR UPDATE SKIP LOCKED",
+    )
+    .bind(upload)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| database("claim the upload", e))?;
+    let Some(row) = row else {
+        drop(tx);
+        return current_outcome(&session, upload).await;
+    };
+    let claimed = Claimed {
+        file_name: row.get("file_name"),
+        file_type: row.get("file_type"),
+        migration_key_id: row.get("migration_key_id"),
+        helseid_client_id: row.get("helseid_client_id"),
+        sha256: row.get("sha256"),
+        size: row.get("declared_length"),
+        completed_at: row.get("completed_at"),
+    };
+    let chunks: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT data FROM sfm.upload_chunks WHERE upload_id = $1 ORDER BY chunk_offset",
+    )
+    .bind(upload)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| database("read the upload", e))?;
+    let data: Vec<u8> = chunks.concat();
+
+    let already: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM sfm.stored_files WHERE sha256 = $1")
+            .bind(&claimed.sha256)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| database("look for the same file", e))?;
+    let outcome = if already.is_some() {
+        // The same bytes were stored before: nothing new to store.
+        mark_stored(&mut tx, upload, &claimed.file_name).await?;
+        (IngestState::Stored, None)
+    } else {
+        let file_type: FileType = claimed.file_type.parse().unwrap_or(FileType::Patient);
+        let blocking_state = state.clone();
+        let db = session.database.clone();
+        let name = claimed.file_name.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            prepare(
+                &blocking_state.config.decryption_keys,
+                &data,
+                file_type,
+                &name,
+                &blocking_state.config.limits.format,
+                &db,
+            )
+        })
+        .await
+        .map_err(|e| ApiError::internal("run the ingest", e))?;
+        let stored = match prepared {
+            Err(rejection) => Err(rejection),
+            Ok(prepared) => {
+                store(&mut tx, &session.database, Some(upload), &claimed, prepared).await?
+            }
+        };
+        match stored {
+            Ok(()) => {
+                mark_stored(&mut tx, upload, &claimed.file_name).await?;
+                (IngestState::Stored, None)
+            }
+            Err(rejection) => {
+                // Whatever `store` wrote is undone: start over on a clean transaction.
+                tx.rollback()
+                    .await
+                    .map_err(|e| database("undo the ingest", e))?;
+                tx = session
+                    .pool
+                    .begin()
+                    .await
+                    .map_err(|e| database("begin the rejection", e))?;
+                let still: Option<String> = sqlx::query_scalar(
+                    "SELECT state FROM sfm.uploads WHERE id = $1 AND state = 'complete' FOR UPDATE SKIP LOCKED",
+                )
+                .bind(upload)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| database("claim the upload", e))?;
+                if still.is_none() {
+                    drop(tx);
+                    return current_outcome(&session, upload).await;
+                }
+                record_rejection(&mut tx, upload, &claimed, &rejection).await?;
+                (IngestState::Rejected, Some(rejection.code))
+            }
+        }
+    };
+    tx.commit()
+        .await
+        .map_err(|e| database("commit the ingest", e))?;
+    state.metrics.observe_ingest(outcome.0, started.elapsed());
+    state.mark_dirty(session.uid);
+    tracing::info!(
+        database = %session.database_name(),
+        upload = %upload,
+        file_type = %claimed.file_type,
+        result = outcome.0.as_str(),
+        code = outcome.1.map(|c| c.as_str()).unwrap_or(""),
+        millis = started.elapsed().as_millis() as u64,
+        "file ingested"
+    );
+    Ok(Some(outcome))
+}
+
+/// What became of an upload another replica (or an earlier request) ingested.
+async fn current_outcome(session: &Session, upload: Uuid) -> Result<Option<Outcome>, ApiError> {
+    let row = sqlx::query(
+        "SELECT u.state, (SELECT reason_code FROM sfm.rejections r WHERE r.upload_id = u.id ORDER BY r.id DESC LIMIT 1) AS code
+         FROM sfm.uploads u WHERE u.id = $1",
+    )
+    .bind(upload)
+    .fetch_optional(&session.pool)
+    .await
+    .map_err(|e| database("read the upload", e))?;
+    Ok(row.and_then(|row| {
+        let state: String = row.get("state");
+        let code: Option<String> = row.get("code");
+        match state.as_str() {
+            "ingested" => Some((IngestState::Stored, None)),
+            "rejected" => Some((
+                IngestState::Rejected,
+                code.and_then(|c| c.replace('_', "-").parse().ok()),
+            )),
+            _ => None,
+        }
+    }))
+}
+
+async fn mark_stored(tx: &mut PgConnection, upload: Uuid, file_name: &str) -> Result<(), ApiError> {
+    sqlx::query("UPDATE sfm.uploads SET state = 'ingested', updated_at = now() WHERE id = $1")
+        .bind(upload)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("mark the upload stored", e))?;
+    sqlx::query("DELETE FROM sfm.upload_chunks WHERE upload_id = $1")
+        .bind(upload)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("drop the upload's chunks", e))?;
+    sqlx::query("UPDATE sfm.rejections SET resolved = true, resolved_at = now() WHERE file_name = $1 AND NOT resolved")
+        .bind(file_name)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("resolve earlier rejections", e))?;
+    Ok(())
+}
+
+async fn record_rejection(
+    tx: &mut PgConnection,
+    upload: Uuid,
+    claimed: &Claimed,
+    rejection: &Rejection,
+) -> Result<(), ApiError> {
+    let message: String = rejection.message.chars().take(2000).collect();
+    sqlx::query(
+        "INSERT INTO sfm.rejections (upload_id, file_name, sha256, reason_code, message, migration_key_id, helseid_client_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(upload)
+    .bind(&claimed.file_name)
+    .bind(&claimed.sha256)
+    .bind(rejection.code.as_str().replace('-', "_"))
+    .bind(message)
+    .bind(&claimed.migration_key_id)
+    .bind(&claimed.helseid_client_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| database("record the rejection", e))?;
+    sqlx::query("UPDATE sfm.uploads SET state = 'rejected', updated_at = now() WHERE id = $1")
+        .bind(upload)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("mark the upload rejected", e))?;
+    sqlx::query("DELETE FROM sfm.upload_chunks WHERE upload_id = $1")
+        .bind(upload)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("drop the upload's chunks", e))?;
+    Ok(())
+}
+
+fn digest(data: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+/// Writes a prepared file. `Ok(Err(_))` is a rejection found against the database (an unknown HPR
+/// number, a patient before the organisation); the caller rolls back. Public for the benchmark.
+pub async fn store(
+    tx: &mut PgConnection,
+    target: &MigrationDatabase,
+    upload: Option<Uuid>,
+    claimed: &Claimed,
+    prepared: Prepared,
+) -> Result<Result<(), Rejection>, ApiError> {
+    let kind = match &prepared {
+        Prepared::Organisation(_) => "organisation",
+        Prepared::Patient(_) => "patient",
+        Prepared::Report(_) => "report",
+    };
+    if kind != "organisation" {
+        let organisation: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation')",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| database("check the organisation", e))?;
+        if !organisation {
+            return Ok(Err(Rejection::new(
+                ProblemCode::OrganisationMissing,
+                "the organisation file was not stored before this file",
+            )));
+        }
+    }
+    let stored_file_id: i64 = sqlx::query_scalar(
+        "INSERT INTO sfm.stored_files (kind, file_name, size_bytes, sha256, migration_key_id, helseid_client_id, upload_id, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+    )
+    .bind(kind)
+    .bind(&claimed.file_name)
+    .bind(claimed.size)
+    .bind(&claimed.sha256)
+    .bind(&claimed.migration_key_id)
+    .bind(&claimed.helseid_client_id)
+    .bind(upload)
+    .bind(claimed.completed_at)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| database("store the file", e))?;
+    let mut deviations: Vec<(String, Deviation)> = prepared
+        .deviations()
+        .iter()
+        .map(|d| {
+            let entry = if kind == "organisation" {
+                ORGANISATION_DOCUMENT
+            } else {
+                PATIENT_DOCUMENT
+            };
+            (entry.to_owned(), d.clone())
+        })
+        .collect();
+    match prepared {
+        Prepared::Organisation(file) => {
+            store_organisation(tx, target, stored_file_id, &file).await?
+        }
+        Prepared::Patient(file) => {
+            if let Err(rejection) =
+                store_patient(tx, stored_file_id, claimed, &file, &mut deviations).await?
+            {
+                return Ok(Err(rejection));
+            }
+        }
+        Prepared::Report(entries) => {
+            for (name, data) in entries {
+                insert_document(tx, stored_file_id, None, None, "report", &name, &data).await?;
+            }
+        }
+    }
+    for (entry, deviation) in deviations {
+        sqlx::query("INSERT INTO sfm.deviations (stored_file_id, entry_name, path, message) VALUES ($1, $2, $3, $4)")
+            .bind(stored_file_id)
+            .bind(entry)
+            .bind(deviation.path)
+            .bind(deviation.message.chars().take(2000).collect::<String>())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| database("record a deviation", e))?;
+    }
+    Ok(Ok(()))
+}
+
+async fn insert_document(
+    tx: &mut PgConnection,
+    stored_file_id: i64,
+    patient_id: Option<i64>,
+    message_id: Option<i64>,
+    kind: &str,
+    entry_name: &str,
+    data: &[u8],
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO sfm.documents (stored_file_id, patient_id, message_id, kind, entry_name, size_bytes, sha256, content)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (stored_file_id, entry_name) DO NOTHING",
+    )
+    .bind(stored_file_id)
+    .bind(patient_id)
+    .bind(message_id)
+    .bind(kind)
+    .bind(entry_name)
+    .bind(data.len() as i64)
+    .bind(digest(data))
+    .bind(data)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| database("store a document", e))?;
+    Ok(())
+}
+
+fn digits_or_none(value: Option<&str>, max: usize) -> Option<String> {
+    value
+        .filter(|v| !v.is_empty() && v.len() <= max && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_owned)
+}
+
+async fn store_organisation(
+    tx: &mut PgConnection,
+    target: &MigrationDatabase,
+    stored_file_id: i64,
+    file: &OrganisationFile,
+) -> Result<(), ApiError> {
+    let spec = &target.spec.organisation;
+    let her_id = file
+        .organisation
+        .institutions
+        .iter()
+        .find(|i| i.organisation_number() == Some(spec.organisation_number.as_str()))
+        .and_then(|i| digits_or_none(i.her_id(), 9))
+        .or_else(|| digits_or_none(spec.her_id.as_deref(), 9));
+    sqlx::query(
+        "INSERT INTO sfm.organisation (name, organisation_number, her_id, helseid_client_id, stored_file_id)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (singleton) DO UPDATE SET name = EXCLUDED.name, organisation_number = EXCLUDED.organisation_number,
+           her_id = EXCLUDED.her_id, helseid_client_id = EXCLUDED.helseid_client_id, stored_file_id = EXCLUDED.stored_file_id, updated_at = now()",
+    )
+    .bind(&spec.name)
+    .bind(&spec.organisation_number)
+    .bind(her_id)
+    .bind(&spec.helse_id_client_id)
+    .bind(stored_file_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| database("store the organisation", e))?;
+    for institution in &file.organisation.institutions {
+        sqlx::query(
+            "INSERT INTO sfm.institutions (fm_id, name, her_id, organisation_number, stored_file_id) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (fm_id) DO UPDATE SET name = EXCLUDED.name, her_id = EXCLUDED.her_id,
+               organisation_number = EXCLUDED.organisation_number, stored_file_id = EXCLUDED.stored_file_id",
+        )
+        .bind(&institution.id)
+        .bind(&institution.name)
+        .bind(institution.her_id())
+        .bind(institution.organisation_number())
+        .bind(stored_file_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("store an institution", e))?;
+    }
+    for user in &file.organisation.users {
+        let specialities: Vec<String> = user.specialities.iter().map(|s| s.code.clone()).collect();
+        sqlx::query(
+            "INSERT INTO sfm.users (fm_id, username, role, active, family_name, middle_name, given_name, date_of_birth,
+                                    fnr, hpr, profession_code, specialities, prescribing_right, stored_file_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (fm_id) DO UPDATE SET username = EXCLUDED.username, role = EXCLUDED.role, active = EXCLUDED.active,
+               family_name = EXCLUDED.family_name, middle_name = EXCLUDED.middle_name, given_name = EXCLUDED.given_name,
+               date_of_birth = EXCLUDED.date_of_birth, fnr = EXCLUDED.fnr, hpr = EXCLUDED.hpr,
+               profession_code = EXCLUDED.profession_code, specialities = EXCLUDED.specialities,
+               prescribing_right = EXCLUDED.prescribing_right, stored_file_id = EXCLUDED.stored_file_id",
+        )
+        .bind(&user.id)
+        .bind(&user.username)
+        .bind(&user.user_type)
+        .bind(user.active.unwrap_or(true))
+        .bind(&user.family_name)
+        .bind(&user.middle_name)
+        .bind(&user.given_name)
+        .bind(user.date_of_birth)
+        .bind(digits_or_none(user.national_id(), 11).filter(|v| v.len() == 11))
+        .bind(digits_or_none(user.hpr_number(), 9))
+        .bind(user.profession.as_ref().map(|p| p.code.clone()))
+        .bind(specialities)
+        .bind(user.may_prescribe.map(|b| b.to_string()))
+        .bind(stored_file_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("store a user", e))?;
+    }
+    for document in &file.documents {
+        insert_document(
+            tx,
+            stored_file_id,
+            None,
+            None,
+            "organisation_data",
+            &document.name,
+            &document.data,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn treatment_kind(kind: TreatmentKind) -> &'static str {
+    match kind {
+        TreatmentKind::Drug => "medicine",
+        TreatmentKind::Nutrition => "nutrition",
+        TreatmentKind::Consumable => "medical_supply",
+        TreatmentKind::Vaccine => "vaccine",
+    }
+}
+
+async fn store_patient(
+    tx: &mut PgConnection,
+    stored_file_id: i64,
+    claimed: &Claimed,
+    file: &PatientFile,
+    deviations: &mut Vec<(String, Deviation)>,
+) -> Result<Result<(), Rejection>, ApiError> {
+    let patient = &file.patient;
+    // Every HPR number the patient names must belong to a user of the organisation file.
+    let users: Vec<String> = sqlx::query_scalar("SELECT hpr FROM sfm.users WHERE hpr IS NOT NULL")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| database("read the users' HPR numbers", e))?;
+    let known: HashSet<String> = users.iter().map(|h| hpr_key(h)).collect();
+    let unknown = patient
+        .referenced_hpr_numbers()
+        .into_iter()
+        .filter(|hpr| !known.contains(&hpr_key(hpr)))
+        .count();
+    if unknown > 0 {
+        return Ok(Err(Rejection::new(
+            ProblemCode::DataQualityHprUnknown,
+            format!(
+                "{unknown} HPR number(s) the patient's prescriptions or multidose doctor name belong to no user of the organisation file"
+            ),
+        )));
+    }
+    let demographics = &patient.demographics;
+    let patient_id: i64 = sqlx::query_scalar(
+        "INSERT INTO sfm.patients (fm_id, family_name, middle_name, given_name, sex_code, date_of_birth, gp_hpr, multidose_hpr,
+                                   plo_her_id, stored_file_id, source_file_name, source_sha256)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (fm_id) DO UPDATE SET family_name = EXCLUDED.family_name, middle_name = EXCLUDED.middle_name,
+           given_name = EXCLUDED.given_name, sex_code = EXCLUDED.sex_code, date_of_birth = EXCLUDED.date_of_birth,
+           gp_hpr = EXCLUDED.gp_hpr, multidose_hpr = EXCLUDED.multidose_hpr, plo_her_id = EXCLUDED.plo_her_id,
+           stored_file_id = EXCLUDED.stored_file_id, source_file_name = EXCLUDED.source_file_name,
+           source_sha256 = EXCLUDED.source_sha256, updated_at = now()
+         RETURNING id",
+    )
+    .bind(patient.id)
+    .bind(&demographics.family_name)
+    .bind(&demographics.middle_name)
+    .bind(&demographics.given_name)
+    .bind(demographics.sex.as_ref().map(|s| s.code.clone()))
+    .bind(demographics.date_of_birth)
+    .bind(digits_or_none(patient.general_practitioner.as_ref().map(|d| d.hpr_id.as_str()), 9))
+    .bind(digits_or_none(patient.multidose_doctor.as_ref().map(|d| d.hpr_id.as_str()), 9))
+    .bind(patient.care_service.as_ref().map(|c| c.her_id.clone()))
+    .bind(stored_file_id)
+    .bind(&claimed.file_name)
+    .bind(&claimed.sha256)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| database("store the patient", e))?;
+    // A re-ingest replaces everything that hangs off the patient.
+    for statement in [
+        "DELETE FROM sfm.patient_identifiers WHERE patient_id = $1",
+        "DELETE FROM sfm.allergies WHERE patient_id = $1",
+        "DELETE FROM sfm.treatments WHERE patient_id = $1",
+        "DELETE FROM sfm.messages WHERE patient_id = $1",
+        "DELETE FROM sfm.documents WHERE patient_id = $1",
+    ] {
+        sqlx::query(statement)
+            .bind(patient_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| database("replace the patient's rows", e))?;
+    }
+    let mut flagged = false;
+    for ident in &demographics.identifiers {
+        if ident.value.is_empty() || ident.type_id.code.is_empty() {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO sfm.patient_identifiers (patient_id, type_code, type_system, value) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(patient_id)
+        .bind(&ident.type_id.code)
+        .bind(ident.type_id.system.clone().unwrap_or_default())
+        .bind(&ident.value)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("store an identifier", e))?;
+        if ident.kind().is_person_number() && !flagged {
+            let others: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM sfm.patient_identifiers WHERE value = $1 AND type_code = $2 AND patient_id <> $3",
+            )
+            .bind(&ident.value)
+            .bind(&ident.type_id.code)
+            .bind(patient_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| database("look for the same person", e))?;
+            if others > 0 {
+                flagged = true;
+                deviations.push((
+                    PATIENT_DOCUMENT.to_owned(),
+                    Deviation {
+                        path: "PasientExport/DemografiskInfo/Ident".into(),
+                        message: "the same person (national identity number) is stored under another patient Id".into(),
+                    },
+                ));
+            }
+        }
+    }
+    for (index, reaction) in patient.allergies.iter().enumerate() {
+        let Some(updated) = reaction
+            .last_updated
+            .or_else(|| reaction.cave.as_ref().and_then(|c| c.registered_on))
+        else {
+            return Ok(Err(Rejection::new(
+                ProblemCode::DataQualityMissingField,
+                format!(
+                    "PasientExport/Legemiddelreaksjon[{}] has no SistOppdatertDato",
+                    index + 1
+                ),
+            )));
+        };
+        if reaction.id.is_empty() {
+            return Ok(Err(Rejection::new(
+                ProblemCode::DataQualityMissingField,
+                format!("PasientExport/Legemiddelreaksjon[{}] has no Id", index + 1),
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO sfm.allergies (patient_id, fm_id, group_id, head_of_history, last_updated_on, registered_by, discarded, deleted_reason, deleted_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (patient_id, fm_id) DO NOTHING",
+        )
+        .bind(patient_id)
+        .bind(&reaction.id)
+        .bind(&reaction.group_id)
+        .bind(reaction.head_of_history.unwrap_or(false))
+        .bind(updated)
+        .bind(&reaction.registered_by)
+        .bind(reaction.discarded.unwrap_or(false))
+        .bind(reaction.deleted.as_ref().and_then(|d| d.reason.as_ref()).map(|r| r.code.clone()))
+        .bind(reaction.deleted.as_ref().map(|d| d.deleted_by.clone()))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("store an allergy", e))?;
+    }
+    for (index, treatment) in patient.treatments.iter().enumerate() {
+        let Some(started) = treatment.start_date else {
+            return Ok(Err(Rejection::new(
+                ProblemCode::DataQualityMissingField,
+                format!(
+                    "PasientExport/Behandlinger/{}[{}] has no DatoOppstart",
+                    treatment.kind.element_name(),
+                    index + 1
+                ),
+            )));
+        };
+        if treatment.lib_id.is_empty() {
+            return Ok(Err(Rejection::new(
+                ProblemCode::DataQualityMissingField,
+                format!(
+                    "PasientExport/Behandlinger/{}[{}] has no LibId",
+                    treatment.kind.element_name(),
+                    index + 1
+                ),
+            )));
+        }
+        let prescription = treatment
+            .prescriptions
+            .iter()
+            .find(|p| p.head_of_history == Some(true))
+            .or(treatment.prescriptions.last())
+            .map(|p| p.prescription_id.clone());
+        sqlx::query(
+            "INSERT INTO sfm.treatments (patient_id, kind, lib_id, started_on, prescription_id) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (patient_id, lib_id) DO NOTHING",
+        )
+        .bind(patient_id)
+        .bind(treatment_kind(treatment.kind))
+        .bind(&treatment.lib_id)
+        .bind(started)
+        .bind(prescription)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("store a treatment", e))?;
+    }
+    let mut message_ids: BTreeMap<String, i64> = BTreeMap::new();
+    for (index, message) in patient.messages.iter().enumerate() {
+        let Some(file_name) = message.file.as_deref().filter(|f| !f.is_empty()) else {
+            continue;
+        };
+        let Some(generated_at) = message.generated_at else {
+            return Ok(Err(Rejection::new(
+                ProblemCode::DataQualityMissingField,
+                format!(
+                    "PasientExport/Meldinger/Melding[{}] has no GenDate",
+                    index + 1
+                ),
+            )));
+        };
+        let fm_id = message
+            .id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| file_name.to_owned());
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO sfm.messages (patient_id, fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at, file_name)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (patient_id, fm_id) DO NOTHING RETURNING id",
+        )
+        .bind(patient_id)
+        .bind(&fm_id)
+        .bind(&message.parent_id)
+        .bind(message.correspondence.unwrap_or(false))
+        .bind(message.state.clone().unwrap_or_default())
+        .bind(message.msg_id.clone().unwrap_or_default())
+        .bind(message.message_type.as_ref().map(|t| t.code.clone()).unwrap_or_default())
+        .bind(generated_at)
+        .bind(file_name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| database("store a message", e))?;
+        if let Some(id) = id {
+            message_ids
+                .entry(file_name.replace('\\', "/"))
+                .or_insert(id);
+        }
+    }
+    for document in &file.documents {
+        if document.name == PATIENT_DOCUMENT {
+            insert_document(
+                tx,
+                stored_file_id,
+                Some(patient_id),
+                None,
+                "patient_data",
+                &document.name,
+                &document.data,
+            )
+            .await?;
+        } else if let Some(message_id) = message_ids.get(&document.name.replace('\\', "/")) {
+            insert_document(
+                tx,
+                stored_file_id,
+                Some(patient_id),
+                Some(*message_id),
+                "message",
+                &document.name,
+                &document.data,
+            )
+            .await?;
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// After a crash (or when a completing `PATCH` stopped waiting), complete uploads still wait for
+/// their ingest: every few seconds each replica claims what no one holds (`SKIP LOCKED`). It also
+/// drops unfinished uploads an hour past their expiry.
+pub async fn recovery_loop(state: Arc<AppState>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        interval.tick().await;
+        let databases = match state.directory.databases().await {
+            Ok(list) => list,
+            Err(_) => continue,
+        };
+        for db in databases {
+            let writable = matches!(
+                db.status.as_ref().and_then(|s| s.phase),
+                Some(
+                    crate::crd::Phase::Staging
+                        | crate::crd::Phase::Migrating
+                        | crate::crd::Phase::Validated
+                )
+            );
+            if !writable {
+                continue;
+            }
+            let Some(uid) = super::auth::database_uid(&db) else {
+                continue;
+            };
+            let Ok(pool) = state.directory.pool(&db).await else {
+                continue;
+            };
+            let _ = sqlx::query(
+                "DELETE FROM sfm.uploads WHERE state IN ('created', 'receiving') AND expires_at < now() - interval '1 hour'",
+            )
+            .execute(&pool)
+            .await;
+            let waiting: Vec<(Uuid, String)> = match sqlx::query_as(
+                "SELECT id, migration_key_id FROM sfm.uploads WHERE state = 'complete' AND completed_at < now() - interval '3 seconds'
+                 ORDER BY completed_at LIMIT 16",
+            )
+            .fetch_all(&pool)
+            .await
+            {
+                Ok(rows) => rows,
+                Err(_) => continue,
+            };
+            for (upload, key_id) in waiting {
+                let session = Session {
+                    database: db.clone(),
+                    uid,
+                    key_id,
+                    helseid_client: None,
+                    pool: pool.clone(),
+                };
+                tracing::info!(upload = %upload, "ingesting an upload left complete");
+                let _ = ingest_upload(state.clone(), session, upload).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! Progress and the end of a migration: key-check (step 11), status, verify (step 33: the validation
+//! record for an exact manifest match) and activate (step 34), and `status.migration` of the
+//! MigrationDatabase.
+//!
+//! The staging database is the source of truth: `status.migration` is recomputed from it and written
+//! whole by a server-side apply under the field manager `sfm-migration-api`, which owns that block
+//! and nothing else. Writes are batched (at most one per database per second per replica), except
+//! after verify and activate, which write at once because the operator's activation rule reads
+//! `validatedDigest`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use sqlx::Row;
+
+use super::auth::{self, RequestFacts, Session};
+use super::error::database;
+use super::tus::base_url;
+use super::{ApiError, AppState, FIELD_MANAGER};
+use crate::contract::{
+    self, ActivateResponse, Counts, FileType, KeyCheckResponse, MAX_MANIFEST_BODY_BYTES,
+    MAX_MISMATCHES_LISTED, MAX_REJECTIONS_LISTED, Manifest, ManifestMismatches, MigrationPhase,
+    MigrationStatus, ProblemCode, RejectedFile, Rejection, VerifyResponse,
+};
+use crate::crd::MigrationDatabase;
+
+async fn session(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Session, ApiError> {
+    let token = auth::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
+    let request = RequestFacts {
+        method,
+        url: format!("{}{path}", base_url(state, headers)),
+        headers,
+    };
+    auth::session_for_token(state, &token, &request).await
+}
+
+fn phase_of(db: &MigrationDatabase) -> MigrationPhase {
+    db.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .and_then(|p| format!("{p:?}").parse().ok())
+        .unwrap_or(MigrationPhase::Pending)
+}
+
+/// `POST /api/v1/key-check`.
+pub async fn key_check(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let session = session(&state, &method, &headers, contract::PATH_KEY_CHECK).await?;
+    let key = state
+        .directory
+        .key(&session.key_id)
+        .await?
+        .ok_or_else(|| ApiError::new(ProblemCode::KeyUnknown))?;
+    let organisation_stored: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation')",
+    )
+    .fetch_one(&session.pool)
+    .await
+    .map_err(|e| database("read the organisation", e))?;
+    Ok(axum::Json(KeyCheckResponse {
+        key_id: session.key_id.clone(),
+        database: session.database_name(),
+        expires_at: auth::key_expires_at(&key).unwrap_or_else(Utc::now),
+        phase: phase_of(&session.database),
+        token_required: session.database.spec.validation.helse_id.is_some(),
+        organisation_stored,
+    })
+    .into_response())
+}
+
+/// `GET /api/v1/status`.
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let session = session(&state, &method, &headers, contract::PATH_STATUS).await?;
+    let status = read_status(&session.pool, &session.database).await?;
+    Ok(axum::Json(status).into_response())
+}
+
+fn kind_file_type(kind: &str) -> FileType {
+    match kind {
+        "organisation" => FileType::ExportData,
+        "report" => FileType::Report,
+        _ => FileType::Patient,
+    }
+}
+
+fn count(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// The migration's progress, from the staging database.
+pub async fn read_status(
+    pool: &sqlx::PgPool,
+    db: &MigrationDatabase,
+) -> Result<MigrationStatus, ApiError> {
+    let row = sqlx::query(
+        "SELECT
+           EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation') AS organisation_stored,
+           (SELECT count(*) FROM sfm.users) AS users,
+           (SELECT min(created_at) FROM sfm.uploads) AS started_at,
+           (SELECT count(DISTINCT file_name) FROM sfm.uploads WHERE file_type = 'Patient' AND state IN ('complete', 'ingested', 'rejected')) AS patients_received,
+           (SELECT count(*) FROM sfm.patients) AS patients_stored,
+           (SELECT count(DISTINCT file_name) FROM sfm.rejections WHERE NOT resolved AND lower(file_name) LIKE '%.pat') AS patients_rejected,
+           (SELECT count(DISTINCT file_name) FROM sfm.uploads WHERE file_type = 'Report' AND state IN ('complete', 'ingested', 'rejected')) AS reports_received,
+           (SELECT count(DISTINCT file_name) FROM sfm.stored_files WHERE kind = 'report') AS reports_stored,
+           (SELECT count(DISTINCT file_name) FROM sfm.rejections WHERE NOT resolved AND lower(file_name) LIKE '%.rpt') AS reports_rejected,
+           (SELECT count(DISTINCT file_name) FROM sfm.rejections WHERE NOT resolved AND lower(file_name) LIKE '%.dat') AS organisation_rejected",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(|e| database("read the progress", e))?;
+    let validation = sqlx::query(
+        "SELECT encode(manifest_sha256, 'hex') AS digest, validated_at, activation_requested_at, patients_expected FROM sfm.validation",
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| database("read the validation record", e))?;
+    let rejections_rows = sqlx::query(
+        "SELECT file_name, reason_code, message, rejected_at FROM sfm.rejections WHERE NOT resolved ORDER BY id LIMIT $1",
+    )
+    .bind((MAX_REJECTIONS_LISTED + 1) as i64)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| database("read the rejections", e))?;
+    let mut rejections: Vec<Rejection> = rejections_rows
+        .iter()
+        .map(|r| {
+            let file: String = r.get("file_name");
+            let code: String = r.get("reason_code");
+            Rejection {
+                file_type: FileType::from_path(&file).unwrap_or(FileType::Patient),
+                file,
+                code: code
+                    .replace('_', "-")
+                    .parse()
+                    .unwrap_or(ProblemCode::Internal),
+                message: r.get("message"),
+                rejected_at: r.get("rejected_at"),
+            }
+        })
+        .collect();
+    let truncated = rejections.len() > MAX_REJECTIONS_LISTED;
+    rejections.truncate(MAX_REJECTIONS_LISTED);
+    let users = count(row.get("users"));
+    Ok(MigrationStatus {
+        database: format!("{}/{}", db.namespace().unwrap_or_default(), db.name_any()),
+        phase: phase_of(db),
+        phase_reason: db.status.as_ref().and_then(|s| s.phase_reason.clone()),
+        started_at: row.get("started_at"),
+        organisation_stored: row.get("organisation_stored"),
+        users: Counts {
+            received: users,
+            stored: users,
+            rejected: count(row.get("organisation_rejected")),
+        },
+        patients: Counts {
+            received: count(row.get("patients_received")),
+            stored: count(row.get("patients_stored")),
+            rejected: count(row.get("patients_rejected")),
+        },
+        reports: Counts {
+            received: count(row.get("reports_received")),
+            stored: count(row.get("reports_stored")),
+            rejected: count(row.get("reports_rejected")),
+        },
+        expected_patients: validation
+            .as_ref()
+            .map(|v| count(v.get::<i32, _>("patients_expected").into())),
+        rejections,
+        rejections_truncated: truncated,
+        validated_digest: validation.as_ref().map(|v| v.get("digest")),
+        validated_at: validation.as_ref().map(|v| v.get("validated_at")),
+        activation_requested_at: validation
+            .as_ref()
+            .and_then(|v| v.get("activation_requested_at")),
+    })
+}
+
+/// `status.migration` as the CRD has it: counts, no personal data, the key id as the session.
+pub fn migration_block(status: &MigrationStatus, key_id: Option<&str>) -> serde_json::Value {
+    let counts = |c: &Counts| serde_json::json!({"received": c.received, "stored": c.stored, "rejected": c.rejected});
+    let mut block = serde_json::json!({
+        "organisationStored": status.organisation_stored,
+        "users": counts(&status.users),
+        "patients": counts(&status.patients),
+    });
+    if let Some(key_id) = key_id {
+        block["session"] = key_id.into();
+    }
+    if let Some(expected) = status.expected_patients {
+        block["expectedPatients"] = expected.into();
+    }
+    if let Some(digest) = &status.validated_digest {
+        block["validatedDigest"] = digest.clone().into();
+    }
+    if let Some(at) = status.validated_at {
+        block["validatedAt"] = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
+    }
+    if let Some(at) = status.activation_requested_at {
+        block["activationRequestedAt"] =
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
+    }
+    block
+}
+
+/// Writes `status.migration` of one database, recomputed from its staging database.
+pub async fn write_status(
+    state: &AppState,
+    db: &MigrationDatabase,
+    pool: &sqlx::PgPool,
+) -> Result<(), ApiError> {
+    let status = read_status(pool, db).await?;
+    let key_id = db.status.as_ref().and_then(|s| s.active_key.clone());
+    let patch = serde_json::json!({
+        "apiVersion": "sfm.nhn.no/v1alpha1",
+        "kind": "MigrationDatabase",
+        "status": {"migration": migration_block(&status, key_id.as_deref())},
+    });
+    let api: Api<MigrationDatabase> =
+        Api::namespaced(state.kube.clone(), &db.namespace().unwrap_or_default());
+    api.patch_status(
+        &db.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| ApiError::internal("write status.migration", e))?;
+    state.metrics.status_writes.inc();
+    Ok(())
+}
+
+/// Writes the status of every database marked dirty, once a second.
+pub async fn flush_loop(state: Arc<AppState>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        let dirty: HashSet<uuid::Uuid> =
+            std::mem::take(&mut *state.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        for uid in dirty {
+            let result = async {
+                let db = state
+                    .directory
+                    .database_by_uid(uid)
+                    .await?
+                    .ok_or_else(|| ApiError::new(ProblemCode::NotFound))?;
+                let pool = state.directory.pool(&db).await?;
+                write_status(&state, &db, &pool).await
+            }
+            .await;
+            if let Err(error) = result
+                && error.code() != ProblemCode::NotFound
+            {
+                tracing::warn!(database_uid = %uid, code = %error.code(), "status.migration not written; retrying");
+                state.mark_dirty(uid);
+            }
+        }
+    }
+}
+
+/// `POST /api/v1/verify`: exact manifest match → validation record and `validatedDigest`.
+pub async fn verify(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let session = session(&state, &method, &headers, contract::PATH_VERIFY).await?;
+    auth::ensure_writable(&session.database)?;
+    let body = axum::body::to_bytes(body, MAX_MANIFEST_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(ProblemCode::UploadTooLarge).detail("the manifest is over 256 MiB")
+        })?;
+    let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(ProblemCode::ManifestInvalid).detail(format!(
+            "the body is not a manifest (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    manifest.validate()?;
+    let digest = manifest.digest();
+
+    let mut tx = session
+        .pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the verify", e))?;
+    // Nothing is stored or uploaded while the comparison runs.
+    sqlx::query("LOCK TABLE sfm.uploads, sfm.stored_files, sfm.rejections IN SHARE MODE")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("lock for the verify", e))?;
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT encode(manifest_sha256, 'hex') FROM sfm.validation")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| database("read the validation record", e))?;
+    if let Some(existing) = existing {
+        drop(tx);
+        if existing != digest {
+            return Err(ApiError::new(ProblemCode::MigrationValidated)
+                .detail("the migration is validated with another manifest"));
+        }
+        write_status(&state, &session.database, &session.pool).await?;
+        return verify_response(&session, &manifest, &digest).await;
+    }
+
+    let stored = sqlx::query(
+        "SELECT DISTINCT ON (lower(file_name)) file_name, kind, size_bytes, encode(sha256, 'hex') AS sha256
+         FROM sfm.stored_files ORDER BY lower(file_name), stored_at DESC",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| database("read the stored files", e))?;
+    let stored: HashMap<String, (String, FileType, u64, String)> = stored
+        .iter()
+        .map(|r| {
+            let name: String = r.get("file_name");
+            let kind: String = r.get("kind");
+            let size: i64 = r.get("size_bytes");
+            (
+                name.to_ascii_lowercase(),
+                (name, kind_file_type(&kind), count(size), r.get("sha256")),
+            )
+        })
+        .collect();
+    let rejected = sqlx::query(
+        "SELECT DISTINCT ON (lower(file_name)) file_name, reason_code FROM sfm.rejections WHERE NOT resolved ORDER BY lower(file_name), id DESC",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| database("read the rejections", e))?;
+    let rejected: HashMap<String, (String, ProblemCode)> = rejected
+        .iter()
+        .map(|r| {
+            let name: String = r.get("file_name");
+            let code: String = r.get("reason_code");
+            (
+                name.to_ascii_lowercase(),
+                (
+                    name,
+                    code.replace('_', "-")
+                        .parse()
+                        .unwrap_or(ProblemCode::Internal),
+                ),
+            )
+        })
+        .collect();
+    let pending: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT file_name FROM sfm.uploads WHERE state = 'complete' OR (state IN ('created', 'receiving') AND expires_at > now())",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| database("read the pending uploads", e))?;
+    let pending: HashSet<String> = pending
+        .into_iter()
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+
+    let mut mismatches = ManifestMismatches::default();
+    let mut listed = HashSet::new();
+    let push = |list: &mut Vec<String>, path: &str, truncated: &mut bool| {
+        if list.len() < MAX_MISMATCHES_LISTED {
+            list.push(path.to_owned());
+        } else {
+            *truncated = true;
+        }
+    };
+    for file in &manifest.files {
+        let key = file.path.to_ascii_lowercase();
+        listed.insert(key.clone());
+        if let Some((_, code)) = rejected.get(&key) {
+            if mismatches.rejected.len() < MAX_MISMATCHES_LISTED {
+                mismatches.rejected.push(RejectedFile {
+                    path: file.path.clone(),
+                    code: *code,
+                });
+            } else {
+                mismatches.truncated = true;
+            }
+        } else if let Some((name, file_type, size, sha256)) = stored.get(&key) {
+            if *name != file.path
+                || *file_type != file.file_type
+                || *size != file.size
+                || *sha256 != file.sha256
+            {
+                push(
+                    &mut mismatches.digest_mismatch,
+                    &file.path,
+                    &mut mismatches.truncated,
+                );
+            }
+        } else if pending.contains(&key) {
+            push(
+                &mut mismatches.pending,
+                &file.path,
+                &mut mismatches.truncated,
+            );
+        } else {
+            push(
+                &mut mismatches.missing,
+                &file.path,
+                &mut mismatches.truncated,
+            );
+        }
+    }
+    for (key, (name, ..)) in &stored {
+        if !listed.contains(key) {
+            push(&mut mismatches.extra, name, &mut mismatches.truncated);
+        }
+    }
+    for (key, (name, code)) in &rejected {
+        if !listed.contains(key) {
+            if mismatches.rejected.len() < MAX_MISMATCHES_LISTED {
+                mismatches.rejected.push(RejectedFile {
+                    path: name.clone(),
+                    code: *code,
+                });
+            } else {
+                mismatches.truncated = true;
+            }
+        }
+    }
+    if !mismatches.is_empty() {
+        drop(tx);
+        let mut error = ApiError::new(ProblemCode::ManifestMismatch).detail(format!(
+            "{} missing, {} extra, {} with another digest, {} rejected, {} pending",
+            mismatches.missing.len(),
+            mismatches.extra.len(),
+            mismatches.digest_mismatch.len(),
+            mismatches.rejected.len(),
+            mismatches.pending.len()
+        ));
+        error.problem.mismatches = Some(mismatches);
+        return Err(error);
+    }
+
+    let patients_expected = manifest
+        .files
+        .iter()
+        .filter(|f| f.file_type == FileType::Patient)
+        .count() as i32;
+    let digest_bytes =
+        hex::decode(&digest).map_err(|e| ApiError::internal("decode the digest", e))?;
+    sqlx::query(
+        "INSERT INTO sfm.validation (manifest_sha256, users_expected, users_stored, patients_expected, patients_stored, files_rejected, migration_key_id, helseid_client_id)
+         SELECT $1, u.n, u.n, $2, (SELECT count(*) FROM sfm.patients)::int, 0, $3, $4 FROM (SELECT count(*)::int AS n FROM sfm.users) u",
+    )
+    .bind(digest_bytes)
+    .bind(patients_expected)
+    .bind(&session.key_id)
+    .bind(&session.helseid_client)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| database("write the validation record", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| database("commit the validation record", e))?;
+    tracing::info!(database = %session.database_name(), %digest, files = manifest.files.len(), "migration validated");
+    write_status(&state, &session.database, &session.pool).await?;
+    verify_response(&session, &manifest, &digest).await
+}
+
+async fn verify_response(
+    session: &Session,
+    manifest: &Manifest,
+    digest: &str,
+) -> Result<Response, ApiError> {
+    let row = sqlx::query(
+        "SELECT validated_at, users_stored, patients_stored, (SELECT count(*) FROM sfm.stored_files WHERE kind = 'report') AS reports FROM sfm.validation",
+    )
+    .fetch_one(&session.pool)
+    .await
+    .map_err(|e| database("read the validation record", e))?;
+    let validated_at: DateTime<Utc> = row.get("validated_at");
+    Ok(axum::Json(VerifyResponse {
+        validated: true,
+        digest: digest.to_owned(),
+        validated_at,
+        files: manifest.files.len() as u64,
+        users: count(row.get::<i32, _>("users_stored").into()),
+        patients: count(row.get::<i32, _>("patients_stored").into()),
+        reports: count(row.get("reports")),
+    })
+    .into_response())
+}
+
+/// `POST /api/v1/activate`: records the request; the operator switches under its rule.
+pub async fn activate(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let session = session(&state, &method, &headers, contract::PATH_ACTIVATE).await?;
+    let at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "UPDATE sfm.validation SET activation_requested_at = COALESCE(activation_requested_at, greatest(now(), validated_at)) RETURNING activation_requested_at",
+    )
+    .fetch_optional(&session.pool)
+    .await
+    .map_err(|e| database("record the activation request", e))?;
+    let at = at.ok_or_else(|| {
+        ApiError::new(ProblemCode::NotValidated).detail("verify the manifest first")
+    })?;
+    tracing::info!(database = %session.database_name(), "activation requested");
+    write_status(&state, &session.database, &session.pool).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(ActivateResponse {
+            activation_requested_at: at,
+        }),
+    )
+        .into_response())
+}

@@ -1,0 +1,775 @@
+//! tus 1.0 at `/files`: core, creation, creation-with-upload, termination, checksum and expiration.
+//!
+//! The protocol handler keeps no state of its own: every upload is a row of `sfm.uploads` in its
+//! organisation's staging database with its bytes in `sfm.upload_chunks`. A `PATCH` checks the offset
+//! and appends under the row's lock (`SELECT ... FOR UPDATE`), so appends landing on different
+//! replicas serialise and none is lost or stored twice. The upload id names the database, so any
+//! replica finds it. The completing `PATCH` hands the file to [`super::ingest`].
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::auth::{self, RequestFacts, Session};
+use super::error::database;
+use super::ingest;
+use super::{ApiError, AppState};
+use crate::contract::{
+    self, CreationMetadata, FileType, IngestState, ProblemCode, UploadChecksum, UploadId,
+    decode_upload_metadata, encode_upload_metadata, format_http_date,
+};
+
+/// One row of `sfm.uploads`.
+#[derive(sqlx::FromRow, Debug)]
+pub struct UploadRow {
+    pub id: Uuid,
+    pub file_name: String,
+    pub file_type: String,
+    pub declared_length: i64,
+    pub upload_offset: i64,
+    pub state: String,
+    pub migration_key_id: String,
+    pub expires_at: DateTime<Utc>,
+    pub metadata: serde_json::Value,
+}
+
+/// `SELECT <every column of UploadRow> FROM sfm.uploads <tail>`, as one static string.
+macro_rules! select_upload {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, file_name, file_type, declared_length, upload_offset, state, migration_key_id, expires_at, metadata FROM sfm.uploads ",
+            $tail
+        )
+    };
+}
+
+fn tus_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HeaderName::from_static(contract::HEADER_TUS_RESUMABLE),
+        HeaderValue::from_static(contract::TUS_VERSION),
+    );
+    headers
+}
+
+fn put(headers: &mut HeaderMap, name: &'static str, value: impl AsRef<str>) {
+    if let Ok(value) = HeaderValue::from_str(value.as_ref()) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+/// `OPTIONS /files`: what this server speaks. Public.
+pub async fn options(State(state): State<Arc<AppState>>) -> Response {
+    let mut headers = tus_headers();
+    put(
+        &mut headers,
+        contract::HEADER_TUS_VERSION,
+        contract::TUS_VERSION,
+    );
+    put(
+        &mut headers,
+        contract::HEADER_TUS_EXTENSION,
+        contract::TUS_EXTENSIONS,
+    );
+    put(
+        &mut headers,
+        contract::HEADER_TUS_MAX_SIZE,
+        state.config.limits.max_upload_bytes.to_string(),
+    );
+    put(
+        &mut headers,
+        contract::HEADER_TUS_CHECKSUM_ALGORITHM,
+        contract::TUS_CHECKSUM_ALGORITHMS,
+    );
+    (StatusCode::NO_CONTENT, headers).into_response()
+}
+
+fn require_tus(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(contract::HEADER_TUS_RESUMABLE) {
+        Some(v) if v.as_bytes() == contract::TUS_VERSION.as_bytes() => Ok(()),
+        _ => Err(ApiError::new(ProblemCode::TusVersionUnsupported)
+            .header(contract::HEADER_TUS_VERSION, contract::TUS_VERSION)),
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &'static str) -> Result<Option<u64>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::new(ProblemCode::HeaderInvalid)
+                    .detail(format!("{name} must be a non-negative decimal integer"))
+            }),
+    }
+}
+
+/// The base URL clients reach this API at.
+pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+fn facts<'a>(
+    state: &AppState,
+    method: &'a Method,
+    headers: &'a HeaderMap,
+    path: &str,
+) -> RequestFacts<'a> {
+    RequestFacts {
+        method,
+        url: format!("{}{path}", base_url(state, headers)),
+        headers,
+    }
+}
+
+fn content_type_is_offset_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(contract::CONTENT_TYPE_OFFSET_OCTET_STREAM)
+        })
+        .unwrap_or(false)
+}
+
+/// Reads a request body of at most `limit` bytes; more is 413 `upload-too-large`.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: u64,
+    max_chunk: usize,
+) -> Result<Bytes, ApiError> {
+    if let Some(length) = header_u64(headers, "content-length")?
+        && length > limit
+    {
+        return Err(
+            ApiError::new(ProblemCode::UploadTooLarge).detail("the body goes past Upload-Length")
+        );
+    }
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX).min(max_chunk);
+    axum::body::to_bytes(body, cap).await.map_err(|_| {
+        ApiError::new(ProblemCode::UploadTooLarge).detail(
+            "the body goes past Upload-Length or the largest request this server accepts, or it was cut off",
+        )
+    })
+}
+
+async fn take_request_slot(
+    state: &AppState,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state
+        .request_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| state.busy("this API replica serves as many uploads as it allows"))
+}
+
+/// `POST /files`: creation (and creation-with-upload).
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_tus(&headers)?;
+    let _slot = take_request_slot(&state).await?;
+    let length = header_u64(&headers, contract::HEADER_UPLOAD_LENGTH)?.ok_or_else(|| {
+        ApiError::new(ProblemCode::HeaderInvalid)
+            .detail("Upload-Length is required (deferred length is not offered)")
+    })?;
+    if length > state.config.limits.max_upload_bytes {
+        return Err(ApiError::new(ProblemCode::UploadTooLarge).detail(format!(
+            "Upload-Length is over Tus-Max-Size ({} bytes)",
+            state.config.limits.max_upload_bytes
+        )));
+    }
+    let metadata_header = match headers.get(contract::HEADER_UPLOAD_METADATA) {
+        None => "",
+        Some(v) => v.to_str().map_err(|_| {
+            ApiError::new(ProblemCode::MetadataInvalid).detail("Upload-Metadata is not ASCII")
+        })?,
+    };
+    let pairs = decode_upload_metadata(metadata_header)?;
+    let metadata = CreationMetadata::from_pairs(&pairs)?;
+    if FileType::from_path(&metadata.name) != Some(metadata.file_type) {
+        return Err(ApiError::new(ProblemCode::MetadataInvalid)
+            .detail("the name's extension does not match FileType (.dat ExportData, .pat Patient, .rpt Report)"));
+    }
+
+    let header_token = auth::header_key(&headers)?;
+    let token = match (&header_token, &metadata.session_key) {
+        (Some(h), Some(s)) if h != s => {
+            return Err(ApiError::new(ProblemCode::KeyWrong)
+                .detail("Sfm-Migration-Key and the SessionId metadata name different keys"));
+        }
+        (Some(h), _) => h.clone(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => return Err(ApiError::new(ProblemCode::KeyMissing)),
+    };
+    let request = facts(&state, &method, &headers, contract::PATH_FILES);
+    let session = auth::session_for_token(&state, &token, &request).await?;
+    auth::ensure_writable(&session.database)?;
+
+    let has_body = content_type_is_offset_stream(&headers);
+    let initial = if has_body {
+        read_body(body, &headers, length, state.config.limits.max_chunk_bytes).await?
+    } else {
+        Bytes::new()
+    };
+    let checksum = parse_checksum(&headers)?;
+
+    let upload = Uuid::new_v4();
+    let expires_at = Utc::now()
+        + chrono::Duration::from_std(state.config.limits.upload_ttl)
+            .unwrap_or(chrono::Duration::hours(24));
+    let stored_metadata = serde_json::json!({
+        contract::METADATA_NAME: metadata.name,
+        contract::METADATA_FILE_TYPE: metadata.file_type.as_str(),
+        contract::METADATA_CONTENT_TYPE: contract::CONTENT_TYPE_OCTET_STREAM,
+    });
+    {
+        let mut tx = session
+            .pool
+            .begin()
+            .await
+            .map_err(|e| database("begin the creation", e))?;
+        refuse_if_validated(&mut tx).await?;
+        if metadata.file_type != FileType::ExportData {
+            let (stored, in_progress): (bool, bool) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation'),
+                        EXISTS (SELECT 1 FROM sfm.uploads WHERE file_type = 'ExportData' AND state IN ('created', 'receiving', 'complete'))",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| database("check the organisation file", e))?;
+            if !stored {
+                let mut error = ApiError::new(ProblemCode::OrganisationMissing).detail(
+                    "upload ExportData.dat first: patients and reports are accepted once the organisation and its users are stored",
+                );
+                if in_progress {
+                    error = error.retry_after(state.config.limits.retry_after_seconds);
+                }
+                return Err(error);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO sfm.uploads (id, file_name, file_type, declared_length, metadata, migration_key_id, helseid_client_id, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(upload)
+        .bind(&metadata.name)
+        .bind(metadata.file_type.as_str())
+        .bind(i64::try_from(length).unwrap_or(i64::MAX))
+        .bind(&stored_metadata)
+        .bind(&session.key_id)
+        .bind(&session.helseid_client)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("create the upload", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| database("create the upload", e))?;
+    }
+    state.metrics.uploads_created.inc();
+    state.mark_dirty(session.uid);
+    tracing::info!(database = %session.database_name(), upload = %upload, file_type = %metadata.file_type, key_id = %session.key_id, "upload created");
+
+    let id = UploadId {
+        database: session.uid,
+        upload,
+    };
+    let mut response_headers = tus_headers();
+    put(
+        &mut response_headers,
+        contract::HEADER_LOCATION,
+        format!(
+            "{}{}",
+            base_url(&state, &headers),
+            contract::file_path(&id.to_string())
+        ),
+    );
+    put(
+        &mut response_headers,
+        contract::HEADER_UPLOAD_EXPIRES,
+        format_http_date(expires_at),
+    );
+    let mut offset = 0;
+    if has_body && (!initial.is_empty() || length == 0) {
+        let outcome = append(&state, &session, upload, 0, initial, checksum).await?;
+        offset = outcome.offset;
+        if outcome.completed {
+            finish(
+                &state,
+                &session,
+                upload,
+                &metadata_file_type(&outcome.row),
+                &mut response_headers,
+            )
+            .await;
+        }
+    }
+    put(
+        &mut response_headers,
+        contract::HEADER_UPLOAD_OFFSET,
+        offset.to_string(),
+    );
+    Ok((StatusCode::CREATED, response_headers).into_response())
+}
+
+fn metadata_file_type(row: &UploadRow) -> Option<FileType> {
+    row.file_type.parse().ok()
+}
+
+fn parse_checksum(headers: &HeaderMap) -> Result<Option<UploadChecksum>, ApiError> {
+    match headers.get(contract::HEADER_UPLOAD_CHECKSUM) {
+        None => Ok(None),
+        Some(v) => {
+            let text = v.to_str().map_err(|_| {
+                ApiError::new(ProblemCode::HeaderInvalid).detail("Upload-Checksum is not ASCII")
+            })?;
+            Ok(Some(UploadChecksum::parse(text)?))
+        }
+    }
+}
+
+async fn refuse_if_validated(tx: &mut sqlx::PgConnection) -> Result<(), ApiError> {
+    let validated: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sfm.validation)")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| database("read the validation record", e))?;
+    if validated {
+        return Err(ApiError::new(ProblemCode::MigrationValidated));
+    }
+    Ok(())
+}
+
+/// Finds an upload's database and the session allowed to touch it.
+async fn upload_session(
+    state: &AppState,
+    id: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(Session, UploadRow), ApiError> {
+    let id: UploadId = id
+        .parse()
+        .map_err(|_| ApiError::new(ProblemCode::UploadNotFound))?;
+    let database = state
+        .directory
+        .database_by_uid(id.database)
+        .await?
+        .ok_or_else(|| ApiError::new(ProblemCode::UploadNotFound))?;
+    let pool = state.directory.pool(&database).await?;
+    let row = fetch_row(&pool, id.upload).await?;
+    let path = contract::file_path(&id.to_string());
+    let request = facts(state, method, headers, &path);
+    let session =
+        auth::session_for_upload_key(state, database, &row.migration_key_id, &request).await?;
+    Ok((session, row))
+}
+
+async fn fetch_row(pool: &sqlx::PgPool, upload: Uuid) -> Result<UploadRow, ApiError> {
+    sqlx::query_as::<_, UploadRow>(select_upload!("WHERE id = $1"))
+        .bind(upload)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| database("read the upload", e))?
+        .ok_or_else(|| ApiError::new(ProblemCode::UploadNotFound))
+}
+
+fn is_open(state: &str) -> bool {
+    state == "created" || state == "receiving"
+}
+
+/// `HEAD /files/{id}`: where the upload stands.
+pub async fn head(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_tus(&headers)?;
+    let (session, row) = upload_session(&state, &id, &method, &headers).await?;
+    if is_open(&row.state) && row.expires_at <= Utc::now() {
+        return Err(ApiError::new(ProblemCode::UploadExpired));
+    }
+    let mut response = tus_headers();
+    put(
+        &mut response,
+        contract::HEADER_UPLOAD_OFFSET,
+        row.upload_offset.to_string(),
+    );
+    put(
+        &mut response,
+        contract::HEADER_UPLOAD_LENGTH,
+        row.declared_length.to_string(),
+    );
+    put(&mut response, contract::HEADER_CACHE_CONTROL, "no-store");
+    put(
+        &mut response,
+        contract::HEADER_UPLOAD_EXPIRES,
+        format_http_date(row.expires_at),
+    );
+    put(
+        &mut response,
+        contract::HEADER_UPLOAD_METADATA,
+        echo_metadata(&row.metadata),
+    );
+    ingest_state_headers(&session, &row, &mut response).await?;
+    Ok((StatusCode::OK, response).into_response())
+}
+
+fn echo_metadata(metadata: &serde_json::Value) -> String {
+    let pairs: Vec<(&str, &str)> = [
+        contract::METADATA_NAME,
+        contract::METADATA_CONTENT_TYPE,
+        contract::METADATA_FILE_TYPE,
+    ]
+    .into_iter()
+    .filter_map(|key| metadata.get(key).and_then(|v| v.as_str()).map(|v| (key, v)))
+    .collect();
+    encode_upload_metadata(&pairs)
+}
+
+async fn ingest_state_headers(
+    session: &Session,
+    row: &UploadRow,
+    response: &mut HeaderMap,
+) -> Result<(), ApiError> {
+    let state = match row.state.as_str() {
+        "complete" => IngestState::Pending,
+        "ingested" => IngestState::Stored,
+        "rejected" => IngestState::Rejected,
+        _ => return Ok(()),
+    };
+    put(response, contract::HEADER_INGEST_STATE, state.as_str());
+    if state == IngestState::Rejected {
+        let code: Option<String> = sqlx::query_scalar(
+            "SELECT reason_code FROM sfm.rejections WHERE upload_id = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(row.id)
+        .fetch_optional(&session.pool)
+        .await
+        .map_err(|e| database("read the rejection", e))?;
+        if let Some(code) = code {
+            put(
+                response,
+                contract::HEADER_REJECTION_CODE,
+                code.replace('_', "-"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `PATCH /files/{id}`: appends at the server's offset, under the row lock.
+pub async fn patch(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_tus(&headers)?;
+    if !content_type_is_offset_stream(&headers) {
+        return Err(ApiError::new(ProblemCode::ContentTypeInvalid)
+            .detail("PATCH needs Content-Type: application/offset+octet-stream"));
+    }
+    let offset = header_u64(&headers, contract::HEADER_UPLOAD_OFFSET)?.ok_or_else(|| {
+        ApiError::new(ProblemCode::HeaderInvalid).detail("Upload-Offset is required")
+    })?;
+    let checksum = parse_checksum(&headers)?;
+    let _slot = take_request_slot(&state).await?;
+    let (session, row) = upload_session(&state, &id, &method, &headers).await?;
+    auth::ensure_writable(&session.database)?;
+    if is_open(&row.state) && row.expires_at <= Utc::now() {
+        return Err(ApiError::new(ProblemCode::UploadExpired));
+    }
+    // The offset is checked again under the row lock; checking it first answers a stale PATCH with
+    // 409 before its body is read.
+    if is_open(&row.state) && offset != row.upload_offset as u64 {
+        // Drain (bounded) so the connection stays usable for the client's next request.
+        let _ = axum::body::to_bytes(body, state.config.limits.max_chunk_bytes).await;
+        return Err(ApiError::new(ProblemCode::UploadOffsetMismatch)
+            .detail(format!(
+                "the server holds {} bytes; HEAD and resume from there",
+                row.upload_offset
+            ))
+            .header(
+                contract::HEADER_UPLOAD_OFFSET,
+                row.upload_offset.to_string(),
+            ));
+    }
+    let remaining = (row.declared_length - row.upload_offset).max(0) as u64;
+    let body = read_body(
+        body,
+        &headers,
+        remaining,
+        state.config.limits.max_chunk_bytes,
+    )
+    .await?;
+    let outcome = append(&state, &session, row.id, offset, body, checksum).await?;
+    let mut response = tus_headers();
+    put(
+        &mut response,
+        contract::HEADER_UPLOAD_OFFSET,
+        outcome.offset.to_string(),
+    );
+    put(
+        &mut response,
+        contract::HEADER_UPLOAD_EXPIRES,
+        format_http_date(outcome.row.expires_at),
+    );
+    if outcome.completed {
+        finish(
+            &state,
+            &session,
+            row.id,
+            &metadata_file_type(&outcome.row),
+            &mut response,
+        )
+        .await;
+    } else if !is_open(&outcome.row.state) {
+        ingest_state_headers(&session, &outcome.row, &mut response).await?;
+    }
+    Ok((StatusCode::NO_CONTENT, response).into_response())
+}
+
+/// What one append did.
+struct Appended {
+    offset: u64,
+    /// This append received the last byte.
+    completed: bool,
+    row: UploadRow,
+}
+
+/// Checks and appends one body at `offset` in one transaction under the upload's row lock; when the
+/// last byte arrives, the file's SHA-256 is computed and the upload marked complete.
+async fn append(
+    state: &AppState,
+    session: &Session,
+    upload: Uuid,
+    offset: u64,
+    body: Bytes,
+    checksum: Option<UploadChecksum>,
+) -> Result<Appended, ApiError> {
+    if let Some(checksum) = &checksum {
+        let mut context = checksum.algorithm.context();
+        context.update(&body);
+        if !checksum.matches(context.finish().as_ref()) {
+            return Err(ApiError::new(ProblemCode::ChecksumMismatch)
+                .detail("the body does not match Upload-Checksum; nothing of it was kept"));
+        }
+    }
+    let mut tx = session
+        .pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the append", e))?;
+    let row = sqlx::query_as::<_, UploadRow>(select_upload!("WHERE id = $1 FOR UPDATE"))
+        .bind(upload)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| database("lock the upload", e))?
+        .ok_or_else(|| ApiError::new(ProblemCode::UploadNotFound))?;
+    let server_offset = row.upload_offset as u64;
+    if !is_open(&row.state) {
+        if offset == server_offset && body.is_empty() {
+            return Ok(Appended {
+                offset: server_offset,
+                completed: false,
+                row,
+            });
+        }
+        return Err(ApiError::new(ProblemCode::UploadOffsetMismatch)
+            .detail("the upload is already complete")
+            .header(contract::HEADER_UPLOAD_OFFSET, server_offset.to_string()));
+    }
+    if row.expires_at <= Utc::now() {
+        return Err(ApiError::new(ProblemCode::UploadExpired));
+    }
+    if offset != server_offset {
+        return Err(ApiError::new(ProblemCode::UploadOffsetMismatch)
+            .detail(format!(
+                "the server holds {server_offset} bytes; HEAD and resume from there"
+            ))
+            .header(contract::HEADER_UPLOAD_OFFSET, server_offset.to_string()));
+    }
+    let new_offset = server_offset + body.len() as u64;
+    if new_offset > row.declared_length as u64 {
+        return Err(
+            ApiError::new(ProblemCode::UploadTooLarge).detail("the body goes past Upload-Length")
+        );
+    }
+    refuse_if_validated(&mut tx).await?;
+    if !body.is_empty() {
+        sqlx::query(
+            "INSERT INTO sfm.upload_chunks (upload_id, chunk_offset, data) VALUES ($1, $2, $3)",
+        )
+        .bind(upload)
+        .bind(server_offset as i64)
+        .bind(body.as_ref())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("store the chunk", e))?;
+    }
+    let completed = new_offset == row.declared_length as u64;
+    if completed {
+        let chunks: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT data FROM sfm.upload_chunks WHERE upload_id = $1 ORDER BY chunk_offset",
+        )
+        .bind(upload)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| database("read the chunks", e))?;
+        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut total = 0u64;
+        for chunk in &chunks {
+            digest.update(chunk);
+            total += chunk.len() as u64;
+        }
+        if total != new_offset {
+            return Err(ApiError::internal(
+                "assemble the upload",
+                "the stored chunks do not add up to the offset",
+            ));
+        }
+        sqlx::query(
+            "UPDATE sfm.uploads SET upload_offset = $2, state = 'complete', sha256 = $3, completed_at = now(), updated_at = now() WHERE id = $1",
+        )
+        .bind(upload)
+        .bind(new_offset as i64)
+        .bind(digest.finish().as_ref())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("complete the upload", e))?;
+    } else {
+        sqlx::query("UPDATE sfm.uploads SET upload_offset = $2, state = 'receiving', updated_at = now() WHERE id = $1")
+            .bind(upload)
+            .bind(new_offset as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| database("advance the offset", e))?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| database("commit the append", e))?;
+    state.metrics.bytes_received.inc_by(body.len() as u64);
+    if completed {
+        state.metrics.uploads_completed.inc();
+        state.mark_dirty(session.uid);
+    }
+    let row = UploadRow {
+        upload_offset: new_offset as i64,
+        state: if completed {
+            "complete".into()
+        } else {
+            "receiving".into()
+        },
+        ..row
+    };
+    Ok(Appended {
+        offset: new_offset,
+        completed,
+        row,
+    })
+}
+
+/// After the last byte: ingest now and say how it went. The organisation file always waits for its
+/// ingest; other files wait up to the configured time, then answer `pending` (the ingest goes on).
+async fn finish(
+    state: &Arc<AppState>,
+    session: &Session,
+    upload: Uuid,
+    file_type: &Option<FileType>,
+    response: &mut HeaderMap,
+) {
+    let task = tokio::spawn(ingest::ingest_upload(
+        state.clone(),
+        session.clone(),
+        upload,
+    ));
+    let outcome = if *file_type == Some(FileType::ExportData) {
+        task.await.ok()
+    } else {
+        tokio::time::timeout(state.config.limits.ingest_wait, task)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+    };
+    let (ingest_state, code) = match outcome {
+        Some(Ok(Some(result))) => result,
+        _ => (IngestState::Pending, None),
+    };
+    put(
+        response,
+        contract::HEADER_INGEST_STATE,
+        ingest_state.as_str(),
+    );
+    if let Some(code) = code {
+        put(response, contract::HEADER_REJECTION_CODE, code.as_str());
+    }
+}
+
+/// `DELETE /files/{id}`: termination of an unfinished upload.
+pub async fn terminate(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_tus(&headers)?;
+    let (session, row) = upload_session(&state, &id, &method, &headers).await?;
+    let mut tx = session
+        .pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the termination", e))?;
+    let current: Option<String> =
+        sqlx::query_scalar("SELECT state FROM sfm.uploads WHERE id = $1 FOR UPDATE")
+            .bind(row.id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| database("lock the upload", e))?;
+    match current.as_deref() {
+        None => return Err(ApiError::new(ProblemCode::UploadNotFound)),
+        Some(s) if !is_open(s) => return Err(ApiError::new(ProblemCode::UploadComplete)),
+        _ => {}
+    }
+    sqlx::query("DELETE FROM sfm.uploads WHERE id = $1")
+        .bind(row.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("terminate the upload", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| database("terminate the upload", e))?;
+    state.mark_dirty(session.uid);
+    Ok((StatusCode::NO_CONTENT, tus_headers()).into_response())
+}

@@ -1,0 +1,262 @@
+//! The steps after the upload: `verify` (step 33: the manifest of every file and its digest, and the
+//! API's answer), `activate` (steps 34-36: ask for operational mode, wait for it, then delete exactly
+//! the export's files), and the key check that starts every command that talks to the API.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::api::{ApiClient, ApiError};
+use super::check::CheckReport;
+use super::ledger::{Ledger, fingerprint};
+use super::{Failure, Outcome, io_failure};
+use crate::contract::{
+    KeyCheckResponse, Manifest, ManifestFile, MigrationPhase, ProblemCode, ProductVersion,
+    VerifyResponse,
+};
+use crate::format::index::INDEX_FILE_NAME;
+
+/// Asks the product version and checks the key (step 11): the API is reachable, speaks our
+/// contract, and the key works for a database that is not finished.
+pub async fn key_check(api: &ApiClient) -> Outcome<(ProductVersion, KeyCheckResponse)> {
+    let version = api.product_version().await.map_err(|e| e.failure())?;
+    if version.api_version != crate::contract::API_VERSION {
+        return Err(Failure::new(
+            format!(
+                "The migration API speaks version {} of the contract; this client speaks {}.",
+                version.api_version,
+                crate::contract::API_VERSION
+            ),
+            "install the sfm-migrate version NHN recommends for this API",
+        ));
+    }
+    let check = api.key_check().await.map_err(|e| e.failure())?;
+    if check.token_required && api.auth_has_no_token() {
+        return Err(Failure::new(
+            "This database requires a HelseID login.",
+            "log in with `sfm-migrate login`, then run the same command again",
+        ));
+    }
+    Ok((version, check))
+}
+
+impl ApiClient {
+    /// Whether no HelseID token is configured.
+    pub fn auth_has_no_token(&self) -> bool {
+        !self.auth.has_token()
+    }
+}
+
+/// The manifest of the export: every file with its size and SHA-256, from the ledger when the file
+/// is unchanged since it was sent, else read again.
+pub fn manifest(report: &CheckReport, ledger: Option<&Ledger>) -> Outcome<Manifest> {
+    let mut files = Vec::with_capacity(report.files.len());
+    for file in &report.files {
+        let known = ledger.and_then(|l| l.get(&file.name)).and_then(|entry| {
+            let (size, mtime) = fingerprint(&file.path).ok()?;
+            (entry.size == size && entry.mtime_ns == mtime).then_some(entry.sha256)
+        });
+        let sha256 = match known {
+            Some(sha256) => sha256,
+            None => {
+                let data =
+                    std::fs::read(&file.path).map_err(|e| io_failure("read", &file.path, &e))?;
+                crate::contract::sha256_hex(&data)
+            }
+        };
+        files.push(ManifestFile {
+            path: file.name.clone(),
+            file_type: file.file_type,
+            size: file.size,
+            sha256,
+        });
+    }
+    Ok(Manifest::new(files))
+}
+
+/// Sends the manifest. A mismatch that is only files still being ingested is asked again for up to
+/// `pending_wait`; any other mismatch is printed and becomes a failure.
+pub async fn verify(
+    api: &ApiClient,
+    manifest: &Manifest,
+    pending_wait: Duration,
+) -> Outcome<VerifyResponse> {
+    let started = Instant::now();
+    loop {
+        match api.verify(manifest).await {
+            Ok(answer) => return Ok(answer),
+            Err(ApiError::Status {
+                problem: Some(problem),
+                ..
+            }) if problem.code == ProblemCode::ManifestMismatch => {
+                let mismatches = problem.mismatches.clone().unwrap_or_default();
+                let only_pending = mismatches.missing.is_empty()
+                    && mismatches.extra.is_empty()
+                    && mismatches.digest_mismatch.is_empty()
+                    && mismatches.rejected.is_empty()
+                    && !mismatches.pending.is_empty();
+                if only_pending && started.elapsed() < pending_wait {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+                eprintln!("The migration API's files differ from the export:");
+                let list = |what: &str, paths: &[String]| {
+                    if !paths.is_empty() {
+                        eprintln!("  {what}: {}", paths.len());
+                        for path in paths.iter().take(20) {
+                            eprintln!("    {path}");
+                        }
+                    }
+                };
+                list("missing (not sent or not complete)", &mismatches.missing);
+                list("extra (stored but not in this export)", &mismatches.extra);
+                list("different content", &mismatches.digest_mismatch);
+                list("still being ingested", &mismatches.pending);
+                if !mismatches.rejected.is_empty() {
+                    eprintln!("  rejected: {}", mismatches.rejected.len());
+                    for file in mismatches.rejected.iter().take(20) {
+                        eprintln!(
+                            "    {} ({}): {}",
+                            file.path,
+                            file.code,
+                            super::upload::rejection_hint(file.code.as_str())
+                        );
+                    }
+                }
+                if mismatches.truncated {
+                    eprintln!("  (lists were cut by the API)");
+                }
+                let next = if !mismatches.rejected.is_empty() {
+                    "ask your EPJ supplier to correct the rejected files (`sfm-migrate status` gives the reasons), replace them in the folder and run `sfm-migrate upload` again"
+                } else if !mismatches.missing.is_empty() || !mismatches.digest_mismatch.is_empty() {
+                    "run `sfm-migrate upload` again to send what is missing or changed, then verify again"
+                } else if !mismatches.extra.is_empty() {
+                    "the API holds files this export lacks: check that this is the right folder and key, or contact NHN"
+                } else {
+                    "wait a minute and run `sfm-migrate verify` again"
+                };
+                return Err(Failure::new(
+                    format!(
+                        "Verification failed: {} missing, {} extra, {} different, {} rejected, {} pending.",
+                        mismatches.missing.len(),
+                        mismatches.extra.len(),
+                        mismatches.digest_mismatch.len(),
+                        mismatches.rejected.len(),
+                        mismatches.pending.len()
+                    ),
+                    next,
+                ));
+            }
+            Err(error) if error.is_transient() && started.elapsed() < pending_wait => {
+                tokio::time::sleep(error.retry_after().unwrap_or(Duration::from_secs(2))).await;
+            }
+            Err(error) => return Err(error.failure()),
+        }
+    }
+}
+
+/// Asks for operational mode (unless already operational) and waits until the database is
+/// `Operational`, printing each phase it passes.
+///
+/// The wire contract lets the key read `status` after the switch. Should an API instead answer
+/// `key-expired` once activation was requested, while the key's own time to live (`key_expires_at`,
+/// from the key check) has not run out, the only cause left is the switch itself (keys expire when
+/// the database goes operational), and it is taken as `Operational`.
+pub async fn activate_and_wait(
+    api: &ApiClient,
+    timeout: Duration,
+    key_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Outcome<()> {
+    let status = api.status().await.map_err(|e| e.failure())?;
+    if status.phase != MigrationPhase::Operational {
+        match api.activate().await {
+            Ok(answer) => eprintln!(
+                "Activation requested at {}; waiting for the database to become operational",
+                answer.activation_requested_at
+            ),
+            Err(error) if error.code() == Some(ProblemCode::MigrationOperational) => {}
+            Err(error) => return Err(error.failure()),
+        }
+    }
+    let started = Instant::now();
+    let mut last = None;
+    loop {
+        let status = match api.status().await {
+            Ok(status) => status,
+            Err(error) if error.is_transient() => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            Err(error)
+                if error.code() == Some(ProblemCode::KeyExpired)
+                    && key_expires_at.is_some_and(|at| {
+                        at > chrono::Utc::now() + chrono::Duration::seconds(60)
+                    }) =>
+            {
+                eprintln!(
+                    "  phase: Operational (the API stopped accepting the migration key, which happens at the switch)"
+                );
+                return Ok(());
+            }
+            Err(error) => return Err(error.failure()),
+        };
+        if last != Some(status.phase) {
+            eprintln!("  phase: {}", status.phase);
+            last = Some(status.phase);
+        }
+        match status.phase {
+            MigrationPhase::Operational => return Ok(()),
+            MigrationPhase::Failed => {
+                return Err(Failure::new(
+                    format!(
+                        "The switch to operational mode failed: {}.",
+                        status.phase_reason.as_deref().unwrap_or("no reason given")
+                    ),
+                    "contact NHN with this message; the export files were kept",
+                ));
+            }
+            _ => {}
+        }
+        if started.elapsed() > timeout {
+            return Err(Failure::new(
+                format!(
+                    "The database is still {} after {} s (an NHN operator may need to approve it).",
+                    status.phase,
+                    timeout.as_secs()
+                ),
+                "run `sfm-migrate activate` again later; the export files were kept",
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Deletes exactly the export's files: `ExportData.dat`, `Index.txt`, every patient and report file
+/// the check found, then the `Patients<N>` and `Reports` folders if they are empty. Nothing else in
+/// the folder is touched (the ledger stays as a record of what was sent). Returns the files deleted.
+pub fn delete_export(folder: &Path, report: &CheckReport) -> Outcome<usize> {
+    let mut deleted = 0;
+    let mut folders = std::collections::BTreeSet::new();
+    for file in &report.files {
+        match std::fs::remove_file(&file.path) {
+            Ok(()) => deleted += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_failure("delete", &file.path, &e)),
+        }
+        if let Some(parent) = file.path.parent()
+            && parent != folder
+        {
+            folders.insert(parent.to_owned());
+        }
+    }
+    let index = folder.join(INDEX_FILE_NAME);
+    match std::fs::remove_file(&index) {
+        Ok(()) => deleted += 1,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_failure("delete", &index, &e)),
+    }
+    for dir in folders {
+        // Only empty folders go: remove_dir refuses a folder that still holds anything.
+        let _ = std::fs::remove_dir(&dir);
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,301 @@
+//! Benchmark of the migration API's ingest path (run by `hack/bench-api.sh`; ignored in `cargo test`).
+//! Prints files/s and MB/s (of encrypted input) for each stage alone (RSA unwrap, AES, unzip, parse
+//! and check, insert) and for the whole ingest path, and names the slowest stage. Figures only: it
+//! asserts nothing about time.
+//!
+//! Input: N copies of NHN's sample patient (each with its own GUID), in the envelope, with a 2048-bit
+//! key (`SFM_BENCH_KEY_BITS=4096` for the other size); `SFM_BENCH_FILES` sets N (default 200).
+
+#[path = "common/postgres.rs"]
+mod postgres;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sfm_migration::api::ingest::{Claimed, check_patient, prepare, store};
+use sfm_migration::contract::FileType;
+use sfm_migration::crd::{
+    MigrationDatabase, MigrationDatabaseSpec, Organisation, ValidationPolicy,
+};
+use sfm_migration::format::archive::{read_archive, write_archive};
+use sfm_migration::format::envelope::{
+    self, DecryptionKeys, RecipientCertificate, decrypt_content, generate_demo_key_pair,
+};
+use sfm_migration::format::patient_file::{FormatLimits, PATIENT_DOCUMENT, read_patient_file};
+use sfm_migration::format::xml::{parse_message, parse_patient};
+
+const PATIENT_GUID: &str = "0e7bfd89-ff43-4c5a-a9e2-1af46ae33672";
+
+fn sample(name: &str) -> Vec<u8> {
+    for dir in [
+        std::env::var("SFM_FORMAT_DIR").unwrap_or_default(),
+        format!("{}/../shared/sfm-format", env!("CARGO_MANIFEST_DIR")),
+        "/work/shared/sfm-format".to_owned(),
+    ] {
+        if let Ok(data) = std::fs::read(Path::new(&dir).join(name)) {
+            return data;
+        }
+    }
+    panic!("NHN's sample {name} is not found (set SFM_FORMAT_DIR)");
+}
+
+fn database() -> MigrationDatabase {
+    MigrationDatabase::new(
+        "bench",
+        MigrationDatabaseSpec {
+            organisation: Organisation {
+                name: "Bench".into(),
+                organisation_number: "100100614".into(),
+                her_id: None,
+                helse_id_client_id: "bench".into(),
+            },
+            data_model_version: 4,
+            server: None,
+            activation: Default::default(),
+            reclaim_policy: Default::default(),
+            network_policy: Default::default(),
+            validation: ValidationPolicy::default(),
+        },
+    )
+}
+
+fn claimed(name: &str, file_type: FileType, data: &[u8]) -> Claimed {
+    Claimed {
+        file_name: name.to_owned(),
+        file_type: file_type.as_str().to_owned(),
+        migration_key_id: "benchkey1".into(),
+        helseid_client_id: None,
+        sha256: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
+            .as_ref()
+            .to_vec(),
+        size: data.len() as i64,
+        completed_at: chrono::Utc::now(),
+    }
+}
+
+struct Stage {
+    name: &'static str,
+    took: Duration,
+}
+
+#[test]
+#[ignore = "a benchmark: run by hack/bench-api.sh"]
+fn ingest_path_per_stage() {
+    let files: usize = std::env::var("SFM_BENCH_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let bits: usize = std::env::var("SFM_BENCH_KEY_BITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    let pair = generate_demo_key_pair(bits, "SFM migrering").unwrap();
+    let recipient = RecipientCertificate::from_pem(pair.certificate_pem.as_bytes()).unwrap();
+    let keys = DecryptionKeys::from_pkcs8_pem(&[pair.private_key_pem.as_bytes()]).unwrap();
+    let limits = FormatLimits::default();
+    let db = database();
+
+    let patient_zip = sample(&format!("{PATIENT_GUID}.zip"));
+    let entries = read_archive(&patient_zip, &limits.archive).unwrap().entries;
+    let organisation = envelope::encrypt(&sample("ExportData.zip"), &recipient, "zip").unwrap();
+    let inputs: Vec<(String, Vec<u8>)> = (0..files)
+        .map(|i| {
+            let guid = uuid::Uuid::new_v4().to_string();
+            let renamed: Vec<(String, Vec<u8>)> = entries
+                .iter()
+                .map(|e| {
+                    let data = if e.name == PATIENT_DOCUMENT {
+                        String::from_utf8(e.data.clone())
+                            .unwrap()
+                            .replace(PATIENT_GUID, &guid)
+                            .into_bytes()
+                    } else {
+                        e.data.clone()
+                    };
+                    (e.name.clone(), data)
+                })
+                .collect();
+            let borrowed: Vec<(&str, &[u8])> = renamed
+                .iter()
+                .map(|(n, d)| (n.as_str(), d.as_slice()))
+                .collect();
+            let zip = write_archive(&borrowed).unwrap();
+            let _ = i;
+            (
+                format!("Patients0\\{guid}.pat"),
+                envelope::encrypt(&zip, &recipient, "zip").unwrap(),
+            )
+        })
+        .collect();
+    let megabytes = inputs.iter().map(|(_, d)| d.len()).sum::<usize>() as f64 / 1e6;
+
+    let mut stages = Vec::new();
+    let start = Instant::now();
+    let unwrapped: Vec<_> = inputs
+        .iter()
+        .map(|(_, d)| keys.unwrap_key(d).unwrap())
+        .collect();
+    stages.push(Stage {
+        name: "RSA unwrap",
+        took: start.elapsed(),
+    });
+
+    let start = Instant::now();
+    let plains: Vec<Vec<u8>> = inputs
+        .iter()
+        .zip(&unwrapped)
+        .map(|((_, d), (header, key))| decrypt_content(header, key, d).unwrap())
+        .collect();
+    stages.push(Stage {
+        name: "AES-256-CBC",
+        took: start.elapsed(),
+    });
+
+    let start = Instant::now();
+    let archives: Vec<_> = plains
+        .iter()
+        .map(|p| read_archive(p, &limits.archive).unwrap())
+        .collect();
+    stages.push(Stage {
+        name: "unzip",
+        took: start.elapsed(),
+    });
+
+    let patient_files: Vec<_> = plains
+        .iter()
+        .map(|p| read_patient_file(p, &limits).unwrap())
+        .collect();
+    let start = Instant::now();
+    for ((name, _), archive) in inputs.iter().zip(&archives) {
+        for entry in &archive.entries {
+            if entry.name == PATIENT_DOCUMENT {
+                parse_patient(&entry.data, &limits.xml).unwrap();
+            } else {
+                parse_message(&entry.data, &limits.xml).unwrap();
+            }
+        }
+        let _ = name;
+    }
+    for ((name, _), file) in inputs.iter().zip(&patient_files) {
+        check_patient(file, &db.spec.validation, name).unwrap();
+    }
+    stages.push(Stage {
+        name: "parse and check",
+        took: start.elapsed(),
+    });
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (insert, whole) = runtime.block_on(async {
+        let mut insert = Duration::ZERO;
+        let mut whole = Duration::ZERO;
+        for round in 0..2 {
+            let keys = &keys;
+            let limits = &limits;
+            let db = &db;
+            let inputs = &inputs;
+            let organisation = &organisation;
+            let mut patient_files = Some(patient_files.clone());
+            let took = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+            let took_inside = took.clone();
+            postgres::with_database(|test| async move {
+                sfm_migration::postgres::migrate_to(
+                    &test.pool,
+                    sfm_migration::postgres::latest_version(),
+                )
+                .await
+                .unwrap();
+                let mut connection = test.pool.acquire().await.unwrap();
+                let org = prepare(
+                    keys,
+                    organisation,
+                    FileType::ExportData,
+                    "ExportData.dat",
+                    limits,
+                    db,
+                )
+                .unwrap();
+                let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
+                store(
+                    &mut tx,
+                    db,
+                    None,
+                    &claimed("ExportData.dat", FileType::ExportData, organisation),
+                    org,
+                )
+                .await
+                .unwrap()
+                .unwrap();
+                tx.commit().await.unwrap();
+                let start = Instant::now();
+                let prepared_files = patient_files.take().unwrap();
+                for (index, (name, data)) in inputs.iter().enumerate() {
+                    let prepared = if round == 0 {
+                        sfm_migration::api::ingest::Prepared::Patient(Box::new(
+                            prepared_files[index].clone(),
+                        ))
+                    } else {
+                        prepare(keys, data, FileType::Patient, name, limits, db).unwrap()
+                    };
+                    let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
+                    store(
+                        &mut tx,
+                        db,
+                        None,
+                        &claimed(name, FileType::Patient, data),
+                        prepared,
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap();
+                    tx.commit().await.unwrap();
+                }
+                *took_inside.lock().unwrap() = start.elapsed();
+                let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM sfm.patients")
+                    .fetch_one(&test.pool)
+                    .await
+                    .unwrap();
+                assert_eq!(stored as usize, inputs.len());
+            })
+            .await;
+            let took = *took.lock().unwrap();
+            if round == 0 {
+                insert = took;
+            } else {
+                whole = took;
+            }
+        }
+        (insert, whole)
+    });
+    stages.push(Stage {
+        name: "insert (one transaction per file)",
+        took: insert,
+    });
+
+    println!(
+        "\nmigration API ingest benchmark: {files} patient files, {megabytes:.1} MB encrypted, RSA-{bits}, one core per stage"
+    );
+    println!(
+        "{:<36} {:>10} {:>10} {:>10}",
+        "stage", "seconds", "files/s", "MB/s"
+    );
+    for stage in &stages {
+        let s = stage.took.as_secs_f64();
+        println!(
+            "{:<36} {:>10.3} {:>10.1} {:>10.1}",
+            stage.name,
+            s,
+            files as f64 / s,
+            megabytes / s
+        );
+    }
+    let s = whole.as_secs_f64();
+    println!(
+        "{:<36} {:>10.3} {:>10.1} {:>10.1}",
+        "whole ingest path (decrypt..insert)",
+        s,
+        files as f64 / s,
+        megabytes / s
+    );
+    let slowest = stages.iter().max_by_key(|s| s.took).unwrap();
+    println!("slowest stage: {}", slowest.name);
+}

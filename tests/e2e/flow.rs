@@ -1,0 +1,618 @@
+//! The whole migration as a data controller runs it, against the real operator and the real migration
+//! API on the local control plane and PostgreSQL: `sfm-export` writes an export of a few hundred
+//! patients encrypted to a fresh "SFM migrering" certificate; `sfm-migrate` registers the key the
+//! operator issued, uploads (and is killed with SIGKILL mid-upload, then run again), uploads a third
+//! time sending nothing, verifies and activates; the database becomes `Operational` and the export
+//! files are gone, with exact counts in PostgreSQL and in the MigrationDatabase status.
+
+use super::cluster::*;
+use super::processes::*;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use sfm_migration::client::ledger::LEDGER_FILE;
+use sfm_migration::contract;
+
+/// The API's namespace (where the operator writes the migrators' Secrets), shared with the other
+/// end-to-end tests so concurrently running operators agree.
+const API_NS: &str = "sfm-system";
+/// The export's organisation number (valid mod 11); the MigrationDatabase names the same.
+const ORGANISATION_NUMBER: &str = "974600951";
+const PATIENTS: usize = 300;
+const REPORTS: usize = 2;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(binary);
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap_or_else(|e| panic!("{binary}: {e}"))
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn database_yaml(ns: &str) -> String {
+    format!(
+        "apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationDatabase\nmetadata:\n  name: flow\n  namespace: {ns}\nspec:\n  organisation:\n    name: Flyt legekontor (test)\n    organisationNumber: \"{ORGANISATION_NUMBER}\"\n    helseIdClientId: flow-sfm\n  dataModelVersion: 4\n  activation:\n    mode: Automatic\n  reclaimPolicy: Delete\n  validation:\n    allowSyntheticIdentities: true\n    schemaCheck: Strict\n"
+    )
+}
+
+fn key_yaml(ns: &str) -> String {
+    format!(
+        "apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationKey\nmetadata:\n  name: flow-key\n  namespace: {ns}\nspec:\n  databaseRef: flow\n  timeToLive: 2h\n"
+    )
+}
+
+fn start_api(key_file: &Path, port: u16, log_name: &str) -> Process {
+    let listen = format!("127.0.0.1:{port}");
+    let key_file = key_file.display().to_string();
+    let process = Process::start(
+        env!("CARGO_BIN_EXE_sfm-migration-api"),
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--namespace",
+            API_NS,
+            "--decryption-key",
+            &key_file,
+        ],
+        &[("RUST_LOG", "info")],
+        log_name,
+    );
+    let url = format!("http://127.0.0.1:{port}{}", contract::PATH_HEALTHZ);
+    assert!(
+        eventually(Duration::from_secs(30), || Command::new("curl")
+            .args(["-fsS", &url])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)),
+        "the API did not come up; its log:\n{}",
+        process.log_text()
+    );
+    process
+}
+
+fn ledger_lines(folder: &Path, state: &str) -> usize {
+    std::fs::read_to_string(folder.join(LEDGER_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains(&format!("\"state\":\"{state}\"")))
+        .count()
+}
+
+fn count(ns: &str, what: &str) -> u64 {
+    jsonpath(ns, "mdb/flow", &format!("{{.status.migration.{what}}}"))
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_export_goes_from_files_to_an_operational_database() {
+    install_crds();
+    kubectl(&["create", "namespace", API_NS], None);
+    let ns = TestNamespace::new("flow");
+    let ns_name = ns.name.clone();
+    let _operator = start_operator(&ns_name, API_NS, &format!("operator-{ns_name}"));
+    kubectl_ok(&["apply", "-f", "-"], Some(&database_yaml(&ns_name)));
+    kubectl_ok(&["apply", "-f", "-"], Some(&key_yaml(&ns_name)));
+    kubectl_ok(
+        &[
+            "-n",
+            &ns_name,
+            "wait",
+            "--for=condition=Ready",
+            "mdb/flow",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    assert!(eventually(Duration::from_secs(60), || jsonpath(
+        &ns_name,
+        "mkey/flow-key",
+        "{.status.phase}"
+    ) == "Active"));
+    let secret = jsonpath(&ns_name, "mkey/flow-key", "{.status.secretName}");
+    let key = secret_field(&ns_name, &secret, "key");
+    let migrator = jsonpath(&ns_name, "mdb/flow", "{.status.database.migratorSecret}");
+    let (api_ns, migrator_name) = migrator.split_once('/').unwrap();
+    let migrator_uri = secret_field(api_ns, migrator_name, "uri");
+
+    // The EPJ side: a certificate and an export of a few hundred patients.
+    let work = tempfile::tempdir().unwrap();
+    let keys = work.path().join("keys");
+    let export = work.path().join("export");
+    let exporter = env!("CARGO_BIN_EXE_sfm-export");
+    let made = run(exporter, &["keygen", "--out", keys.to_str().unwrap()], &[]);
+    assert!(made.status.success(), "{}", text(&made));
+    let patients = PATIENTS.to_string();
+    let reports = REPORTS.to_string();
+    let generated = run(
+        exporter,
+        &[
+            "generate",
+            "--cert",
+            keys.join("certificate.pem").to_str().unwrap(),
+            "--out",
+            export.to_str().unwrap(),
+            "--patients",
+            &patients,
+            "--reports",
+            &reports,
+            "--size-kb",
+            "40",
+            "--organisation-number",
+            ORGANISATION_NUMBER,
+            "--patients-per-folder",
+            "128",
+            "--seed",
+            "2026",
+        ],
+        &[],
+    );
+    assert!(generated.status.success(), "{}", text(&generated));
+
+    // One patient file encrypted to the wrong certificate (of the same size, so `check` cannot
+    // tell): the API rejects it, the client says so and why, verify refuses, and the corrected file
+    // goes through on the next upload.
+    let wrong_name = {
+        let index = std::fs::read_to_string(export.join("Index.txt")).unwrap();
+        index.lines().nth(7).unwrap().to_owned()
+    };
+    let wrong_path = export.join(wrong_name.replace('\\', "/"));
+    let original = std::fs::read(&wrong_path).unwrap();
+    {
+        use sfm_migration::format::envelope::{self, DecryptionKeys, RecipientCertificate};
+        let right = DecryptionKeys::from_pem_files(&[keys.join("private_key.pem")]).unwrap();
+        let other = envelope::generate_demo_key_pair(2048, "not SFM migrering").unwrap();
+        let other = RecipientCertificate::from_pem(other.certificate_pem.as_bytes()).unwrap();
+        let plain = right.decrypt(&original).unwrap().content;
+        let misencrypted = envelope::encrypt(&plain, &other, envelope::DEFAULT_EXTENSION).unwrap();
+        std::fs::write(&wrong_path, misencrypted).unwrap();
+    }
+
+    let port = free_port();
+    let api_url = format!("http://127.0.0.1:{port}");
+    let _api = start_api(
+        &keys.join("private_key.pem"),
+        port,
+        &format!("api-flow-{ns_name}"),
+    );
+
+    // The data controller's side.
+    let client = env!("CARGO_BIN_EXE_sfm-migrate");
+    let config = work.path().join("config");
+    let config_env = ("SFM_MIGRATE_CONFIG_DIR", config.to_str().unwrap());
+    let added = run(
+        client,
+        &["key", "add", "flyt", "--for-api", &api_url],
+        &[config_env, ("SFM_MIGRATION_KEY", key.as_str())],
+    );
+    assert!(added.status.success(), "{}", text(&added));
+    let listed = run(client, &["key", "list"], &[config_env]);
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains(&key),
+        "the secret is never printed"
+    );
+    let checked = run(
+        client,
+        &[
+            "check",
+            export.to_str().unwrap(),
+            "--cert",
+            keys.join("certificate.pem").to_str().unwrap(),
+        ],
+        &[config_env],
+    );
+    assert!(checked.status.success(), "{}", text(&checked));
+
+    // First upload, stopped with Ctrl-C (SIGINT) once some patients are in: it finishes the requests
+    // in flight and says how to continue.
+    let upload_args = [
+        "upload",
+        export.to_str().unwrap(),
+        "--workers",
+        "16",
+        "--plain",
+    ];
+    let mut interrupted = Process::start(
+        client,
+        &upload_args,
+        &[config_env],
+        &format!("client-flow-{ns_name}-1"),
+    );
+    assert!(
+        eventually(Duration::from_secs(300), || ledger_lines(&export, "stored")
+            >= PATIENTS / 5),
+        "the first upload made no progress; its log:\n{}",
+        interrupted.log_text()
+    );
+    let pid = interrupted.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = interrupted.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", interrupted.log_text());
+    assert!(
+        interrupted
+            .log_text()
+            .contains("Interrupted: run the same command again"),
+        "{}",
+        interrupted.log_text()
+    );
+    let stored_at_interrupt = ledger_lines(&export, "stored");
+
+    // Second upload, killed (SIGKILL, as a crash) after more patients are in.
+    let mut killed = Process::start(
+        client,
+        &upload_args,
+        &[config_env],
+        &format!("client-flow-{ns_name}-2"),
+    );
+    assert!(
+        eventually(Duration::from_secs(300), || ledger_lines(&export, "stored")
+            >= stored_at_interrupt + PATIENTS / 5),
+        "the second upload made no progress; its log:\n{}",
+        killed.log_text()
+    );
+    killed.kill();
+    let stored_at_kill = ledger_lines(&export, "stored");
+    assert!(
+        stored_at_kill < PATIENTS + REPORTS + 1,
+        "the upload finished before it was killed"
+    );
+
+    // Third run: completes exactly what is missing.
+    let second = run(
+        client,
+        &[
+            "upload",
+            export.to_str().unwrap(),
+            "--workers",
+            "16",
+            "--plain",
+        ],
+        &[config_env],
+    );
+    assert!(second.status.success(), "{}", text(&second));
+    let total_files = PATIENTS + REPORTS + 1;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let query = |sql: &'static str| {
+        runtime.block_on(async {
+            use sqlx::Connection;
+            let mut connection = sqlx::PgConnection::connect(&migrator_uri).await.unwrap();
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap()
+        })
+    };
+    let second_out = String::from_utf8_lossy(&second.stdout).into_owned();
+    assert!(
+        second_out.contains(&format!("rejected: {wrong_name} (envelope-undecryptable)"))
+            && second_out.contains("wrong certificate"),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(
+        query("SELECT count(*) FROM sfm.patients"),
+        PATIENTS as i64 - 1
+    );
+    assert!(eventually(Duration::from_secs(30), || count(
+        &ns_name,
+        "patients.rejected"
+    ) == 1));
+    assert_eq!(count(&ns_name, "users.stored"), 25);
+
+    // Verify refuses while a file is rejected, and says which and why.
+    let refused = run(client, &["verify", export.to_str().unwrap()], &[config_env]);
+    assert!(!refused.status.success());
+    let refused_text = text(&refused);
+    assert!(
+        refused_text.contains("1 rejected") && refused_text.contains(&wrong_name),
+        "{refused_text}"
+    );
+
+    // The EPJ supplier delivers the file again, encrypted correctly: exactly that file is sent.
+    std::fs::write(&wrong_path, &original).unwrap();
+    let fixed = run(
+        client,
+        &["upload", export.to_str().unwrap(), "--plain"],
+        &[config_env],
+    );
+    assert!(fixed.status.success(), "{}", text(&fixed));
+    assert!(
+        String::from_utf8_lossy(&fixed.stdout).contains(&format!(
+            "{total_files} files in the export, 1 sent now, {} already sent before",
+            total_files - 1
+        )),
+        "{}",
+        text(&fixed)
+    );
+    assert_eq!(query("SELECT count(*) FROM sfm.patients"), PATIENTS as i64);
+    assert!(eventually(Duration::from_secs(30), || count(
+        &ns_name,
+        "patients.stored"
+    ) == PATIENTS as u64));
+    assert_eq!(count(&ns_name, "patients.rejected"), 0);
+
+    // Fourth run: nothing is sent twice.
+    let received_before = count(&ns_name, "patients.received");
+    let third = run(
+        client,
+        &["upload", export.to_str().unwrap(), "--plain"],
+        &[config_env],
+    );
+    assert!(third.status.success(), "{}", text(&third));
+    let third_out = String::from_utf8_lossy(&third.stdout);
+    assert!(
+        third_out.contains(&format!(
+            "{total_files} files in the export, 0 sent now, {total_files} already sent before"
+        )),
+        "{}",
+        text(&third)
+    );
+    assert_eq!(count(&ns_name, "patients.received"), received_before);
+    assert_eq!(query("SELECT count(*) FROM sfm.patients"), PATIENTS as i64);
+
+    // Verify, then activate: the database switches and the export's files are deleted.
+    let verified = run(client, &["verify", export.to_str().unwrap()], &[config_env]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(String::from_utf8_lossy(&verified.stdout).contains(&format!("{PATIENTS} patients")));
+    std::fs::write(export.join("notes.ledger"), b"the controller's own file").unwrap();
+    let activated = run(
+        client,
+        &[
+            "activate",
+            export.to_str().unwrap(),
+            "--timeout-secs",
+            "180",
+        ],
+        &[config_env],
+    );
+    assert!(activated.status.success(), "{}", text(&activated));
+    kubectl_ok(
+        &[
+            "-n",
+            &ns_name,
+            "wait",
+            "--for=condition=Operational",
+            "mdb/flow",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&export)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        vec!["notes.ledger".to_owned(), LEDGER_FILE.to_owned()],
+        "exactly the export's files were deleted"
+    );
+
+    // After the switch: the wire contract lets the key read the status; the API currently refuses
+    // every key of an operational database (key-expired). Either way it is one clear answer.
+    let late = run(client, &["status"], &[config_env]);
+    let late_text = text(&late);
+    assert!(
+        late_text.contains("Operational") || late_text.contains("Your migration key has expired"),
+        "{late_text}"
+    );
+}
+
+/// A database that requires HelseID: without a login the client stops at the key check with one
+/// sentence; after `sfm-migrate login --dpop` against the project's local HelseID-like issuer, `run`
+/// takes the export to `Operational`, every request carrying the DPoP-bound token and a fresh proof.
+#[test]
+fn a_helseid_protected_database_takes_a_dpop_login() {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use sfm_migration::helseid::issuer::{Issuer, IssuerConfig, RegisteredClient, router};
+
+    const SCOPE: &str = "nhn:sfm-migration/upload";
+    const AUDIENCE: &str = "nhn:sfm-migration";
+    const SMALL: usize = 24;
+    sfm_migration::telemetry::install_crypto_provider();
+    install_crds();
+    kubectl(&["create", "namespace", API_NS], None);
+    let ns = TestNamespace::new("flow-helseid");
+    let ns_name = ns.name.clone();
+    let _operator = start_operator(&ns_name, API_NS, &format!("operator-{ns_name}"));
+
+    // The issuer, with the data controller's client registered (RSA key, kid).
+    let work = tempfile::tempdir().unwrap();
+    let client_key =
+        sfm_migration::format::envelope::generate_demo_key_pair(2048, "flow-sfm").unwrap();
+    let client_key_file = work.path().join("helseid-client.pem");
+    std::fs::write(&client_key_file, &client_key.private_key_pem).unwrap();
+    let mut jwk = Jwk::from_encoding_key(
+        &EncodingKey::from_rsa_pem(client_key.private_key_pem.as_bytes()).unwrap(),
+        Algorithm::RS256,
+    )
+    .unwrap();
+    jwk.common.key_id = Some("flow-key-1".into());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let issuer_url = format!("http://{}", listener.local_addr().unwrap());
+    let issuer = Issuer::new(IssuerConfig {
+        issuer_url: issuer_url.clone(),
+        audience: AUDIENCE.into(),
+        clients: vec![RegisteredClient {
+            client_id: "flow-sfm".into(),
+            jwks: JwkSet { keys: vec![jwk] },
+            organisation_number: ORGANISATION_NUMBER.into(),
+            child_organisation_number: None,
+            scopes: vec![SCOPE.into()],
+        }],
+        token_lifetime: Duration::from_secs(900),
+    })
+    .unwrap();
+    let app = router(issuer);
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let database = database_yaml(&ns_name).replace(
+        "    schemaCheck: Strict\n",
+        &format!(
+            "    schemaCheck: Strict\n    helseId:\n      issuer: {issuer_url}\n      audience: {AUDIENCE}\n      requiredScope: {SCOPE}\n"
+        ),
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&database));
+    kubectl_ok(&["apply", "-f", "-"], Some(&key_yaml(&ns_name)));
+    kubectl_ok(
+        &[
+            "-n",
+            &ns_name,
+            "wait",
+            "--for=condition=Ready",
+            "mdb/flow",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    assert!(eventually(Duration::from_secs(60), || jsonpath(
+        &ns_name,
+        "mkey/flow-key",
+        "{.status.phase}"
+    ) == "Active"));
+    let secret = jsonpath(&ns_name, "mkey/flow-key", "{.status.secretName}");
+    let key = secret_field(&ns_name, &secret, "key");
+
+    let keys = work.path().join("keys");
+    let export = work.path().join("export");
+    let exporter = env!("CARGO_BIN_EXE_sfm-export");
+    assert!(
+        run(exporter, &["keygen", "--out", keys.to_str().unwrap()], &[])
+            .status
+            .success()
+    );
+    let small = SMALL.to_string();
+    let generated = run(
+        exporter,
+        &[
+            "generate",
+            "--cert",
+            keys.join("certificate.pem").to_str().unwrap(),
+            "--out",
+            export.to_str().unwrap(),
+            "--patients",
+            &small,
+            "--size-kb",
+            "20",
+            "--organisation-number",
+            ORGANISATION_NUMBER,
+        ],
+        &[],
+    );
+    assert!(generated.status.success(), "{}", text(&generated));
+    let port = free_port();
+    let api_url = format!("http://127.0.0.1:{port}");
+    let _api = start_api(
+        &keys.join("private_key.pem"),
+        port,
+        &format!("api-flow-{ns_name}"),
+    );
+
+    let client = env!("CARGO_BIN_EXE_sfm-migrate");
+    let config = work.path().join("config");
+    let config_env = ("SFM_MIGRATE_CONFIG_DIR", config.to_str().unwrap());
+    assert!(
+        run(
+            client,
+            &["key", "add", "flyt", "--for-api", &api_url],
+            &[config_env, ("SFM_MIGRATION_KEY", key.as_str())],
+        )
+        .status
+        .success()
+    );
+
+    // Without a login: one sentence, nothing sent.
+    let refused = run(
+        client,
+        &["upload", export.to_str().unwrap(), "--plain"],
+        &[config_env],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("This database requires a HelseID login"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(ledger_lines(&export, "stored"), 0);
+
+    // Log in with a DPoP-bound token, then the whole migration in one go.
+    let login = run(
+        client,
+        &[
+            "login",
+            "--issuer",
+            &issuer_url,
+            "--client-id",
+            "flow-sfm",
+            "--key-file",
+            client_key_file.to_str().unwrap(),
+            "--kid",
+            "flow-key-1",
+            "--scope",
+            SCOPE,
+            "--dpop",
+        ],
+        &[config_env],
+    );
+    assert!(login.status.success(), "{}", text(&login));
+    assert!(String::from_utf8_lossy(&login.stdout).contains("DPoP token"));
+    let migrated = run(
+        client,
+        &[
+            "run",
+            export.to_str().unwrap(),
+            "--workers",
+            "8",
+            "--plain",
+            "--timeout-secs",
+            "180",
+        ],
+        &[config_env],
+    );
+    assert!(migrated.status.success(), "{}", text(&migrated));
+    assert_eq!(count(&ns_name, "patients.stored"), SMALL as u64);
+    kubectl_ok(
+        &[
+            "-n",
+            &ns_name,
+            "wait",
+            "--for=condition=Operational",
+            "mdb/flow",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    assert!(!export.join("ExportData.dat").exists());
+    assert!(!export.join("Index.txt").exists());
+    drop(runtime);
+}
