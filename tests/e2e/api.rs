@@ -754,6 +754,77 @@ fn two_replicas_share_an_upload_across_a_kill() {
         .await
         .unwrap();
         assert_eq!(digest, contract::sha256_hex(&patient));
+
+        // The same person under another Id is stored and flagged; an HPR number no user has is rejected.
+        let entries = read_archive(&samples.patient_zip, &ArchiveLimits::default())
+            .unwrap()
+            .entries;
+        let with = |guid: &str, from: &str, to: &str| {
+            let renamed: Vec<(String, Vec<u8>)> = entries
+                .iter()
+                .map(|e| {
+                    let data = if e.name == "PatientData.xml" {
+                        String::from_utf8(e.data.clone())
+                            .unwrap()
+                            .replace(PATIENT_GUID, guid)
+                            .replace(from, to)
+                            .into_bytes()
+                    } else {
+                        e.data.clone()
+                    };
+                    (e.name.clone(), data)
+                })
+                .collect();
+            let borrowed: Vec<(&str, &[u8])> = renamed
+                .iter()
+                .map(|(n, d)| (n.as_str(), d.as_slice()))
+                .collect();
+            samples.encrypt(&write_archive(&borrowed).unwrap())
+        };
+        let twin_guid = "1056e3cc-38fc-4e3c-8cd0-1c831db782d4";
+        let twin = with(twin_guid, "", "");
+        let name = format!("Patients0\\{twin_guid}.pat");
+        let created =
+            create_upload(&client, &b, &migration.key, &name, "Patient", twin.len()).await;
+        let url = created.headers()["location"].to_str().unwrap().to_owned();
+        let r = patch(&client, &url, 0, &twin).await;
+        assert_eq!(r.headers()["sfm-ingest-state"].to_str().unwrap(), "stored");
+        assert_eq!(
+            query_i64(
+                uri,
+                "SELECT count(*) FROM sfm.deviations WHERE message LIKE '%same person%'"
+            )
+            .await,
+            1
+        );
+
+        let stranger_guid = "2a4e3c9e-38fc-4e3c-8cd0-1c831db782d4";
+        let stranger = with(
+            stranger_guid,
+            "<Hpr>222200082</Hpr>",
+            "<Hpr>999999999</Hpr>",
+        );
+        let name = format!("Patients0\\{stranger_guid}.pat");
+        let created = create_upload(
+            &client,
+            &a,
+            &migration.key,
+            &name,
+            "Patient",
+            stranger.len(),
+        )
+        .await;
+        let url = created.headers()["location"].to_str().unwrap().to_owned();
+        let r = patch(&client, &url, 0, &stranger).await;
+        assert_eq!(
+            r.headers()["sfm-ingest-state"].to_str().unwrap(),
+            "rejected"
+        );
+        assert_eq!(
+            r.headers()["sfm-rejection-code"].to_str().unwrap(),
+            "data-quality-hpr-unknown"
+        );
+        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.patients").await, 2);
     });
     drop(api_a);
 }
