@@ -1203,3 +1203,149 @@ fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     }
     writer.finish().unwrap().into_inner()
 }
+
+/// A database whose policy requires a HelseID token: the API refuses the key alone, accepts a
+/// DPoP-bound token from the local issuer (client assertion, nonce) with a proof for the request, and
+/// refuses the replayed proof.
+#[test]
+fn helseid_token_is_required_when_the_database_asks_for_it() {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    use sfm_migration::helseid::issuer::{Issuer, IssuerConfig, RegisteredClient};
+    use sfm_migration::helseid::verify::access_token_hash;
+
+    let es256 = || {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let key = EncodingKey::from_ec_der(pkcs8.as_ref());
+        let jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+        (key, jwk)
+    };
+    let proof = |key: &EncodingKey,
+                 jwk: &Jwk,
+                 method: &str,
+                 url: &str,
+                 token: Option<&str>,
+                 nonce: Option<&str>| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some("dpop+jwt".into());
+        header.jwk = Some(jwk.clone());
+        let mut claims = serde_json::json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": method, "htu": url, "iat": chrono::Utc::now().timestamp()});
+        if let Some(token) = token {
+            claims["ath"] = access_token_hash(token).into();
+        }
+        if let Some(nonce) = nonce {
+            claims["nonce"] = nonce.into();
+        }
+        encode(&header, &claims, key).unwrap()
+    };
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuer_listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let issuer_url = format!("http://{}", issuer_listener.local_addr().unwrap());
+    let (client_key, client_jwk) = es256();
+    let issuer = Issuer::new(IssuerConfig {
+        issuer_url: issuer_url.clone(),
+        audience: "nhn:sfm-migration".into(),
+        clients: vec![RegisteredClient {
+            client_id: "sample-sfm".into(),
+            jwks: JwkSet {
+                keys: vec![client_jwk],
+            },
+            organisation_number: SAMPLE_ORGANISATION_NUMBER.into(),
+            child_organisation_number: None,
+            scopes: vec!["nhn:sfm-migration/upload".into()],
+        }],
+        token_lifetime: Duration::from_secs(600),
+    })
+    .unwrap();
+    let token_endpoint = issuer.token_endpoint();
+    runtime.spawn(async move {
+        axum::serve(
+            issuer_listener,
+            sfm_migration::helseid::issuer::router(issuer),
+        )
+        .await
+        .unwrap()
+    });
+
+    install_crds();
+    kubectl(&["create", "namespace", API_NS], None);
+    let ns = TestNamespace::new("api-helseid");
+    let _operator = start_operator(API_NS, &format!("operator-{}", ns.name));
+    let yaml = database_yaml(&ns.name, "sample", "Lenient").replace(
+        "    schemaCheck: Lenient\n",
+        &format!("    schemaCheck: Lenient\n    helseId:\n      issuer: {issuer_url}\n      audience: nhn:sfm-migration\n      requiredScope: nhn:sfm-migration/upload\n"),
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&key_yaml(&ns.name, "key-1", "sample")),
+    );
+    kubectl_ok(
+        &[
+            "-n",
+            &ns.name,
+            "wait",
+            "--for=condition=Ready",
+            "mdb/sample",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    assert!(eventually(Duration::from_secs(60), || jsonpath(
+        &ns.name,
+        "mkey/key-1",
+        "{.status.phase}"
+    ) == "Active"));
+    let key = secret_field(
+        &ns.name,
+        &jsonpath(&ns.name, "mkey/key-1", "{.status.secretName}"),
+        "key",
+    );
+    let samples = Samples::new();
+    let port = free_port();
+    let _api = start_api(&samples, port, &format!("api-{}", ns.name), &[]);
+    let key_check = format!("http://127.0.0.1:{port}{}", contract::PATH_KEY_CHECK);
+
+    runtime.block_on(async {
+        let http = http();
+        let r = http.post(&key_check).header("sfm-migration-key", &key).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().contains_key("www-authenticate"));
+        assert!(r.text().await.unwrap().contains("token-required"));
+
+        let (dpop_key, dpop_jwk) = es256();
+        let now = chrono::Utc::now().timestamp();
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some(sfm_migration::helseid::CLIENT_ASSERTION_TYP.into());
+        let assertion = |jti: &str| encode(&header, &serde_json::json!({"iss": "sample-sfm", "sub": "sample-sfm", "aud": token_endpoint, "iat": now, "exp": now + 60, "jti": jti}), &client_key).unwrap();
+        let form = |assertion: String| {
+            let mut s = url::form_urlencoded::Serializer::new(String::new());
+            s.append_pair("grant_type", "client_credentials");
+            s.append_pair("client_id", "sample-sfm");
+            s.append_pair("client_assertion_type", sfm_migration::helseid::CLIENT_ASSERTION_TYPE);
+            s.append_pair("client_assertion", &assertion);
+            s.finish()
+        };
+        let first = http.post(&token_endpoint).header("content-type", "application/x-www-form-urlencoded").header("dpop", proof(&dpop_key, &dpop_jwk, "POST", &token_endpoint, None, None)).body(form(assertion("a1"))).send().await.unwrap();
+        assert_eq!(first.status(), 400);
+        let nonce = first.headers()["dpop-nonce"].to_str().unwrap().to_owned();
+        let second = http.post(&token_endpoint).header("content-type", "application/x-www-form-urlencoded").header("dpop", proof(&dpop_key, &dpop_jwk, "POST", &token_endpoint, None, Some(&nonce))).body(form(assertion("a2"))).send().await.unwrap();
+        let body: serde_json::Value = second.json().await.unwrap();
+        let token = body["access_token"].as_str().unwrap().to_owned();
+
+        let request_proof = proof(&dpop_key, &dpop_jwk, "POST", &key_check, Some(&token), None);
+        let r = http.post(&key_check).header("sfm-migration-key", &key).header("authorization", format!("DPoP {token}")).header("dpop", &request_proof).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        let r = http.post(&key_check).header("sfm-migration-key", &key).header("authorization", format!("DPoP {token}")).header("dpop", &request_proof).send().await.unwrap();
+        assert_eq!(r.status(), 401, "a replayed proof must be refused");
+        assert!(r.text().await.unwrap().contains("token-invalid"));
+    });
+}
