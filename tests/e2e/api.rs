@@ -6,6 +6,7 @@
 
 use super::cluster::*;
 use super::processes::*;
+use futures::StreamExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -1347,5 +1348,89 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
         let r = http.post(&key_check).header("sfm-migration-key", &key).header("authorization", format!("DPoP {token}")).header("dpop", &request_proof).send().await.unwrap();
         assert_eq!(r.status(), 401, "a replayed proof must be refused");
         assert!(r.text().await.unwrap().contains("token-invalid"));
+    });
+}
+
+/// Backpressure: with one request slot, a second upload request while a slow PATCH is in flight gets
+/// 503 `busy` with `Retry-After`; once the PATCH is done the server serves again.
+#[test]
+fn a_busy_api_answers_503_with_retry_after() {
+    let samples = Samples::new();
+    let migration = provision("api-busy", "Lenient");
+    let ns = migration.ns.name.clone();
+    let port = free_port();
+    let _api = start_api(
+        &samples,
+        port,
+        &format!("api-{ns}"),
+        &["--max-inflight-requests", "1"],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let organisation = samples.encrypt(&samples.organisation_zip);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = http();
+        let created = create_upload(
+            &client,
+            &base,
+            &migration.key,
+            "ExportData.dat",
+            "ExportData",
+            organisation.len(),
+        )
+        .await;
+        assert_eq!(created.status(), 201);
+        let url = created.headers()["location"].to_str().unwrap().to_owned();
+        let (first, rest) = organisation.split_at(1000);
+        let (first, rest) = (
+            bytes::Bytes::copy_from_slice(first),
+            bytes::Bytes::copy_from_slice(rest),
+        );
+        let slow = futures::stream::iter(vec![Ok::<_, std::io::Error>(first)]).chain(
+            futures::stream::once(async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok(rest)
+            }),
+        );
+        let slow_client = client.clone();
+        let slow_url = url.clone();
+        let in_flight = tokio::spawn(async move {
+            slow_client
+                .patch(&slow_url)
+                .header("tus-resumable", "1.0.0")
+                .header("content-type", "application/offset+octet-stream")
+                .header("upload-offset", "0")
+                .body(reqwest::Body::wrap_stream(slow))
+                .send()
+                .await
+                .unwrap()
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = reqwest::Client::new()
+            .post(format!("{base}/files"))
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", "10")
+            .header("sfm-migration-key", &migration.key)
+            .header(
+                "upload-metadata",
+                contract::encode_upload_metadata(&[
+                    ("name", "ExportData.dat"),
+                    ("FileType", "ExportData"),
+                ]),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(busy.status(), 503);
+        assert!(
+            contract::parse_retry_after(busy.headers()["retry-after"].to_str().unwrap()).is_some()
+        );
+        assert!(busy.text().await.unwrap().contains("\"busy\""));
+        let done = in_flight.await.unwrap();
+        assert_eq!(done.status(), 204);
+        assert_eq!(
+            done.headers()["sfm-ingest-state"].to_str().unwrap(),
+            "stored"
+        );
     });
 }
