@@ -190,8 +190,23 @@ async fn take_request_slot(
         .map_err(|_| state.busy("this API replica serves as many uploads as it allows"))
 }
 
+/// A refused request may leave its body unread: the connection is closed after the answer so the
+/// client does not send its next request into the rest of that body.
+fn close_on_error(result: Result<Response, ApiError>) -> Result<Response, ApiError> {
+    result.map_err(|error| error.header("connection", "close"))
+}
+
 /// `POST /files`: creation (and creation-with-upload).
 pub async fn create(
+    state: State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    close_on_error(create_upload(state, method, headers, body).await)
+}
+
+async fn create_upload(
     State(state): State<Arc<AppState>>,
     method: Method,
     headers: HeaderMap,
@@ -490,6 +505,16 @@ async fn ingest_state_headers(
 
 /// `PATCH /files/{id}`: appends at the server's offset, under the row lock.
 pub async fn patch(
+    state: State<Arc<AppState>>,
+    id: Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    close_on_error(append_request(state, id, method, headers, body).await)
+}
+
+async fn append_request(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     method: Method,

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use sfm_migration::api::{self, AppState, Config, Limits};
 use sfm_migration::format::envelope::DecryptionKeys;
-use sfm_migration::telemetry;
+use sfm_migration::{helseid, telemetry};
 
 #[derive(Parser)]
 #[command(version, about = "SFM migration API")]
@@ -59,6 +59,38 @@ enum Command {
         #[arg(long, env = "SFM_INGEST_WAIT_SECONDS", default_value_t = 60)]
         ingest_wait_seconds: u64,
     },
+    /// Run a local issuer that behaves like HelseID (discovery, JWKS, client credentials with a
+    /// private_key_jwt client assertion, DPoP with nonces), for the demo. Never for production.
+    DevIssuer {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        /// The issuer URL (`iss`); default: http://<listen>.
+        #[arg(long)]
+        issuer_url: Option<String>,
+        /// The audience (`aud`) of issued tokens.
+        #[arg(long, default_value = "nhn:sfm-migration")]
+        audience: String,
+        /// The client id allowed to ask for tokens.
+        #[arg(long)]
+        client_id: String,
+        /// A JSON file with the client's public key(s): a JWK or a JWK set.
+        #[arg(long)]
+        client_jwks: PathBuf,
+        /// The organisation number the tokens carry (`orgnr_parent`).
+        #[arg(long)]
+        organisation_number: String,
+        /// Scopes the client may get (repeat or separate with commas).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "nhn:sfm-migration/upload"
+        )]
+        scope: Vec<String>,
+        /// Seconds an access token lives.
+        #[arg(long, default_value_t = 600)]
+        token_lifetime_seconds: u64,
+    },
 }
 
 #[tokio::main]
@@ -102,6 +134,40 @@ async fn main() -> Result<()> {
                 kube,
             );
             api::serve(state, listen).await?;
+        }
+        Command::DevIssuer {
+            listen,
+            issuer_url,
+            audience,
+            client_id,
+            client_jwks,
+            organisation_number,
+            scope,
+            token_lifetime_seconds,
+        } => {
+            telemetry::install_crypto_provider();
+            telemetry::init_logging();
+            let text = std::fs::read_to_string(&client_jwks)
+                .with_context(|| format!("cannot read {}", client_jwks.display()))?;
+            let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
+                .or_else(|_| {
+                    serde_json::from_str::<jsonwebtoken::jwk::Jwk>(&text)
+                        .map(|jwk| jsonwebtoken::jwk::JwkSet { keys: vec![jwk] })
+                })
+                .context("the client key file is neither a JWK nor a JWK set")?;
+            let issuer = helseid::issuer::Issuer::new(helseid::issuer::IssuerConfig {
+                issuer_url: issuer_url.unwrap_or_else(|| format!("http://{listen}")),
+                audience,
+                clients: vec![helseid::issuer::RegisteredClient {
+                    client_id,
+                    jwks,
+                    organisation_number,
+                    child_organisation_number: None,
+                    scopes: scope,
+                }],
+                token_lifetime: Duration::from_secs(token_lifetime_seconds),
+            })?;
+            helseid::issuer::serve(issuer, listen).await?;
         }
     }
     Ok(())

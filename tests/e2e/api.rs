@@ -6,6 +6,7 @@
 
 use super::cluster::*;
 use super::processes::*;
+use futures::StreamExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -754,6 +755,77 @@ fn two_replicas_share_an_upload_across_a_kill() {
         .await
         .unwrap();
         assert_eq!(digest, contract::sha256_hex(&patient));
+
+        // The same person under another Id is stored and flagged; an HPR number no user has is rejected.
+        let entries = read_archive(&samples.patient_zip, &ArchiveLimits::default())
+            .unwrap()
+            .entries;
+        let with = |guid: &str, from: &str, to: &str| {
+            let renamed: Vec<(String, Vec<u8>)> = entries
+                .iter()
+                .map(|e| {
+                    let data = if e.name == "PatientData.xml" {
+                        String::from_utf8(e.data.clone())
+                            .unwrap()
+                            .replace(PATIENT_GUID, guid)
+                            .replace(from, to)
+                            .into_bytes()
+                    } else {
+                        e.data.clone()
+                    };
+                    (e.name.clone(), data)
+                })
+                .collect();
+            let borrowed: Vec<(&str, &[u8])> = renamed
+                .iter()
+                .map(|(n, d)| (n.as_str(), d.as_slice()))
+                .collect();
+            samples.encrypt(&write_archive(&borrowed).unwrap())
+        };
+        let twin_guid = "1056e3cc-38fc-4e3c-8cd0-1c831db782d4";
+        let twin = with(twin_guid, "", "");
+        let name = format!("Patients0\\{twin_guid}.pat");
+        let created =
+            create_upload(&client, &b, &migration.key, &name, "Patient", twin.len()).await;
+        let url = created.headers()["location"].to_str().unwrap().to_owned();
+        let r = patch(&client, &url, 0, &twin).await;
+        assert_eq!(r.headers()["sfm-ingest-state"].to_str().unwrap(), "stored");
+        assert_eq!(
+            query_i64(
+                uri,
+                "SELECT count(*) FROM sfm.deviations WHERE message LIKE '%same person%'"
+            )
+            .await,
+            1
+        );
+
+        let stranger_guid = "2a4e3c9e-38fc-4e3c-8cd0-1c831db782d4";
+        let stranger = with(
+            stranger_guid,
+            "<Hpr>222200082</Hpr>",
+            "<Hpr>999999999</Hpr>",
+        );
+        let name = format!("Patients0\\{stranger_guid}.pat");
+        let created = create_upload(
+            &client,
+            &a,
+            &migration.key,
+            &name,
+            "Patient",
+            stranger.len(),
+        )
+        .await;
+        let url = created.headers()["location"].to_str().unwrap().to_owned();
+        let r = patch(&client, &url, 0, &stranger).await;
+        assert_eq!(
+            r.headers()["sfm-ingest-state"].to_str().unwrap(),
+            "rejected"
+        );
+        assert_eq!(
+            r.headers()["sfm-rejection-code"].to_str().unwrap(),
+            "data-quality-hpr-unknown"
+        );
+        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.patients").await, 2);
     });
     drop(api_a);
 }
@@ -1131,4 +1203,234 @@ fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
         writer.write_all(data).unwrap();
     }
     writer.finish().unwrap().into_inner()
+}
+
+/// A database whose policy requires a HelseID token: the API refuses the key alone, accepts a
+/// DPoP-bound token from the local issuer (client assertion, nonce) with a proof for the request, and
+/// refuses the replayed proof.
+#[test]
+fn helseid_token_is_required_when_the_database_asks_for_it() {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    use sfm_migration::helseid::issuer::{Issuer, IssuerConfig, RegisteredClient};
+    use sfm_migration::helseid::verify::access_token_hash;
+
+    let es256 = || {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let key = EncodingKey::from_ec_der(pkcs8.as_ref());
+        let jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
+        (key, jwk)
+    };
+    let proof = |key: &EncodingKey,
+                 jwk: &Jwk,
+                 method: &str,
+                 url: &str,
+                 token: Option<&str>,
+                 nonce: Option<&str>| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some("dpop+jwt".into());
+        header.jwk = Some(jwk.clone());
+        let mut claims = serde_json::json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": method, "htu": url, "iat": chrono::Utc::now().timestamp()});
+        if let Some(token) = token {
+            claims["ath"] = access_token_hash(token).into();
+        }
+        if let Some(nonce) = nonce {
+            claims["nonce"] = nonce.into();
+        }
+        encode(&header, &claims, key).unwrap()
+    };
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuer_listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let issuer_url = format!("http://{}", issuer_listener.local_addr().unwrap());
+    let (client_key, client_jwk) = es256();
+    let issuer = Issuer::new(IssuerConfig {
+        issuer_url: issuer_url.clone(),
+        audience: "nhn:sfm-migration".into(),
+        clients: vec![RegisteredClient {
+            client_id: "sample-sfm".into(),
+            jwks: JwkSet {
+                keys: vec![client_jwk],
+            },
+            organisation_number: SAMPLE_ORGANISATION_NUMBER.into(),
+            child_organisation_number: None,
+            scopes: vec!["nhn:sfm-migration/upload".into()],
+        }],
+        token_lifetime: Duration::from_secs(600),
+    })
+    .unwrap();
+    let token_endpoint = issuer.token_endpoint();
+    runtime.spawn(async move {
+        axum::serve(
+            issuer_listener,
+            sfm_migration::helseid::issuer::router(issuer),
+        )
+        .await
+        .unwrap()
+    });
+
+    install_crds();
+    kubectl(&["create", "namespace", API_NS], None);
+    let ns = TestNamespace::new("api-helseid");
+    let _operator = start_operator(API_NS, &format!("operator-{}", ns.name));
+    let yaml = database_yaml(&ns.name, "sample", "Lenient").replace(
+        "    schemaCheck: Lenient\n",
+        &format!("    schemaCheck: Lenient\n    helseId:\n      issuer: {issuer_url}\n      audience: nhn:sfm-migration\n      requiredScope: nhn:sfm-migration/upload\n"),
+    );
+    kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&key_yaml(&ns.name, "key-1", "sample")),
+    );
+    kubectl_ok(
+        &[
+            "-n",
+            &ns.name,
+            "wait",
+            "--for=condition=Ready",
+            "mdb/sample",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    assert!(eventually(Duration::from_secs(60), || jsonpath(
+        &ns.name,
+        "mkey/key-1",
+        "{.status.phase}"
+    ) == "Active"));
+    let key = secret_field(
+        &ns.name,
+        &jsonpath(&ns.name, "mkey/key-1", "{.status.secretName}"),
+        "key",
+    );
+    let samples = Samples::new();
+    let port = free_port();
+    let _api = start_api(&samples, port, &format!("api-{}", ns.name), &[]);
+    let key_check = format!("http://127.0.0.1:{port}{}", contract::PATH_KEY_CHECK);
+
+    runtime.block_on(async {
+        let http = http();
+        let r = http.post(&key_check).header("sfm-migration-key", &key).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().contains_key("www-authenticate"));
+        assert!(r.text().await.unwrap().contains("token-required"));
+
+        let (dpop_key, dpop_jwk) = es256();
+        let now = chrono::Utc::now().timestamp();
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some(sfm_migration::helseid::CLIENT_ASSERTION_TYP.into());
+        let assertion = |jti: &str| encode(&header, &serde_json::json!({"iss": "sample-sfm", "sub": "sample-sfm", "aud": token_endpoint, "iat": now, "exp": now + 60, "jti": jti}), &client_key).unwrap();
+        let form = |assertion: String| {
+            let mut s = url::form_urlencoded::Serializer::new(String::new());
+            s.append_pair("grant_type", "client_credentials");
+            s.append_pair("client_id", "sample-sfm");
+            s.append_pair("client_assertion_type", sfm_migration::helseid::CLIENT_ASSERTION_TYPE);
+            s.append_pair("client_assertion", &assertion);
+            s.finish()
+        };
+        let first = http.post(&token_endpoint).header("content-type", "application/x-www-form-urlencoded").header("dpop", proof(&dpop_key, &dpop_jwk, "POST", &token_endpoint, None, None)).body(form(assertion("a1"))).send().await.unwrap();
+        assert_eq!(first.status(), 400);
+        let nonce = first.headers()["dpop-nonce"].to_str().unwrap().to_owned();
+        let second = http.post(&token_endpoint).header("content-type", "application/x-www-form-urlencoded").header("dpop", proof(&dpop_key, &dpop_jwk, "POST", &token_endpoint, None, Some(&nonce))).body(form(assertion("a2"))).send().await.unwrap();
+        let body: serde_json::Value = second.json().await.unwrap();
+        let token = body["access_token"].as_str().unwrap().to_owned();
+
+        let request_proof = proof(&dpop_key, &dpop_jwk, "POST", &key_check, Some(&token), None);
+        let r = http.post(&key_check).header("sfm-migration-key", &key).header("authorization", format!("DPoP {token}")).header("dpop", &request_proof).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        let r = http.post(&key_check).header("sfm-migration-key", &key).header("authorization", format!("DPoP {token}")).header("dpop", &request_proof).send().await.unwrap();
+        assert_eq!(r.status(), 401, "a replayed proof must be refused");
+        assert!(r.text().await.unwrap().contains("token-invalid"));
+    });
+}
+
+/// Backpressure: with one request slot, a second upload request while a slow PATCH is in flight gets
+/// 503 `busy` with `Retry-After`; once the PATCH is done the server serves again.
+#[test]
+fn a_busy_api_answers_503_with_retry_after() {
+    let samples = Samples::new();
+    let migration = provision("api-busy", "Lenient");
+    let ns = migration.ns.name.clone();
+    let port = free_port();
+    let _api = start_api(
+        &samples,
+        port,
+        &format!("api-{ns}"),
+        &["--max-inflight-requests", "1"],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let organisation = samples.encrypt(&samples.organisation_zip);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = http();
+        let created = create_upload(
+            &client,
+            &base,
+            &migration.key,
+            "ExportData.dat",
+            "ExportData",
+            organisation.len(),
+        )
+        .await;
+        assert_eq!(created.status(), 201);
+        let url = created.headers()["location"].to_str().unwrap().to_owned();
+        let (first, rest) = organisation.split_at(1000);
+        let (first, rest) = (
+            bytes::Bytes::copy_from_slice(first),
+            bytes::Bytes::copy_from_slice(rest),
+        );
+        let slow = futures::stream::iter(vec![Ok::<_, std::io::Error>(first)]).chain(
+            futures::stream::once(async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok(rest)
+            }),
+        );
+        let slow_client = client.clone();
+        let slow_url = url.clone();
+        let in_flight = tokio::spawn(async move {
+            slow_client
+                .patch(&slow_url)
+                .header("tus-resumable", "1.0.0")
+                .header("content-type", "application/offset+octet-stream")
+                .header("upload-offset", "0")
+                .body(reqwest::Body::wrap_stream(slow))
+                .send()
+                .await
+                .unwrap()
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = reqwest::Client::new()
+            .post(format!("{base}/files"))
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", "10")
+            .header("sfm-migration-key", &migration.key)
+            .header(
+                "upload-metadata",
+                contract::encode_upload_metadata(&[
+                    ("name", "ExportData.dat"),
+                    ("FileType", "ExportData"),
+                ]),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(busy.status(), 503);
+        assert!(
+            contract::parse_retry_after(busy.headers()["retry-after"].to_str().unwrap()).is_some()
+        );
+        assert!(busy.text().await.unwrap().contains("\"busy\""));
+        let done = in_flight.await.unwrap();
+        assert_eq!(done.status(), 204);
+        assert_eq!(
+            done.headers()["sfm-ingest-state"].to_str().unwrap(),
+            "stored"
+        );
+    });
 }
