@@ -1279,7 +1279,7 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
     install_crds();
     kubectl(&["create", "namespace", API_NS], None);
     let ns = TestNamespace::new("api-helseid");
-    let _operator = start_operator(API_NS, &format!("operator-{}", ns.name));
+    let _operator = start_operator(&ns.name, API_NS, &format!("operator-{}", ns.name));
     let yaml = database_yaml(&ns.name, "sample", "Lenient").replace(
         "    schemaCheck: Lenient\n",
         &format!("    schemaCheck: Lenient\n    helseId:\n      issuer: {issuer_url}\n      audience: nhn:sfm-migration\n      requiredScope: nhn:sfm-migration/upload\n"),
