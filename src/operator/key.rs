@@ -137,6 +137,23 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
         .map(|(_, p)| *p)
         .unwrap_or(KeyPhase::Pending);
 
+    // The key id as a label on the MigrationKey, so the migration API finds it with a label selector.
+    let key_id = token.key_id();
+    if key
+        .labels()
+        .get(super::children::LABEL_KEY_ID)
+        .map(String::as_str)
+        != Some(key_id)
+    {
+        let label = json!({"metadata": {"labels": {super::children::LABEL_KEY_ID: key_id}}});
+        keys.patch(
+            &key.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&label),
+        )
+        .await?;
+    }
+
     patch_key_status(
         &keys,
         &key,

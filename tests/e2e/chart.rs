@@ -876,7 +876,9 @@ fn needed(component: &str, home: bool, access: (&str, &str, &str), verb: &str, n
         ("operator", "sfm.nhn.no", "migrationdatabases", "") => {
             matches!(verb, "get" | "list" | "watch" | "patch")
         }
-        ("operator", "sfm.nhn.no", "migrationkeys", "") => matches!(verb, "get" | "list" | "watch"),
+        ("operator", "sfm.nhn.no", "migrationkeys", "") => {
+            matches!(verb, "get" | "list" | "watch" | "patch")
+        }
         ("operator", "sfm.nhn.no", _, "status") => verb == "patch",
         ("operator", "sfm.nhn.no", _, "finalizers") => verb == "update",
         ("operator", "", "secrets", "") => {

@@ -131,7 +131,7 @@ app.kubernetes.io/component: {{ .component }}
   verbs: [patch]
 - apiGroups: [sfm.nhn.no]
   resources: [migrationkeys]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]  # patch: the sfm.nhn.no/key-id label the API finds a key by
 - apiGroups: [sfm.nhn.no]
   resources: [migrationdatabases/finalizers, migrationkeys/finalizers]
   verbs: [update]
