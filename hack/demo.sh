@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # `make demo`: the whole flow on a local control plane and a local PostgreSQL server.
 #
-#   hack/demo.sh up     start everything, apply examples/, watch the MigrationDatabase's phases
+#   hack/demo.sh up     start everything, apply examples/, migrate a synthetic export with sfm-migrate
+#                       through sfm-migration-api, and wait until the database is Operational
 #   hack/demo.sh down   stop everything the demo started
 #
-# The state lives in .demo/ (kubeconfig, PostgreSQL, logs) until `make demo-down`.
+# The state lives in /tmp/sfm-demo (SFM_DEMO_DIR) until `make demo-down`: kubeconfig, PostgreSQL, keys,
+# the export, logs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 state=${SFM_DEMO_DIR:-/tmp/sfm-demo}
 cmd=${1:-up}
 
 down() {
-  if [ -f "$state/operator.pid" ]; then kill "$(cat "$state/operator.pid")" 2>/dev/null || true; rm -f "$state/operator.pid"; fi
+  for process in operator api; do
+    if [ -f "$state/$process.pid" ]; then kill "$(cat "$state/$process.pid")" 2>/dev/null || true; rm -f "$state/$process.pid"; fi
+  done
   "$root/hack/controlplane.sh" stop "$state/controlplane" >/dev/null 2>&1 || true
   "$root/hack/postgres.sh" stop "$state/postgres" >/dev/null 2>&1 || true
 }
@@ -39,7 +43,7 @@ kubectl wait --for=condition=Established --timeout=60s crd/migrationdatabases.sf
 
 echo "== starting sfm-operator (log: $state/operator.log)"
 SFM_DEFAULT_ADMIN_URL="$SFM_PG_ADMIN_URL" "$root/target/debug/sfm-operator" run --api-namespace sfm-system \
-  >"$state/operator.log" 2>&1 &
+  --metrics-address 127.0.0.1:9090 >"$state/operator.log" 2>&1 &
 echo $! >"$state/operator.pid"
 
 echo "== applying examples/"
@@ -57,21 +61,43 @@ for _ in $(seq 120); do
   sleep 0.5
 done
 kubectl -n "$ns" wait --for=condition=Ready "$db" --timeout=60s
+
+# The data controller's side: an export in NHN's format, encrypted to the "SFM migrering" certificate
+# whose private key only the migration API holds, sent with sfm-migrate and the key from the Secret.
+api=http://127.0.0.1:${SFM_DEMO_API_PORT:-8088}
+echo "== making the API's key pair and a synthetic export of ${SFM_DEMO_PATIENTS:-200} patients (sfm-export)"
+"$root/target/debug/sfm-export" keygen --out "$state/keys" >/dev/null
+"$root/target/debug/sfm-export" generate --cert "$state/keys/certificate.pem" --out "$state/export" \
+  --patients "${SFM_DEMO_PATIENTS:-200}" --organisation-number 974760673 --seed 2026 | tail -1
+echo "== starting sfm-migration-api on $api (log: $state/api.log)"
+"$root/target/debug/sfm-migration-api" serve --listen "${api#http://}" --namespace sfm-system \
+  --decryption-key "$state/keys/private_key.pem" >"$state/api.log" 2>&1 &
+echo $! >"$state/api.pid"
+for _ in $(seq 60); do curl -fsS "$api/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
+
+echo "== the data controller: sfm-migrate key add, then run (check, upload, verify, activate)"
+export SFM_MIGRATE_CONFIG_DIR=$state/client
+SFM_MIGRATION_KEY=$(kubectl -n "$ns" get secret fjordby-key-1-key -o jsonpath='{.data.key}' | base64 -d) \
+  "$root/target/debug/sfm-migrate" key add fjordby --for-api "$api"
+"$root/target/debug/sfm-migrate" run "$state/export" --workers 10
+kubectl -n "$ns" wait --for=condition=Operational "$db" --timeout=120s
 echo
 kubectl -n "$ns" get mdb,mkey
 echo
-echo "demo: phases seen: ${phases[*]}"
-echo "demo: the database is in staging mode: only the migrator (the migration API's role) can connect."
-echo "demo: the migration API and the client (sfm-migrate) are not built yet, so the demo stops at Staging."
-echo "      An activation can be tried by hand: see tests/e2e/operator.rs for the steps."
+echo "demo: phases seen at the start: ${phases[*]}; now: $(kubectl -n "$ns" get "$db" -o jsonpath='{.status.phase}')"
+echo "demo: patients stored: $(kubectl -n "$ns" get "$db" -o jsonpath='{.status.migration.patients.stored}')," \
+  "rejected: $(kubectl -n "$ns" get "$db" -o jsonpath='{.status.migration.patients.rejected}')"
+echo "demo: the export folder now holds: $(ls -A "$state/export" | tr '\n' ' ')"
 cat <<TOUR
 
 Look around:
   source $state/controlplane/env        # KUBECONFIG and kubectl v1.34
   kubectl get sfm -A                     # both kinds (category sfm)
-  kubectl describe $db -n $ns
-  kubectl get secret -n $ns fjordby-key-1-key -o jsonpath='{.data.key}' | base64 -d   # the migration key
-  psql "\$(kubectl get secret -n sfm-system -l sfm.nhn.no/database=legekontoret-fjordby -o jsonpath='{.items[0].data.uri}' | base64 -d)" -c 'table sfm.metadata'
-  tail -f $state/operator.log
+  kubectl describe $db -n $ns            # conditions and Events of the whole lifecycle
+  kubectl get events -n $ns --sort-by=.lastTimestamp
+  psql "\$(kubectl get secret -n $ns legekontoret-fjordby-application -o jsonpath='{.data.uri}' | base64 -d)" -c 'select count(*) from sfm.patients'
+  curl -s 127.0.0.1:9090/metrics | grep ^sfm_operator    # the operator's metrics
+  curl -s $api/metrics | grep ^sfm_                      # the API's metrics
+  tail -f $state/operator.log $state/api.log
 Stop it all with: make demo-down
 TOUR
