@@ -194,10 +194,13 @@ fn start_api(samples: &Samples, port: u16, log_name: &str, extra: &[&str]) -> Pr
         "30",
     ];
     args.extend_from_slice(extra);
+    let identity = super::chart::chart_kubeconfig("api", API_NS);
     let process = Process::start(
         env!("CARGO_BIN_EXE_sfm-migration-api"),
         &args,
-        &[("RUST_LOG", "info")],
+        // The API runs as the chart's ServiceAccount, with exactly the chart's RBAC: what it may not
+        // do (read Secrets outside its namespace, write anything but status) fails the test.
+        &[("RUST_LOG", "info"), ("KUBECONFIG", identity.as_str())],
         log_name,
     );
     let url = format!("http://127.0.0.1:{port}{}", contract::PATH_HEALTHZ);
@@ -522,6 +525,12 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         .unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
     assert!(metrics.contains("sfm_api_files_stored_total"));
+    // The chart's RBAC was enough for the whole migration.
+    assert!(
+        !api.log_text().to_lowercase().contains("forbidden"),
+        "the API was refused something under the chart's RBAC: {}",
+        api.log_text()
+    );
     let everything = [
         api.log_text(),
         migration.operator.log_text(),

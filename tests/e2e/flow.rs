@@ -63,6 +63,7 @@ fn key_yaml(ns: &str) -> String {
 fn start_api(key_file: &Path, port: u16, log_name: &str) -> Process {
     let listen = format!("127.0.0.1:{port}");
     let key_file = key_file.display().to_string();
+    let identity = super::chart::chart_kubeconfig("api", API_NS);
     let process = Process::start(
         env!("CARGO_BIN_EXE_sfm-migration-api"),
         &[
@@ -74,7 +75,9 @@ fn start_api(key_file: &Path, port: u16, log_name: &str) -> Process {
             "--decryption-key",
             &key_file,
         ],
-        &[("RUST_LOG", "info")],
+        // The API runs as the chart's ServiceAccount, with exactly the chart's RBAC: what it may not
+        // do (read Secrets outside its namespace, write anything but status) fails the test.
+        &[("RUST_LOG", "info"), ("KUBECONFIG", identity.as_str())],
         log_name,
     );
     let url = format!("http://127.0.0.1:{port}{}", contract::PATH_HEALTHZ);
