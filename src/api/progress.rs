@@ -61,7 +61,31 @@ pub async fn key_check(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = session(&state, &method, &headers, contract::PATH_KEY_CHECK).await?;
+    let session = match session(&state, &method, &headers, contract::PATH_KEY_CHECK).await {
+        Ok(session) => session,
+        Err(error) => {
+            let (key, db) =
+                after_the_switch(&state, &method, &headers, contract::PATH_KEY_CHECK, error)
+                    .await?;
+            return Ok(axum::Json(KeyCheckResponse {
+                key_id: key
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.key_id.clone())
+                    .unwrap_or_default(),
+                database: format!("{}/{}", db.namespace().unwrap_or_default(), db.name_any()),
+                expires_at: auth::key_expires_at(&key).unwrap_or_else(Utc::now),
+                phase: phase_of(&db),
+                token_required: db.spec.validation.helse_id.is_some(),
+                organisation_stored: db
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.migration.as_ref())
+                    .is_some_and(|m| m.organisation_stored),
+            })
+            .into_response());
+        }
+    };
     let key = state
         .directory
         .key(&session.key_id)
@@ -90,9 +114,105 @@ pub async fn status(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = session(&state, &method, &headers, contract::PATH_STATUS).await?;
+    let session = match session(&state, &method, &headers, contract::PATH_STATUS).await {
+        Ok(session) => session,
+        Err(error) => {
+            let (_, db) =
+                after_the_switch(&state, &method, &headers, contract::PATH_STATUS, error).await?;
+            return Ok(axum::Json(status_from_resource(&db)).into_response());
+        }
+    };
     let status = read_status(&session.pool, &session.database).await?;
     Ok(axum::Json(status).into_response())
+}
+
+/// The contract lets a key read `status` and `key-check` once its database is operational, so the
+/// client sees the end of the migration (and can delete the export even after a crash between the
+/// switch and the deletion). By then the operator has expired the keys and closed the migrator, so
+/// the normal session fails. This answers `Ok` only for a key whose secret matches and whose one fault
+/// is having expired, of a database whose phase is `Operational`, with a HelseID token when the
+/// database requires one; any other failure is returned unchanged. It never opens a database
+/// connection: the answer comes from the MigrationDatabase's status.
+async fn after_the_switch(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    path: &str,
+    error: ApiError,
+) -> Result<(Arc<crate::crd::MigrationKey>, Arc<MigrationDatabase>), ApiError> {
+    if error.code() != ProblemCode::KeyExpired {
+        return Err(error);
+    }
+    let Some(token) = auth::header_key(headers)? else {
+        return Err(error);
+    };
+    let Some(key) = state.directory.key(token.key_id()).await? else {
+        return Err(error);
+    };
+    let digest = key
+        .status
+        .as_ref()
+        .and_then(|s| s.digest.as_deref())
+        .unwrap_or("");
+    let expired_by_switch = key.status.as_ref().and_then(|s| s.phase)
+        == Some(crate::crd::KeyPhase::Expired)
+        && !key.spec.revoked;
+    if !token.matches_digest(digest) || !expired_by_switch {
+        return Err(error);
+    }
+    let db = auth::key_database(state, &key).await?;
+    if db.status.as_ref().and_then(|s| s.phase) != Some(crate::crd::Phase::Operational) {
+        return Err(error);
+    }
+    if let Some(policy) = &db.spec.validation.helse_id {
+        let request = RequestFacts {
+            method,
+            url: format!("{}{path}", base_url(state, headers)),
+            headers,
+        };
+        state
+            .helseid
+            .check_request(policy, &db.spec.organisation.organisation_number, &request)
+            .await?;
+    }
+    Ok((key, db))
+}
+
+/// The migration's final state as the MigrationDatabase's status holds it (written by this API).
+fn status_from_resource(db: &MigrationDatabase) -> MigrationStatus {
+    let progress = db
+        .status
+        .as_ref()
+        .and_then(|s| s.migration.clone())
+        .unwrap_or_default();
+    let counts = |c: &crate::crd::RecordCounts| Counts {
+        received: u64::try_from(c.received).unwrap_or(0),
+        stored: u64::try_from(c.stored).unwrap_or(0),
+        rejected: u64::try_from(c.rejected).unwrap_or(0),
+    };
+    let time = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    MigrationStatus {
+        database: format!("{}/{}", db.namespace().unwrap_or_default(), db.name_any()),
+        phase: phase_of(db),
+        phase_reason: db.status.as_ref().and_then(|s| s.phase_reason.clone()),
+        started_at: None,
+        organisation_stored: progress.organisation_stored,
+        users: counts(&progress.users),
+        patients: counts(&progress.patients),
+        reports: Counts::default(),
+        expected_patients: progress
+            .expected_patients
+            .and_then(|n| u64::try_from(n).ok()),
+        rejections: Vec::new(),
+        rejections_truncated: false,
+        validated_digest: progress.validated_digest.clone(),
+        validated_at: time(&progress.validated_at),
+        activation_requested_at: time(&progress.activation_requested_at),
+    }
 }
 
 fn kind_file_type(kind: &str) -> FileType {

@@ -417,14 +417,20 @@ fn an_export_goes_from_files_to_an_operational_database() {
         "exactly the export's files were deleted"
     );
 
-    // After the switch: the wire contract lets the key read the status; the API currently refuses
-    // every key of an operational database (key-expired). Either way it is one clear answer.
+    // After the switch the key is expired and the migrator closed, yet the wire contract lets the key
+    // read the status (from the MigrationDatabase), so the client sees the end.
     let late = run(client, &["status"], &[config_env]);
     let late_text = text(&late);
-    assert!(
-        late_text.contains("Operational") || late_text.contains("Your migration key has expired"),
-        "{late_text}"
+    assert!(late.status.success(), "{late_text}");
+    assert!(late_text.contains("Operational"), "{late_text}");
+    assert!(late_text.contains(&PATIENTS.to_string()), "{late_text}");
+    // Uploads stay refused.
+    let refused = run(
+        client,
+        &["upload", export.to_str().unwrap(), "--plain"],
+        &[config_env],
     );
+    assert!(!refused.status.success(), "{}", text(&refused));
 }
 
 /// A database that requires HelseID: without a login the client stops at the key check with one
