@@ -7,6 +7,7 @@
 use super::cluster::*;
 use super::processes::*;
 use futures::StreamExt as _;
+use reqwest::RequestBuilder;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -179,43 +180,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_api(samples: &Samples, port: u16, log_name: &str, extra: &[&str]) -> Process {
-    let listen = format!("127.0.0.1:{port}");
-    let key_file = samples.key_file.display().to_string();
-    let mut args = vec![
-        "serve",
-        "--listen",
-        listen.as_str(),
-        "--namespace",
-        API_NS,
-        "--decryption-key",
-        key_file.as_str(),
-        "--ingest-wait-seconds",
-        "30",
-    ];
+/// The API for a test's samples, waiting up to 30 s for an ingest lock.
+fn start_sample_api(samples: &Samples, port: u16, log_name: &str, extra: &[&str]) -> Process {
+    let mut args = vec!["--ingest-wait-seconds", "30"];
     args.extend_from_slice(extra);
-    let identity = super::chart::chart_kubeconfig("api", API_NS);
-    let process = Process::start(
-        env!("CARGO_BIN_EXE_sfm-migration-api"),
-        &args,
-        // The API runs as the chart's ServiceAccount, with exactly the chart's RBAC: what it may not
-        // do (read Secrets outside its namespace, write anything but status) fails the test.
-        &[("RUST_LOG", "info"), ("KUBECONFIG", identity.as_str())],
-        log_name,
-    );
-    let url = format!("http://127.0.0.1:{port}{}", contract::PATH_HEALTHZ);
-    assert!(
-        eventually(Duration::from_secs(30), || std::process::Command::new(
-            "curl"
-        )
-        .args(["-fsS", &url])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)),
-        "the API did not come up; its log:\n{}",
-        process.log_text()
-    );
-    process
+    start_api(API_NS, &samples.key_file, port, log_name, &args)
 }
 
 /// Uploads with tuspy; returns its JSON line.
@@ -296,7 +265,7 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
     let ns = migration.ns.name.clone();
     let mdb = format!("mdb/{}", migration.db);
     let port = free_port();
-    let api = start_api(&samples, port, &format!("api-{ns}"), &[]);
+    let api = start_sample_api(&samples, port, &format!("api-{ns}"), &[]);
     let base = format!("http://127.0.0.1:{port}");
 
     let organisation = samples.encrypt(&samples.organisation_zip);
@@ -309,21 +278,17 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
     runtime.block_on(async {
         let client = http();
         // A patient before the organisation is refused at creation.
-        let early = client
-            .post(format!("{base}/files"))
-            .header("tus-resumable", "1.0.0")
-            .header("upload-length", patient.len().to_string())
-            .header("sfm-migration-key", &migration.key)
-            .header(
-                "upload-metadata",
-                contract::encode_upload_metadata(&[
-                    ("name", &patient_name),
-                    ("FileType", "Patient"),
-                ]),
-            )
-            .send()
-            .await
-            .unwrap();
+        let early = create_request(
+            &client,
+            &base,
+            &migration.key,
+            &patient_name,
+            "Patient",
+            patient.len(),
+        )
+        .send()
+        .await
+        .unwrap();
         assert_eq!(early.status(), 409);
         assert!(early.text().await.unwrap().contains("organisation-missing"));
     });
@@ -459,21 +424,17 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         );
 
         // Validated: no more uploads.
-        let refused = client
-            .post(format!("{base}/files"))
-            .header("tus-resumable", "1.0.0")
-            .header("upload-length", "10")
-            .header("sfm-migration-key", &migration.key)
-            .header(
-                "upload-metadata",
-                contract::encode_upload_metadata(&[
-                    ("name", "Patients0\\x.pat"),
-                    ("FileType", "Patient"),
-                ]),
-            )
-            .send()
-            .await
-            .unwrap();
+        let refused = create_request(
+            &client,
+            &base,
+            &migration.key,
+            "Patients0\\x.pat",
+            "Patient",
+            10,
+        )
+        .send()
+        .await
+        .unwrap();
         assert_eq!(refused.status(), 409);
         assert!(
             refused
@@ -568,7 +529,7 @@ fn strict_schema_check_rejects_the_sample_patient() {
     let migration = provision("api-strict", "Strict");
     let ns = migration.ns.name.clone();
     let port = free_port();
-    let _api = start_api(&samples, port, &format!("api-{ns}"), &[]);
+    let _api = start_sample_api(&samples, port, &format!("api-{ns}"), &[]);
     let base = format!("http://127.0.0.1:{port}");
     let organisation_file = samples.write(
         "ExportData.dat",
@@ -611,6 +572,39 @@ fn strict_schema_check_rejects_the_sample_patient() {
     ) == "1"));
 }
 
+/// POST /files with the tus version, the length and the key; no metadata.
+fn tus_post(client: &reqwest::Client, base: &str, key: &str, length: usize) -> RequestBuilder {
+    client
+        .post(format!("{base}/files"))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", length.to_string())
+        .header("sfm-migration-key", key)
+}
+
+/// The tus creation request for one file with its name and FileType in the metadata.
+fn create_request(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    name: &str,
+    file_type: &str,
+    length: usize,
+) -> RequestBuilder {
+    tus_post(client, base, key, length).header(
+        "upload-metadata",
+        contract::encode_upload_metadata(&[("name", name), ("FileType", file_type)]),
+    )
+}
+
+/// A tus PATCH at `offset`, without checksum or body.
+fn patch_request(client: &reqwest::Client, url: &str, offset: usize) -> RequestBuilder {
+    client
+        .patch(url)
+        .header("tus-resumable", "1.0.0")
+        .header("content-type", "application/offset+octet-stream")
+        .header("upload-offset", offset.to_string())
+}
+
 async fn create_upload(
     client: &reqwest::Client,
     base: &str,
@@ -619,15 +613,7 @@ async fn create_upload(
     file_type: &str,
     length: usize,
 ) -> reqwest::Response {
-    client
-        .post(format!("{base}/files"))
-        .header("tus-resumable", "1.0.0")
-        .header("upload-length", length.to_string())
-        .header("sfm-migration-key", key)
-        .header(
-            "upload-metadata",
-            contract::encode_upload_metadata(&[("name", name), ("FileType", file_type)]),
-        )
+    create_request(client, base, key, name, file_type, length)
         .send()
         .await
         .unwrap()
@@ -639,11 +625,7 @@ async fn patch(
     offset: usize,
     body: &[u8],
 ) -> reqwest::Response {
-    client
-        .patch(url)
-        .header("tus-resumable", "1.0.0")
-        .header("content-type", "application/offset+octet-stream")
-        .header("upload-offset", offset.to_string())
+    patch_request(client, url, offset)
         .header(
             "upload-checksum",
             UploadChecksum::of(ChecksumAlgorithm::Sha256, body).to_header(),
@@ -662,8 +644,8 @@ fn two_replicas_share_an_upload_across_a_kill() {
     let migration = provision("api-replicas", "Lenient");
     let ns = migration.ns.name.clone();
     let (port_a, port_b) = (free_port(), free_port());
-    let mut api_a = start_api(&samples, port_a, &format!("api-a-{ns}"), &[]);
-    let _api_b = start_api(&samples, port_b, &format!("api-b-{ns}"), &[]);
+    let mut api_a = start_sample_api(&samples, port_a, &format!("api-a-{ns}"), &[]);
+    let _api_b = start_sample_api(&samples, port_b, &format!("api-b-{ns}"), &[]);
     let (a, b) = (
         format!("http://127.0.0.1:{port_a}"),
         format!("http://127.0.0.1:{port_b}"),
@@ -701,7 +683,7 @@ fn two_replicas_share_an_upload_across_a_kill() {
             if index == 3 {
                 // A crash between chunks: the next PATCH for A goes to a fresh process on the same port.
                 api_a.kill();
-                api_a = start_api(&samples, port_a, &format!("api-a2-{ns}"), &[]);
+                api_a = start_sample_api(&samples, port_a, &format!("api-a2-{ns}"), &[]);
             }
             // A stale PATCH (the previous offset) is refused and changes nothing.
             if index > 0 {
@@ -847,7 +829,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
     let migration = provision("api-bad", "Lenient");
     let ns = migration.ns.name.clone();
     let port = free_port();
-    let api = start_api(
+    let api = start_sample_api(
         &samples,
         port,
         &format!("api-{ns}"),
@@ -909,11 +891,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             "name RXhwb3J0RGF0YS5kYXQ=,name RXhwb3J0RGF0YS5kYXQ=",
             "name RXhwb3J0RGF0YS5kYXQ=,FileType T3JnYW5pc2F0aW9u",
         ] {
-            let r = client
-                .post(format!("{base}/files"))
-                .header("tus-resumable", "1.0.0")
-                .header("upload-length", "10")
-                .header("sfm-migration-key", key)
+            let r = tus_post(&client, &base, key, 10)
                 .header("upload-metadata", metadata)
                 .send()
                 .await
@@ -987,11 +965,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             (r.status().as_u16(), code(r.text().await.unwrap())),
             (413, "upload-too-large".into())
         );
-        let r = client
-            .patch(&url)
-            .header("tus-resumable", "1.0.0")
-            .header("content-type", "application/offset+octet-stream")
-            .header("upload-offset", "0")
+        let r = patch_request(&client, &url, 0)
             .header(
                 "upload-checksum",
                 UploadChecksum::of(ChecksumAlgorithm::Sha256, b"other").to_header(),
@@ -1321,7 +1295,7 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
     );
     let samples = Samples::new();
     let port = free_port();
-    let _api = start_api(&samples, port, &format!("api-{}", ns.name), &[]);
+    let _api = start_sample_api(&samples, port, &format!("api-{}", ns.name), &[]);
     let key_check = format!("http://127.0.0.1:{port}{}", contract::PATH_KEY_CHECK);
 
     runtime.block_on(async {
@@ -1368,7 +1342,7 @@ fn a_busy_api_answers_503_with_retry_after() {
     let migration = provision("api-busy", "Lenient");
     let ns = migration.ns.name.clone();
     let port = free_port();
-    let _api = start_api(
+    let _api = start_sample_api(
         &samples,
         port,
         &format!("api-{ns}"),
@@ -1404,32 +1378,24 @@ fn a_busy_api_answers_503_with_retry_after() {
         let slow_client = client.clone();
         let slow_url = url.clone();
         let in_flight = tokio::spawn(async move {
-            slow_client
-                .patch(&slow_url)
-                .header("tus-resumable", "1.0.0")
-                .header("content-type", "application/offset+octet-stream")
-                .header("upload-offset", "0")
+            patch_request(&slow_client, &slow_url, 0)
                 .body(reqwest::Body::wrap_stream(slow))
                 .send()
                 .await
                 .unwrap()
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let busy = reqwest::Client::new()
-            .post(format!("{base}/files"))
-            .header("tus-resumable", "1.0.0")
-            .header("upload-length", "10")
-            .header("sfm-migration-key", &migration.key)
-            .header(
-                "upload-metadata",
-                contract::encode_upload_metadata(&[
-                    ("name", "ExportData.dat"),
-                    ("FileType", "ExportData"),
-                ]),
-            )
-            .send()
-            .await
-            .unwrap();
+        let busy = create_request(
+            &reqwest::Client::new(),
+            &base,
+            &migration.key,
+            "ExportData.dat",
+            "ExportData",
+            10,
+        )
+        .send()
+        .await
+        .unwrap();
         assert_eq!(busy.status(), 503);
         assert!(
             contract::parse_retry_after(busy.headers()["retry-after"].to_str().unwrap()).is_some()

@@ -188,32 +188,11 @@ pub fn chart_kubeconfig_with(component: &str, namespace: &str, extra: &[&str]) -
         ],
         None,
     );
-    let server = kubectl_ok(
-        &[
-            "config",
-            "view",
-            "--minify",
-            "-o",
-            "jsonpath={.clusters[0].cluster.server}",
-        ],
-        None,
-    );
-    let ca = kubectl_ok(
-        &[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "--flatten",
-            "-o",
-            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
-        ],
-        None,
-    );
+    let (server, ca) = server_and_ca();
     let config = json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "cluster", "cluster": {"server": server.trim(), "certificate-authority-data": ca.trim()}}],
+        "clusters": [{"name": "cluster", "cluster": {"server": server, "certificate-authority-data": ca}}],
         "users": [{"name": service_account, "user": {"token": token.trim()}}],
         "contexts": [{"name": "chart", "context": {"cluster": "cluster", "user": service_account, "namespace": namespace}}],
         "current-context": "chart",

@@ -126,9 +126,9 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Runs kubectl as the holder of a bearer token (a ServiceAccount's), with none of the admin
-/// credentials of the kubeconfig.
-pub fn kubectl_with_token(token: &str, args: &[&str]) -> Output {
+/// The local cluster's server URL and its CA (base64 PEM, as `certificate-authority-data`), from the
+/// admin kubeconfig: what a credential of its own needs besides the token.
+pub fn server_and_ca() -> (String, String) {
     let server = kubectl_ok(
         &[
             "config",
@@ -151,6 +151,13 @@ pub fn kubectl_with_token(token: &str, args: &[&str]) -> Output {
         ],
         None,
     );
+    (server.trim().to_owned(), ca.trim().to_owned())
+}
+
+/// Runs kubectl as the holder of a bearer token (a ServiceAccount's), with none of the admin
+/// credentials of the kubeconfig.
+pub fn kubectl_with_token(token: &str, args: &[&str]) -> Output {
+    let (server, ca) = server_and_ca();
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.crt");
     let empty_kubeconfig = dir.path().join("kubeconfig");

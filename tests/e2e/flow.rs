@@ -12,7 +12,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use sfm_migration::client::ledger::LEDGER_FILE;
-use sfm_migration::contract;
 
 /// The API's namespace (where the operator writes the migrators' Secrets), shared with the other
 /// end-to-end tests so concurrently running operators agree.
@@ -60,37 +59,29 @@ fn key_yaml(ns: &str) -> String {
     )
 }
 
-fn start_api(key_file: &Path, port: u16, log_name: &str) -> Process {
-    let listen = format!("127.0.0.1:{port}");
-    let key_file = key_file.display().to_string();
-    let identity = super::chart::chart_kubeconfig("api", API_NS);
-    let process = Process::start(
-        env!("CARGO_BIN_EXE_sfm-migration-api"),
+/// Applies the MigrationDatabase `database` and the key "flow-key" in `ns_name`, waits until the
+/// database is Ready and the key Active; returns the key.
+fn provision(ns_name: &str, database: &str) -> String {
+    kubectl_ok(&["apply", "-f", "-"], Some(database));
+    kubectl_ok(&["apply", "-f", "-"], Some(&key_yaml(ns_name)));
+    kubectl_ok(
         &[
-            "serve",
-            "--listen",
-            &listen,
-            "--namespace",
-            API_NS,
-            "--decryption-key",
-            &key_file,
+            "-n",
+            ns_name,
+            "wait",
+            "--for=condition=Ready",
+            "mdb/flow",
+            "--timeout=120s",
         ],
-        // The API runs as the chart's ServiceAccount, with exactly the chart's RBAC: what it may not
-        // do (read Secrets outside its namespace, write anything but status) fails the test.
-        &[("RUST_LOG", "info"), ("KUBECONFIG", identity.as_str())],
-        log_name,
+        None,
     );
-    let url = format!("http://127.0.0.1:{port}{}", contract::PATH_HEALTHZ);
-    assert!(
-        eventually(Duration::from_secs(30), || Command::new("curl")
-            .args(["-fsS", &url])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)),
-        "the API did not come up; its log:\n{}",
-        process.log_text()
-    );
-    process
+    assert!(eventually(Duration::from_secs(60), || jsonpath(
+        ns_name,
+        "mkey/flow-key",
+        "{.status.phase}"
+    ) == "Active"));
+    let secret = jsonpath(ns_name, "mkey/flow-key", "{.status.secretName}");
+    secret_field(ns_name, &secret, "key")
 }
 
 fn ledger_lines(folder: &Path, state: &str) -> usize {
@@ -114,26 +105,7 @@ fn an_export_goes_from_files_to_an_operational_database() {
     let ns = TestNamespace::new("flow");
     let ns_name = ns.name.clone();
     let _operator = start_operator(&ns_name, API_NS, &format!("operator-{ns_name}"));
-    kubectl_ok(&["apply", "-f", "-"], Some(&database_yaml(&ns_name)));
-    kubectl_ok(&["apply", "-f", "-"], Some(&key_yaml(&ns_name)));
-    kubectl_ok(
-        &[
-            "-n",
-            &ns_name,
-            "wait",
-            "--for=condition=Ready",
-            "mdb/flow",
-            "--timeout=120s",
-        ],
-        None,
-    );
-    assert!(eventually(Duration::from_secs(60), || jsonpath(
-        &ns_name,
-        "mkey/flow-key",
-        "{.status.phase}"
-    ) == "Active"));
-    let secret = jsonpath(&ns_name, "mkey/flow-key", "{.status.secretName}");
-    let key = secret_field(&ns_name, &secret, "key");
+    let key = provision(&ns_name, &database_yaml(&ns_name));
     let migrator = jsonpath(&ns_name, "mdb/flow", "{.status.database.migratorSecret}");
     let (api_ns, migrator_name) = migrator.split_once('/').unwrap();
     let migrator_uri = secret_field(api_ns, migrator_name, "uri");
@@ -194,9 +166,11 @@ fn an_export_goes_from_files_to_an_operational_database() {
     let port = free_port();
     let api_url = format!("http://127.0.0.1:{port}");
     let _api = start_api(
+        API_NS,
         &keys.join("private_key.pem"),
         port,
         &format!("api-flow-{ns_name}"),
+        &[],
     );
 
     // The data controller's side.
@@ -491,26 +465,7 @@ fn a_helseid_protected_database_takes_a_dpop_login() {
             "    schemaCheck: Strict\n    helseId:\n      issuer: {issuer_url}\n      audience: {AUDIENCE}\n      requiredScope: {SCOPE}\n"
         ),
     );
-    kubectl_ok(&["apply", "-f", "-"], Some(&database));
-    kubectl_ok(&["apply", "-f", "-"], Some(&key_yaml(&ns_name)));
-    kubectl_ok(
-        &[
-            "-n",
-            &ns_name,
-            "wait",
-            "--for=condition=Ready",
-            "mdb/flow",
-            "--timeout=120s",
-        ],
-        None,
-    );
-    assert!(eventually(Duration::from_secs(60), || jsonpath(
-        &ns_name,
-        "mkey/flow-key",
-        "{.status.phase}"
-    ) == "Active"));
-    let secret = jsonpath(&ns_name, "mkey/flow-key", "{.status.secretName}");
-    let key = secret_field(&ns_name, &secret, "key");
+    let key = provision(&ns_name, &database);
 
     let keys = work.path().join("keys");
     let export = work.path().join("export");
@@ -542,9 +497,11 @@ fn a_helseid_protected_database_takes_a_dpop_login() {
     let port = free_port();
     let api_url = format!("http://127.0.0.1:{port}");
     let _api = start_api(
+        API_NS,
         &keys.join("private_key.pem"),
         port,
         &format!("api-flow-{ns_name}"),
+        &[],
     );
 
     let client = env!("CARGO_BIN_EXE_sfm-migrate");

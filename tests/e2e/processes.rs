@@ -2,8 +2,11 @@
 //! logging to its own file under `target/e2e-logs/`, so tests running in parallel do not mix their logs.
 #![allow(dead_code)] // shared by several test modules; not each uses every helper
 
-use super::cluster::kubeconfig;
+use super::cluster::{eventually, kubeconfig};
+use sfm_migration::contract;
+use std::path::Path;
 use std::process::{Child, Command};
+use std::time::Duration;
 
 /// A child process killed (and reaped) when dropped.
 pub struct Process {
@@ -91,4 +94,47 @@ pub fn start_operator_with(
         &[("SFM_DEFAULT_ADMIN_URL", admin.as_str())],
         log_name,
     )
+}
+
+/// `sfm-migration-api serve` on 127.0.0.1:`port` in `namespace` under the chart's identity (its
+/// ServiceAccount and exactly its RBAC: what it may not do, such as reading Secrets outside its
+/// namespace or writing anything but status, fails the test), with `extra` flags; returns once
+/// /healthz answers, or panics with the API's log.
+pub fn start_api(
+    namespace: &str,
+    key_file: &Path,
+    port: u16,
+    log_name: &str,
+    extra: &[&str],
+) -> Process {
+    let listen = format!("127.0.0.1:{port}");
+    let key_file = key_file.display().to_string();
+    let mut args = vec![
+        "serve",
+        "--listen",
+        listen.as_str(),
+        "--namespace",
+        namespace,
+        "--decryption-key",
+        key_file.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let identity = super::chart::chart_kubeconfig("api", namespace);
+    let process = Process::start(
+        env!("CARGO_BIN_EXE_sfm-migration-api"),
+        &args,
+        &[("RUST_LOG", "info"), ("KUBECONFIG", identity.as_str())],
+        log_name,
+    );
+    let url = format!("http://127.0.0.1:{port}{}", contract::PATH_HEALTHZ);
+    assert!(
+        eventually(Duration::from_secs(30), || Command::new("curl")
+            .args(["-fsS", &url])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)),
+        "the API did not come up; its log:\n{}",
+        process.log_text()
+    );
+    process
 }
