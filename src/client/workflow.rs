@@ -179,10 +179,26 @@ pub async fn activate_and_wait(
     }
     let started = Instant::now();
     let mut last = None;
+    let mut failures_in_a_row = 0;
     loop {
         let status = match api.status().await {
-            Ok(status) => status,
+            Ok(status) => {
+                failures_in_a_row = 0;
+                status
+            }
             Err(error) if error.is_transient() => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            // During the switch itself the migrator is closed before the keys expire and the
+            // resource says Operational, so a few answers in between can fail: ask again a little.
+            Err(error)
+                if failures_in_a_row < 10
+                    && error.code() != Some(ProblemCode::KeyWrong)
+                    && error.code() != Some(ProblemCode::KeyRevoked) =>
+            {
+                failures_in_a_row += 1;
+                tracing::debug!(code = ?error.code(), "status failed while waiting for the switch");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
