@@ -16,8 +16,8 @@ use axum::http::{HeaderMap, Method};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{ConnectOptions as _, PgPool};
 use uuid::Uuid;
 
 use super::{ApiError, AppState, Limits};
@@ -196,7 +196,9 @@ impl Directory {
                     "the uri is not a PostgreSQL URI",
                 )
             })?
-            .application_name(super::FIELD_MANAGER);
+            .application_name(super::FIELD_MANAGER)
+            // Statement text stays out of the logs (slow-statement warnings would print it).
+            .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .min_connections(0)

@@ -12,7 +12,7 @@
 //! nothing here logs a password or a verifier. Every identifier is quoted by [`super::sql`].
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{ConnectOptions as _, Connection, PgConnection, Row};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -137,7 +137,9 @@ impl AdminSession {
     ) -> Result<Self, ProvisionError> {
         let options = PgConnectOptions::from_str(admin_uri)
             .map_err(|_| ProvisionError::BadAdminUri)?
-            .application_name("sfm-operator");
+            .application_name("sfm-operator")
+            // sqlx logs slow statements with their text, and ALTER ROLE carries a SCRAM verifier.
+            .disable_statement_logging();
         let mut connection = tokio::time::timeout(
             Duration::from_secs(10),
             PgConnection::connect_with(&options),

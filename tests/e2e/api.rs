@@ -145,11 +145,11 @@ fn provision(prefix: &str, schema_check: &str) -> Migration {
             "wait",
             "--for=condition=Ready",
             &format!("mdb/{db}"),
-            "--timeout=120s",
+            WAIT_TIMEOUT,
         ],
         None,
     );
-    assert!(eventually(Duration::from_secs(60), || jsonpath(
+    assert!(eventually(PATIENCE, || jsonpath(
         &ns.name,
         "mkey/key-1",
         "{.status.phase}"
@@ -339,7 +339,7 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.stored_files WHERE migration_key_id <> '' AND received_at IS NOT NULL").await, 2);
         assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.upload_chunks").await, 0);
     });
-    assert!(eventually(Duration::from_secs(30), || jsonpath(
+    assert!(eventually(PATIENCE, || jsonpath(
         &ns,
         &mdb,
         "{.status.migration.patients.stored}"
@@ -474,7 +474,7 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
             "wait",
             "--for=condition=Operational",
             &mdb,
-            "--timeout=120s",
+            WAIT_TIMEOUT,
         ],
         None,
     );
@@ -565,7 +565,7 @@ fn strict_schema_check_rejects_the_sample_patient() {
         assert_eq!(query_i64(&migration.migrator_uri, "SELECT count(*) FROM sfm.patients").await, 0);
         assert_eq!(query_i64(&migration.migrator_uri, "SELECT count(*) FROM sfm.rejections WHERE reason_code = 'xml_schema' AND message LIKE '%Brukere%'").await, 1);
     });
-    assert!(eventually(Duration::from_secs(30), || jsonpath(
+    assert!(eventually(PATIENCE, || jsonpath(
         &ns,
         "mdb/sample",
         "{.status.migration.patients.rejected}"
@@ -1143,7 +1143,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             &["apply", "-f", "-"],
             Some(&key_yaml(&ns, "key-2", "sample")),
         );
-        assert!(eventually(Duration::from_secs(60), || jsonpath(
+        assert!(eventually(PATIENCE, || jsonpath(
             &ns,
             "mkey/key-1",
             "{.status.phase}"
@@ -1279,11 +1279,11 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
             "wait",
             "--for=condition=Ready",
             "mdb/sample",
-            "--timeout=120s",
+            WAIT_TIMEOUT,
         ],
         None,
     );
-    assert!(eventually(Duration::from_secs(60), || jsonpath(
+    assert!(eventually(PATIENCE, || jsonpath(
         &ns.name,
         "mkey/key-1",
         "{.status.phase}"

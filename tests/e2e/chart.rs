@@ -353,7 +353,7 @@ fn ensure_service_monitor_crd() {
         &[
             "wait",
             "--for=condition=Established",
-            "--timeout=60s",
+            WAIT_TIMEOUT,
             "crd/servicemonitors.monitoring.coreos.com",
         ],
         None,
@@ -1251,11 +1251,11 @@ fn the_operator_under_the_charts_identity_brings_the_examples_to_ready_and_a_man
             "--for=condition=Ready",
             "mdb/legekontoret-fjordby",
             MANUAL,
-            "--timeout=120s",
+            WAIT_TIMEOUT,
         ],
         None,
     );
-    assert!(eventually(Duration::from_secs(60), || jsonpath(
+    assert!(eventually(PATIENCE, || jsonpath(
         NS,
         "mkey/nordby-key-1",
         "{.status.phase}"
@@ -1342,11 +1342,8 @@ fn the_operator_under_the_charts_identity_brings_the_examples_to_ready_and_a_man
         Some(&status.to_string()),
     );
     assert!(
-        eventually(Duration::from_secs(60), || jsonpath(
-            NS,
-            MANUAL,
-            "{.status.phaseReason}"
-        ) == "AwaitingManualApproval"),
+        eventually(PATIENCE, || jsonpath(NS, MANUAL, "{.status.phaseReason}")
+            == "AwaitingManualApproval"),
         "the Manual database did not wait for approval: {}",
         jsonpath(NS, MANUAL, "{.status}")
     );
@@ -1378,14 +1375,14 @@ fn the_operator_under_the_charts_identity_brings_the_examples_to_ready_and_a_man
             "wait",
             "--for=condition=Operational",
             MANUAL,
-            "--timeout=120s",
+            WAIT_TIMEOUT,
         ],
         None,
     );
     assert_eq!(health(MANUAL).0, "Healthy");
     // The operator's operational path under its identity: the migrator's Secret deleted in the
     // release namespace, the access entry applied, the key expired.
-    assert!(eventually(Duration::from_secs(60), || !kubectl(
+    assert!(eventually(PATIENCE, || !kubectl(
         &["-n", "sfm-system", "get", "secret", migrator_name],
         None
     )
@@ -1399,7 +1396,7 @@ fn the_operator_under_the_charts_identity_brings_the_examples_to_ready_and_a_man
         ),
         "nordby-sykehjem-sfm"
     );
-    assert!(eventually(Duration::from_secs(60), || jsonpath(
+    assert!(eventually(PATIENCE, || jsonpath(
         NS,
         "mkey/nordby-key-1",
         "{.status.phase}"

@@ -80,7 +80,7 @@ pub fn install_crds() {
         &[
             "wait",
             "--for=condition=Established",
-            "--timeout=60s",
+            WAIT_TIMEOUT,
             "crd/migrationdatabases.sfm.nhn.no",
             "crd/migrationkeys.sfm.nhn.no",
         ],
@@ -111,6 +111,13 @@ impl Drop for TestNamespace {
         let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
     }
 }
+
+/// How long a test waits for something to converge (a condition, a phase, a count). Generous on
+/// purpose: the machines are shared, a passing wait returns as soon as it holds, and speed is measured
+/// by `make bench`, never asserted here.
+pub const PATIENCE: Duration = Duration::from_secs(300);
+/// The same bound for `kubectl wait`.
+pub const WAIT_TIMEOUT: &str = "--timeout=300s";
 
 /// Polls `check` until it returns true or `timeout` passes; returns whether it became true.
 pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {

@@ -2,7 +2,6 @@
 //! as in a cluster, which the operator's owner references, finalizers and the chart's RBAC rely on.
 
 use super::cluster::*;
-use std::time::Duration;
 
 #[test]
 fn deleting_an_owner_garbage_collects_its_children() {
@@ -27,7 +26,7 @@ fn deleting_an_owner_garbage_collects_its_children() {
     );
     kubectl_ok(&["apply", "-f", "-"], Some(&child));
     kubectl_ok(&["-n", &ns.name, "delete", "configmap", "owner"], None);
-    let gone = eventually(Duration::from_secs(60), || {
+    let gone = eventually(PATIENCE, || {
         !kubectl(&["-n", &ns.name, "get", "configmap", "child"], None)
             .status
             .success()
@@ -67,7 +66,7 @@ fn service_account_tokens_authenticate_and_rbac_applies() {
     let ns = TestNamespace::new("token");
     // The service-account controller creates `default` in every new namespace.
     assert!(
-        eventually(Duration::from_secs(30), || kubectl(
+        eventually(PATIENCE, || kubectl(
             &["-n", &ns.name, "get", "serviceaccount", "default"],
             None
         )

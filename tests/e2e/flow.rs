@@ -71,11 +71,11 @@ fn provision(ns_name: &str, database: &str) -> String {
             "wait",
             "--for=condition=Ready",
             "mdb/flow",
-            "--timeout=120s",
+            WAIT_TIMEOUT,
         ],
         None,
     );
-    assert!(eventually(Duration::from_secs(60), || jsonpath(
+    assert!(eventually(PATIENCE, || jsonpath(
         ns_name,
         "mkey/flow-key",
         "{.status.phase}"
@@ -296,7 +296,7 @@ fn an_export_goes_from_files_to_an_operational_database() {
         query("SELECT count(*) FROM sfm.patients"),
         PATIENTS as i64 - 1
     );
-    assert!(eventually(Duration::from_secs(30), || count(
+    assert!(eventually(PATIENCE, || count(
         &ns_name,
         "patients.rejected"
     ) == 1));
@@ -328,10 +328,8 @@ fn an_export_goes_from_files_to_an_operational_database() {
         text(&fixed)
     );
     assert_eq!(query("SELECT count(*) FROM sfm.patients"), PATIENTS as i64);
-    assert!(eventually(Duration::from_secs(30), || count(
-        &ns_name,
-        "patients.stored"
-    ) == PATIENTS as u64));
+    assert!(eventually(PATIENCE, || count(&ns_name, "patients.stored")
+        == PATIENTS as u64));
     assert_eq!(count(&ns_name, "patients.rejected"), 0);
 
     // Fourth run: nothing is sent twice.
@@ -376,7 +374,7 @@ fn an_export_goes_from_files_to_an_operational_database() {
             "wait",
             "--for=condition=Operational",
             "mdb/flow",
-            "--timeout=60s",
+            WAIT_TIMEOUT,
         ],
         None,
     );
@@ -574,7 +572,7 @@ fn a_helseid_protected_database_takes_a_dpop_login() {
             "wait",
             "--for=condition=Operational",
             "mdb/flow",
-            "--timeout=60s",
+            WAIT_TIMEOUT,
         ],
         None,
     );

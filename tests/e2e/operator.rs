@@ -30,14 +30,7 @@ fn examples_go_from_staging_to_operational_under_the_activation_rule() {
         None,
     );
     kubectl_ok(
-        &[
-            "-n",
-            NS,
-            "wait",
-            "--for=condition=Ready",
-            DB,
-            "--timeout=120s",
-        ],
+        &["-n", NS, "wait", "--for=condition=Ready", DB, WAIT_TIMEOUT],
         None,
     );
     assert_eq!(jsonpath(NS, DB, "{.status.phase}"), "Staging");
@@ -69,12 +62,12 @@ fn examples_go_from_staging_to_operational_under_the_activation_rule() {
         let first_key = jsonpath(NS, "mkey/fjordby-key-1", "{.status.keyId}");
         kubectl_ok(&["apply", "-f", "-"], Some(&format!(
             "apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationKey\nmetadata:\n  name: fjordby-key-2\n  namespace: {NS}\nspec:\n  databaseRef: legekontoret-fjordby\n  timeToLive: 24h\n")));
-        assert!(eventually(Duration::from_secs(60), || jsonpath(NS, "mkey/fjordby-key-2", "{.status.phase}") == "Active"));
-        assert!(eventually(Duration::from_secs(60), || jsonpath(NS, "mkey/fjordby-key-1", "{.status.phase}") == "Superseded"));
+        assert!(eventually(PATIENCE, || jsonpath(NS, "mkey/fjordby-key-2", "{.status.phase}") == "Active"));
+        assert!(eventually(PATIENCE, || jsonpath(NS, "mkey/fjordby-key-1", "{.status.phase}") == "Superseded"));
         let second_key = jsonpath(NS, "mkey/fjordby-key-2", "{.status.keyId}");
         secrets.push(secret_field(NS, "fjordby-key-2-key", "key"));
         assert_ne!(first_key, second_key);
-        assert!(eventually(Duration::from_secs(60), || jsonpath(NS, DB, "{.status.activeKey}") == second_key));
+        assert!(eventually(PATIENCE, || jsonpath(NS, DB, "{.status.activeKey}") == second_key));
 
         // A status patch that claims validation, without the record in PostgreSQL, activates nothing.
         let digest = "ab".repeat(32);
@@ -99,13 +92,13 @@ fn examples_go_from_staging_to_operational_under_the_activation_rule() {
         .execute(&mut migrator)
         .await
         .unwrap();
-        assert!(eventually(Duration::from_secs(30), || jsonpath(NS, DB, "{.status.phaseReason}") == "ValidationDigestMismatch"));
+        assert!(eventually(PATIENCE, || jsonpath(NS, DB, "{.status.phaseReason}") == "ValidationDigestMismatch"));
         assert_ne!(jsonpath(NS, DB, "{.status.phase}"), "Operational");
 
         // The API's status now names the validated digest: every condition holds, the switch happens.
         let claim = claim.replace(&digest, &validated);
         kubectl_ok(&["apply", "--server-side", "--field-manager=sfm-migration-api", "--subresource=status", "-f", "-"], Some(&claim));
-        kubectl_ok(&["-n", NS, "wait", "--for=condition=Operational", DB, "--timeout=120s"], None);
+        kubectl_ok(&["-n", NS, "wait", "--for=condition=Operational", DB, WAIT_TIMEOUT], None);
         assert_eq!(jsonpath(NS, DB, "{.status.phase}"), "Operational");
 
         // In PostgreSQL itself: the migrator's open session is gone and it cannot log in again; the
@@ -119,7 +112,7 @@ fn examples_go_from_staging_to_operational_under_the_activation_rule() {
     });
 
     // The migrator's Secret is gone, the access entry is there, and every key expired.
-    assert!(eventually(Duration::from_secs(30), || !kubectl(
+    assert!(eventually(PATIENCE, || !kubectl(
         &["-n", "sfm-system", "get", "secret", migrator_name],
         None
     )
@@ -133,7 +126,7 @@ fn examples_go_from_staging_to_operational_under_the_activation_rule() {
         ),
         "fjordby-legekontor-sfm"
     );
-    assert!(eventually(Duration::from_secs(60), || jsonpath(
+    assert!(eventually(PATIENCE, || jsonpath(
         NS,
         "mkey/fjordby-key-2",
         "{.status.phase}"

@@ -53,7 +53,7 @@ fn wait_ready(ns: &str, db: &str) {
             "wait",
             "--for=condition=Ready",
             &format!("mdb/{db}"),
-            "--timeout=120s",
+            WAIT_TIMEOUT,
         ],
         None,
     );
@@ -156,9 +156,7 @@ fn bad_server_references_get_a_clear_condition_make_nothing_and_recover_once_fix
     ];
     for (db, reason) in expect {
         assert!(
-            eventually(Duration::from_secs(60), || condition(
-                ns, db, "Ready", "reason"
-            ) == reason),
+            eventually(PATIENCE, || condition(ns, db, "Ready", "reason") == reason),
             "{db}: Ready reason is {:?}, expected {reason}",
             condition(ns, db, "Ready", "reason")
         );
@@ -193,7 +191,7 @@ fn bad_server_references_get_a_clear_condition_make_nothing_and_recover_once_fix
             "no Warning Event {reason} in {events}"
         );
     }
-    assert!(eventually(Duration::from_secs(30), || jsonpath(
+    assert!(eventually(PATIENCE, || jsonpath(
         ns,
         "mkey/early-key",
         "{.status.phase}"
@@ -210,7 +208,7 @@ fn bad_server_references_get_a_clear_condition_make_nothing_and_recover_once_fix
         wait_ready(ns, db);
         assert_eq!(tagged(&uid(ns, &format!("mdb/{db}"))), (1, 3), "{db}");
     }
-    assert!(eventually(Duration::from_secs(60), || jsonpath(
+    assert!(eventually(PATIENCE, || jsonpath(
         ns,
         "mkey/early-key",
         "{.status.phase}"
@@ -234,7 +232,7 @@ fn a_name_taken_by_an_untagged_database_is_a_collision_and_is_never_adopted() {
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: admin\n  namespace: {ns}\nstringData:\n  uri: \"{}\"\n",
         admin_url()
     ));
-    assert!(eventually(Duration::from_secs(60), || condition(
+    assert!(eventually(PATIENCE, || condition(
         ns, "squatted", "Ready", "reason"
     ) == "NameCollision"));
     assert_eq!(jsonpath(ns, "mdb/squatted", "{.status.phase}"), "Failed");
@@ -306,7 +304,7 @@ fn manual_activation_waits_for_the_approval_of_exactly_the_validated_digest() {
     wait_ready(ns, "manual");
     let digest = "5e".repeat(32);
     validate_and_request_activation(ns, "manual", &digest);
-    assert!(eventually(Duration::from_secs(60), || condition(
+    assert!(eventually(PATIENCE, || condition(
         ns,
         "manual",
         "Validated",
@@ -348,7 +346,7 @@ fn manual_activation_waits_for_the_approval_of_exactly_the_validated_digest() {
             "wait",
             "--for=condition=Operational",
             "mdb/manual",
-            "--timeout=120s",
+            WAIT_TIMEOUT,
         ],
         None,
     );
@@ -372,13 +370,13 @@ fn deletion_honours_the_reclaim_policy() {
     assert_eq!(tagged(&drop_uid), (1, 3));
 
     kubectl_ok(
-        &["-n", ns, "delete", "mdb/keep", "mdb/drop", "--timeout=120s"],
+        &["-n", ns, "delete", "mdb/keep", "mdb/drop", WAIT_TIMEOUT],
         None,
     );
     // Delete: database and roles gone, and the Secrets with them.
     assert_eq!(tagged(&drop_uid), (0, 0));
     let (_, drop_migrator_name) = drop_migrator.split_once('/').unwrap();
-    assert!(eventually(Duration::from_secs(30), || !kubectl(
+    assert!(eventually(PATIENCE, || !kubectl(
         &["-n", API_NS, "get", "secret", drop_migrator_name],
         None
     )
@@ -472,10 +470,7 @@ fn killing_the_operator_mid_reconcile_converges_with_nothing_duplicated_or_leake
         .iter()
         .map(|name| uid(ns, &format!("mdb/{name}")))
         .collect();
-    kubectl_ok(
-        &["-n", ns, "delete", "mdb", "--all", "--timeout=120s"],
-        None,
-    );
+    kubectl_ok(&["-n", ns, "delete", "mdb", "--all", WAIT_TIMEOUT], None);
     for object_uid in uids {
         assert_eq!(tagged(&object_uid), (0, 0));
     }
@@ -531,14 +526,14 @@ fn of_two_operators_only_the_lease_holder_reconciles_and_a_kill_hands_over() {
     let flags_b = flags(port_b);
     let flags_b: Vec<&str> = flags_b.iter().map(String::as_str).collect();
     let mut a = start_operator_with(ns, API_NS, &format!("operator-{ns}-a"), &flags_a);
-    assert!(eventually(Duration::from_secs(30), || metric(
+    assert!(eventually(PATIENCE, || metric(
         port_a,
         "sfm_operator_leader"
     ) == 1.0));
     let holder_a = jsonpath(ns, "lease/sfm-operator", "{.spec.holderIdentity}");
     assert!(!holder_a.is_empty());
     let b = start_operator_with(ns, API_NS, &format!("operator-{ns}-b"), &flags_b);
-    assert!(eventually(Duration::from_secs(30), || {
+    assert!(eventually(PATIENCE, || {
         http_get(port_b, "/readyz").map(|(status, _)| status) == Some(200)
     }));
     assert_eq!(http_get(port_b, "/healthz").map(|(s, _)| s), Some(200));
@@ -557,10 +552,7 @@ fn of_two_operators_only_the_lease_holder_reconciles_and_a_kill_hands_over() {
     // The leader dies without releasing the Lease: the standby takes over once it expires.
     a.kill();
     assert!(
-        eventually(Duration::from_secs(30), || metric(
-            port_b,
-            "sfm_operator_leader"
-        ) == 1.0),
+        eventually(PATIENCE, || metric(port_b, "sfm_operator_leader") == 1.0),
         "the standby did not take over: {}",
         b.log_text()
     );
@@ -569,8 +561,5 @@ fn of_two_operators_only_the_lease_holder_reconciles_and_a_kill_hands_over() {
     apply(&database(ns, "second", "  reclaimPolicy: Delete\n"));
     wait_ready(ns, "second");
     assert!(metric(port_b, "sfm_operator_reconciliations_total") > 0.0);
-    kubectl_ok(
-        &["-n", ns, "delete", "mdb", "--all", "--timeout=120s"],
-        None,
-    );
+    kubectl_ok(&["-n", ns, "delete", "mdb", "--all", WAIT_TIMEOUT], None);
 }

@@ -2,11 +2,10 @@
 //! logging to its own file under `target/e2e-logs/`, so tests running in parallel do not mix their logs.
 #![allow(dead_code)] // shared by several test modules; not each uses every helper
 
-use super::cluster::{eventually, kubeconfig};
+use super::cluster::{PATIENCE, eventually, kubeconfig};
 use sfm_migration::contract;
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::Duration;
 
 /// A child process killed (and reaped) when dropped.
 pub struct Process {
@@ -128,7 +127,7 @@ pub fn start_api(
     );
     let url = format!("http://127.0.0.1:{port}{}", contract::PATH_HEALTHZ);
     assert!(
-        eventually(Duration::from_secs(30), || Command::new("curl")
+        eventually(PATIENCE, || Command::new("curl")
             .args(["-fsS", &url])
             .output()
             .map(|o| o.status.success())
