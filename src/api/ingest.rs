@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use axum::body::Bytes;
+
 use super::auth::Session;
 use super::error::database;
+use super::tus::{NewUpload, check_creation};
 use super::{ApiError, AppState};
 use crate::contract::{FileType, IngestState, ProblemCode};
 use crate::crd::{MigrationDatabase, SchemaCheck, ValidationPolicy};
@@ -327,7 +330,7 @@ pub struct Claimed {
     pub completed_at: chrono::DateTime<chrono::Utc>,
 }
 
-type Outcome = (IngestState, Option<ProblemCode>);
+pub type Outcome = (IngestState, Option<ProblemCode>);
 
 /// Ingests one complete upload if no other replica holds it. `None`: another replica is at it.
 pub async fn ingest_upload(
@@ -375,75 +378,156 @@ pub async fn ingest_upload(
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| database("read the upload", e))?;
-    let data: Vec<u8> = chunks.concat();
+    let data = Bytes::from(chunks.concat());
 
+    let outcome = match check_and_store(&state, &session, &mut tx, upload, &claimed, data).await? {
+        Ok(()) => {
+            mark_stored(&mut tx, upload, &claimed.file_name).await?;
+            (IngestState::Stored, None)
+        }
+        Err(rejection) => {
+            // Whatever `store` wrote is undone: start over on a clean transaction.
+            tx.rollback()
+                .await
+                .map_err(|e| database("undo the ingest", e))?;
+            tx = session
+                .pool
+                .begin()
+                .await
+                .map_err(|e| database("begin the rejection", e))?;
+            let still: Option<String> = sqlx::query_scalar(
+                "SELECT state FROM sfm.uploads WHERE id = $1 AND state = 'complete' FOR UPDATE SKIP LOCKED",
+            )
+            .bind(upload)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| database("claim the upload", e))?;
+            if still.is_none() {
+                drop(tx);
+                return current_outcome(&session, upload).await;
+            }
+            record_rejection(&mut tx, upload, &claimed, &rejection).await?;
+            (IngestState::Rejected, Some(rejection.code))
+        }
+    };
+    tx.commit()
+        .await
+        .map_err(|e| database("commit the ingest", e))?;
+    ingested(&state, &session, upload, &claimed, outcome, started);
+    Ok(Some(outcome))
+}
+
+/// A file that came whole in its creation request (tus creation-with-upload, as `sfm-migrate` sends
+/// every file that fits in one chunk): the upload row, the ingest and its outcome are written in one
+/// transaction, and no chunk is stored. Nothing is acknowledged before the commit, so if this replica
+/// dies mid-way the client sends the file again, and the same bytes are stored once.
+pub async fn ingest_whole(
+    state: Arc<AppState>,
+    session: Session,
+    new: NewUpload,
+    data: Bytes,
+) -> Result<Outcome, ApiError> {
+    let _slot = state
+        .ingest_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal("wait for an ingest slot", e))?;
+    let started = Instant::now();
+    let claimed = Claimed {
+        file_name: new.file_name.clone(),
+        file_type: new.file_type.as_str().to_owned(),
+        migration_key_id: session.key_id.clone(),
+        helseid_client_id: session.helseid_client.clone(),
+        sha256: digest(&data),
+        size: data.len() as i64,
+        completed_at: chrono::Utc::now(),
+    };
+    let mut tx = session
+        .pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the ingest", e))?;
+    check_creation(&mut tx, &state, new.file_type).await?;
+    new.insert(&mut tx, &session, Some(("ingested", &claimed.sha256)))
+        .await?;
+    let outcome = match check_and_store(&state, &session, &mut tx, new.id, &claimed, data).await? {
+        Ok(()) => {
+            resolve_earlier_rejections(&mut tx, &claimed.file_name).await?;
+            (IngestState::Stored, None)
+        }
+        Err(rejection) => {
+            tx.rollback()
+                .await
+                .map_err(|e| database("undo the ingest", e))?;
+            tx = session
+                .pool
+                .begin()
+                .await
+                .map_err(|e| database("begin the rejection", e))?;
+            new.insert(&mut tx, &session, Some(("rejected", &claimed.sha256)))
+                .await?;
+            insert_rejection(&mut tx, new.id, &claimed, &rejection).await?;
+            (IngestState::Rejected, Some(rejection.code))
+        }
+    };
+    tx.commit()
+        .await
+        .map_err(|e| database("commit the ingest", e))?;
+    ingested(&state, &session, new.id, &claimed, outcome, started);
+    Ok(outcome)
+}
+
+/// Checks one file and stores it in `tx`. `Ok(Err(_))`: refused; the caller rolls `tx` back and
+/// records the rejection. The same bytes stored before count as stored.
+async fn check_and_store(
+    state: &Arc<AppState>,
+    session: &Session,
+    tx: &mut PgConnection,
+    upload: Uuid,
+    claimed: &Claimed,
+    data: Bytes,
+) -> Result<Result<(), Rejection>, ApiError> {
     let already: Option<i64> =
         sqlx::query_scalar("SELECT id FROM sfm.stored_files WHERE sha256 = $1")
             .bind(&claimed.sha256)
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| database("look for the same file", e))?;
-    let outcome = if already.is_some() {
-        // The same bytes were stored before: nothing new to store.
-        mark_stored(&mut tx, upload, &claimed.file_name).await?;
-        (IngestState::Stored, None)
-    } else {
-        let file_type: FileType = claimed.file_type.parse().unwrap_or(FileType::Patient);
-        let blocking_state = state.clone();
-        let db = session.database.clone();
-        let name = claimed.file_name.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            prepare(
-                &blocking_state.config.decryption_keys,
-                &data,
-                file_type,
-                &name,
-                &blocking_state.config.limits.format,
-                &db,
-            )
-        })
-        .await
-        .map_err(|e| ApiError::internal("run the ingest", e))?;
-        let stored = match prepared {
-            Err(rejection) => Err(rejection),
-            Ok(prepared) => {
-                store(&mut tx, &session.database, Some(upload), &claimed, prepared).await?
-            }
-        };
-        match stored {
-            Ok(()) => {
-                mark_stored(&mut tx, upload, &claimed.file_name).await?;
-                (IngestState::Stored, None)
-            }
-            Err(rejection) => {
-                // Whatever `store` wrote is undone: start over on a clean transaction.
-                tx.rollback()
-                    .await
-                    .map_err(|e| database("undo the ingest", e))?;
-                tx = session
-                    .pool
-                    .begin()
-                    .await
-                    .map_err(|e| database("begin the rejection", e))?;
-                let still: Option<String> = sqlx::query_scalar(
-                    "SELECT state FROM sfm.uploads WHERE id = $1 AND state = 'complete' FOR UPDATE SKIP LOCKED",
-                )
-                .bind(upload)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| database("claim the upload", e))?;
-                if still.is_none() {
-                    drop(tx);
-                    return current_outcome(&session, upload).await;
-                }
-                record_rejection(&mut tx, upload, &claimed, &rejection).await?;
-                (IngestState::Rejected, Some(rejection.code))
-            }
-        }
-    };
-    tx.commit()
-        .await
-        .map_err(|e| database("commit the ingest", e))?;
+    if already.is_some() {
+        return Ok(Ok(()));
+    }
+    let file_type: FileType = claimed.file_type.parse().unwrap_or(FileType::Patient);
+    let blocking_state = state.clone();
+    let db = session.database.clone();
+    let name = claimed.file_name.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare(
+            &blocking_state.config.decryption_keys,
+            &data,
+            file_type,
+            &name,
+            &blocking_state.config.limits.format,
+            &db,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal("run the ingest", e))?;
+    match prepared {
+        Err(rejection) => Ok(Err(rejection)),
+        Ok(prepared) => store(tx, &session.database, Some(upload), claimed, prepared).await,
+    }
+}
+
+/// After the commit: metrics, the status batcher, and one log line (no personal data).
+fn ingested(
+    state: &AppState,
+    session: &Session,
+    upload: Uuid,
+    claimed: &Claimed,
+    outcome: Outcome,
+    started: Instant,
+) {
     state.metrics.observe_ingest(outcome.0, started.elapsed());
     state.mark_dirty(session.uid);
     tracing::info!(
@@ -455,7 +539,6 @@ pub async fn ingest_upload(
         millis = started.elapsed().as_millis() as u64,
         "file ingested"
     );
-    Ok(Some(outcome))
 }
 
 /// What became of an upload another replica (or an earlier request) ingested.
@@ -493,6 +576,14 @@ async fn mark_stored(tx: &mut PgConnection, upload: Uuid, file_name: &str) -> Re
         .execute(&mut *tx)
         .await
         .map_err(|e| database("drop the upload's chunks", e))?;
+    resolve_earlier_rejections(tx, file_name).await
+}
+
+/// A file stored under a name resolves the rejections recorded earlier for that name.
+async fn resolve_earlier_rejections(
+    tx: &mut PgConnection,
+    file_name: &str,
+) -> Result<(), ApiError> {
     sqlx::query("UPDATE sfm.rejections SET resolved = true, resolved_at = now() WHERE file_name = $1 AND NOT resolved")
         .bind(file_name)
         .execute(&mut *tx)
@@ -502,6 +593,26 @@ async fn mark_stored(tx: &mut PgConnection, upload: Uuid, file_name: &str) -> Re
 }
 
 async fn record_rejection(
+    tx: &mut PgConnection,
+    upload: Uuid,
+    claimed: &Claimed,
+    rejection: &Rejection,
+) -> Result<(), ApiError> {
+    insert_rejection(tx, upload, claimed, rejection).await?;
+    sqlx::query("UPDATE sfm.uploads SET state = 'rejected', updated_at = now() WHERE id = $1")
+        .bind(upload)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("mark the upload rejected", e))?;
+    sqlx::query("DELETE FROM sfm.upload_chunks WHERE upload_id = $1")
+        .bind(upload)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("drop the upload's chunks", e))?;
+    Ok(())
+}
+
+async fn insert_rejection(
     tx: &mut PgConnection,
     upload: Uuid,
     claimed: &Claimed,
@@ -522,16 +633,6 @@ async fn record_rejection(
     .execute(&mut *tx)
     .await
     .map_err(|e| database("record the rejection", e))?;
-    sqlx::query("UPDATE sfm.uploads SET state = 'rejected', updated_at = now() WHERE id = $1")
-        .bind(upload)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("mark the upload rejected", e))?;
-    sqlx::query("DELETE FROM sfm.upload_chunks WHERE upload_id = $1")
-        .bind(upload)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("drop the upload's chunks", e))?;
     Ok(())
 }
 
@@ -608,49 +709,32 @@ pub async fn store(
             }
         }
         Prepared::Report(entries) => {
-            for (name, data) in entries {
-                insert_document(tx, stored_file_id, None, None, "report", &name, &data).await?;
+            let mut documents = Documents::default();
+            for (name, data) in &entries {
+                documents.push(None, "report", name, data);
             }
+            documents.insert(tx, stored_file_id, None).await?;
         }
     }
-    for (entry, deviation) in deviations {
-        sqlx::query("INSERT INTO sfm.deviations (stored_file_id, entry_name, path, message) VALUES ($1, $2, $3, $4)")
-            .bind(stored_file_id)
-            .bind(entry)
-            .bind(deviation.path)
-            .bind(deviation.message.chars().take(2000).collect::<String>())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| database("record a deviation", e))?;
+    if !deviations.is_empty() {
+        let (entries, rest): (Vec<String>, Vec<Deviation>) = deviations.into_iter().unzip();
+        let (paths, messages): (Vec<String>, Vec<String>) = rest
+            .into_iter()
+            .map(|d| (d.path, d.message.chars().take(2000).collect()))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO sfm.deviations (stored_file_id, entry_name, path, message)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[])",
+        )
+        .bind(stored_file_id)
+        .bind(entries)
+        .bind(paths)
+        .bind(messages)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("record the deviations", e))?;
     }
     Ok(Ok(()))
-}
-
-async fn insert_document(
-    tx: &mut PgConnection,
-    stored_file_id: i64,
-    patient_id: Option<i64>,
-    message_id: Option<i64>,
-    kind: &str,
-    entry_name: &str,
-    data: &[u8],
-) -> Result<(), ApiError> {
-    sqlx::query(
-        "INSERT INTO sfm.documents (stored_file_id, patient_id, message_id, kind, entry_name, size_bytes, sha256, content)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (stored_file_id, entry_name) DO NOTHING",
-    )
-    .bind(stored_file_id)
-    .bind(patient_id)
-    .bind(message_id)
-    .bind(kind)
-    .bind(entry_name)
-    .bind(data.len() as i64)
-    .bind(digest(data))
-    .bind(data)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| database("store a document", e))?;
-    Ok(())
 }
 
 fn digits_or_none(value: Option<&str>, max: usize) -> Option<String> {
@@ -732,19 +816,11 @@ async fn store_organisation(
         .await
         .map_err(|e| database("store a user", e))?;
     }
+    let mut documents = Documents::default();
     for document in &file.documents {
-        insert_document(
-            tx,
-            stored_file_id,
-            None,
-            None,
-            "organisation_data",
-            &document.name,
-            &document.data,
-        )
-        .await?;
+        documents.push(None, "organisation_data", &document.name, &document.data);
     }
-    Ok(())
+    documents.insert(tx, stored_file_id, None).await
 }
 
 fn treatment_kind(kind: TreatmentKind) -> &'static str {
@@ -784,7 +860,8 @@ async fn store_patient(
         )));
     }
     let demographics = &patient.demographics;
-    let patient_id: i64 = sqlx::query_scalar(
+    // `xmax = 0`: the row is new (no earlier version), so there is nothing of it to replace.
+    let (patient_id, inserted): (i64, bool) = sqlx::query_as(
         "INSERT INTO sfm.patients (fm_id, family_name, middle_name, given_name, sex_code, date_of_birth, gp_hpr, multidose_hpr,
                                    plo_her_id, stored_file_id, source_file_name, source_sha256)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -793,7 +870,7 @@ async fn store_patient(
            gp_hpr = EXCLUDED.gp_hpr, multidose_hpr = EXCLUDED.multidose_hpr, plo_her_id = EXCLUDED.plo_her_id,
            stored_file_id = EXCLUDED.stored_file_id, source_file_name = EXCLUDED.source_file_name,
            source_sha256 = EXCLUDED.source_sha256, updated_at = now()
-         RETURNING id",
+         RETURNING id, xmax = 0",
     )
     .bind(patient.id)
     .bind(&demographics.family_name)
@@ -810,200 +887,375 @@ async fn store_patient(
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| database("store the patient", e))?;
-    // A re-ingest replaces everything that hangs off the patient.
-    for statement in [
-        "DELETE FROM sfm.patient_identifiers WHERE patient_id = $1",
-        "DELETE FROM sfm.allergies WHERE patient_id = $1",
-        "DELETE FROM sfm.treatments WHERE patient_id = $1",
-        "DELETE FROM sfm.messages WHERE patient_id = $1",
-        "DELETE FROM sfm.documents WHERE patient_id = $1",
-    ] {
-        sqlx::query(statement)
-            .bind(patient_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| database("replace the patient's rows", e))?;
-    }
-    let mut flagged = false;
-    for ident in &demographics.identifiers {
-        if ident.value.is_empty() || ident.type_id.code.is_empty() {
-            continue;
+    if !inserted {
+        // A re-ingest replaces everything that hangs off the patient.
+        for statement in [
+            "DELETE FROM sfm.patient_identifiers WHERE patient_id = $1",
+            "DELETE FROM sfm.allergies WHERE patient_id = $1",
+            "DELETE FROM sfm.treatments WHERE patient_id = $1",
+            "DELETE FROM sfm.messages WHERE patient_id = $1",
+            "DELETE FROM sfm.documents WHERE patient_id = $1",
+        ] {
+            sqlx::query(statement)
+                .bind(patient_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| database("replace the patient's rows", e))?;
         }
-        sqlx::query(
-            "INSERT INTO sfm.patient_identifiers (patient_id, type_code, type_system, value) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    }
+    // Everything is checked before anything is written; each kind of row then goes in one
+    // statement (`unnest` of arrays), not one round trip per row.
+    let rows = match PatientRows::collect(patient) {
+        Ok(rows) => rows,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+    sqlx::query(
+        "INSERT INTO sfm.patient_identifiers (patient_id, type_code, type_system, value)
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(patient_id)
+    .bind(&rows.identifiers.type_code)
+    .bind(&rows.identifiers.type_system)
+    .bind(&rows.identifiers.value)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| database("store the identifiers", e))?;
+    if !rows.person_numbers.value.is_empty() {
+        let same_person: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sfm.patient_identifiers i JOIN unnest($2::text[], $3::text[]) AS p (type_code, value)
+                              ON i.value = p.value AND i.type_code = p.type_code
+                            WHERE i.patient_id <> $1)",
         )
         .bind(patient_id)
-        .bind(&ident.type_id.code)
-        .bind(ident.type_id.system.clone().unwrap_or_default())
-        .bind(&ident.value)
-        .execute(&mut *tx)
+        .bind(&rows.person_numbers.type_code)
+        .bind(&rows.person_numbers.value)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(|e| database("store an identifier", e))?;
-        if ident.kind().is_person_number() && !flagged {
-            let others: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM sfm.patient_identifiers WHERE value = $1 AND type_code = $2 AND patient_id <> $3",
-            )
-            .bind(&ident.value)
-            .bind(&ident.type_id.code)
-            .bind(patient_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| database("look for the same person", e))?;
-            if others > 0 {
-                flagged = true;
-                deviations.push((
-                    PATIENT_DOCUMENT.to_owned(),
-                    Deviation {
-                        path: "PasientExport/DemografiskInfo/Ident".into(),
-                        message: "the same person (national identity number) is stored under another patient Id".into(),
-                    },
-                ));
-            }
+        .map_err(|e| database("look for the same person", e))?;
+        if same_person {
+            deviations.push((
+                PATIENT_DOCUMENT.to_owned(),
+                Deviation {
+                    path: "PasientExport/DemografiskInfo/Ident".into(),
+                    message: "the same person (national identity number) is stored under another patient Id".into(),
+                },
+            ));
         }
     }
-    for (index, reaction) in patient.allergies.iter().enumerate() {
-        let Some(updated) = reaction
-            .last_updated
-            .or_else(|| reaction.cave.as_ref().and_then(|c| c.registered_on))
-        else {
-            return Ok(Err(Rejection::new(
-                ProblemCode::DataQualityMissingField,
-                format!(
-                    "PasientExport/Legemiddelreaksjon[{}] has no SistOppdatertDato",
-                    index + 1
-                ),
-            )));
-        };
-        if reaction.id.is_empty() {
-            return Ok(Err(Rejection::new(
-                ProblemCode::DataQualityMissingField,
-                format!("PasientExport/Legemiddelreaksjon[{}] has no Id", index + 1),
-            )));
-        }
+    if !rows.allergies.fm_id.is_empty() {
+        let a = &rows.allergies;
         sqlx::query(
             "INSERT INTO sfm.allergies (patient_id, fm_id, group_id, head_of_history, last_updated_on, registered_by, discarded, deleted_reason, deleted_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (patient_id, fm_id) DO NOTHING",
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::boolean[], $5::date[], $6::text[], $7::boolean[], $8::text[], $9::text[])
+             ON CONFLICT (patient_id, fm_id) DO NOTHING",
         )
         .bind(patient_id)
-        .bind(&reaction.id)
-        .bind(&reaction.group_id)
-        .bind(reaction.head_of_history.unwrap_or(false))
-        .bind(updated)
-        .bind(&reaction.registered_by)
-        .bind(reaction.discarded.unwrap_or(false))
-        .bind(reaction.deleted.as_ref().and_then(|d| d.reason.as_ref()).map(|r| r.code.clone()))
-        .bind(reaction.deleted.as_ref().map(|d| d.deleted_by.clone()))
+        .bind(&a.fm_id)
+        .bind(&a.group_id)
+        .bind(&a.head_of_history)
+        .bind(&a.last_updated_on)
+        .bind(&a.registered_by)
+        .bind(&a.discarded)
+        .bind(&a.deleted_reason)
+        .bind(&a.deleted_by)
         .execute(&mut *tx)
         .await
-        .map_err(|e| database("store an allergy", e))?;
+        .map_err(|e| database("store the allergies", e))?;
     }
-    for (index, treatment) in patient.treatments.iter().enumerate() {
-        let Some(started) = treatment.start_date else {
-            return Ok(Err(Rejection::new(
-                ProblemCode::DataQualityMissingField,
-                format!(
-                    "PasientExport/Behandlinger/{}[{}] has no DatoOppstart",
-                    treatment.kind.element_name(),
-                    index + 1
-                ),
-            )));
-        };
-        if treatment.lib_id.is_empty() {
-            return Ok(Err(Rejection::new(
-                ProblemCode::DataQualityMissingField,
-                format!(
-                    "PasientExport/Behandlinger/{}[{}] has no LibId",
-                    treatment.kind.element_name(),
-                    index + 1
-                ),
-            )));
-        }
-        let prescription = treatment
-            .prescriptions
-            .iter()
-            .find(|p| p.head_of_history == Some(true))
-            .or(treatment.prescriptions.last())
-            .map(|p| p.prescription_id.clone());
+    if !rows.treatments.lib_id.is_empty() {
+        let t = &rows.treatments;
         sqlx::query(
-            "INSERT INTO sfm.treatments (patient_id, kind, lib_id, started_on, prescription_id) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO sfm.treatments (patient_id, kind, lib_id, started_on, prescription_id)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::date[], $5::text[])
              ON CONFLICT (patient_id, lib_id) DO NOTHING",
         )
         .bind(patient_id)
-        .bind(treatment_kind(treatment.kind))
-        .bind(&treatment.lib_id)
-        .bind(started)
-        .bind(prescription)
+        .bind(&t.kind)
+        .bind(&t.lib_id)
+        .bind(&t.started_on)
+        .bind(&t.prescription_id)
         .execute(&mut *tx)
         .await
-        .map_err(|e| database("store a treatment", e))?;
+        .map_err(|e| database("store the treatments", e))?;
     }
+    // Message ids by file name (the first message naming a file wins), for the documents.
     let mut message_ids: BTreeMap<String, i64> = BTreeMap::new();
-    for (index, message) in patient.messages.iter().enumerate() {
-        let Some(file_name) = message.file.as_deref().filter(|f| !f.is_empty()) else {
-            continue;
-        };
-        let Some(generated_at) = message.generated_at else {
-            return Ok(Err(Rejection::new(
-                ProblemCode::DataQualityMissingField,
-                format!(
-                    "PasientExport/Meldinger/Melding[{}] has no GenDate",
-                    index + 1
-                ),
-            )));
-        };
-        let fm_id = message
-            .id
-            .clone()
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| file_name.to_owned());
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO sfm.messages (patient_id, fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at, file_name)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (patient_id, fm_id) DO NOTHING RETURNING id",
+    if !rows.messages.fm_id.is_empty() {
+        let m = &rows.messages;
+        let inserted: Vec<(i64, String)> = sqlx::query_as(
+            "WITH new AS (
+               INSERT INTO sfm.messages (patient_id, fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at, file_name)
+               SELECT $1, fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at, file_name
+               FROM unnest($2::text[], $3::text[], $4::boolean[], $5::text[], $6::text[], $7::text[], $8::timestamp[], $9::text[])
+                    WITH ORDINALITY AS m (fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at, file_name, position)
+               ORDER BY position
+               ON CONFLICT (patient_id, fm_id) DO NOTHING
+               RETURNING id, fm_id, file_name)
+             SELECT new.id, new.file_name FROM new
+             JOIN unnest($2::text[]) WITH ORDINALITY AS o (fm_id, position) ON o.fm_id = new.fm_id
+             ORDER BY o.position",
         )
         .bind(patient_id)
-        .bind(&fm_id)
-        .bind(&message.parent_id)
-        .bind(message.correspondence.unwrap_or(false))
-        .bind(message.state.clone().unwrap_or_default())
-        .bind(message.msg_id.clone().unwrap_or_default())
-        .bind(message.message_type.as_ref().map(|t| t.code.clone()).unwrap_or_default())
-        .bind(generated_at)
-        .bind(file_name)
-        .fetch_optional(&mut *tx)
+        .bind(&m.fm_id)
+        .bind(&m.parent_fm_id)
+        .bind(&m.correspondence)
+        .bind(&m.state)
+        .bind(&m.msg_id)
+        .bind(&m.msg_type)
+        .bind(&m.generated_at)
+        .bind(&m.file_name)
+        .fetch_all(&mut *tx)
         .await
-        .map_err(|e| database("store a message", e))?;
-        if let Some(id) = id {
+        .map_err(|e| database("store the messages", e))?;
+        for (id, file_name) in inserted {
             message_ids
                 .entry(file_name.replace('\\', "/"))
                 .or_insert(id);
         }
     }
+    let mut documents = Documents::default();
     for document in &file.documents {
         if document.name == PATIENT_DOCUMENT {
-            insert_document(
-                tx,
-                stored_file_id,
-                Some(patient_id),
-                None,
-                "patient_data",
-                &document.name,
-                &document.data,
-            )
-            .await?;
+            documents.push(None, "patient_data", &document.name, &document.data);
         } else if let Some(message_id) = message_ids.get(&document.name.replace('\\', "/")) {
-            insert_document(
-                tx,
-                stored_file_id,
-                Some(patient_id),
-                Some(*message_id),
-                "message",
-                &document.name,
-                &document.data,
-            )
-            .await?;
+            documents.push(Some(*message_id), "message", &document.name, &document.data);
         }
     }
+    documents
+        .insert(tx, stored_file_id, Some(patient_id))
+        .await?;
     Ok(Ok(()))
+}
+
+/// A patient's rows as column arrays, every field checked: a missing date or id refuses the file
+/// before anything is written.
+#[derive(Default)]
+struct PatientRows {
+    identifiers: IdentifierColumns,
+    /// The national identity numbers among them, to find the same person under another Id.
+    person_numbers: IdentifierColumns,
+    allergies: AllergyColumns,
+    treatments: TreatmentColumns,
+    messages: MessageColumns,
+}
+
+#[derive(Default)]
+struct IdentifierColumns {
+    type_code: Vec<String>,
+    type_system: Vec<String>,
+    value: Vec<String>,
+}
+
+#[derive(Default)]
+struct AllergyColumns {
+    fm_id: Vec<String>,
+    group_id: Vec<String>,
+    head_of_history: Vec<bool>,
+    last_updated_on: Vec<chrono::NaiveDate>,
+    registered_by: Vec<Option<String>>,
+    discarded: Vec<bool>,
+    deleted_reason: Vec<Option<String>>,
+    deleted_by: Vec<Option<String>>,
+}
+
+#[derive(Default)]
+struct TreatmentColumns {
+    kind: Vec<&'static str>,
+    lib_id: Vec<String>,
+    started_on: Vec<chrono::NaiveDate>,
+    prescription_id: Vec<Option<String>>,
+}
+
+#[derive(Default)]
+struct MessageColumns {
+    fm_id: Vec<String>,
+    parent_fm_id: Vec<Option<String>>,
+    correspondence: Vec<bool>,
+    state: Vec<String>,
+    msg_id: Vec<String>,
+    msg_type: Vec<String>,
+    generated_at: Vec<chrono::NaiveDateTime>,
+    file_name: Vec<String>,
+}
+
+impl PatientRows {
+    fn collect(patient: &crate::model::PatientExport) -> Result<Self, Rejection> {
+        let mut rows = PatientRows::default();
+        for ident in &patient.demographics.identifiers {
+            if ident.value.is_empty() || ident.type_id.code.is_empty() {
+                continue;
+            }
+            let system = ident.type_id.system.clone().unwrap_or_default();
+            if ident.kind().is_person_number() {
+                rows.person_numbers
+                    .type_code
+                    .push(ident.type_id.code.clone());
+                rows.person_numbers.type_system.push(system.clone());
+                rows.person_numbers.value.push(ident.value.clone());
+            }
+            rows.identifiers.type_code.push(ident.type_id.code.clone());
+            rows.identifiers.type_system.push(system);
+            rows.identifiers.value.push(ident.value.clone());
+        }
+        for (index, reaction) in patient.allergies.iter().enumerate() {
+            let Some(updated) = reaction
+                .last_updated
+                .or_else(|| reaction.cave.as_ref().and_then(|c| c.registered_on))
+            else {
+                return Err(Rejection::new(
+                    ProblemCode::DataQualityMissingField,
+                    format!(
+                        "PasientExport/Legemiddelreaksjon[{}] has no SistOppdatertDato",
+                        index + 1
+                    ),
+                ));
+            };
+            if reaction.id.is_empty() {
+                return Err(Rejection::new(
+                    ProblemCode::DataQualityMissingField,
+                    format!("PasientExport/Legemiddelreaksjon[{}] has no Id", index + 1),
+                ));
+            }
+            let a = &mut rows.allergies;
+            a.fm_id.push(reaction.id.clone());
+            a.group_id.push(reaction.group_id.clone());
+            a.head_of_history
+                .push(reaction.head_of_history.unwrap_or(false));
+            a.last_updated_on.push(updated);
+            a.registered_by.push(reaction.registered_by.clone());
+            a.discarded.push(reaction.discarded.unwrap_or(false));
+            a.deleted_reason.push(
+                reaction
+                    .deleted
+                    .as_ref()
+                    .and_then(|d| d.reason.as_ref())
+                    .map(|r| r.code.clone()),
+            );
+            a.deleted_by
+                .push(reaction.deleted.as_ref().map(|d| d.deleted_by.clone()));
+        }
+        for (index, treatment) in patient.treatments.iter().enumerate() {
+            let Some(started) = treatment.start_date else {
+                return Err(Rejection::new(
+                    ProblemCode::DataQualityMissingField,
+                    format!(
+                        "PasientExport/Behandlinger/{}[{}] has no DatoOppstart",
+                        treatment.kind.element_name(),
+                        index + 1
+                    ),
+                ));
+            };
+            if treatment.lib_id.is_empty() {
+                return Err(Rejection::new(
+                    ProblemCode::DataQualityMissingField,
+                    format!(
+                        "PasientExport/Behandlinger/{}[{}] has no LibId",
+                        treatment.kind.element_name(),
+                        index + 1
+                    ),
+                ));
+            }
+            let t = &mut rows.treatments;
+            t.kind.push(treatment_kind(treatment.kind));
+            t.lib_id.push(treatment.lib_id.clone());
+            t.started_on.push(started);
+            t.prescription_id.push(
+                treatment
+                    .prescriptions
+                    .iter()
+                    .find(|p| p.head_of_history == Some(true))
+                    .or(treatment.prescriptions.last())
+                    .map(|p| p.prescription_id.clone()),
+            );
+        }
+        for (index, message) in patient.messages.iter().enumerate() {
+            let Some(file_name) = message.file.as_deref().filter(|f| !f.is_empty()) else {
+                continue;
+            };
+            let Some(generated_at) = message.generated_at else {
+                return Err(Rejection::new(
+                    ProblemCode::DataQualityMissingField,
+                    format!(
+                        "PasientExport/Meldinger/Melding[{}] has no GenDate",
+                        index + 1
+                    ),
+                ));
+            };
+            let m = &mut rows.messages;
+            m.fm_id.push(
+                message
+                    .id
+                    .clone()
+                    .filter(|id| !id.is_empty())
+                    .unwrap_or_else(|| file_name.to_owned()),
+            );
+            m.parent_fm_id.push(message.parent_id.clone());
+            m.correspondence
+                .push(message.correspondence.unwrap_or(false));
+            m.state.push(message.state.clone().unwrap_or_default());
+            m.msg_id.push(message.msg_id.clone().unwrap_or_default());
+            m.msg_type.push(
+                message
+                    .message_type
+                    .as_ref()
+                    .map(|t| t.code.clone())
+                    .unwrap_or_default(),
+            );
+            m.generated_at.push(generated_at);
+            m.file_name.push(file_name.to_owned());
+        }
+        Ok(rows)
+    }
+}
+
+/// Raw documents of one stored file, written in one statement.
+#[derive(Default)]
+struct Documents<'a> {
+    message_id: Vec<Option<i64>>,
+    kind: Vec<&'static str>,
+    entry_name: Vec<&'a str>,
+    size_bytes: Vec<i64>,
+    sha256: Vec<Vec<u8>>,
+    content: Vec<&'a [u8]>,
+}
+
+impl<'a> Documents<'a> {
+    fn push(&mut self, message_id: Option<i64>, kind: &'static str, name: &'a str, data: &'a [u8]) {
+        self.message_id.push(message_id);
+        self.kind.push(kind);
+        self.entry_name.push(name);
+        self.size_bytes.push(data.len() as i64);
+        self.sha256.push(digest(data));
+        self.content.push(data);
+    }
+
+    async fn insert(
+        &self,
+        tx: &mut PgConnection,
+        stored_file_id: i64,
+        patient_id: Option<i64>,
+    ) -> Result<(), ApiError> {
+        if self.kind.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO sfm.documents (stored_file_id, patient_id, message_id, kind, entry_name, size_bytes, sha256, content)
+             SELECT $1, $2, * FROM unnest($3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bytea[], $8::bytea[])
+             ON CONFLICT (stored_file_id, entry_name) DO NOTHING",
+        )
+        .bind(stored_file_id)
+        .bind(patient_id)
+        .bind(&self.message_id)
+        .bind(&self.kind)
+        .bind(&self.entry_name)
+        .bind(&self.size_bytes)
+        .bind(&self.sha256)
+        .bind(&self.content)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("store the documents", e))?;
+        Ok(())
+    }
 }
 
 /// After a crash (or when a completing `PATCH` stopped waiting), complete uploads still wait for

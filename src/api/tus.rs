@@ -259,55 +259,41 @@ async fn create_upload(
     };
     let checksum = parse_checksum(&headers)?;
 
-    let upload = Uuid::new_v4();
     let expires_at = Utc::now()
         + chrono::Duration::from_std(state.config.limits.upload_ttl)
             .unwrap_or(chrono::Duration::hours(24));
-    let stored_metadata = serde_json::json!({
-        contract::METADATA_NAME: metadata.name,
-        contract::METADATA_FILE_TYPE: metadata.file_type.as_str(),
-        contract::METADATA_CONTENT_TYPE: contract::CONTENT_TYPE_OCTET_STREAM,
-    });
-    {
+    let new = NewUpload {
+        id: Uuid::new_v4(),
+        file_name: metadata.name.clone(),
+        file_type: metadata.file_type,
+        length,
+        expires_at,
+        metadata: serde_json::json!({
+            contract::METADATA_NAME: metadata.name,
+            contract::METADATA_FILE_TYPE: metadata.file_type.as_str(),
+            contract::METADATA_CONTENT_TYPE: contract::CONTENT_TYPE_OCTET_STREAM,
+        }),
+    };
+    let upload = new.id;
+    let whole = has_body && initial.len() as u64 == length && length > 0;
+    if whole && let Some(checksum) = &checksum {
+        verify_checksum(checksum, &initial)?;
+    }
+    let mut whole_outcome = None;
+    if whole {
+        // The usual case for a patient file: it came whole in its creation request. The upload row,
+        // the ingest and its outcome go in one transaction and no chunk is stored; if this replica
+        // dies before the commit, nothing was acknowledged and the client sends the file again.
+        whole_outcome =
+            Some(ingest::ingest_whole(state.clone(), session.clone(), new, initial.clone()).await?);
+    } else {
         let mut tx = session
             .pool
             .begin()
             .await
             .map_err(|e| database("begin the creation", e))?;
-        refuse_if_validated(&mut tx).await?;
-        if metadata.file_type != FileType::ExportData {
-            let (stored, in_progress): (bool, bool) = sqlx::query_as(
-                "SELECT EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation'),
-                        EXISTS (SELECT 1 FROM sfm.uploads WHERE file_type = 'ExportData' AND state IN ('created', 'receiving', 'complete'))",
-            )
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| database("check the organisation file", e))?;
-            if !stored {
-                let mut error = ApiError::new(ProblemCode::OrganisationMissing).detail(
-                    "upload ExportData.dat first: patients and reports are accepted once the organisation and its users are stored",
-                );
-                if in_progress {
-                    error = error.retry_after(state.config.limits.retry_after_seconds);
-                }
-                return Err(error);
-            }
-        }
-        sqlx::query(
-            "INSERT INTO sfm.uploads (id, file_name, file_type, declared_length, metadata, migration_key_id, helseid_client_id, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(upload)
-        .bind(&metadata.name)
-        .bind(metadata.file_type.as_str())
-        .bind(i64::try_from(length).unwrap_or(i64::MAX))
-        .bind(&stored_metadata)
-        .bind(&session.key_id)
-        .bind(&session.helseid_client)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("create the upload", e))?;
+        check_creation(&mut tx, &state, metadata.file_type).await?;
+        new.insert(&mut tx, &session, None).await?;
         tx.commit()
             .await
             .map_err(|e| database("create the upload", e))?;
@@ -336,7 +322,23 @@ async fn create_upload(
         format_http_date(expires_at),
     );
     let mut offset = 0;
-    if has_body && (!initial.is_empty() || length == 0) {
+    if let Some((ingest_state, code)) = whole_outcome {
+        state.metrics.bytes_received.inc_by(length);
+        state.metrics.uploads_completed.inc();
+        offset = length;
+        put(
+            &mut response_headers,
+            contract::HEADER_INGEST_STATE,
+            ingest_state.as_str(),
+        );
+        if let Some(code) = code {
+            put(
+                &mut response_headers,
+                contract::HEADER_REJECTION_CODE,
+                code.as_str(),
+            );
+        }
+    } else if has_body && (!initial.is_empty() || length == 0) {
         let outcome = append(&state, &session, upload, 0, initial, checksum).await?;
         offset = outcome.offset;
         if outcome.completed {
@@ -372,6 +374,95 @@ fn parse_checksum(headers: &HeaderMap) -> Result<Option<UploadChecksum>, ApiErro
             Ok(Some(UploadChecksum::parse(text)?))
         }
     }
+}
+
+fn verify_checksum(checksum: &UploadChecksum, body: &[u8]) -> Result<(), ApiError> {
+    let mut context = checksum.algorithm.context();
+    context.update(body);
+    if checksum.matches(context.finish().as_ref()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ProblemCode::ChecksumMismatch)
+            .detail("the body does not match Upload-Checksum; nothing of it was kept"))
+    }
+}
+
+/// An upload about to be created: its row in `sfm.uploads`.
+pub struct NewUpload {
+    pub id: Uuid,
+    pub file_name: String,
+    pub file_type: FileType,
+    pub length: u64,
+    pub expires_at: DateTime<Utc>,
+    /// The tus metadata kept (never `SessionId`: the key is not stored).
+    pub metadata: serde_json::Value,
+}
+
+impl NewUpload {
+    /// Inserts the row: open (`created`), or, for a file that came whole, already finished in
+    /// `state` (`ingested` or `rejected`) with the SHA-256 of its bytes.
+    pub async fn insert(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        session: &Session,
+        finished: Option<(&str, &[u8])>,
+    ) -> Result<(), ApiError> {
+        let length = i64::try_from(self.length).unwrap_or(i64::MAX);
+        let (upload_state, offset, sha256) = match finished {
+            None => ("created", 0, None),
+            Some((upload_state, sha256)) => (upload_state, length, Some(sha256)),
+        };
+        sqlx::query(
+            "INSERT INTO sfm.uploads (id, file_name, file_type, declared_length, metadata, migration_key_id, helseid_client_id,
+                                      expires_at, state, upload_offset, sha256, completed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $11::bytea IS NULL THEN NULL ELSE now() END)",
+        )
+        .bind(self.id)
+        .bind(&self.file_name)
+        .bind(self.file_type.as_str())
+        .bind(length)
+        .bind(&self.metadata)
+        .bind(&session.key_id)
+        .bind(&session.helseid_client)
+        .bind(self.expires_at)
+        .bind(upload_state)
+        .bind(offset)
+        .bind(sha256)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("create the upload", e))?;
+        Ok(())
+    }
+}
+
+/// What every creation checks first, inside its transaction: the migration is not validated yet, and
+/// anything but the organisation file waits until the organisation and its users are stored.
+pub async fn check_creation(
+    tx: &mut sqlx::PgConnection,
+    state: &AppState,
+    file_type: FileType,
+) -> Result<(), ApiError> {
+    refuse_if_validated(tx).await?;
+    if file_type == FileType::ExportData {
+        return Ok(());
+    }
+    let (stored, in_progress): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation'),
+                EXISTS (SELECT 1 FROM sfm.uploads WHERE file_type = 'ExportData' AND state IN ('created', 'receiving', 'complete'))",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| database("check the organisation file", e))?;
+    if !stored {
+        let mut error = ApiError::new(ProblemCode::OrganisationMissing).detail(
+            "upload ExportData.dat first: patients and reports are accepted once the organisation and its users are stored",
+        );
+        if in_progress {
+            error = error.retry_after(state.config.limits.retry_after_seconds);
+        }
+        return Err(error);
+    }
+    Ok(())
 }
 
 async fn refuse_if_validated(tx: &mut sqlx::PgConnection) -> Result<(), ApiError> {
@@ -605,12 +696,7 @@ async fn append(
     checksum: Option<UploadChecksum>,
 ) -> Result<Appended, ApiError> {
     if let Some(checksum) = &checksum {
-        let mut context = checksum.algorithm.context();
-        context.update(&body);
-        if !checksum.matches(context.finish().as_ref()) {
-            return Err(ApiError::new(ProblemCode::ChecksumMismatch)
-                .detail("the body does not match Upload-Checksum; nothing of it was kept"));
-        }
+        verify_checksum(checksum, &body)?;
     }
     let mut tx = session
         .pool
