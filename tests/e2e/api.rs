@@ -1,13 +1,19 @@
 //! The migration API against the real control plane and PostgreSQL: the operator provisions a
 //! MigrationDatabase and a MigrationKey, the API runs as a process, NHN's sample organisation and
-//! patient are put in the envelope and uploaded by `tuspy` (a tus client from PyPI) in small chunks,
-//! and the rows, the counts in the CR status, verify, activate, hostile input, two replicas with a
-//! `kill -9`, and the absence of personal data and secrets in logs and status are checked.
+//! patient are put in the envelope and uploaded by `tuspy` (a tus client from PyPI) or by hand in
+//! chunks, and the rows, the counts in the CR status, verify, activate, hostile input, two replicas
+//! with a `kill -9` between chunks, and the absence of personal data and secrets in logs and status
+//! are checked.
+//!
+//! Every test starts from a [`Fixture`] (the samples, a provisioned database with its key, a runtime
+//! and an HTTP client) and starts the API processes it needs with [`Fixture::api`].
 
 use super::cluster::*;
 use super::processes::*;
 use futures::StreamExt as _;
 use reqwest::RequestBuilder;
+use sqlx::Connection as _;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +30,13 @@ const API_NS: &str = "sfm-system";
 /// The organisation number in NHN's sample organisation file (`Institusjon`, ENH).
 const SAMPLE_ORGANISATION_NUMBER: &str = "100100614";
 const PATIENT_GUID: &str = "0e7bfd89-ff43-4c5a-a9e2-1af46ae33672";
+/// The MigrationDatabase of every test.
+const DB: &str = "sample";
+
+/// The sample patient's path as `Index.txt` writes it.
+fn patient_name() -> String {
+    format!("Patients0\\{PATIENT_GUID}.pat")
+}
 
 fn sample(name: &str) -> Vec<u8> {
     let candidates = [
@@ -73,6 +86,34 @@ impl Samples {
         path
     }
 
+    /// The sample patient under the Id `guid`, with `from` replaced by `to` in `PatientData.xml`
+    /// (nothing when `from` is empty), in the envelope.
+    fn patient_as(&self, guid: &str, from: &str, to: &str) -> Vec<u8> {
+        let entries = read_archive(&self.patient_zip, &ArchiveLimits::default())
+            .unwrap()
+            .entries;
+        let renamed: Vec<(String, Vec<u8>)> = entries
+            .iter()
+            .map(|e| {
+                let data = if e.name == "PatientData.xml" {
+                    String::from_utf8(e.data.clone())
+                        .unwrap()
+                        .replace(PATIENT_GUID, guid)
+                        .replace(from, to)
+                        .into_bytes()
+                } else {
+                    e.data.clone()
+                };
+                (e.name.clone(), data)
+            })
+            .collect();
+        let borrowed: Vec<(&str, &[u8])> = renamed
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
+        self.encrypt(&write_archive(&borrowed).unwrap())
+    }
+
     /// Every value of the fixtures that must never leave the database: national identity numbers,
     /// HPR numbers and names of users and the patient.
     fn personal_data(&self) -> Vec<String> {
@@ -103,73 +144,51 @@ impl Samples {
     }
 }
 
-/// One MigrationDatabase with its key, provisioned by the operator.
-struct Migration {
-    operator: Process,
-    ns: TestNamespace,
-    db: String,
-    key: String,
-    migrator_uri: String,
-}
-
 fn database_yaml(ns: &str, name: &str, schema_check: &str) -> String {
     format!(
         "apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationDatabase\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  organisation:\n    name: Sample Legekontor\n    organisationNumber: \"{SAMPLE_ORGANISATION_NUMBER}\"\n    helseIdClientId: sample-sfm\n  dataModelVersion: 4\n  reclaimPolicy: Delete\n  validation:\n    allowSyntheticIdentities: false\n    schemaCheck: {schema_check}\n"
     )
 }
 
-fn key_yaml(ns: &str, name: &str, db: &str) -> String {
+fn key_yaml(ns: &str, name: &str, db: &str, time_to_live: &str) -> String {
     format!(
-        "apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  databaseRef: {db}\n  timeToLive: 2h\n"
+        "apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  databaseRef: {db}\n  timeToLive: {time_to_live}\n"
     )
 }
 
-fn provision(prefix: &str, schema_check: &str) -> Migration {
-    install_crds();
-    kubectl(&["create", "namespace", API_NS], None);
-    let ns = TestNamespace::new(prefix);
-    let operator = start_operator(&ns.name, API_NS, &format!("operator-{}", ns.name));
-    let db = "sample";
-    kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(&database_yaml(&ns.name, db, schema_check)),
-    );
-    kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(&key_yaml(&ns.name, "key-1", db)),
-    );
+/// Applies a MigrationDatabase, waits until it is Ready and returns its migrator's URI.
+fn provision_database(ns: &str, name: &str, yaml: &str) -> String {
+    kubectl_ok(&["apply", "-f", "-"], Some(yaml));
+    let mdb = format!("mdb/{name}");
     kubectl_ok(
         &[
             "-n",
-            &ns.name,
+            ns,
             "wait",
             "--for=condition=Ready",
-            &format!("mdb/{db}"),
+            &mdb,
             WAIT_TIMEOUT,
         ],
         None,
     );
-    assert!(eventually(PATIENCE, || jsonpath(
-        &ns.name,
-        "mkey/key-1",
-        "{.status.phase}"
-    ) == "Active"));
-    let secret = jsonpath(&ns.name, "mkey/key-1", "{.status.secretName}");
-    let key = secret_field(&ns.name, &secret, "key");
-    let migrator = jsonpath(
-        &ns.name,
-        &format!("mdb/{db}"),
-        "{.status.database.migratorSecret}",
-    );
+    let migrator = jsonpath(ns, &mdb, "{.status.database.migratorSecret}");
     let (api_ns, migrator_name) = migrator.split_once('/').unwrap();
-    let migrator_uri = secret_field(api_ns, migrator_name, "uri");
-    Migration {
-        operator,
-        ns,
-        db: db.to_owned(),
-        key,
-        migrator_uri,
-    }
+    secret_field(api_ns, migrator_name, "uri")
+}
+
+/// Applies a MigrationKey for `db`, waits until it is Active and returns the key.
+fn issue_key(ns: &str, name: &str, db: &str, time_to_live: &str) -> String {
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&key_yaml(ns, name, db, time_to_live)),
+    );
+    let mkey = format!("mkey/{name}");
+    assert!(
+        eventually(PATIENCE, || jsonpath(ns, &mkey, "{.status.phase}")
+            == "Active"),
+        "{mkey} did not become Active"
+    );
+    secret_field(ns, &jsonpath(ns, &mkey, "{.status.secretName}"), "key")
 }
 
 fn free_port() -> u16 {
@@ -180,11 +199,167 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The API for a test's samples, waiting up to 30 s for an ingest lock.
-fn start_sample_api(samples: &Samples, port: u16, log_name: &str, extra: &[&str]) -> Process {
-    let mut args = vec!["--ingest-wait-seconds", "30"];
-    args.extend_from_slice(extra);
-    start_api(API_NS, &samples.key_file, port, log_name, &args)
+/// One test's world: NHN's samples under a fresh key pair (and their envelopes, encrypted once), the
+/// MigrationDatabase `sample` with its key `key-1`, provisioned by the test's own operator in a
+/// namespace of its own, a tokio runtime and an HTTP client. Dropped, it stops the operator and
+/// deletes the namespace; the test's API processes ([`Api`]) are its own locals, dropped first.
+struct Fixture {
+    samples: Samples,
+    /// `ExportData.dat` in the envelope.
+    organisation: Vec<u8>,
+    /// The sample patient in the envelope.
+    patient: Vec<u8>,
+    operator: Process,
+    ns: TestNamespace,
+    /// The migration key of `key-1` (`sfmk_<keyId>_<secret>`).
+    key: String,
+    /// The migrator's URI of the staging database.
+    migrator_uri: String,
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+/// One `sfm-migration-api serve` process of a test, on 127.0.0.1:`port`; killed when dropped.
+struct Api {
+    process: Process,
+    port: u16,
+    base: String,
+}
+
+impl Api {
+    /// The URL of an upload (given by any replica's `Location`) on this process.
+    fn file(&self, url: &str) -> String {
+        format!("{}/files/{}", self.base, upload_id(url))
+    }
+}
+
+/// The opaque upload id: the last segment of its URL.
+fn upload_id(url: &str) -> &str {
+    url.rsplit('/').next().unwrap()
+}
+
+impl Fixture {
+    /// The database with the given schema check (`Lenient` or `Strict`).
+    fn new(prefix: &str, schema_check: &str) -> Fixture {
+        Fixture::with_database(prefix, |ns| database_yaml(ns, DB, schema_check))
+    }
+
+    /// The database as `yaml(namespace)` describes it.
+    fn with_database(prefix: &str, yaml: impl FnOnce(&str) -> String) -> Fixture {
+        install_crds();
+        kubectl(&["create", "namespace", API_NS], None);
+        let ns = TestNamespace::new(prefix);
+        let operator = start_operator(&ns.name, API_NS, &format!("operator-{}", ns.name));
+        let migrator_uri = provision_database(&ns.name, DB, &yaml(&ns.name));
+        let key = issue_key(&ns.name, "key-1", DB, "2h");
+        let samples = Samples::new();
+        Fixture {
+            organisation: samples.encrypt(&samples.organisation_zip),
+            patient: samples.encrypt(&samples.patient_zip),
+            samples,
+            operator,
+            ns,
+            key,
+            migrator_uri,
+            runtime: tokio::runtime::Runtime::new().unwrap(),
+            client: http(),
+        }
+    }
+
+    fn ns(&self) -> &str {
+        &self.ns.name
+    }
+
+    /// A field of the MigrationDatabase, by jsonpath.
+    fn status(&self, path: &str) -> String {
+        jsonpath(self.ns(), &format!("mdb/{DB}"), path)
+    }
+
+    /// Waits until a field of the MigrationDatabase reads `expected`.
+    fn wait_for_status(&self, path: &str, expected: &str) {
+        assert!(
+            eventually(PATIENCE, || self.status(path) == expected),
+            "{path} is {:?}, not {expected:?}",
+            self.status(path)
+        );
+    }
+
+    /// The API on a free port, waiting up to 30 s for an ingest, with `extra` flags; `name` names its
+    /// log (with the namespace).
+    fn api(&self, name: &str, extra: &[&str]) -> Api {
+        self.api_on(free_port(), name, extra)
+    }
+
+    /// As [`Fixture::api`] on a given port (a restart after a kill).
+    fn api_on(&self, port: u16, name: &str, extra: &[&str]) -> Api {
+        let mut args = vec!["--ingest-wait-seconds", "30"];
+        args.extend_from_slice(extra);
+        let log_name = format!("{name}-{}", self.ns());
+        Api {
+            process: start_api(API_NS, &self.samples.key_file, port, &log_name, &args),
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn run<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Uploads `data` with tuspy and this test's key; returns tuspy's JSON line.
+    fn tuspy(
+        &self,
+        api: &Api,
+        data: &[u8],
+        name: &str,
+        file_type: &str,
+        chunk: usize,
+        session_id: bool,
+    ) -> serde_json::Value {
+        let file = self.samples.write(&name.replace('\\', "_"), data);
+        tuspy(
+            &api.base, &self.key, &file, name, file_type, chunk, session_id,
+        )
+    }
+
+    /// Uploads the organisation file with tuspy, asserts that it was stored and returns its URL.
+    fn store_organisation(&self, api: &Api, chunk: usize, session_id: bool) -> String {
+        let result = self.tuspy(
+            api,
+            &self.organisation,
+            "ExportData.dat",
+            "ExportData",
+            chunk,
+            session_id,
+        );
+        assert_eq!(result["ingestState"], "stored", "{result}");
+        result["url"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an upload with this test's key; returns its URL (`Location`).
+    async fn create(&self, base: &str, name: &str, file_type: &str, length: usize) -> String {
+        new_upload(&self.client, base, &self.key, name, file_type, length).await
+    }
+
+    async fn patch(&self, url: &str, offset: usize, body: &[u8]) -> reqwest::Response {
+        patch(&self.client, url, offset, body).await
+    }
+
+    /// A tus HEAD with the `Sfm-Migration-Key` header `key`.
+    async fn head(&self, url: &str, key: &str) -> reqwest::Response {
+        self.client
+            .head(url)
+            .header("tus-resumable", "1.0.0")
+            .header("sfm-migration-key", key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// One number from the staging database, as the migrator sees it.
+    async fn count(&self, sql: &'static str) -> i64 {
+        query_i64(&self.migrator_uri, sql).await
+    }
 }
 
 /// Uploads with tuspy; returns its JSON line.
@@ -243,7 +418,6 @@ fn manifest_entry(path: &str, file_type: contract::FileType, data: &[u8]) -> Man
 }
 
 async fn query_i64(uri: &str, sql: &'static str) -> i64 {
-    use sqlx::Connection;
     let mut connection = sqlx::PgConnection::connect(uri).await.unwrap();
     sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(&mut connection)
@@ -256,320 +430,24 @@ fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// Lenient: the sample organisation and patient end up as rows with the counts in status, the patient
-/// with a deviation naming `Brukere`; verify and activate reach Operational; nothing personal leaks.
-#[test]
-fn sample_export_over_tus_is_stored_verified_and_activated() {
-    let samples = Samples::new();
-    let migration = provision("api-lenient", "Lenient");
-    let ns = migration.ns.name.clone();
-    let mdb = format!("mdb/{}", migration.db);
-    let port = free_port();
-    let api = start_sample_api(&samples, port, &format!("api-{ns}"), &[]);
-    let base = format!("http://127.0.0.1:{port}");
-
-    let organisation = samples.encrypt(&samples.organisation_zip);
-    let patient = samples.encrypt(&samples.patient_zip);
-    let organisation_file = samples.write("ExportData.dat", &organisation);
-    let patient_file = samples.write("patient.pat", &patient);
-    let patient_name = format!("Patients0\\{PATIENT_GUID}.pat");
-
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = http();
-        // A patient before the organisation is refused at creation.
-        let early = create_request(
-            &client,
-            &base,
-            &migration.key,
-            &patient_name,
-            "Patient",
-            patient.len(),
-        )
-        .send()
-        .await
-        .unwrap();
-        assert_eq!(early.status(), 409);
-        assert!(early.text().await.unwrap().contains("organisation-missing"));
-    });
-
-    // The organisation file by tuspy with the key in SessionId (as NHN's uploader sends it), the
-    // patient with the header; 4 KiB chunks.
-    let result = tuspy(
-        &base,
-        &migration.key,
-        &organisation_file,
-        "ExportData.dat",
-        "ExportData",
-        4096,
-        true,
-    );
-    assert_eq!(result["ingestState"], "stored", "{result}");
-    let result = tuspy(
-        &base,
-        &migration.key,
-        &patient_file,
-        &patient_name,
-        "Patient",
-        4096,
-        false,
-    );
-    assert_eq!(result["ingestState"], "stored", "{result}");
-    // The same file again stores one patient.
-    let again = tuspy(
-        &base,
-        &migration.key,
-        &patient_file,
-        &patient_name,
-        "Patient",
-        65536,
-        false,
-    );
-    assert_eq!(again["ingestState"], "stored", "{again}");
-
-    runtime.block_on(async {
-        let uri = &migration.migrator_uri;
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.users").await, 7);
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.patients").await, 1);
-        assert!(query_i64(uri, "SELECT count(*) FROM sfm.treatments").await > 0);
-        assert!(query_i64(uri, "SELECT count(*) FROM sfm.messages").await > 0);
-        assert!(query_i64(uri, "SELECT count(*) FROM sfm.documents WHERE kind = 'message'").await > 0);
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.documents WHERE kind = 'patient_data'").await, 1);
-        assert!(query_i64(uri, "SELECT count(*) FROM sfm.deviations WHERE path LIKE '%Brukere%'").await > 0, "the lenient patient carries a Brukere deviation");
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.stored_files WHERE migration_key_id <> '' AND received_at IS NOT NULL").await, 2);
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.upload_chunks").await, 0);
-    });
-    assert!(eventually(PATIENCE, || jsonpath(
-        &ns,
-        &mdb,
-        "{.status.migration.patients.stored}"
-    ) == "1"));
-    assert_eq!(jsonpath(&ns, &mdb, "{.status.migration.users.stored}"), "7");
-    assert_eq!(
-        jsonpath(&ns, &mdb, "{.status.migration.organisationStored}"),
-        "true"
-    );
-    let managers = kubectl_ok(
-        &[
-            "-n",
-            &ns,
-            "get",
-            &mdb,
-            "--show-managed-fields",
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    assert!(managers.contains("\"manager\": \"sfm-migration-api\""));
-
-    runtime.block_on(async {
-        let client = http();
-        // A manifest that lacks nothing but names another digest is a mismatch; the right one validates.
-        let mut wrong = Manifest::new(vec![
-            manifest_entry(
-                "ExportData.dat",
-                contract::FileType::ExportData,
-                &organisation,
-            ),
-            manifest_entry(&patient_name, contract::FileType::Patient, &organisation),
-        ]);
-        wrong.files[1].size = patient.len() as u64;
-        let response = client
-            .post(format!("{base}{}", contract::PATH_VERIFY))
-            .header("sfm-migration-key", &migration.key)
-            .json(&wrong)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 409);
-        let problem: contract::Problem = response.json().await.unwrap();
-        assert_eq!(problem.code, contract::ProblemCode::ManifestMismatch);
-        assert_eq!(
-            problem.mismatches.unwrap().digest_mismatch,
-            vec![patient_name.clone()]
-        );
-
-        // Activation before validation is refused.
-        let response = client
-            .post(format!("{base}{}", contract::PATH_ACTIVATE))
-            .header("sfm-migration-key", &migration.key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 409);
-
-        let manifest = Manifest::new(vec![
-            manifest_entry(
-                "ExportData.dat",
-                contract::FileType::ExportData,
-                &organisation,
-            ),
-            manifest_entry(&patient_name, contract::FileType::Patient, &patient),
-        ]);
-        let response = client
-            .post(format!("{base}{}", contract::PATH_VERIFY))
-            .header("sfm-migration-key", &migration.key)
-            .json(&manifest)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{:?}", response.text().await);
-        let verified: contract::VerifyResponse = response.json().await.unwrap();
-        assert_eq!(verified.digest, manifest.digest());
-        assert_eq!(verified.patients, 1);
-        assert_eq!(
-            jsonpath(&ns, &mdb, "{.status.migration.validatedDigest}"),
-            manifest.digest()
-        );
-
-        // Validated: no more uploads.
-        let refused = create_request(
-            &client,
-            &base,
-            &migration.key,
-            "Patients0\\x.pat",
-            "Patient",
-            10,
-        )
-        .send()
-        .await
-        .unwrap();
-        assert_eq!(refused.status(), 409);
-        assert!(
-            refused
-                .text()
-                .await
-                .unwrap()
-                .contains("migration-validated")
-        );
-
-        let status: contract::MigrationStatus = client
-            .get(format!("{base}{}", contract::PATH_STATUS))
-            .header("sfm-migration-key", &migration.key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(status.patients.stored, 1);
-        assert_eq!(
-            status.validated_digest.as_deref(),
-            Some(manifest.digest().as_str())
-        );
-
-        let response = client
-            .post(format!("{base}{}", contract::PATH_ACTIVATE))
-            .header("sfm-migration-key", &migration.key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-    });
-    kubectl_ok(
-        &[
-            "-n",
-            &ns,
-            "wait",
-            "--for=condition=Operational",
-            &mdb,
-            WAIT_TIMEOUT,
-        ],
-        None,
-    );
-
-    // Nothing personal and no secret in the logs, Events, metrics or status.
-    let metrics = std::process::Command::new("curl")
-        .args(["-fsS", &format!("{base}/metrics")])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
-    assert!(metrics.contains("sfm_api_files_stored_total"));
-    // The chart's RBAC was enough for the whole migration.
-    assert!(
-        !api.log_text().to_lowercase().contains("forbidden"),
-        "the API was refused something under the chart's RBAC: {}",
-        api.log_text()
-    );
-    let everything = [
-        api.log_text(),
-        migration.operator.log_text(),
-        metrics,
-        kubectl_ok(&["-n", &ns, "get", "mdb,mkey", "-o", "yaml"], None),
-        kubectl_ok(&["-n", &ns, "get", "events", "-o", "yaml"], None),
-    ]
-    .join("\n");
-    let password = migration
-        .migrator_uri
-        .split(':')
-        .nth(2)
+/// A response header that must be there.
+fn header<'r>(response: &'r reqwest::Response, name: &str) -> &'r str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", response.headers()))
+        .to_str()
         .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_owned();
-    let secret_part = migration.key.rsplit_once('_').unwrap().1.to_owned();
-    for value in samples
-        .personal_data()
-        .into_iter()
-        .chain([secret_part, password])
-    {
-        assert!(
-            !everything.contains(&value),
-            "a fixture value or secret leaked into logs, metrics or status"
-        );
-    }
 }
 
-/// Strict: the 2021 sample patient (`Brukere` where the XSD has `InVib`) is rejected with a reason.
-#[test]
-fn strict_schema_check_rejects_the_sample_patient() {
-    let samples = Samples::new();
-    let migration = provision("api-strict", "Strict");
-    let ns = migration.ns.name.clone();
-    let port = free_port();
-    let _api = start_sample_api(&samples, port, &format!("api-{ns}"), &[]);
-    let base = format!("http://127.0.0.1:{port}");
-    let organisation_file = samples.write(
-        "ExportData.dat",
-        &samples.encrypt(&samples.organisation_zip),
-    );
-    let patient_file = samples.write("patient.pat", &samples.encrypt(&samples.patient_zip));
-    let patient_name = format!("Patients0\\{PATIENT_GUID}.pat");
-    assert_eq!(
-        tuspy(
-            &base,
-            &migration.key,
-            &organisation_file,
-            "ExportData.dat",
-            "ExportData",
-            8192,
-            false
-        )["ingestState"],
-        "stored"
-    );
-    let result = tuspy(
-        &base,
-        &migration.key,
-        &patient_file,
-        &patient_name,
-        "Patient",
-        8192,
-        false,
-    );
-    assert_eq!(result["ingestState"], "rejected", "{result}");
-    assert_eq!(result["rejectionCode"], "xml-schema");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        assert_eq!(query_i64(&migration.migrator_uri, "SELECT count(*) FROM sfm.patients").await, 0);
-        assert_eq!(query_i64(&migration.migrator_uri, "SELECT count(*) FROM sfm.rejections WHERE reason_code = 'xml_schema' AND message LIKE '%Brukere%'").await, 1);
-    });
-    assert!(eventually(PATIENCE, || jsonpath(
-        &ns,
-        "mdb/sample",
-        "{.status.migration.patients.rejected}"
-    ) == "1"));
+/// The status and the problem code of an answer (its body when it is no problem document).
+async fn problem(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    let code = serde_json::from_str::<contract::Problem>(&body)
+        .map(|p| p.code.as_str().to_owned())
+        .unwrap_or(body);
+    (status, code)
 }
 
 /// POST /files with the tus version, the length and the key; no metadata.
@@ -619,6 +497,21 @@ async fn create_upload(
         .unwrap()
 }
 
+/// Creates an upload, asserts 201 and returns its URL (`Location`).
+async fn new_upload(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    name: &str,
+    file_type: &str,
+    length: usize,
+) -> String {
+    let response = create_upload(client, base, key, name, file_type, length).await;
+    assert_eq!(response.status(), 201, "creating {name}");
+    header(&response, "location").to_owned()
+}
+
+/// A tus PATCH with a SHA-256 `Upload-Checksum` of the body.
 async fn patch(
     client: &reqwest::Client,
     url: &str,
@@ -636,67 +529,269 @@ async fn patch(
         .unwrap()
 }
 
+/// A zip written with the zip crate directly, so names the exporter would refuse can be made.
+fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in entries {
+        writer.start_file(*name, options).unwrap();
+        writer.write_all(data).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+/// Lenient: the sample organisation and patient end up as rows with the counts in status, the patient
+/// with a deviation naming `Brukere`; verify and activate reach Operational; nothing personal leaks.
+#[test]
+fn sample_export_over_tus_is_stored_verified_and_activated() {
+    let fx = Fixture::new("api-lenient", "Lenient");
+    let api = fx.api("api", &[]);
+    let base = &api.base;
+    let (organisation, patient) = (&fx.organisation, &fx.patient);
+    let patient_name = patient_name();
+
+    fx.run(async {
+        // A patient before the organisation is refused at creation.
+        let early = create_upload(
+            &fx.client,
+            base,
+            &fx.key,
+            &patient_name,
+            "Patient",
+            patient.len(),
+        )
+        .await;
+        assert_eq!(problem(early).await, (409, "organisation-missing".into()));
+    });
+
+    // The organisation file by tuspy with the key in SessionId (as NHN's uploader sends it), the
+    // patient with the header; 4 KiB chunks.
+    fx.store_organisation(&api, 4096, true);
+    let result = fx.tuspy(&api, patient, &patient_name, "Patient", 4096, false);
+    assert_eq!(result["ingestState"], "stored", "{result}");
+    // The same file again stores one patient.
+    let again = fx.tuspy(&api, patient, &patient_name, "Patient", 65536, false);
+    assert_eq!(again["ingestState"], "stored", "{again}");
+
+    fx.run(async {
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.users").await, 7);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
+        assert!(fx.count("SELECT count(*) FROM sfm.treatments").await > 0);
+        assert!(fx.count("SELECT count(*) FROM sfm.messages").await > 0);
+        assert!(fx.count("SELECT count(*) FROM sfm.documents WHERE kind = 'message'").await > 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.documents WHERE kind = 'patient_data'").await, 1);
+        assert!(fx.count("SELECT count(*) FROM sfm.deviations WHERE path LIKE '%Brukere%'").await > 0, "the lenient patient carries a Brukere deviation");
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files WHERE migration_key_id <> '' AND received_at IS NOT NULL").await, 2);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.upload_chunks").await, 0);
+    });
+    fx.wait_for_status("{.status.migration.patients.stored}", "1");
+    assert_eq!(fx.status("{.status.migration.users.stored}"), "7");
+    assert_eq!(fx.status("{.status.migration.organisationStored}"), "true");
+    let mdb = format!("mdb/{DB}");
+    let managers = kubectl_ok(
+        &[
+            "-n",
+            fx.ns(),
+            "get",
+            &mdb,
+            "--show-managed-fields",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(managers.contains("\"manager\": \"sfm-migration-api\""));
+
+    fx.run(async {
+        let client = &fx.client;
+        // A manifest that lacks nothing but names another digest is a mismatch; the right one validates.
+        let mut wrong = Manifest::new(vec![
+            manifest_entry(
+                "ExportData.dat",
+                contract::FileType::ExportData,
+                organisation,
+            ),
+            manifest_entry(&patient_name, contract::FileType::Patient, organisation),
+        ]);
+        wrong.files[1].size = patient.len() as u64;
+        let response = client
+            .post(format!("{base}{}", contract::PATH_VERIFY))
+            .header("sfm-migration-key", &fx.key)
+            .json(&wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 409);
+        let mismatch: contract::Problem = response.json().await.unwrap();
+        assert_eq!(mismatch.code, contract::ProblemCode::ManifestMismatch);
+        assert_eq!(
+            mismatch.mismatches.unwrap().digest_mismatch,
+            vec![patient_name.clone()]
+        );
+
+        // Activation before validation is refused.
+        let response = client
+            .post(format!("{base}{}", contract::PATH_ACTIVATE))
+            .header("sfm-migration-key", &fx.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 409);
+
+        let manifest = Manifest::new(vec![
+            manifest_entry(
+                "ExportData.dat",
+                contract::FileType::ExportData,
+                organisation,
+            ),
+            manifest_entry(&patient_name, contract::FileType::Patient, patient),
+        ]);
+        let response = client
+            .post(format!("{base}{}", contract::PATH_VERIFY))
+            .header("sfm-migration-key", &fx.key)
+            .json(&manifest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+        let verified: contract::VerifyResponse = response.json().await.unwrap();
+        assert_eq!(verified.digest, manifest.digest());
+        assert_eq!(verified.patients, 1);
+        assert_eq!(
+            fx.status("{.status.migration.validatedDigest}"),
+            manifest.digest()
+        );
+
+        // Validated: no more uploads.
+        let refused = create_upload(client, base, &fx.key, "Patients0\\x.pat", "Patient", 10).await;
+        assert_eq!(problem(refused).await, (409, "migration-validated".into()));
+
+        let status: contract::MigrationStatus = client
+            .get(format!("{base}{}", contract::PATH_STATUS))
+            .header("sfm-migration-key", &fx.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status.patients.stored, 1);
+        assert_eq!(
+            status.validated_digest.as_deref(),
+            Some(manifest.digest().as_str())
+        );
+
+        let response = client
+            .post(format!("{base}{}", contract::PATH_ACTIVATE))
+            .header("sfm-migration-key", &fx.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    });
+    kubectl_ok(
+        &[
+            "-n",
+            fx.ns(),
+            "wait",
+            "--for=condition=Operational",
+            &mdb,
+            WAIT_TIMEOUT,
+        ],
+        None,
+    );
+
+    // Nothing personal and no secret in the logs, Events, metrics or status.
+    let metrics = std::process::Command::new("curl")
+        .args(["-fsS", &format!("{base}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    assert!(metrics.contains("sfm_api_files_stored_total"));
+    // The chart's RBAC was enough for the whole migration.
+    let log = api.process.log_text();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the API was refused something under the chart's RBAC: {log}"
+    );
+    let everything = [
+        log,
+        fx.operator.log_text(),
+        metrics,
+        kubectl_ok(&["-n", fx.ns(), "get", "mdb,mkey", "-o", "yaml"], None),
+        kubectl_ok(&["-n", fx.ns(), "get", "events", "-o", "yaml"], None),
+    ]
+    .join("\n");
+    let password = fx
+        .migrator_uri
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let secret_part = fx.key.rsplit_once('_').unwrap().1.to_owned();
+    for value in fx
+        .samples
+        .personal_data()
+        .into_iter()
+        .chain([secret_part, password])
+    {
+        assert!(
+            !everything.contains(&value),
+            "a fixture value or secret leaked into logs, metrics or status"
+        );
+    }
+}
+
+/// Strict: the 2021 sample patient (`Brukere` where the XSD has `InVib`) is rejected with a reason.
+#[test]
+fn strict_schema_check_rejects_the_sample_patient() {
+    let fx = Fixture::new("api-strict", "Strict");
+    let api = fx.api("api", &[]);
+    fx.store_organisation(&api, 8192, false);
+    let result = fx.tuspy(&api, &fx.patient, &patient_name(), "Patient", 8192, false);
+    assert_eq!(result["ingestState"], "rejected", "{result}");
+    assert_eq!(result["rejectionCode"], "xml-schema");
+    fx.run(async {
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections WHERE reason_code = 'xml_schema' AND message LIKE '%Brukere%'").await, 1);
+    });
+    fx.wait_for_status("{.status.migration.patients.rejected}", "1");
+}
+
 /// Two API processes; the PATCHes of one upload alternate between them, one is killed with SIGKILL
-/// between chunks and started again: the upload completes, nothing is lost or stored twice.
+/// between chunks and started again: the upload completes, nothing is lost or stored twice. Then the
+/// same person under another Id is stored and flagged, and an HPR number no user has is rejected.
 #[test]
 fn two_replicas_share_an_upload_across_a_kill() {
-    let samples = Samples::new();
-    let migration = provision("api-replicas", "Lenient");
-    let ns = migration.ns.name.clone();
-    let (port_a, port_b) = (free_port(), free_port());
-    let mut api_a = start_sample_api(&samples, port_a, &format!("api-a-{ns}"), &[]);
-    let _api_b = start_sample_api(&samples, port_b, &format!("api-b-{ns}"), &[]);
-    let (a, b) = (
-        format!("http://127.0.0.1:{port_a}"),
-        format!("http://127.0.0.1:{port_b}"),
-    );
-    let organisation_file = samples.write(
-        "ExportData.dat",
-        &samples.encrypt(&samples.organisation_zip),
-    );
-    assert_eq!(
-        tuspy(
-            &a,
-            &migration.key,
-            &organisation_file,
-            "ExportData.dat",
-            "ExportData",
-            65536,
-            false
-        )["ingestState"],
-        "stored"
-    );
-    let patient = samples.encrypt(&samples.patient_zip);
-    let name = format!("Patients0\\{PATIENT_GUID}.pat");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = http();
-        let created =
-            create_upload(&client, &a, &migration.key, &name, "Patient", patient.len()).await;
-        assert_eq!(created.status(), 201);
-        let location = created.headers()["location"].to_str().unwrap().to_owned();
-        let id = location.rsplit('/').next().unwrap().to_owned();
+    let fx = Fixture::new("api-replicas", "Lenient");
+    let mut apis = [fx.api("api-a", &[]), fx.api("api-b", &[])];
+    fx.store_organisation(&apis[0], 65536, false);
+    let patient = &fx.patient;
+    fx.run(async {
+        let url = fx
+            .create(&apis[0].base, &patient_name(), "Patient", patient.len())
+            .await;
         let chunks: Vec<&[u8]> = patient.chunks(patient.len() / 6 + 1).collect();
         let mut offset = 0;
         for (index, chunk) in chunks.iter().enumerate() {
-            let base = if index % 2 == 0 { &a } else { &b };
             if index == 3 {
                 // A crash between chunks: the next PATCH for A goes to a fresh process on the same port.
-                api_a.kill();
-                api_a = start_sample_api(&samples, port_a, &format!("api-a2-{ns}"), &[]);
+                apis[0].process.kill();
+                apis[0] = fx.api_on(apis[0].port, "api-a2", &[]);
             }
+            let target = apis[index % 2].file(&url);
             // A stale PATCH (the previous offset) is refused and changes nothing.
             if index > 0 {
-                let stale = patch(
-                    &client,
-                    &format!("{base}/files/{id}"),
-                    offset - chunks[index - 1].len(),
-                    chunks[index - 1],
-                )
-                .await;
+                let previous = chunks[index - 1];
+                let stale = fx.patch(&target, offset - previous.len(), previous).await;
                 assert_eq!(stale.status(), 409);
             }
-            let response = patch(&client, &format!("{base}/files/{id}"), offset, chunk).await;
+            let response = fx.patch(&target, offset, chunk).await;
             assert_eq!(
                 response.status(),
                 204,
@@ -704,178 +799,94 @@ fn two_replicas_share_an_upload_across_a_kill() {
                 response.text().await
             );
             offset += chunk.len();
-            assert_eq!(
-                response.headers()["upload-offset"].to_str().unwrap(),
-                offset.to_string()
-            );
+            assert_eq!(header(&response, "upload-offset"), offset.to_string());
             if index == chunks.len() - 1 {
-                assert_eq!(
-                    response.headers()["sfm-ingest-state"].to_str().unwrap(),
-                    "stored"
-                );
+                assert_eq!(header(&response, "sfm-ingest-state"), "stored");
             }
         }
-        let head = client
-            .head(format!("{b}/files/{id}"))
-            .header("tus-resumable", "1.0.0")
-            .header("sfm-migration-key", &migration.key)
-            .send()
-            .await
-            .unwrap();
+        let head = fx.head(&apis[1].file(&url), &fx.key).await;
+        assert_eq!(header(&head, "upload-offset"), patient.len().to_string());
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
         assert_eq!(
-            head.headers()["upload-offset"].to_str().unwrap(),
-            patient.len().to_string()
-        );
-        let uri = &migration.migrator_uri;
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.patients").await, 1);
-        assert_eq!(
-            query_i64(
-                uri,
-                "SELECT count(*) FROM sfm.stored_files WHERE kind = 'patient'"
-            )
-            .await,
+            fx.count("SELECT count(*) FROM sfm.stored_files WHERE kind = 'patient'")
+                .await,
             1
         );
         // The stored file is byte for byte what was sent.
-        use sqlx::Connection;
-        let mut connection = sqlx::PgConnection::connect(uri).await.unwrap();
+        let mut connection = sqlx::PgConnection::connect(&fx.migrator_uri).await.unwrap();
         let digest: String = sqlx::query_scalar(
             "SELECT encode(sha256, 'hex') FROM sfm.stored_files WHERE kind = 'patient'",
         )
         .fetch_one(&mut connection)
         .await
         .unwrap();
-        assert_eq!(digest, contract::sha256_hex(&patient));
+        assert_eq!(digest, contract::sha256_hex(patient));
 
         // The same person under another Id is stored and flagged; an HPR number no user has is rejected.
-        let entries = read_archive(&samples.patient_zip, &ArchiveLimits::default())
-            .unwrap()
-            .entries;
-        let with = |guid: &str, from: &str, to: &str| {
-            let renamed: Vec<(String, Vec<u8>)> = entries
-                .iter()
-                .map(|e| {
-                    let data = if e.name == "PatientData.xml" {
-                        String::from_utf8(e.data.clone())
-                            .unwrap()
-                            .replace(PATIENT_GUID, guid)
-                            .replace(from, to)
-                            .into_bytes()
-                    } else {
-                        e.data.clone()
-                    };
-                    (e.name.clone(), data)
-                })
-                .collect();
-            let borrowed: Vec<(&str, &[u8])> = renamed
-                .iter()
-                .map(|(n, d)| (n.as_str(), d.as_slice()))
-                .collect();
-            samples.encrypt(&write_archive(&borrowed).unwrap())
-        };
         let twin_guid = "1056e3cc-38fc-4e3c-8cd0-1c831db782d4";
-        let twin = with(twin_guid, "", "");
-        let name = format!("Patients0\\{twin_guid}.pat");
-        let created =
-            create_upload(&client, &b, &migration.key, &name, "Patient", twin.len()).await;
-        let url = created.headers()["location"].to_str().unwrap().to_owned();
-        let r = patch(&client, &url, 0, &twin).await;
-        assert_eq!(r.headers()["sfm-ingest-state"].to_str().unwrap(), "stored");
-        assert_eq!(
-            query_i64(
-                uri,
-                "SELECT count(*) FROM sfm.deviations WHERE message LIKE '%same person%'"
+        let twin = fx.samples.patient_as(twin_guid, "", "");
+        let url = fx
+            .create(
+                &apis[1].base,
+                &format!("Patients0\\{twin_guid}.pat"),
+                "Patient",
+                twin.len(),
             )
-            .await,
+            .await;
+        let r = fx.patch(&url, 0, &twin).await;
+        assert_eq!(header(&r, "sfm-ingest-state"), "stored");
+        assert_eq!(
+            fx.count("SELECT count(*) FROM sfm.deviations WHERE message LIKE '%same person%'")
+                .await,
             1
         );
 
         let stranger_guid = "2a4e3c9e-38fc-4e3c-8cd0-1c831db782d4";
-        let stranger = with(
+        let stranger = fx.samples.patient_as(
             stranger_guid,
             "<Hpr>222200082</Hpr>",
             "<Hpr>999999999</Hpr>",
         );
-        let name = format!("Patients0\\{stranger_guid}.pat");
-        let created = create_upload(
-            &client,
-            &a,
-            &migration.key,
-            &name,
-            "Patient",
-            stranger.len(),
-        )
-        .await;
-        let url = created.headers()["location"].to_str().unwrap().to_owned();
-        let r = patch(&client, &url, 0, &stranger).await;
-        assert_eq!(
-            r.headers()["sfm-ingest-state"].to_str().unwrap(),
-            "rejected"
-        );
-        assert_eq!(
-            r.headers()["sfm-rejection-code"].to_str().unwrap(),
-            "data-quality-hpr-unknown"
-        );
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.patients").await, 2);
+        let url = fx
+            .create(
+                &apis[0].base,
+                &format!("Patients0\\{stranger_guid}.pat"),
+                "Patient",
+                stranger.len(),
+            )
+            .await;
+        let r = fx.patch(&url, 0, &stranger).await;
+        assert_eq!(header(&r, "sfm-ingest-state"), "rejected");
+        assert_eq!(header(&r, "sfm-rejection-code"), "data-quality-hpr-unknown");
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 2);
     });
-    drop(api_a);
 }
 
 /// Hostile and malformed input: each gets a clear problem (or a recorded rejection) and nothing is
 /// stored; the server keeps serving.
 #[test]
 fn bad_input_gets_a_clear_problem_and_stores_nothing() {
-    let samples = Samples::new();
-    let migration = provision("api-bad", "Lenient");
-    let ns = migration.ns.name.clone();
-    let port = free_port();
-    let api = start_sample_api(
-        &samples,
-        port,
-        &format!("api-{ns}"),
-        &["--max-upload-bytes", "2000000"],
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let organisation = samples.encrypt(&samples.organisation_zip);
-    let patient_name = format!("Patients0\\{PATIENT_GUID}.pat");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = http();
-        let key = &migration.key;
-        let code = |body: String| {
-            serde_json::from_str::<contract::Problem>(&body)
-                .map(|p| p.code.as_str().to_owned())
-                .unwrap_or(body)
-        };
+    let fx = Fixture::new("api-bad", "Lenient");
+    let api = fx.api("api", &["--max-upload-bytes", "2000000"]);
+    let base = &api.base;
+    let organisation = &fx.organisation;
+    fx.run(async {
+        let client = &fx.client;
+        let key = &fx.key;
 
         // Keys: wrong secret, malformed, unknown id, missing.
         let (prefix, _) = key.rsplit_once('_').unwrap();
         let wrong = format!("{prefix}_{}", "A".repeat(43));
-        let r = create_upload(&client, &base, &wrong, "ExportData.dat", "ExportData", 10).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (401, "key-wrong".into())
-        );
-        let r = create_upload(
-            &client,
-            &base,
-            "sfmk_nope",
-            "ExportData.dat",
-            "ExportData",
-            10,
-        )
-        .await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (401, "key-malformed".into())
-        );
         let unknown = format!("sfmk_unknownkey1_{}", "A".repeat(43));
-        let r = create_upload(&client, &base, &unknown, "ExportData.dat", "ExportData", 10).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (401, "key-unknown".into())
-        );
-
+        for (presented, expected) in [
+            (wrong.as_str(), "key-wrong"),
+            ("sfmk_nope", "key-malformed"),
+            (unknown.as_str(), "key-unknown"),
+        ] {
+            let r =
+                create_upload(client, base, presented, "ExportData.dat", "ExportData", 10).await;
+            assert_eq!(problem(r).await, (401, expected.into()));
+        }
         // tus headers and metadata.
         let r = client
             .post(format!("{base}/files"))
@@ -891,81 +902,46 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             "name RXhwb3J0RGF0YS5kYXQ=,name RXhwb3J0RGF0YS5kYXQ=",
             "name RXhwb3J0RGF0YS5kYXQ=,FileType T3JnYW5pc2F0aW9u",
         ] {
-            let r = tus_post(&client, &base, key, 10)
+            let r = tus_post(client, base, key, 10)
                 .header("upload-metadata", metadata)
                 .send()
                 .await
                 .unwrap();
             assert_eq!(
-                (r.status().as_u16(), code(r.text().await.unwrap())),
+                problem(r).await,
                 (400, "metadata-invalid".into()),
                 "{metadata}"
             );
         }
-        let r = create_upload(
-            &client,
-            &base,
-            key,
-            "ExportData.dat",
-            "ExportData",
-            3_000_000,
-        )
-        .await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (413, "upload-too-large".into())
-        );
-        let r = client
-            .head(format!(
-                "{base}/files/{}.{}",
-                "0".repeat(32),
-                "1".repeat(32)
-            ))
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
-        let r = client
-            .head(format!("{base}/files/not-an-id"))
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
+        let r = create_upload(client, base, key, "ExportData.dat", "ExportData", 3_000_000).await;
+        assert_eq!(problem(r).await, (413, "upload-too-large".into()));
 
+        // Unknown uploads: of an unknown database, malformed.
+        let nowhere = format!("{base}/files/{}.{}", "0".repeat(32), "1".repeat(32));
+        for url in [nowhere.as_str(), &format!("{base}/files/not-an-id")] {
+            let r = client
+                .head(url)
+                .header("tus-resumable", "1.0.0")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "{url}");
+        }
         // A patient before the organisation.
-        let r = create_upload(&client, &base, key, &patient_name, "Patient", 10).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (409, "organisation-missing".into())
-        );
+        let r = create_upload(client, base, key, &patient_name(), "Patient", 10).await;
+        assert_eq!(problem(r).await, (409, "organisation-missing".into()));
 
         // Offsets, sizes, checksums, content type on a real upload.
-        let r = create_upload(
-            &client,
-            &base,
-            key,
-            "ExportData.dat",
-            "ExportData",
-            organisation.len(),
-        )
-        .await;
-        assert_eq!(r.status(), 201);
-        let url = r.headers()["location"].to_str().unwrap().to_owned();
-        let r = patch(&client, &url, 5, &organisation[..10]).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (409, "upload-offset-mismatch".into())
-        );
+        let url = fx
+            .create(base, "ExportData.dat", "ExportData", organisation.len())
+            .await;
+        let r = fx.patch(&url, 5, &organisation[..10]).await;
+        assert_eq!(problem(r).await, (409, "upload-offset-mismatch".into()));
         let mut too_long = organisation.clone();
         too_long.push(0);
-        let r = patch(&client, &url, 0, &too_long).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (413, "upload-too-large".into())
-        );
-        let r = patch_request(&client, &url, 0)
+        let r = fx.patch(&url, 0, &too_long).await;
+        assert_eq!(problem(r).await, (413, "upload-too-large".into()));
+        let r = patch_request(client, &url, 0)
             .header(
                 "upload-checksum",
                 UploadChecksum::of(ChecksumAlgorithm::Sha256, b"other").to_header(),
@@ -991,7 +967,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             .send()
             .await
             .unwrap();
-        assert_eq!(head.headers()["upload-offset"].to_str().unwrap(), "0");
+        assert_eq!(header(&head, "upload-offset"), "0");
         // Termination, then the id is unknown.
         let r = client
             .delete(&url)
@@ -1009,13 +985,15 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
         assert_eq!(r.status(), 404);
 
         // Hostile files: each is uploaded completely and rejected with its reason.
-        let entries = read_archive(&samples.organisation_zip, &ArchiveLimits::default())
+        let entries = read_archive(&fx.samples.organisation_zip, &ArchiveLimits::default())
             .unwrap()
             .entries;
         let xml = String::from_utf8(entries[0].data.clone()).unwrap();
-        let mut flipped = organisation.clone();
-        let at = flipped.len() / 2;
-        flipped[at] ^= 0x40;
+        let changed = |change: &dyn Fn(&mut Vec<u8>)| {
+            let mut file = organisation.clone();
+            change(&mut file);
+            file
+        };
         let doctype = xml.replacen("?>", "?><!DOCTYPE x [<!ENTITY e \"boom\">]>", 1);
         let deep = xml.replacen(
             "<Brukere>",
@@ -1023,8 +1001,17 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             1,
         );
         let bomb = write_archive(&[("ExportData.xml", vec![b' '; 1_900_000].as_slice())]).unwrap();
+        let encrypt_zip =
+            |entries: &[(&str, &[u8])]| fx.samples.encrypt(&write_archive(entries).unwrap());
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("flipped", flipped, "envelope-undecryptable"),
+            (
+                "flipped",
+                changed(&|f| {
+                    let at = f.len() / 2;
+                    f[at] ^= 0x40
+                }),
+                "envelope-undecryptable",
+            ),
             (
                 "truncated",
                 organisation[..organisation.len() - 7].to_vec(),
@@ -1033,7 +1020,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             (
                 "foreign key",
                 envelope::encrypt(
-                    &samples.organisation_zip,
+                    &fx.samples.organisation_zip,
                     &RecipientCertificate::from_pem(
                         generate_demo_key_pair(2048, "other")
                             .unwrap()
@@ -1048,121 +1035,75 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             ),
             (
                 "header past the end",
-                {
-                    let mut f = organisation.clone();
-                    f[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-                    f
-                },
+                changed(&|f| f[0..4].copy_from_slice(&u32::MAX.to_le_bytes())),
                 "envelope-malformed",
             ),
             (
                 "traversal",
-                samples.encrypt(&raw_zip(&[("../ExportData.xml", xml.as_bytes())])),
+                fx.samples
+                    .encrypt(&raw_zip(&[("../ExportData.xml", xml.as_bytes())])),
                 "archive-path",
             ),
             (
                 "absolute",
-                samples.encrypt(&raw_zip(&[("/etc/ExportData.xml", xml.as_bytes())])),
+                fx.samples
+                    .encrypt(&raw_zip(&[("/etc/ExportData.xml", xml.as_bytes())])),
                 "archive-path",
             ),
             (
                 "doctype",
-                samples.encrypt(&write_archive(&[("ExportData.xml", doctype.as_bytes())]).unwrap()),
+                encrypt_zip(&[("ExportData.xml", doctype.as_bytes())]),
                 "xml-doctype",
             ),
             (
                 "deep",
-                samples.encrypt(&write_archive(&[("ExportData.xml", deep.as_bytes())]).unwrap()),
+                encrypt_zip(&[("ExportData.xml", deep.as_bytes())]),
                 "xml-malformed",
             ),
-            ("ratio bomb", samples.encrypt(&bomb), "archive-limits"),
+            ("ratio bomb", fx.samples.encrypt(&bomb), "archive-limits"),
             (
                 "many entries",
-                samples.encrypt(
-                    &write_archive(
-                        &(0..2_500)
-                            .map(|i| (format!("{i}.xml"), b"x".as_slice()))
-                            .collect::<Vec<_>>()
-                            .iter()
-                            .map(|(n, d)| (n.as_str(), *d))
-                            .collect::<Vec<_>>(),
-                    )
-                    .unwrap(),
+                encrypt_zip(
+                    &(0..2_500)
+                        .map(|i| (format!("{i}.xml"), b"x".as_slice()))
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(|(n, d)| (n.as_str(), *d))
+                        .collect::<Vec<_>>(),
                 ),
                 "archive-limits",
             ),
         ];
         for (what, file, expected) in cases {
-            let r = create_upload(
-                &client,
-                &base,
-                key,
-                "ExportData.dat",
-                "ExportData",
-                file.len(),
-            )
-            .await;
-            assert_eq!(r.status(), 201, "{what}");
-            let url = r.headers()["location"].to_str().unwrap().to_owned();
-            let r = patch(&client, &url, 0, &file).await;
+            let url = fx
+                .create(base, "ExportData.dat", "ExportData", file.len())
+                .await;
+            let r = fx.patch(&url, 0, &file).await;
             assert_eq!(r.status(), 204, "{what}");
-            assert_eq!(
-                r.headers()["sfm-ingest-state"].to_str().unwrap(),
-                "rejected",
-                "{what}"
-            );
-            assert_eq!(
-                r.headers()["sfm-rejection-code"].to_str().unwrap(),
-                expected,
-                "{what}"
-            );
+            assert_eq!(header(&r, "sfm-ingest-state"), "rejected", "{what}");
+            assert_eq!(header(&r, "sfm-rejection-code"), expected, "{what}");
         }
-        let uri = &migration.migrator_uri;
-        assert_eq!(
-            query_i64(uri, "SELECT count(*) FROM sfm.stored_files").await,
-            0
-        );
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.users").await, 0);
-        assert_eq!(
-            query_i64(uri, "SELECT count(*) FROM sfm.rejections").await,
-            10
-        );
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.users").await, 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections").await, 10);
 
         // A key of another database cannot touch this database's upload; a superseded key stops working.
-        let r = create_upload(
-            &client,
-            &base,
-            key,
-            "ExportData.dat",
-            "ExportData",
-            organisation.len(),
-        )
-        .await;
-        let url = r.headers()["location"].to_str().unwrap().to_owned();
-        kubectl_ok(
-            &["apply", "-f", "-"],
-            Some(&key_yaml(&ns, "key-2", "sample")),
-        );
+        let url = fx
+            .create(base, "ExportData.dat", "ExportData", organisation.len())
+            .await;
+        issue_key(fx.ns(), "key-2", DB, "2h");
         assert!(eventually(PATIENCE, || jsonpath(
-            &ns,
+            fx.ns(),
             "mkey/key-1",
             "{.status.phase}"
         ) == "Superseded"));
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let r = patch(&client, &url, 0, &organisation).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (403, "key-superseded".into())
-        );
-        let r = create_upload(&client, &base, key, "ExportData.dat", "ExportData", 10).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (403, "key-superseded".into())
-        );
-        assert_eq!(
-            query_i64(uri, "SELECT count(*) FROM sfm.stored_files").await,
-            0
-        );
+        let r = fx.patch(&url, 0, organisation).await;
+        assert_eq!(problem(r).await, (403, "key-superseded".into()));
+        let r = create_upload(client, base, key, "ExportData.dat", "ExportData", 10).await;
+        assert_eq!(problem(r).await, (403, "key-superseded".into()));
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 0);
+
         // Still serving.
         let r = client
             .get(format!("{base}{}", contract::PATH_PRODUCT_VERSION))
@@ -1171,26 +1112,10 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             .unwrap();
         assert_eq!(r.status(), 200);
     });
-    let log = api.log_text();
-    assert!(!log.contains(migration.key.rsplit_once('_').unwrap().1));
+    let log = api.process.log_text();
+    assert!(!log.contains(fx.key.rsplit_once('_').unwrap().1));
 }
 
-/// A zip written with the zip crate directly, so names the exporter would refuse can be made.
-fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    use std::io::Write;
-    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, data) in entries {
-        writer.start_file(*name, options).unwrap();
-        writer.write_all(data).unwrap();
-    }
-    writer.finish().unwrap().into_inner()
-}
-
-/// A database whose policy requires a HelseID token: the API refuses the key alone, accepts a
-/// DPoP-bound token from the local issuer (client assertion, nonce) with a proof for the request, and
-/// refuses the replayed proof.
 #[test]
 fn helseid_token_is_required_when_the_database_asks_for_it() {
     use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -1228,11 +1153,16 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
         encode(&header, &claims, key).unwrap()
     };
 
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let issuer_listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    // The issuer's address first: the database's policy names it.
+    let issuer_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    issuer_listener.set_nonblocking(true).unwrap();
     let issuer_url = format!("http://{}", issuer_listener.local_addr().unwrap());
+    let fx = Fixture::with_database("api-helseid", |ns| {
+        database_yaml(ns, DB, "Lenient").replace(
+            "    schemaCheck: Lenient\n",
+            &format!("    schemaCheck: Lenient\n    helseId:\n      issuer: {issuer_url}\n      audience: nhn:sfm-migration\n      requiredScope: nhn:sfm-migration/upload\n"),
+        )
+    });
     let (client_key, client_jwk) = es256();
     let issuer = Issuer::new(IssuerConfig {
         issuer_url: issuer_url.clone(),
@@ -1250,55 +1180,19 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
     })
     .unwrap();
     let token_endpoint = issuer.token_endpoint();
-    runtime.spawn(async move {
+    fx.runtime.spawn(async move {
         axum::serve(
-            issuer_listener,
+            tokio::net::TcpListener::from_std(issuer_listener).unwrap(),
             sfm_migration::helseid::issuer::router(issuer),
         )
         .await
         .unwrap()
     });
+    let api = fx.api("api", &[]);
+    let key_check = format!("{}{}", api.base, contract::PATH_KEY_CHECK);
+    let key = fx.key.clone();
 
-    install_crds();
-    kubectl(&["create", "namespace", API_NS], None);
-    let ns = TestNamespace::new("api-helseid");
-    let _operator = start_operator(&ns.name, API_NS, &format!("operator-{}", ns.name));
-    let yaml = database_yaml(&ns.name, "sample", "Lenient").replace(
-        "    schemaCheck: Lenient\n",
-        &format!("    schemaCheck: Lenient\n    helseId:\n      issuer: {issuer_url}\n      audience: nhn:sfm-migration\n      requiredScope: nhn:sfm-migration/upload\n"),
-    );
-    kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
-    kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(&key_yaml(&ns.name, "key-1", "sample")),
-    );
-    kubectl_ok(
-        &[
-            "-n",
-            &ns.name,
-            "wait",
-            "--for=condition=Ready",
-            "mdb/sample",
-            WAIT_TIMEOUT,
-        ],
-        None,
-    );
-    assert!(eventually(PATIENCE, || jsonpath(
-        &ns.name,
-        "mkey/key-1",
-        "{.status.phase}"
-    ) == "Active"));
-    let key = secret_field(
-        &ns.name,
-        &jsonpath(&ns.name, "mkey/key-1", "{.status.secretName}"),
-        "key",
-    );
-    let samples = Samples::new();
-    let port = free_port();
-    let _api = start_sample_api(&samples, port, &format!("api-{}", ns.name), &[]);
-    let key_check = format!("http://127.0.0.1:{port}{}", contract::PATH_KEY_CHECK);
-
-    runtime.block_on(async {
+    fx.run(async {
         let http = http();
         let r = http.post(&key_check).header("sfm-migration-key", &key).send().await.unwrap();
         assert_eq!(r.status(), 401);
@@ -1338,32 +1232,14 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
 /// 503 `busy` with `Retry-After`; once the PATCH is done the server serves again.
 #[test]
 fn a_busy_api_answers_503_with_retry_after() {
-    let samples = Samples::new();
-    let migration = provision("api-busy", "Lenient");
-    let ns = migration.ns.name.clone();
-    let port = free_port();
-    let _api = start_sample_api(
-        &samples,
-        port,
-        &format!("api-{ns}"),
-        &["--max-inflight-requests", "1"],
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let organisation = samples.encrypt(&samples.organisation_zip);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = http();
-        let created = create_upload(
-            &client,
-            &base,
-            &migration.key,
-            "ExportData.dat",
-            "ExportData",
-            organisation.len(),
-        )
-        .await;
-        assert_eq!(created.status(), 201);
-        let url = created.headers()["location"].to_str().unwrap().to_owned();
+    let fx = Fixture::new("api-busy", "Lenient");
+    let api = fx.api("api", &["--max-inflight-requests", "1"]);
+    let base = &api.base;
+    let organisation = &fx.organisation;
+    fx.run(async {
+        let url = fx
+            .create(base, "ExportData.dat", "ExportData", organisation.len())
+            .await;
         let (first, rest) = organisation.split_at(1000);
         let (first, rest) = (
             bytes::Bytes::copy_from_slice(first),
@@ -1375,20 +1251,16 @@ fn a_busy_api_answers_503_with_retry_after() {
                 Ok(rest)
             }),
         );
-        let slow_client = client.clone();
-        let slow_url = url.clone();
-        let in_flight = tokio::spawn(async move {
-            patch_request(&slow_client, &slow_url, 0)
+        let in_flight = tokio::spawn(
+            patch_request(&fx.client, &url, 0)
                 .body(reqwest::Body::wrap_stream(slow))
-                .send()
-                .await
-                .unwrap()
-        });
+                .send(),
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
         let busy = create_request(
             &reqwest::Client::new(),
-            &base,
-            &migration.key,
+            base,
+            &fx.key,
             "ExportData.dat",
             "ExportData",
             10,
@@ -1397,15 +1269,10 @@ fn a_busy_api_answers_503_with_retry_after() {
         .await
         .unwrap();
         assert_eq!(busy.status(), 503);
-        assert!(
-            contract::parse_retry_after(busy.headers()["retry-after"].to_str().unwrap()).is_some()
-        );
+        assert!(contract::parse_retry_after(header(&busy, "retry-after")).is_some());
         assert!(busy.text().await.unwrap().contains("\"busy\""));
-        let done = in_flight.await.unwrap();
+        let done = in_flight.await.unwrap().unwrap();
         assert_eq!(done.status(), 204);
-        assert_eq!(
-            done.headers()["sfm-ingest-state"].to_str().unwrap(),
-            "stored"
-        );
+        assert_eq!(header(&done, "sfm-ingest-state"), "stored");
     });
 }
