@@ -887,6 +887,36 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
                 create_upload(client, base, presented, "ExportData.dat", "ExportData", 10).await;
             assert_eq!(problem(r).await, (401, expected.into()));
         }
+        let r = client
+            .post(format!("{base}/files"))
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", "10")
+            .header(
+                "upload-metadata",
+                contract::encode_upload_metadata(&[
+                    ("name", "ExportData.dat"),
+                    ("FileType", "ExportData"),
+                ]),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(r).await, (401, "key-missing".into()));
+        // The key in the header and another in SessionId.
+        let r = tus_post(client, base, key, 10)
+            .header(
+                "upload-metadata",
+                contract::encode_upload_metadata(&[
+                    ("name", "ExportData.dat"),
+                    ("FileType", "ExportData"),
+                    ("SessionId", &wrong),
+                ]),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(r).await, (401, "key-wrong".into()));
+
         // tus headers and metadata.
         let r = client
             .post(format!("{base}/files"))
@@ -895,12 +925,48 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 412);
+        assert_eq!(problem(r).await, (412, "tus-version-unsupported".into()));
+        for length in [None, Some("-1"), Some("ten")] {
+            let mut request = client
+                .post(format!("{base}/files"))
+                .header("tus-resumable", "1.0.0")
+                .header("sfm-migration-key", key);
+            if let Some(length) = length {
+                request = request.header("upload-length", length);
+            }
+            let r = request.send().await.unwrap();
+            assert_eq!(
+                problem(r).await,
+                (400, "header-invalid".into()),
+                "Upload-Length {length:?}"
+            );
+        }
+        let export_data = "name RXhwb3J0RGF0YS5kYXQ=,FileType RXhwb3J0RGF0YQ==";
+        let too_many = format!(
+            "{export_data},{}",
+            (0..31)
+                .map(|i| format!("k{i} eA=="))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let too_large = format!(
+            "{export_data},pad {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                vec![b'x'; contract::MAX_UPLOAD_METADATA_BYTES]
+            )
+        );
+        let long_key = format!("{export_data},{} eA==", "k".repeat(65));
         for metadata in [
             "name",
             "name ZZZ",
             "name RXhwb3J0RGF0YS5kYXQ=,name RXhwb3J0RGF0YS5kYXQ=",
             "name RXhwb3J0RGF0YS5kYXQ=,FileType T3JnYW5pc2F0aW9u",
+            // ExportData.dat sent as a Patient.
+            "name RXhwb3J0RGF0YS5kYXQ=,FileType UGF0aWVudA==",
+            too_many.as_str(),
+            too_large.as_str(),
+            long_key.as_str(),
         ] {
             let r = tus_post(client, base, key, 10)
                 .header("upload-metadata", metadata)
@@ -910,13 +976,13 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             assert_eq!(
                 problem(r).await,
                 (400, "metadata-invalid".into()),
-                "{metadata}"
+                "{metadata:.80}"
             );
         }
         let r = create_upload(client, base, key, "ExportData.dat", "ExportData", 3_000_000).await;
         assert_eq!(problem(r).await, (413, "upload-too-large".into()));
 
-        // Unknown uploads: of an unknown database, malformed.
+        // Unknown uploads: of an unknown database, malformed, and (below) of this database.
         let nowhere = format!("{base}/files/{}.{}", "0".repeat(32), "1".repeat(32));
         for url in [nowhere.as_str(), &format!("{base}/files/not-an-id")] {
             let r = client
@@ -927,14 +993,29 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
                 .unwrap();
             assert_eq!(r.status(), 404, "{url}");
         }
+        let r = fx.patch(&nowhere, 0, b"x").await;
+        assert_eq!(problem(r).await, (404, "upload-not-found".into()));
+        let r = client
+            .delete(&nowhere)
+            .header("tus-resumable", "1.0.0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(r).await, (404, "upload-not-found".into()));
+
         // A patient before the organisation.
         let r = create_upload(client, base, key, &patient_name(), "Patient", 10).await;
         assert_eq!(problem(r).await, (409, "organisation-missing".into()));
 
-        // Offsets, sizes, checksums, content type on a real upload.
+        // Offsets, sizes, checksums, content type and headers on a real upload.
         let url = fx
             .create(base, "ExportData.dat", "ExportData", organisation.len())
             .await;
+        let id = upload_id(&url);
+        let (database_uid, _) = id.split_once('.').unwrap();
+        let unknown_here = format!("{base}/files/{database_uid}.{}", "2".repeat(32));
+        let r = fx.patch(&unknown_here, 0, b"x").await;
+        assert_eq!(problem(r).await, (404, "upload-not-found".into()));
         let r = fx.patch(&url, 5, &organisation[..10]).await;
         assert_eq!(problem(r).await, (409, "upload-offset-mismatch".into()));
         let mut too_long = organisation.clone();
@@ -950,7 +1031,17 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 460);
+        assert_eq!(problem(r).await, (460, "checksum-mismatch".into()));
+        let r = patch_request(client, &url, 0)
+            .header("upload-checksum", "md5 XUFAKrxLKna5cZ2REBfFkg==")
+            .body(organisation[..100].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            problem(r).await,
+            (400, "checksum-algorithm-unsupported".into())
+        );
         let r = client
             .patch(&url)
             .header("tus-resumable", "1.0.0")
@@ -960,7 +1051,26 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 415);
+        assert_eq!(problem(r).await, (415, "content-type-invalid".into()));
+        let r = client
+            .patch(&url)
+            .header("tus-resumable", "1.0.0")
+            .header("content-type", "application/offset+octet-stream")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(r).await, (400, "header-invalid".into()));
+        let r = client
+            .patch(&url)
+            .header("tus-resumable", "0.2.2")
+            .header("content-type", "application/offset+octet-stream")
+            .header("upload-offset", "0")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(r).await, (412, "tus-version-unsupported".into()));
         let head = client
             .head(&url)
             .header("tus-resumable", "1.0.0")
@@ -1013,6 +1123,21 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
                 "envelope-undecryptable",
             ),
             (
+                // The last byte of the next-to-last ciphertext block flips the padding byte of the
+                // last block: the same answer as any other garbage (no padding oracle).
+                "bad padding",
+                changed(&|f| {
+                    let at = f.len() - 17;
+                    f[at] ^= 0x40
+                }),
+                "envelope-undecryptable",
+            ),
+            (
+                "a whole block short",
+                organisation[..organisation.len() - 16].to_vec(),
+                "envelope-undecryptable",
+            ),
+            (
                 "truncated",
                 organisation[..organisation.len() - 7].to_vec(),
                 "envelope-malformed",
@@ -1036,6 +1161,16 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             (
                 "header past the end",
                 changed(&|f| f[0..4].copy_from_slice(&u32::MAX.to_le_bytes())),
+                "envelope-malformed",
+            ),
+            (
+                "IV of 15 bytes",
+                changed(&|f| f[4..8].copy_from_slice(&15u32.to_le_bytes())),
+                "envelope-malformed",
+            ),
+            (
+                "extension length implausible",
+                changed(&|f| f[8..12].copy_from_slice(&u32::MAX.to_le_bytes())),
                 "envelope-malformed",
             ),
             (
@@ -1074,6 +1209,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
                 "archive-limits",
             ),
         ];
+        let mut rejected = String::new();
         for (what, file, expected) in cases {
             let url = fx
                 .create(base, "ExportData.dat", "ExportData", file.len())
@@ -1082,10 +1218,19 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             assert_eq!(r.status(), 204, "{what}");
             assert_eq!(header(&r, "sfm-ingest-state"), "rejected", "{what}");
             assert_eq!(header(&r, "sfm-rejection-code"), expected, "{what}");
+            rejected = url;
         }
         assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 0);
         assert_eq!(fx.count("SELECT count(*) FROM sfm.users").await, 0);
-        assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections").await, 10);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections").await, 14);
+        // A complete upload (rejected or not) cannot be terminated.
+        let r = client
+            .delete(&rejected)
+            .header("tus-resumable", "1.0.0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(r).await, (409, "upload-complete".into()));
 
         // A key of another database cannot touch this database's upload; a superseded key stops working.
         let url = fx
