@@ -1,8 +1,8 @@
 //! The migration API against the real control plane and PostgreSQL: the operator provisions a
 //! MigrationDatabase and a MigrationKey, the API runs as a process, NHN's sample organisation and
 //! patient are put in the envelope and uploaded by `tuspy` (a tus client from PyPI) or by hand in
-//! chunks, and the rows, the counts in the CR status, verify, activate, hostile input, two replicas
-//! with a `kill -9` between chunks, and the absence of personal data and secrets in logs and status
+//! chunks, and the rows, the counts in the CR status, verify, activate, hostile input, keys that
+//! must not work, two replicas with a `kill -9` between chunks, and the absence of personal data and secrets in logs and status
 //! are checked.
 //!
 //! Every test starts from a [`Fixture`] (the samples, a provisioned database with its key, a runtime
@@ -15,7 +15,7 @@ use reqwest::RequestBuilder;
 use sqlx::Connection as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sfm_migration::contract::{self, ChecksumAlgorithm, Manifest, ManifestFile, UploadChecksum};
 use sfm_migration::format::archive::{ArchiveLimits, read_archive, write_archive};
@@ -359,6 +359,20 @@ impl Fixture {
     /// One number from the staging database, as the migrator sees it.
     async fn count(&self, sql: &'static str) -> i64 {
         query_i64(&self.migrator_uri, sql).await
+    }
+}
+
+/// Polls `check` until it returns true or [`PATIENCE`] passes; returns whether it became true.
+async fn eventually_async<F: Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -1232,23 +1246,6 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             .unwrap();
         assert_eq!(problem(r).await, (409, "upload-complete".into()));
 
-        // A key of another database cannot touch this database's upload; a superseded key stops working.
-        let url = fx
-            .create(base, "ExportData.dat", "ExportData", organisation.len())
-            .await;
-        issue_key(fx.ns(), "key-2", DB, "2h");
-        assert!(eventually(PATIENCE, || jsonpath(
-            fx.ns(),
-            "mkey/key-1",
-            "{.status.phase}"
-        ) == "Superseded"));
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let r = fx.patch(&url, 0, organisation).await;
-        assert_eq!(problem(r).await, (403, "key-superseded".into()));
-        let r = create_upload(client, base, key, "ExportData.dat", "ExportData", 10).await;
-        assert_eq!(problem(r).await, (403, "key-superseded".into()));
-        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 0);
-
         // Still serving.
         let r = client
             .get(format!("{base}{}", contract::PATH_PRODUCT_VERSION))
@@ -1259,6 +1256,109 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
     });
     let log = api.process.log_text();
     assert!(!log.contains(fx.key.rsplit_once('_').unwrap().1));
+}
+
+/// Keys that must not reach an upload, each answered 403 after the secret matched, with nothing
+/// stored: another database's key (`key-wrong-database` on HEAD, PATCH and DELETE of this database's
+/// upload, which stays intact), a superseded key (`key-superseded` on creation and on the upload it
+/// created), and an expired key (`timeToLive: 90s`; `key-expired` on creation and on the upload it
+/// created while it was valid).
+#[test]
+fn keys_of_another_database_superseded_or_expired_are_refused() {
+    let fx = Fixture::new("api-keys", "Lenient");
+    let api = fx.api("api", &[]);
+    let base = &api.base;
+    let ns = fx.ns();
+    let other_uri = provision_database(ns, "other", &database_yaml(ns, "other", "Lenient"));
+    let other_key = issue_key(ns, "other-1", "other", "2h");
+    let organisation = &fx.organisation;
+    let mut secrets = vec![fx.key.clone(), other_key.clone()];
+    fx.run(async {
+        let client = &fx.client;
+        // Another database's key cannot touch this database's upload.
+        let url = fx
+            .create(base, "ExportData.dat", "ExportData", organisation.len())
+            .await;
+        let r = fx.head(&url, &other_key).await;
+        assert_eq!(r.status(), 403);
+        let r = patch_request(client, &url, 0)
+            .header("sfm-migration-key", &other_key)
+            .body(organisation.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(r).await, (403, "key-wrong-database".into()));
+        let r = client
+            .delete(&url)
+            .header("tus-resumable", "1.0.0")
+            .header("sfm-migration-key", &other_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(r).await, (403, "key-wrong-database".into()));
+        let head = fx.head(&url, &fx.key).await;
+        assert_eq!(head.status(), 200);
+        assert_eq!(header(&head, "upload-offset"), "0");
+
+        // A superseded key stops working, also on the upload it created.
+        let key_2 = issue_key(ns, "key-2", DB, "2h");
+        assert!(eventually(PATIENCE, || jsonpath(
+            ns,
+            "mkey/key-1",
+            "{.status.phase}"
+        ) == "Superseded"));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let r = fx.patch(&url, 0, organisation).await;
+        assert_eq!(problem(r).await, (403, "key-superseded".into()));
+        let r = create_upload(client, base, &fx.key, "ExportData.dat", "ExportData", 10).await;
+        assert_eq!(problem(r).await, (403, "key-superseded".into()));
+
+        // An expired key: usable until its time to live runs out, then refused, also on its upload.
+        let short = issue_key(ns, "key-3", DB, "90s");
+        let url = new_upload(
+            client,
+            base,
+            &short,
+            "ExportData.dat",
+            "ExportData",
+            organisation.len(),
+        )
+        .await;
+        let r = fx.patch(&url, 0, &organisation[..1000]).await;
+        assert_eq!(r.status(), 204);
+        let expired = eventually_async(|| async {
+            let r = client
+                .post(format!("{base}{}", contract::PATH_KEY_CHECK))
+                .header("sfm-migration-key", &short)
+                .send()
+                .await
+                .unwrap();
+            problem(r).await == (403, "key-expired".into())
+        })
+        .await;
+        assert!(expired, "key-3 did not expire");
+        let r = create_upload(client, base, &short, "ExportData.dat", "ExportData", 10).await;
+        assert_eq!(problem(r).await, (403, "key-expired".into()));
+        let r = fx.patch(&url, 1000, &organisation[1000..]).await;
+        assert_eq!(problem(r).await, (403, "key-expired".into()));
+        let r = fx.head(&url, &short).await;
+        assert_eq!(r.status(), 403);
+
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 0);
+        assert_eq!(
+            query_i64(&other_uri, "SELECT count(*) FROM sfm.stored_files").await,
+            0
+        );
+        assert_eq!(
+            query_i64(&other_uri, "SELECT count(*) FROM sfm.uploads").await,
+            0
+        );
+        secrets.extend([key_2, short]);
+    });
+    let log = api.process.log_text();
+    for key in secrets {
+        assert!(!log.contains(key.rsplit_once('_').unwrap().1));
+    }
 }
 
 #[test]
