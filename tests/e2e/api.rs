@@ -2,8 +2,8 @@
 //! MigrationDatabase and a MigrationKey, the API runs as a process, NHN's sample organisation and
 //! patient are put in the envelope and uploaded by `tuspy` (a tus client from PyPI) or by hand in
 //! chunks, and the rows, the counts in the CR status, verify, activate, hostile input, keys that
-//! must not work, two replicas with a `kill -9` between chunks, and the absence of personal data and secrets in logs and status
-//! are checked.
+//! must not work, two replicas with a `kill -9` between chunks and in the middle of an ingest, and
+//! the absence of personal data and secrets in logs and status are checked.
 //!
 //! Every test starts from a [`Fixture`] (the samples, a provisioned database with its key, a runtime
 //! and an HTTP client) and starts the API processes it needs with [`Fixture::api`].
@@ -16,6 +16,7 @@ use sqlx::Connection as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 use sfm_migration::contract::{self, ChecksumAlgorithm, Manifest, ManifestFile, UploadChecksum};
 use sfm_migration::format::archive::{ArchiveLimits, read_archive, write_archive};
@@ -238,6 +239,12 @@ fn upload_id(url: &str) -> &str {
     url.rsplit('/').next().unwrap()
 }
 
+/// The upload's row id in `sfm.uploads`: the random half of the upload id
+/// (`<database uid>.<uuid>`, both 32 hex digits).
+fn row_id(url: &str) -> Uuid {
+    Uuid::parse_str(upload_id(url).split_once('.').unwrap().1).unwrap()
+}
+
 impl Fixture {
     /// The database with the given schema check (`Lenient` or `Strict`).
     fn new(prefix: &str, schema_check: &str) -> Fixture {
@@ -359,6 +366,178 @@ impl Fixture {
     /// One number from the staging database, as the migrator sees it.
     async fn count(&self, sql: &'static str) -> i64 {
         query_i64(&self.migrator_uri, sql).await
+    }
+
+    /// A superuser session on the staging database (the test server's admin URL with the staging
+    /// database's name): for what the migrator may not do or see, such as locks, other sessions in
+    /// `pg_stat_activity`, or moving `expires_at`.
+    async fn admin(&self) -> sqlx::PgConnection {
+        let staging = url::Url::parse(&self.migrator_uri).unwrap();
+        let mut admin = url::Url::parse(&admin_url()).unwrap();
+        admin.set_path(staging.path());
+        sqlx::PgConnection::connect(admin.as_str()).await.unwrap()
+    }
+
+    /// An upload's row: its state, offset and number of chunks; `None` once it is gone.
+    async fn upload_row(&self, url: &str) -> Option<(String, i64, i64)> {
+        let mut connection = sqlx::PgConnection::connect(&self.migrator_uri)
+            .await
+            .unwrap();
+        sqlx::query_as(
+            "SELECT u.state, u.upload_offset, (SELECT count(*) FROM sfm.upload_chunks c WHERE c.upload_id = u.id)
+             FROM sfm.uploads u WHERE u.id = $1",
+        )
+        .bind(row_id(url))
+        .fetch_optional(&mut connection)
+        .await
+        .unwrap()
+    }
+
+    /// Waits until the upload's state is `state`.
+    async fn wait_for_upload(&self, url: &str, state: &str) {
+        let reached = eventually_async(|| async {
+            self.upload_row(url).await.is_some_and(|(s, ..)| s == state)
+        })
+        .await;
+        assert!(
+            reached,
+            "the upload is {:?}, not {state}",
+            self.upload_row(url).await
+        );
+    }
+
+    /// Sends the last chunk of an upload to `apis[via]` and kills (SIGKILL) the API process that is
+    /// then ingesting the upload, in the middle of its ingest; returns that process's index.
+    ///
+    /// Mid-ingest by construction, not by timing: an admin session holds `sfm.documents` in SHARE
+    /// mode, so whichever ingest claims the upload (the completing PATCH's, or a recovery loop's)
+    /// stops when it comes to the patient's documents, with its transaction open, the upload's row
+    /// lock held and the stored file, patient and its rows written but not committed. The test finds
+    /// that session in `pg_stat_activity` (exactly one API session waits for the lock) and the
+    /// process that owns its connection (by the session's client port), checks what is visible
+    /// meanwhile (the upload `complete`, nothing of it stored), kills that process, then releases the
+    /// lock and waits until PostgreSQL has ended the dead ingest's session (its transaction aborts;
+    /// it cannot commit: the client that would send COMMIT is gone).
+    async fn kill_mid_ingest(
+        &self,
+        apis: &mut [Api],
+        via: usize,
+        url: &str,
+        offset: usize,
+        last: &[u8],
+    ) -> usize {
+        let upload = row_id(url);
+        let mut holder = self.admin().await;
+        let mut hold = holder.begin().await.unwrap();
+        sqlx::query("LOCK TABLE sfm.documents IN SHARE MODE")
+            .execute(&mut *hold)
+            .await
+            .unwrap();
+        let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *hold)
+            .await
+            .unwrap();
+
+        let completing = tokio::spawn(
+            patch_request(&self.client, &apis[via].file(url), offset)
+                .header(
+                    "upload-checksum",
+                    UploadChecksum::of(ChecksumAlgorithm::Sha256, last).to_header(),
+                )
+                .body(last.to_vec())
+                .send(),
+        );
+
+        let mut watch = self.admin().await;
+        let deadline = Instant::now() + PATIENCE;
+        let (backend, client_port, query, wrote) = loop {
+            let waiting: Vec<(i32, Option<i32>, Option<String>, bool)> = sqlx::query_as(
+                "SELECT pid, client_port, query, backend_xid IS NOT NULL FROM pg_stat_activity
+                 WHERE application_name = 'sfm-migration-api' AND $1 = ANY (pg_blocking_pids(pid))",
+            )
+            .bind(holder_pid)
+            .fetch_all(&mut watch)
+            .await
+            .unwrap();
+            match waiting.as_slice() {
+                [] => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no ingest came to wait for sfm.documents"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                [one] => break one.clone(),
+                more => panic!("several API sessions wait for sfm.documents: {more:?}"),
+            }
+        };
+        let query = query.unwrap_or_default();
+        // The patient's earlier documents are deleted (a re-export replaces them), then its new
+        // ones inserted: either waits.
+        assert!(
+            query.contains("sfm.documents"),
+            "the waiting session is not at the documents: {query}"
+        );
+        assert!(wrote, "the ingest has written nothing yet");
+        let client_port = u16::try_from(client_port.expect("the API connects over TCP")).unwrap();
+        let owner = apis
+            .iter()
+            .position(|api| api.process.has_local_tcp_port(client_port))
+            .expect("the waiting ingest is one of the test's API processes");
+        // The upload is complete (committed before the ingest began) and claimed: its row lock is
+        // held, so a recovery loop skips it. Nothing of it is visible as stored.
+        let claimable: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM sfm.uploads WHERE id = $1 AND state = 'complete' FOR UPDATE SKIP LOCKED",
+        )
+        .bind(upload)
+        .fetch_optional(&mut watch)
+        .await
+        .unwrap();
+        assert_eq!(claimable, None, "the ingest does not hold the upload");
+        assert_eq!(
+            self.upload_row(url)
+                .await
+                .map(|(state, ..)| state)
+                .as_deref(),
+            Some("complete")
+        );
+
+        apis[owner].process.kill();
+
+        // The completing PATCH: cut off when its own process was killed (unless it had stopped
+        // waiting already), `pending` when another replica's recovery loop had the claim.
+        match completing.await.unwrap() {
+            Err(_) => assert_eq!(owner, via, "the PATCH failed on a replica that lives"),
+            Ok(response) => {
+                assert_eq!(response.status(), 204);
+                assert_eq!(header(&response, "sfm-ingest-state"), "pending");
+            }
+        }
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sfm.stored_files WHERE upload_id = $1 OR sha256 = (SELECT sha256 FROM sfm.uploads WHERE id = $1)",
+        )
+        .bind(upload)
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        assert_eq!(
+            stored, 0,
+            "a file of the upload is stored before the ingest committed"
+        );
+
+        hold.rollback().await.unwrap();
+        let ended = eventually_async(|| async {
+            let alive: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+                    .bind(backend)
+                    .fetch_one(&mut self.admin().await)
+                    .await
+                    .unwrap();
+            alive == 0
+        })
+        .await;
+        assert!(ended, "the killed API's ingest session lives on");
+        owner
     }
 }
 
@@ -1520,4 +1699,92 @@ fn a_busy_api_answers_503_with_retry_after() {
         assert_eq!(done.status(), 204);
         assert_eq!(header(&done, "sfm-ingest-state"), "stored");
     });
+}
+
+/// A crash in the middle of an ingest, with two replicas: the one ingesting the upload is killed with
+/// SIGKILL while its ingest transaction is open (claimed, stored file and patient rows written, not
+/// committed; see [`Fixture::kill_mid_ingest`], which makes this certain rather than likely). The
+/// other replica's recovery loop then ingests the upload: it ends `ingested`, exactly one stored file
+/// (byte for byte what was sent, naming this upload) and one patient, no rejection, no chunks left,
+/// `HEAD` says `stored`, and status (API and CR) counts one patient received and stored.
+#[test]
+fn a_replica_killed_mid_ingest_leaves_the_upload_to_the_other() {
+    let fx = Fixture::new("api-crash", "Lenient");
+    let mut apis = [fx.api("api-a", &[]), fx.api("api-b", &[])];
+    fx.store_organisation(&apis[0], 65536, false);
+    let patient = &fx.patient;
+    let survivor = fx.run(async {
+        // Five chunks alternating between the replicas; the sixth, the last, to A.
+        let url = fx
+            .create(&apis[1].base, &patient_name(), "Patient", patient.len())
+            .await;
+        let chunks: Vec<&[u8]> = patient.chunks(patient.len() / 6 + 1).collect();
+        let (last, first) = chunks.split_last().unwrap();
+        let mut offset = 0;
+        for (index, chunk) in first.iter().enumerate() {
+            let r = fx.patch(&apis[index % 2].file(&url), offset, chunk).await;
+            assert_eq!(r.status(), 204, "chunk {index}");
+            offset += chunk.len();
+        }
+        let killed = fx.kill_mid_ingest(&mut apis, 0, &url, offset, last).await;
+        let survivor = 1 - killed;
+
+        fx.wait_for_upload(&url, "ingested").await;
+        assert_eq!(
+            fx.upload_row(&url).await,
+            Some(("ingested".to_owned(), patient.len() as i64, 0))
+        );
+        assert_eq!(
+            fx.count("SELECT count(*) FROM sfm.stored_files WHERE kind = 'patient'")
+                .await,
+            1
+        );
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections").await, 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.upload_chunks").await, 0);
+        let mut connection = sqlx::PgConnection::connect(&fx.migrator_uri).await.unwrap();
+        let (digest, upload): (String, Option<Uuid>) = sqlx::query_as(
+            "SELECT encode(sha256, 'hex'), upload_id FROM sfm.stored_files WHERE kind = 'patient'",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+        assert_eq!(digest, contract::sha256_hex(patient));
+        assert_eq!(upload, Some(row_id(&url)));
+
+        let head = fx.head(&apis[survivor].file(&url), &fx.key).await;
+        assert_eq!(head.status(), 200);
+        assert_eq!(header(&head, "sfm-ingest-state"), "stored");
+        assert_eq!(header(&head, "upload-offset"), patient.len().to_string());
+        let status: contract::MigrationStatus = fx
+            .client
+            .get(format!("{}{}", apis[survivor].base, contract::PATH_STATUS))
+            .header("sfm-migration-key", &fx.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                status.patients.received,
+                status.patients.stored,
+                status.patients.rejected
+            ),
+            (1, 1, 0)
+        );
+        survivor
+    });
+    assert!(
+        apis[survivor]
+            .process
+            .log_text()
+            .contains("ingesting an upload left complete"),
+        "the survivor's recovery loop did not take the upload"
+    );
+    fx.wait_for_status("{.status.migration.patients.stored}", "1");
+    assert_eq!(fx.status("{.status.migration.patients.received}"), "1");
+    assert_eq!(fx.status("{.status.migration.patients.rejected}"), "0");
+    assert_eq!(fx.status("{.status.migration.users.stored}"), "7");
 }
