@@ -1,9 +1,9 @@
 //! The migration API against the real control plane and PostgreSQL: the operator provisions a
 //! MigrationDatabase and a MigrationKey, the API runs as a process, NHN's sample organisation and
 //! patient are put in the envelope and uploaded by `tuspy` (a tus client from PyPI) or by hand in
-//! chunks, and the rows, the counts in the CR status, verify, activate, hostile input, keys that
-//! must not work, two replicas with a `kill -9` between chunks and in the middle of an ingest, and
-//! the absence of personal data and secrets in logs and status are checked.
+//! chunks, and the rows, the counts in the CR status, verify, activate, hostile input, keys that must
+//! not work, two replicas with a `kill -9` between chunks and in the middle of an ingest, upload
+//! expiry and its sweep, and the absence of personal data and secrets in logs and status are checked.
 //!
 //! Every test starts from a [`Fixture`] (the samples, a provisioned database with its key, a runtime
 //! and an HTTP client) and starts the API processes it needs with [`Fixture::api`].
@@ -391,6 +391,18 @@ impl Fixture {
         .fetch_optional(&mut connection)
         .await
         .unwrap()
+    }
+
+    /// Moves an upload's `expires_at` to `ago` (an SQL interval) before now, as the admin.
+    async fn expire(&self, url: &str, ago: &str) {
+        let done =
+            sqlx::query("UPDATE sfm.uploads SET expires_at = now() - $2::interval WHERE id = $1")
+                .bind(row_id(url))
+                .bind(ago)
+                .execute(&mut self.admin().await)
+                .await
+                .unwrap();
+        assert_eq!(done.rows_affected(), 1, "no upload {url}");
     }
 
     /// Waits until the upload's state is `state`.
@@ -1787,4 +1799,126 @@ fn a_replica_killed_mid_ingest_leaves_the_upload_to_the_other() {
     assert_eq!(fx.status("{.status.migration.patients.received}"), "1");
     assert_eq!(fx.status("{.status.migration.patients.rejected}"), "0");
     assert_eq!(fx.status("{.status.migration.users.stored}"), "7");
+}
+
+/// tus expiration, and the sweep of the recovery loop. A PATCH to an upload past its `expires_at`
+/// (moved a minute back by SQL) gets 410 `upload-expired` and stores nothing, although it carries the
+/// last bytes; HEAD says 410 too. Unfinished uploads (created, and receiving with a chunk) more than
+/// an hour past expiry are deleted with their chunks; the one expired a minute ago stays (the grace
+/// hour), and so do complete, ingested and rejected uploads however old. The complete one is left by
+/// killing the only API in the middle of its ingest; the API started again sweeps, then ingests it
+/// (the single-replica variant of the crash).
+#[test]
+fn expired_uploads_get_410_and_only_unfinished_ones_are_swept() {
+    let fx = Fixture::new("api-expiry", "Lenient");
+    let mut apis = [fx.api("api", &[])];
+    let organisation = fx.store_organisation(&apis[0], 65536, false);
+    let patient = &fx.patient;
+    let base = apis[0].base.clone();
+    let name = |n: u32| format!("Patients0\\{n:08}-0000-4000-8000-000000000000.pat");
+    let (created, receiving, rejected, late, complete) = fx.run(async {
+        let created = fx.create(&base, &name(1), "Patient", patient.len()).await;
+        let receiving = fx.create(&base, &name(2), "Patient", patient.len()).await;
+        assert_eq!(
+            fx.patch(&receiving, 0, &patient[..1000]).await.status(),
+            204
+        );
+        let truncated = &patient[..patient.len() - 7];
+        let rejected = fx.create(&base, &name(3), "Patient", truncated.len()).await;
+        let r = fx.patch(&rejected, 0, truncated).await;
+        assert_eq!(header(&r, "sfm-rejection-code"), "envelope-malformed");
+
+        // Expired a minute ago: the last 100 bytes would complete it, and get 410.
+        let late = fx
+            .create(&base, &patient_name(), "Patient", patient.len())
+            .await;
+        let (head, tail) = patient.split_at(patient.len() - 100);
+        assert_eq!(fx.patch(&late, 0, head).await.status(), 204);
+        fx.expire(&late, "1 minute").await;
+        let r = fx.patch(&late, head.len(), tail).await;
+        assert_eq!(problem(r).await, (410, "upload-expired".into()));
+        let r = fx.head(&late, &fx.key).await;
+        assert_eq!(r.status(), 410);
+        assert_eq!(
+            fx.upload_row(&late).await,
+            Some(("receiving".to_owned(), head.len() as i64, 1))
+        );
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 1);
+
+        // Complete but not ingested: the only API dies in the middle of the ingest.
+        let complete = fx
+            .create(&base, &patient_name(), "Patient", patient.len())
+            .await;
+        let (first, last) = patient.split_at(patient.len() / 2);
+        assert_eq!(fx.patch(&complete, 0, first).await.status(), 204);
+        fx.kill_mid_ingest(&mut apis, 0, &complete, first.len(), last)
+            .await;
+        (created, receiving, rejected, late, complete)
+    });
+
+    // No API runs: every upload but `late` more than an hour past its expiry.
+    fx.run(async {
+        for url in [&created, &receiving, &rejected, &complete, &organisation] {
+            fx.expire(url, "2 hours").await;
+        }
+        let states = [
+            (&created, "created"),
+            (&receiving, "receiving"),
+            (&rejected, "rejected"),
+            (&late, "receiving"),
+            (&complete, "complete"),
+            (&organisation, "ingested"),
+        ];
+        for (url, state) in states {
+            let row = fx.upload_row(url).await;
+            assert_eq!(row.map(|(s, ..)| s).as_deref(), Some(state));
+        }
+    });
+    let restarted = fx.api_on(apis[0].port, "api-restarted", &[]);
+    fx.run(async {
+        let swept = eventually_async(|| async {
+            fx.upload_row(&created).await.is_none() && fx.upload_row(&receiving).await.is_none()
+        })
+        .await;
+        assert!(swept, "the unfinished uploads were not swept");
+        // The same DELETE left everything else; the complete upload is still there (it may be
+        // ingested by now, since the same loop takes it next).
+        assert_eq!(
+            fx.upload_row(&late).await,
+            Some(("receiving".to_owned(), (patient.len() - 100) as i64, 1))
+        );
+        let complete_state = fx.upload_row(&complete).await.map(|(s, ..)| s);
+        assert!(
+            matches!(complete_state.as_deref(), Some("complete" | "ingested")),
+            "{complete_state:?}"
+        );
+        assert_eq!(
+            fx.upload_row(&organisation)
+                .await
+                .map(|(s, ..)| s)
+                .as_deref(),
+            Some("ingested")
+        );
+        assert_eq!(
+            fx.upload_row(&rejected).await.map(|(s, ..)| s).as_deref(),
+            Some("rejected")
+        );
+        // The swept uploads' chunks went with them: only the late upload's one chunk is left, until
+        // the complete upload is ingested.
+        fx.wait_for_upload(&complete, "ingested").await;
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.upload_chunks").await, 1);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 2);
+        let r = fx.head(&restarted.file(&created), &fx.key).await;
+        assert_eq!(r.status(), 404);
+        let r = fx.head(&restarted.file(&late), &fx.key).await;
+        assert_eq!(r.status(), 410);
+    });
+    assert!(
+        restarted
+            .process
+            .log_text()
+            .contains("ingesting an upload left complete")
+    );
 }
