@@ -11,7 +11,7 @@
 use super::cluster::*;
 use super::processes::*;
 use futures::StreamExt as _;
-use reqwest::RequestBuilder;
+use reqwest::{Method, RequestBuilder};
 use sqlx::Connection as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -352,6 +352,52 @@ impl Fixture {
         patch(&self.client, url, offset, body).await
     }
 
+    /// Creates an upload and sends all of `data` in one PATCH; returns the upload's URL and the
+    /// PATCH's answer.
+    async fn upload_whole(
+        &self,
+        base: &str,
+        name: &str,
+        file_type: &str,
+        data: &[u8],
+    ) -> (String, reqwest::Response) {
+        let url = self.create(base, name, file_type, data.len()).await;
+        let response = self.patch(&url, 0, data).await;
+        (url, response)
+    }
+
+    /// The sample patient under the Id `guid` with `from` replaced by `to` ([`Samples::patient_as`]),
+    /// uploaded whole as `Patients0\<guid>.pat`; returns the PATCH's answer.
+    async fn upload_patient_as(
+        &self,
+        base: &str,
+        guid: &str,
+        from: &str,
+        to: &str,
+    ) -> reqwest::Response {
+        let file = self.samples.patient_as(guid, from, to);
+        let name = format!("Patients0\\{guid}.pat");
+        self.upload_whole(base, &name, "Patient", &file).await.1
+    }
+
+    /// A request to the API with this test's key in `Sfm-Migration-Key`.
+    fn with_key(&self, method: Method, url: String) -> RequestBuilder {
+        self.client
+            .request(method, url)
+            .header("sfm-migration-key", &self.key)
+    }
+
+    /// `GET /api/v1/status` of the API at `base`.
+    async fn api_status(&self, base: &str) -> contract::MigrationStatus {
+        self.with_key(Method::GET, format!("{base}{}", contract::PATH_STATUS))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// A tus HEAD with the `Sfm-Migration-Key` header `key`.
     async fn head(&self, url: &str, key: &str) -> reqwest::Response {
         self.client
@@ -376,6 +422,11 @@ impl Fixture {
         let mut admin = url::Url::parse(&admin_url()).unwrap();
         admin.set_path(staging.path());
         sqlx::PgConnection::connect(admin.as_str()).await.unwrap()
+    }
+
+    /// An upload's state; `None` once it is gone.
+    async fn upload_state(&self, url: &str) -> Option<String> {
+        self.upload_row(url).await.map(|(state, ..)| state)
     }
 
     /// An upload's row: its state, offset and number of chunks; `None` once it is gone.
@@ -407,10 +458,9 @@ impl Fixture {
 
     /// Waits until the upload's state is `state`.
     async fn wait_for_upload(&self, url: &str, state: &str) {
-        let reached = eventually_async(|| async {
-            self.upload_row(url).await.is_some_and(|(s, ..)| s == state)
-        })
-        .await;
+        let reached =
+            eventually_async(|| async { self.upload_state(url).await.as_deref() == Some(state) })
+                .await;
         assert!(
             reached,
             "the upload is {:?}, not {state}",
@@ -506,13 +556,7 @@ impl Fixture {
         .await
         .unwrap();
         assert_eq!(claimable, None, "the ingest does not hold the upload");
-        assert_eq!(
-            self.upload_row(url)
-                .await
-                .map(|(state, ..)| state)
-                .as_deref(),
-            Some("complete")
-        );
+        assert_eq!(self.upload_state(url).await.as_deref(), Some("complete"));
 
         apis[owner].process.kill();
 
@@ -734,6 +778,34 @@ async fn patch(
         .unwrap()
 }
 
+/// A request with `Tus-Resumable: 1.0.0` and nothing else (HEAD and DELETE authorised by the id).
+async fn tus(client: &reqwest::Client, method: Method, url: &str) -> reqwest::Response {
+    client
+        .request(method, url)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Request headers and the answer they must get: status and problem code.
+type Expectation<'a> = (Vec<(&'a str, &'a str)>, (u16, &'a str));
+
+/// A request with exactly these headers and body; its status and problem code ([`problem`]).
+async fn exactly(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut request = client.request(method, url).body(body.to_vec());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    problem(request.send().await.unwrap()).await
+}
+
 /// A zip written with the zip crate directly, so names the exporter would refuse can be made.
 fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     use std::io::Write;
@@ -810,20 +882,23 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
     assert!(managers.contains("\"manager\": \"sfm-migration-api\""));
 
     fx.run(async {
-        let client = &fx.client;
+        let verify = format!("{base}{}", contract::PATH_VERIFY);
+        let activate = format!("{base}{}", contract::PATH_ACTIVATE);
+        let manifest_with = |patient_file: &[u8]| {
+            Manifest::new(vec![
+                manifest_entry(
+                    "ExportData.dat",
+                    contract::FileType::ExportData,
+                    organisation,
+                ),
+                manifest_entry(&patient_name, contract::FileType::Patient, patient_file),
+            ])
+        };
         // A manifest that lacks nothing but names another digest is a mismatch; the right one validates.
-        let mut wrong = Manifest::new(vec![
-            manifest_entry(
-                "ExportData.dat",
-                contract::FileType::ExportData,
-                organisation,
-            ),
-            manifest_entry(&patient_name, contract::FileType::Patient, organisation),
-        ]);
+        let mut wrong = manifest_with(organisation);
         wrong.files[1].size = patient.len() as u64;
-        let response = client
-            .post(format!("{base}{}", contract::PATH_VERIFY))
-            .header("sfm-migration-key", &fx.key)
+        let response = fx
+            .with_key(Method::POST, verify.clone())
             .json(&wrong)
             .send()
             .await
@@ -837,25 +912,16 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         );
 
         // Activation before validation is refused.
-        let response = client
-            .post(format!("{base}{}", contract::PATH_ACTIVATE))
-            .header("sfm-migration-key", &fx.key)
+        let response = fx
+            .with_key(Method::POST, activate.clone())
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 409);
 
-        let manifest = Manifest::new(vec![
-            manifest_entry(
-                "ExportData.dat",
-                contract::FileType::ExportData,
-                organisation,
-            ),
-            manifest_entry(&patient_name, contract::FileType::Patient, patient),
-        ]);
-        let response = client
-            .post(format!("{base}{}", contract::PATH_VERIFY))
-            .header("sfm-migration-key", &fx.key)
+        let manifest = manifest_with(patient);
+        let response = fx
+            .with_key(Method::POST, verify)
             .json(&manifest)
             .send()
             .await
@@ -870,30 +936,18 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         );
 
         // Validated: no more uploads.
-        let refused = create_upload(client, base, &fx.key, "Patients0\\x.pat", "Patient", 10).await;
+        let refused =
+            create_upload(&fx.client, base, &fx.key, "Patients0\\x.pat", "Patient", 10).await;
         assert_eq!(problem(refused).await, (409, "migration-validated".into()));
 
-        let status: contract::MigrationStatus = client
-            .get(format!("{base}{}", contract::PATH_STATUS))
-            .header("sfm-migration-key", &fx.key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = fx.api_status(base).await;
         assert_eq!(status.patients.stored, 1);
         assert_eq!(
             status.validated_digest.as_deref(),
             Some(manifest.digest().as_str())
         );
 
-        let response = client
-            .post(format!("{base}{}", contract::PATH_ACTIVATE))
-            .header("sfm-migration-key", &fx.key)
-            .send()
-            .await
-            .unwrap();
+        let response = fx.with_key(Method::POST, activate).send().await.unwrap();
         assert_eq!(response.status(), 202);
     });
     kubectl_ok(
@@ -1029,16 +1083,7 @@ fn two_replicas_share_an_upload_across_a_kill() {
 
         // The same person under another Id is stored and flagged; an HPR number no user has is rejected.
         let twin_guid = "1056e3cc-38fc-4e3c-8cd0-1c831db782d4";
-        let twin = fx.samples.patient_as(twin_guid, "", "");
-        let url = fx
-            .create(
-                &apis[1].base,
-                &format!("Patients0\\{twin_guid}.pat"),
-                "Patient",
-                twin.len(),
-            )
-            .await;
-        let r = fx.patch(&url, 0, &twin).await;
+        let r = fx.upload_patient_as(&apis[1].base, twin_guid, "", "").await;
         assert_eq!(header(&r, "sfm-ingest-state"), "stored");
         assert_eq!(
             fx.count("SELECT count(*) FROM sfm.deviations WHERE message LIKE '%same person%'")
@@ -1047,20 +1092,14 @@ fn two_replicas_share_an_upload_across_a_kill() {
         );
 
         let stranger_guid = "2a4e3c9e-38fc-4e3c-8cd0-1c831db782d4";
-        let stranger = fx.samples.patient_as(
-            stranger_guid,
-            "<Hpr>222200082</Hpr>",
-            "<Hpr>999999999</Hpr>",
-        );
-        let url = fx
-            .create(
+        let r = fx
+            .upload_patient_as(
                 &apis[0].base,
-                &format!("Patients0\\{stranger_guid}.pat"),
-                "Patient",
-                stranger.len(),
+                stranger_guid,
+                "<Hpr>222200082</Hpr>",
+                "<Hpr>999999999</Hpr>",
             )
             .await;
-        let r = fx.patch(&url, 0, &stranger).await;
         assert_eq!(header(&r, "sfm-ingest-state"), "rejected");
         assert_eq!(header(&r, "sfm-rejection-code"), "data-quality-hpr-unknown");
         assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 2);
@@ -1079,7 +1118,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
         let client = &fx.client;
         let key = &fx.key;
 
-        // Keys: wrong secret, malformed, unknown id, missing.
+        // Keys: wrong secret, malformed, unknown id.
         let (prefix, _) = key.rsplit_once('_').unwrap();
         let wrong = format!("{prefix}_{}", "A".repeat(43));
         let unknown = format!("sfmk_unknownkey1_{}", "A".repeat(43));
@@ -1092,61 +1131,42 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
                 create_upload(client, base, presented, "ExportData.dat", "ExportData", 10).await;
             assert_eq!(problem(r).await, (401, expected.into()));
         }
-        let r = client
-            .post(format!("{base}/files"))
-            .header("tus-resumable", "1.0.0")
-            .header("upload-length", "10")
-            .header(
-                "upload-metadata",
-                contract::encode_upload_metadata(&[
-                    ("name", "ExportData.dat"),
-                    ("FileType", "ExportData"),
-                ]),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(problem(r).await, (401, "key-missing".into()));
-        // The key in the header and another in SessionId.
-        let r = tus_post(client, base, key, 10)
-            .header(
-                "upload-metadata",
-                contract::encode_upload_metadata(&[
-                    ("name", "ExportData.dat"),
-                    ("FileType", "ExportData"),
-                    ("SessionId", &wrong),
-                ]),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(problem(r).await, (401, "key-wrong".into()));
 
-        // tus headers and metadata.
-        let r = client
-            .post(format!("{base}/files"))
-            .header("upload-length", "10")
-            .header("sfm-migration-key", key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(problem(r).await, (412, "tus-version-unsupported".into()));
-        for length in [None, Some("-1"), Some("ten")] {
-            let mut request = client
-                .post(format!("{base}/files"))
-                .header("tus-resumable", "1.0.0")
-                .header("sfm-migration-key", key);
-            if let Some(length) = length {
-                request = request.header("upload-length", length);
-            }
-            let r = request.send().await.unwrap();
-            assert_eq!(
-                problem(r).await,
-                (400, "header-invalid".into()),
-                "Upload-Length {length:?}"
-            );
-        }
-        let export_data = "name RXhwb3J0RGF0YS5kYXQ=,FileType RXhwb3J0RGF0YQ==";
+        // Creation requests with exactly these headers: no key, the key in the header and another
+        // in SessionId, tus headers, Upload-Length and Upload-Metadata.
+        let files = format!("{base}/files");
+        let tus_1 = ("tus-resumable", "1.0.0");
+        let keyed = ("sfm-migration-key", key.as_str());
+        let ten = ("upload-length", "10");
+        let export_data = contract::encode_upload_metadata(&[
+            ("name", "ExportData.dat"),
+            ("FileType", "ExportData"),
+        ]);
+        let session_differs = contract::encode_upload_metadata(&[
+            ("name", "ExportData.dat"),
+            ("FileType", "ExportData"),
+            ("SessionId", &wrong),
+        ]);
+        let mut creations: Vec<Expectation> = vec![
+            (
+                vec![tus_1, ten, ("upload-metadata", &export_data)],
+                (401, "key-missing"),
+            ),
+            (
+                vec![tus_1, ten, keyed, ("upload-metadata", &session_differs)],
+                (401, "key-wrong"),
+            ),
+            (vec![ten, keyed], (412, "tus-version-unsupported")),
+            (vec![tus_1, keyed], (400, "header-invalid")),
+            (
+                vec![tus_1, keyed, ("upload-length", "-1")],
+                (400, "header-invalid"),
+            ),
+            (
+                vec![tus_1, keyed, ("upload-length", "ten")],
+                (400, "header-invalid"),
+            ),
+        ];
         let too_many = format!(
             "{export_data},{}",
             (0..31)
@@ -1173,15 +1193,17 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             too_large.as_str(),
             long_key.as_str(),
         ] {
-            let r = tus_post(client, base, key, 10)
-                .header("upload-metadata", metadata)
-                .send()
-                .await
-                .unwrap();
+            creations.push((
+                vec![tus_1, ten, keyed, ("upload-metadata", metadata)],
+                (400, "metadata-invalid"),
+            ));
+        }
+        for (headers, (status, code)) in &creations {
             assert_eq!(
-                problem(r).await,
-                (400, "metadata-invalid".into()),
-                "{metadata:.80}"
+                exactly(client, Method::POST, &files, headers, b"").await,
+                (*status, code.to_string()),
+                "{:.200}",
+                format!("{headers:?}")
             );
         }
         let r = create_upload(client, base, key, "ExportData.dat", "ExportData", 3_000_000).await;
@@ -1190,22 +1212,11 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
         // Unknown uploads: of an unknown database, malformed, and (below) of this database.
         let nowhere = format!("{base}/files/{}.{}", "0".repeat(32), "1".repeat(32));
         for url in [nowhere.as_str(), &format!("{base}/files/not-an-id")] {
-            let r = client
-                .head(url)
-                .header("tus-resumable", "1.0.0")
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 404, "{url}");
+            assert_eq!(tus(client, Method::HEAD, url).await.status(), 404, "{url}");
         }
         let r = fx.patch(&nowhere, 0, b"x").await;
         assert_eq!(problem(r).await, (404, "upload-not-found".into()));
-        let r = client
-            .delete(&nowhere)
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
+        let r = tus(client, Method::DELETE, &nowhere).await;
         assert_eq!(problem(r).await, (404, "upload-not-found".into()));
 
         // A patient before the organisation.
@@ -1227,76 +1238,46 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
         too_long.push(0);
         let r = fx.patch(&url, 0, &too_long).await;
         assert_eq!(problem(r).await, (413, "upload-too-large".into()));
-        let r = patch_request(client, &url, 0)
-            .header(
-                "upload-checksum",
-                UploadChecksum::of(ChecksumAlgorithm::Sha256, b"other").to_header(),
-            )
-            .body(organisation[..100].to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(problem(r).await, (460, "checksum-mismatch".into()));
-        let r = patch_request(client, &url, 0)
-            .header("upload-checksum", "md5 XUFAKrxLKna5cZ2REBfFkg==")
-            .body(organisation[..100].to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            problem(r).await,
-            (400, "checksum-algorithm-unsupported".into())
-        );
-        let r = client
-            .patch(&url)
-            .header("tus-resumable", "1.0.0")
-            .header("content-type", "text/plain")
-            .header("upload-offset", "0")
-            .body("x")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(problem(r).await, (415, "content-type-invalid".into()));
-        let r = client
-            .patch(&url)
-            .header("tus-resumable", "1.0.0")
-            .header("content-type", "application/offset+octet-stream")
-            .body("x")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(problem(r).await, (400, "header-invalid".into()));
-        let r = client
-            .patch(&url)
-            .header("tus-resumable", "0.2.2")
-            .header("content-type", "application/offset+octet-stream")
-            .header("upload-offset", "0")
-            .body("x")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(problem(r).await, (412, "tus-version-unsupported".into()));
-        let head = client
-            .head(&url)
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
+        let octets = ("content-type", "application/offset+octet-stream");
+        let at_0 = ("upload-offset", "0");
+        let other = UploadChecksum::of(ChecksumAlgorithm::Sha256, b"other").to_header();
+        let patches: [Expectation; 5] = [
+            (
+                vec![tus_1, octets, at_0, ("upload-checksum", &other)],
+                (460, "checksum-mismatch"),
+            ),
+            (
+                vec![
+                    tus_1,
+                    octets,
+                    at_0,
+                    ("upload-checksum", "md5 XUFAKrxLKna5cZ2REBfFkg=="),
+                ],
+                (400, "checksum-algorithm-unsupported"),
+            ),
+            (
+                vec![tus_1, ("content-type", "text/plain"), at_0],
+                (415, "content-type-invalid"),
+            ),
+            (vec![tus_1, octets], (400, "header-invalid")),
+            (
+                vec![("tus-resumable", "0.2.2"), octets, at_0],
+                (412, "tus-version-unsupported"),
+            ),
+        ];
+        for (headers, (status, code)) in &patches {
+            assert_eq!(
+                exactly(client, Method::PATCH, &url, headers, &organisation[..100]).await,
+                (*status, code.to_string()),
+                "{headers:?}"
+            );
+        }
+        let head = tus(client, Method::HEAD, &url).await;
         assert_eq!(header(&head, "upload-offset"), "0");
         // Termination, then the id is unknown.
-        let r = client
-            .delete(&url)
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
+        let r = tus(client, Method::DELETE, &url).await;
         assert_eq!(r.status(), 204);
-        let r = client
-            .head(&url)
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
+        let r = tus(client, Method::HEAD, &url).await;
         assert_eq!(r.status(), 404);
 
         // Hostile files: each is uploaded completely and rejected with its reason.
@@ -1416,10 +1397,9 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
         ];
         let mut rejected = String::new();
         for (what, file, expected) in cases {
-            let url = fx
-                .create(base, "ExportData.dat", "ExportData", file.len())
+            let (url, r) = fx
+                .upload_whole(base, "ExportData.dat", "ExportData", &file)
                 .await;
-            let r = fx.patch(&url, 0, &file).await;
             assert_eq!(r.status(), 204, "{what}");
             assert_eq!(header(&r, "sfm-ingest-state"), "rejected", "{what}");
             assert_eq!(header(&r, "sfm-rejection-code"), expected, "{what}");
@@ -1429,12 +1409,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
         assert_eq!(fx.count("SELECT count(*) FROM sfm.users").await, 0);
         assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections").await, 14);
         // A complete upload (rejected or not) cannot be terminated.
-        let r = client
-            .delete(&rejected)
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
+        let r = tus(client, Method::DELETE, &rejected).await;
         assert_eq!(problem(r).await, (409, "upload-complete".into()));
 
         // Still serving.
@@ -1472,21 +1447,23 @@ fn keys_of_another_database_superseded_or_expired_are_refused() {
             .await;
         let r = fx.head(&url, &other_key).await;
         assert_eq!(r.status(), 403);
-        let r = patch_request(client, &url, 0)
-            .header("sfm-migration-key", &other_key)
-            .body(organisation.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(problem(r).await, (403, "key-wrong-database".into()));
-        let r = client
-            .delete(&url)
-            .header("tus-resumable", "1.0.0")
-            .header("sfm-migration-key", &other_key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(problem(r).await, (403, "key-wrong-database".into()));
+        let tus_1 = ("tus-resumable", "1.0.0");
+        let other = ("sfm-migration-key", other_key.as_str());
+        let octets = ("content-type", "application/offset+octet-stream");
+        for (method, headers, body) in [
+            (
+                Method::PATCH,
+                vec![tus_1, other, octets, ("upload-offset", "0")],
+                organisation.as_slice(),
+            ),
+            (Method::DELETE, vec![tus_1, other], b"".as_slice()),
+        ] {
+            assert_eq!(
+                exactly(client, method.clone(), &url, &headers, body).await,
+                (403, "key-wrong-database".into()),
+                "{method}"
+            );
+        }
         let head = fx.head(&url, &fx.key).await;
         assert_eq!(head.status(), 200);
         assert_eq!(header(&head, "upload-offset"), "0");
@@ -1768,16 +1745,7 @@ fn a_replica_killed_mid_ingest_leaves_the_upload_to_the_other() {
         assert_eq!(head.status(), 200);
         assert_eq!(header(&head, "sfm-ingest-state"), "stored");
         assert_eq!(header(&head, "upload-offset"), patient.len().to_string());
-        let status: contract::MigrationStatus = fx
-            .client
-            .get(format!("{}{}", apis[survivor].base, contract::PATH_STATUS))
-            .header("sfm-migration-key", &fx.key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = fx.api_status(&apis[survivor].base).await;
         assert_eq!(
             (
                 status.patients.received,
@@ -1824,8 +1792,7 @@ fn expired_uploads_get_410_and_only_unfinished_ones_are_swept() {
             204
         );
         let truncated = &patient[..patient.len() - 7];
-        let rejected = fx.create(&base, &name(3), "Patient", truncated.len()).await;
-        let r = fx.patch(&rejected, 0, truncated).await;
+        let (rejected, r) = fx.upload_whole(&base, &name(3), "Patient", truncated).await;
         assert_eq!(header(&r, "sfm-rejection-code"), "envelope-malformed");
 
         // Expired a minute ago: the last 100 bytes would complete it, and get 410.
@@ -1871,14 +1838,13 @@ fn expired_uploads_get_410_and_only_unfinished_ones_are_swept() {
             (&organisation, "ingested"),
         ];
         for (url, state) in states {
-            let row = fx.upload_row(url).await;
-            assert_eq!(row.map(|(s, ..)| s).as_deref(), Some(state));
+            assert_eq!(fx.upload_state(url).await.as_deref(), Some(state));
         }
     });
     let restarted = fx.api_on(apis[0].port, "api-restarted", &[]);
     fx.run(async {
         let swept = eventually_async(|| async {
-            fx.upload_row(&created).await.is_none() && fx.upload_row(&receiving).await.is_none()
+            fx.upload_state(&created).await.is_none() && fx.upload_state(&receiving).await.is_none()
         })
         .await;
         assert!(swept, "the unfinished uploads were not swept");
@@ -1888,22 +1854,14 @@ fn expired_uploads_get_410_and_only_unfinished_ones_are_swept() {
             fx.upload_row(&late).await,
             Some(("receiving".to_owned(), (patient.len() - 100) as i64, 1))
         );
-        let complete_state = fx.upload_row(&complete).await.map(|(s, ..)| s);
+        let complete_state = fx.upload_state(&complete).await;
         assert!(
             matches!(complete_state.as_deref(), Some("complete" | "ingested")),
             "{complete_state:?}"
         );
-        assert_eq!(
-            fx.upload_row(&organisation)
-                .await
-                .map(|(s, ..)| s)
-                .as_deref(),
-            Some("ingested")
-        );
-        assert_eq!(
-            fx.upload_row(&rejected).await.map(|(s, ..)| s).as_deref(),
-            Some("rejected")
-        );
+        for (url, state) in [(&organisation, "ingested"), (&rejected, "rejected")] {
+            assert_eq!(fx.upload_state(url).await.as_deref(), Some(state));
+        }
         // The swept uploads' chunks went with them: only the late upload's one chunk is left, until
         // the complete upload is ingested.
         fx.wait_for_upload(&complete, "ingested").await;
