@@ -1,15 +1,22 @@
 //! The migration API against the real control plane and PostgreSQL: the operator provisions a
 //! MigrationDatabase and a MigrationKey, the API runs as a process, NHN's sample organisation and
-//! patient are put in the envelope and uploaded by `tuspy` (a tus client from PyPI) in small chunks,
-//! and the rows, the counts in the CR status, verify, activate, hostile input, two replicas with a
-//! `kill -9`, and the absence of personal data and secrets in logs and status are checked.
+//! patient are put in the envelope and uploaded by `tuspy` (a tus client from PyPI) or by hand in
+//! chunks, and the rows, the counts in the CR status, verify, activate, hostile input, keys that must
+//! not work, two replicas with a `kill -9` between chunks and in the middle of an ingest, upload
+//! expiry and its sweep, and the absence of personal data and secrets in logs and status are checked.
+//!
+//! Every test starts from a [`Fixture`] (the samples, a provisioned database with its key, a runtime
+//! and an HTTP client) and starts the API processes it needs with [`Fixture::api`].
 
 use super::cluster::*;
 use super::processes::*;
 use futures::StreamExt as _;
-use reqwest::RequestBuilder;
+use reqwest::{Method, RequestBuilder};
+use sqlx::Connection as _;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 use sfm_migration::contract::{self, ChecksumAlgorithm, Manifest, ManifestFile, UploadChecksum};
 use sfm_migration::format::archive::{ArchiveLimits, read_archive, write_archive};
@@ -24,6 +31,13 @@ const API_NS: &str = "sfm-system";
 /// The organisation number in NHN's sample organisation file (`Institusjon`, ENH).
 const SAMPLE_ORGANISATION_NUMBER: &str = "100100614";
 const PATIENT_GUID: &str = "0e7bfd89-ff43-4c5a-a9e2-1af46ae33672";
+/// The MigrationDatabase of every test.
+const DB: &str = "sample";
+
+/// The sample patient's path as `Index.txt` writes it.
+fn patient_name() -> String {
+    format!("Patients0\\{PATIENT_GUID}.pat")
+}
 
 fn sample(name: &str) -> Vec<u8> {
     let candidates = [
@@ -73,6 +87,34 @@ impl Samples {
         path
     }
 
+    /// The sample patient under the Id `guid`, with `from` replaced by `to` in `PatientData.xml`
+    /// (nothing when `from` is empty), in the envelope.
+    fn patient_as(&self, guid: &str, from: &str, to: &str) -> Vec<u8> {
+        let entries = read_archive(&self.patient_zip, &ArchiveLimits::default())
+            .unwrap()
+            .entries;
+        let renamed: Vec<(String, Vec<u8>)> = entries
+            .iter()
+            .map(|e| {
+                let data = if e.name == "PatientData.xml" {
+                    String::from_utf8(e.data.clone())
+                        .unwrap()
+                        .replace(PATIENT_GUID, guid)
+                        .replace(from, to)
+                        .into_bytes()
+                } else {
+                    e.data.clone()
+                };
+                (e.name.clone(), data)
+            })
+            .collect();
+        let borrowed: Vec<(&str, &[u8])> = renamed
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
+        self.encrypt(&write_archive(&borrowed).unwrap())
+    }
+
     /// Every value of the fixtures that must never leave the database: national identity numbers,
     /// HPR numbers and names of users and the patient.
     fn personal_data(&self) -> Vec<String> {
@@ -103,73 +145,51 @@ impl Samples {
     }
 }
 
-/// One MigrationDatabase with its key, provisioned by the operator.
-struct Migration {
-    operator: Process,
-    ns: TestNamespace,
-    db: String,
-    key: String,
-    migrator_uri: String,
-}
-
 fn database_yaml(ns: &str, name: &str, schema_check: &str) -> String {
     format!(
         "apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationDatabase\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  organisation:\n    name: Sample Legekontor\n    organisationNumber: \"{SAMPLE_ORGANISATION_NUMBER}\"\n    helseIdClientId: sample-sfm\n  dataModelVersion: 4\n  reclaimPolicy: Delete\n  validation:\n    allowSyntheticIdentities: false\n    schemaCheck: {schema_check}\n"
     )
 }
 
-fn key_yaml(ns: &str, name: &str, db: &str) -> String {
+fn key_yaml(ns: &str, name: &str, db: &str, time_to_live: &str) -> String {
     format!(
-        "apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  databaseRef: {db}\n  timeToLive: 2h\n"
+        "apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationKey\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  databaseRef: {db}\n  timeToLive: {time_to_live}\n"
     )
 }
 
-fn provision(prefix: &str, schema_check: &str) -> Migration {
-    install_crds();
-    kubectl(&["create", "namespace", API_NS], None);
-    let ns = TestNamespace::new(prefix);
-    let operator = start_operator(&ns.name, API_NS, &format!("operator-{}", ns.name));
-    let db = "sample";
-    kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(&database_yaml(&ns.name, db, schema_check)),
-    );
-    kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(&key_yaml(&ns.name, "key-1", db)),
-    );
+/// Applies a MigrationDatabase, waits until it is Ready and returns its migrator's URI.
+fn provision_database(ns: &str, name: &str, yaml: &str) -> String {
+    kubectl_ok(&["apply", "-f", "-"], Some(yaml));
+    let mdb = format!("mdb/{name}");
     kubectl_ok(
         &[
             "-n",
-            &ns.name,
+            ns,
             "wait",
             "--for=condition=Ready",
-            &format!("mdb/{db}"),
+            &mdb,
             WAIT_TIMEOUT,
         ],
         None,
     );
-    assert!(eventually(PATIENCE, || jsonpath(
-        &ns.name,
-        "mkey/key-1",
-        "{.status.phase}"
-    ) == "Active"));
-    let secret = jsonpath(&ns.name, "mkey/key-1", "{.status.secretName}");
-    let key = secret_field(&ns.name, &secret, "key");
-    let migrator = jsonpath(
-        &ns.name,
-        &format!("mdb/{db}"),
-        "{.status.database.migratorSecret}",
-    );
+    let migrator = jsonpath(ns, &mdb, "{.status.database.migratorSecret}");
     let (api_ns, migrator_name) = migrator.split_once('/').unwrap();
-    let migrator_uri = secret_field(api_ns, migrator_name, "uri");
-    Migration {
-        operator,
-        ns,
-        db: db.to_owned(),
-        key,
-        migrator_uri,
-    }
+    secret_field(api_ns, migrator_name, "uri")
+}
+
+/// Applies a MigrationKey for `db`, waits until it is Active and returns the key.
+fn issue_key(ns: &str, name: &str, db: &str, time_to_live: &str) -> String {
+    kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&key_yaml(ns, name, db, time_to_live)),
+    );
+    let mkey = format!("mkey/{name}");
+    assert!(
+        eventually(PATIENCE, || jsonpath(ns, &mkey, "{.status.phase}")
+            == "Active"),
+        "{mkey} did not become Active"
+    );
+    secret_field(ns, &jsonpath(ns, &mkey, "{.status.secretName}"), "key")
 }
 
 fn free_port() -> u16 {
@@ -180,11 +200,415 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The API for a test's samples, waiting up to 30 s for an ingest lock.
-fn start_sample_api(samples: &Samples, port: u16, log_name: &str, extra: &[&str]) -> Process {
-    let mut args = vec!["--ingest-wait-seconds", "30"];
-    args.extend_from_slice(extra);
-    start_api(API_NS, &samples.key_file, port, log_name, &args)
+/// One test's world: NHN's samples under a fresh key pair (and their envelopes, encrypted once), the
+/// MigrationDatabase `sample` with its key `key-1`, provisioned by the test's own operator in a
+/// namespace of its own, a tokio runtime and an HTTP client. Dropped, it stops the operator and
+/// deletes the namespace; the test's API processes ([`Api`]) are its own locals, dropped first.
+struct Fixture {
+    samples: Samples,
+    /// `ExportData.dat` in the envelope.
+    organisation: Vec<u8>,
+    /// The sample patient in the envelope.
+    patient: Vec<u8>,
+    operator: Process,
+    ns: TestNamespace,
+    /// The migration key of `key-1` (`sfmk_<keyId>_<secret>`).
+    key: String,
+    /// The migrator's URI of the staging database.
+    migrator_uri: String,
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+/// One `sfm-migration-api serve` process of a test, on 127.0.0.1:`port`; killed when dropped.
+struct Api {
+    process: Process,
+    port: u16,
+    base: String,
+}
+
+impl Api {
+    /// The URL of an upload (given by any replica's `Location`) on this process.
+    fn file(&self, url: &str) -> String {
+        format!("{}/files/{}", self.base, upload_id(url))
+    }
+}
+
+/// The opaque upload id: the last segment of its URL.
+fn upload_id(url: &str) -> &str {
+    url.rsplit('/').next().unwrap()
+}
+
+/// The upload's row id in `sfm.uploads`: the random half of the upload id
+/// (`<database uid>.<uuid>`, both 32 hex digits).
+fn row_id(url: &str) -> Uuid {
+    Uuid::parse_str(upload_id(url).split_once('.').unwrap().1).unwrap()
+}
+
+impl Fixture {
+    /// The database with the given schema check (`Lenient` or `Strict`).
+    fn new(prefix: &str, schema_check: &str) -> Fixture {
+        Fixture::with_database(prefix, |ns| database_yaml(ns, DB, schema_check))
+    }
+
+    /// The database as `yaml(namespace)` describes it.
+    fn with_database(prefix: &str, yaml: impl FnOnce(&str) -> String) -> Fixture {
+        install_crds();
+        kubectl(&["create", "namespace", API_NS], None);
+        let ns = TestNamespace::new(prefix);
+        let operator = start_operator(&ns.name, API_NS, &format!("operator-{}", ns.name));
+        let migrator_uri = provision_database(&ns.name, DB, &yaml(&ns.name));
+        let key = issue_key(&ns.name, "key-1", DB, "2h");
+        let samples = Samples::new();
+        Fixture {
+            organisation: samples.encrypt(&samples.organisation_zip),
+            patient: samples.encrypt(&samples.patient_zip),
+            samples,
+            operator,
+            ns,
+            key,
+            migrator_uri,
+            runtime: tokio::runtime::Runtime::new().unwrap(),
+            client: http(),
+        }
+    }
+
+    fn ns(&self) -> &str {
+        &self.ns.name
+    }
+
+    /// A field of the MigrationDatabase, by jsonpath.
+    fn status(&self, path: &str) -> String {
+        jsonpath(self.ns(), &format!("mdb/{DB}"), path)
+    }
+
+    /// Waits until a field of the MigrationDatabase reads `expected`.
+    fn wait_for_status(&self, path: &str, expected: &str) {
+        assert!(
+            eventually(PATIENCE, || self.status(path) == expected),
+            "{path} is {:?}, not {expected:?}",
+            self.status(path)
+        );
+    }
+
+    /// The API on a free port, waiting up to 30 s for an ingest, with `extra` flags; `name` names its
+    /// log (with the namespace).
+    fn api(&self, name: &str, extra: &[&str]) -> Api {
+        self.api_on(free_port(), name, extra)
+    }
+
+    /// As [`Fixture::api`] on a given port (a restart after a kill).
+    fn api_on(&self, port: u16, name: &str, extra: &[&str]) -> Api {
+        let mut args = vec!["--ingest-wait-seconds", "30"];
+        args.extend_from_slice(extra);
+        let log_name = format!("{name}-{}", self.ns());
+        Api {
+            process: start_api(API_NS, &self.samples.key_file, port, &log_name, &args),
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn run<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Uploads `data` with tuspy and this test's key; returns tuspy's JSON line.
+    fn tuspy(
+        &self,
+        api: &Api,
+        data: &[u8],
+        name: &str,
+        file_type: &str,
+        chunk: usize,
+        session_id: bool,
+    ) -> serde_json::Value {
+        let file = self.samples.write(&name.replace('\\', "_"), data);
+        tuspy(
+            &api.base, &self.key, &file, name, file_type, chunk, session_id,
+        )
+    }
+
+    /// Uploads the organisation file with tuspy, asserts that it was stored and returns its URL.
+    fn store_organisation(&self, api: &Api, chunk: usize, session_id: bool) -> String {
+        let result = self.tuspy(
+            api,
+            &self.organisation,
+            "ExportData.dat",
+            "ExportData",
+            chunk,
+            session_id,
+        );
+        assert_eq!(result["ingestState"], "stored", "{result}");
+        result["url"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an upload with this test's key; returns its URL (`Location`).
+    async fn create(&self, base: &str, name: &str, file_type: &str, length: usize) -> String {
+        new_upload(&self.client, base, &self.key, name, file_type, length).await
+    }
+
+    async fn patch(&self, url: &str, offset: usize, body: &[u8]) -> reqwest::Response {
+        patch(&self.client, url, offset, body).await
+    }
+
+    /// Creates an upload and sends all of `data` in one PATCH; returns the upload's URL and the
+    /// PATCH's answer.
+    async fn upload_whole(
+        &self,
+        base: &str,
+        name: &str,
+        file_type: &str,
+        data: &[u8],
+    ) -> (String, reqwest::Response) {
+        let url = self.create(base, name, file_type, data.len()).await;
+        let response = self.patch(&url, 0, data).await;
+        (url, response)
+    }
+
+    /// The sample patient under the Id `guid` with `from` replaced by `to` ([`Samples::patient_as`]),
+    /// uploaded whole as `Patients0\<guid>.pat`; returns the PATCH's answer.
+    async fn upload_patient_as(
+        &self,
+        base: &str,
+        guid: &str,
+        from: &str,
+        to: &str,
+    ) -> reqwest::Response {
+        let file = self.samples.patient_as(guid, from, to);
+        let name = format!("Patients0\\{guid}.pat");
+        self.upload_whole(base, &name, "Patient", &file).await.1
+    }
+
+    /// A request to the API with this test's key in `Sfm-Migration-Key`.
+    fn with_key(&self, method: Method, url: String) -> RequestBuilder {
+        self.client
+            .request(method, url)
+            .header("sfm-migration-key", &self.key)
+    }
+
+    /// `GET /api/v1/status` of the API at `base`.
+    async fn api_status(&self, base: &str) -> contract::MigrationStatus {
+        self.with_key(Method::GET, format!("{base}{}", contract::PATH_STATUS))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A tus HEAD with the `Sfm-Migration-Key` header `key`.
+    async fn head(&self, url: &str, key: &str) -> reqwest::Response {
+        self.client
+            .head(url)
+            .header("tus-resumable", "1.0.0")
+            .header("sfm-migration-key", key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// One number from the staging database, as the migrator sees it.
+    async fn count(&self, sql: &'static str) -> i64 {
+        query_i64(&self.migrator_uri, sql).await
+    }
+
+    /// A superuser session on the staging database (the test server's admin URL with the staging
+    /// database's name): for what the migrator may not do or see, such as locks, other sessions in
+    /// `pg_stat_activity`, or moving `expires_at`.
+    async fn admin(&self) -> sqlx::PgConnection {
+        let staging = url::Url::parse(&self.migrator_uri).unwrap();
+        let mut admin = url::Url::parse(&admin_url()).unwrap();
+        admin.set_path(staging.path());
+        sqlx::PgConnection::connect(admin.as_str()).await.unwrap()
+    }
+
+    /// An upload's state; `None` once it is gone.
+    async fn upload_state(&self, url: &str) -> Option<String> {
+        self.upload_row(url).await.map(|(state, ..)| state)
+    }
+
+    /// An upload's row: its state, offset and number of chunks; `None` once it is gone.
+    async fn upload_row(&self, url: &str) -> Option<(String, i64, i64)> {
+        let mut connection = sqlx::PgConnection::connect(&self.migrator_uri)
+            .await
+            .unwrap();
+        sqlx::query_as(
+            "SELECT u.state, u.upload_offset, (SELECT count(*) FROM sfm.upload_chunks c WHERE c.upload_id = u.id)
+             FROM sfm.uploads u WHERE u.id = $1",
+        )
+        .bind(row_id(url))
+        .fetch_optional(&mut connection)
+        .await
+        .unwrap()
+    }
+
+    /// Moves an upload's `expires_at` to `ago` (an SQL interval) before now, as the admin.
+    async fn expire(&self, url: &str, ago: &str) {
+        let done =
+            sqlx::query("UPDATE sfm.uploads SET expires_at = now() - $2::interval WHERE id = $1")
+                .bind(row_id(url))
+                .bind(ago)
+                .execute(&mut self.admin().await)
+                .await
+                .unwrap();
+        assert_eq!(done.rows_affected(), 1, "no upload {url}");
+    }
+
+    /// Waits until the upload's state is `state`.
+    async fn wait_for_upload(&self, url: &str, state: &str) {
+        let reached =
+            eventually_async(|| async { self.upload_state(url).await.as_deref() == Some(state) })
+                .await;
+        assert!(
+            reached,
+            "the upload is {:?}, not {state}",
+            self.upload_row(url).await
+        );
+    }
+
+    /// Sends the last chunk of an upload to `apis[via]` and kills (SIGKILL) the API process that is
+    /// then ingesting the upload, in the middle of its ingest; returns that process's index.
+    ///
+    /// Mid-ingest by construction, not by timing: an admin session holds `sfm.documents` in SHARE
+    /// mode, so whichever ingest claims the upload (the completing PATCH's, or a recovery loop's)
+    /// stops when it comes to the patient's documents, with its transaction open, the upload's row
+    /// lock held and the stored file, patient and its rows written but not committed. The test finds
+    /// that session in `pg_stat_activity` (exactly one API session waits for the lock) and the
+    /// process that owns its connection (by the session's client port), checks what is visible
+    /// meanwhile (the upload `complete`, nothing of it stored), kills that process, then releases the
+    /// lock and waits until PostgreSQL has ended the dead ingest's session (its transaction aborts;
+    /// it cannot commit: the client that would send COMMIT is gone).
+    async fn kill_mid_ingest(
+        &self,
+        apis: &mut [Api],
+        via: usize,
+        url: &str,
+        offset: usize,
+        last: &[u8],
+    ) -> usize {
+        let upload = row_id(url);
+        let mut holder = self.admin().await;
+        let mut hold = holder.begin().await.unwrap();
+        sqlx::query("LOCK TABLE sfm.documents IN SHARE MODE")
+            .execute(&mut *hold)
+            .await
+            .unwrap();
+        let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *hold)
+            .await
+            .unwrap();
+
+        let completing = tokio::spawn(
+            patch_request(&self.client, &apis[via].file(url), offset)
+                .header(
+                    "upload-checksum",
+                    UploadChecksum::of(ChecksumAlgorithm::Sha256, last).to_header(),
+                )
+                .body(last.to_vec())
+                .send(),
+        );
+
+        let mut watch = self.admin().await;
+        let deadline = Instant::now() + PATIENCE;
+        let (backend, client_port, query, wrote) = loop {
+            let waiting: Vec<(i32, Option<i32>, Option<String>, bool)> = sqlx::query_as(
+                "SELECT pid, client_port, query, backend_xid IS NOT NULL FROM pg_stat_activity
+                 WHERE application_name = 'sfm-migration-api' AND $1 = ANY (pg_blocking_pids(pid))",
+            )
+            .bind(holder_pid)
+            .fetch_all(&mut watch)
+            .await
+            .unwrap();
+            match waiting.as_slice() {
+                [] => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no ingest came to wait for sfm.documents"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                [one] => break one.clone(),
+                more => panic!("several API sessions wait for sfm.documents: {more:?}"),
+            }
+        };
+        let query = query.unwrap_or_default();
+        // The patient's earlier documents are deleted (a re-export replaces them), then its new
+        // ones inserted: either waits.
+        assert!(
+            query.contains("sfm.documents"),
+            "the waiting session is not at the documents: {query}"
+        );
+        assert!(wrote, "the ingest has written nothing yet");
+        let client_port = u16::try_from(client_port.expect("the API connects over TCP")).unwrap();
+        let owner = apis
+            .iter()
+            .position(|api| api.process.has_local_tcp_port(client_port))
+            .expect("the waiting ingest is one of the test's API processes");
+        // The upload is complete (committed before the ingest began) and claimed: its row lock is
+        // held, so a recovery loop skips it. Nothing of it is visible as stored.
+        let claimable: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM sfm.uploads WHERE id = $1 AND state = 'complete' FOR UPDATE SKIP LOCKED",
+        )
+        .bind(upload)
+        .fetch_optional(&mut watch)
+        .await
+        .unwrap();
+        assert_eq!(claimable, None, "the ingest does not hold the upload");
+        assert_eq!(self.upload_state(url).await.as_deref(), Some("complete"));
+
+        apis[owner].process.kill();
+
+        // The completing PATCH: cut off when its own process was killed (unless it had stopped
+        // waiting already), `pending` when another replica's recovery loop had the claim.
+        match completing.await.unwrap() {
+            Err(_) => assert_eq!(owner, via, "the PATCH failed on a replica that lives"),
+            Ok(response) => {
+                assert_eq!(response.status(), 204);
+                assert_eq!(header(&response, "sfm-ingest-state"), "pending");
+            }
+        }
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sfm.stored_files WHERE upload_id = $1 OR sha256 = (SELECT sha256 FROM sfm.uploads WHERE id = $1)",
+        )
+        .bind(upload)
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        assert_eq!(
+            stored, 0,
+            "a file of the upload is stored before the ingest committed"
+        );
+
+        hold.rollback().await.unwrap();
+        let ended = eventually_async(|| async {
+            let alive: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+                    .bind(backend)
+                    .fetch_one(&mut self.admin().await)
+                    .await
+                    .unwrap();
+            alive == 0
+        })
+        .await;
+        assert!(ended, "the killed API's ingest session lives on");
+        owner
+    }
+}
+
+/// Polls `check` until it returns true or [`PATIENCE`] passes; returns whether it became true.
+async fn eventually_async<F: Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Uploads with tuspy; returns its JSON line.
@@ -243,7 +667,6 @@ fn manifest_entry(path: &str, file_type: contract::FileType, data: &[u8]) -> Man
 }
 
 async fn query_i64(uri: &str, sql: &'static str) -> i64 {
-    use sqlx::Connection;
     let mut connection = sqlx::PgConnection::connect(uri).await.unwrap();
     sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(&mut connection)
@@ -256,320 +679,24 @@ fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// Lenient: the sample organisation and patient end up as rows with the counts in status, the patient
-/// with a deviation naming `Brukere`; verify and activate reach Operational; nothing personal leaks.
-#[test]
-fn sample_export_over_tus_is_stored_verified_and_activated() {
-    let samples = Samples::new();
-    let migration = provision("api-lenient", "Lenient");
-    let ns = migration.ns.name.clone();
-    let mdb = format!("mdb/{}", migration.db);
-    let port = free_port();
-    let api = start_sample_api(&samples, port, &format!("api-{ns}"), &[]);
-    let base = format!("http://127.0.0.1:{port}");
-
-    let organisation = samples.encrypt(&samples.organisation_zip);
-    let patient = samples.encrypt(&samples.patient_zip);
-    let organisation_file = samples.write("ExportData.dat", &organisation);
-    let patient_file = samples.write("patient.pat", &patient);
-    let patient_name = format!("Patients0\\{PATIENT_GUID}.pat");
-
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = http();
-        // A patient before the organisation is refused at creation.
-        let early = create_request(
-            &client,
-            &base,
-            &migration.key,
-            &patient_name,
-            "Patient",
-            patient.len(),
-        )
-        .send()
-        .await
-        .unwrap();
-        assert_eq!(early.status(), 409);
-        assert!(early.text().await.unwrap().contains("organisation-missing"));
-    });
-
-    // The organisation file by tuspy with the key in SessionId (as NHN's uploader sends it), the
-    // patient with the header; 4 KiB chunks.
-    let result = tuspy(
-        &base,
-        &migration.key,
-        &organisation_file,
-        "ExportData.dat",
-        "ExportData",
-        4096,
-        true,
-    );
-    assert_eq!(result["ingestState"], "stored", "{result}");
-    let result = tuspy(
-        &base,
-        &migration.key,
-        &patient_file,
-        &patient_name,
-        "Patient",
-        4096,
-        false,
-    );
-    assert_eq!(result["ingestState"], "stored", "{result}");
-    // The same file again stores one patient.
-    let again = tuspy(
-        &base,
-        &migration.key,
-        &patient_file,
-        &patient_name,
-        "Patient",
-        65536,
-        false,
-    );
-    assert_eq!(again["ingestState"], "stored", "{again}");
-
-    runtime.block_on(async {
-        let uri = &migration.migrator_uri;
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.users").await, 7);
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.patients").await, 1);
-        assert!(query_i64(uri, "SELECT count(*) FROM sfm.treatments").await > 0);
-        assert!(query_i64(uri, "SELECT count(*) FROM sfm.messages").await > 0);
-        assert!(query_i64(uri, "SELECT count(*) FROM sfm.documents WHERE kind = 'message'").await > 0);
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.documents WHERE kind = 'patient_data'").await, 1);
-        assert!(query_i64(uri, "SELECT count(*) FROM sfm.deviations WHERE path LIKE '%Brukere%'").await > 0, "the lenient patient carries a Brukere deviation");
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.stored_files WHERE migration_key_id <> '' AND received_at IS NOT NULL").await, 2);
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.upload_chunks").await, 0);
-    });
-    assert!(eventually(PATIENCE, || jsonpath(
-        &ns,
-        &mdb,
-        "{.status.migration.patients.stored}"
-    ) == "1"));
-    assert_eq!(jsonpath(&ns, &mdb, "{.status.migration.users.stored}"), "7");
-    assert_eq!(
-        jsonpath(&ns, &mdb, "{.status.migration.organisationStored}"),
-        "true"
-    );
-    let managers = kubectl_ok(
-        &[
-            "-n",
-            &ns,
-            "get",
-            &mdb,
-            "--show-managed-fields",
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    assert!(managers.contains("\"manager\": \"sfm-migration-api\""));
-
-    runtime.block_on(async {
-        let client = http();
-        // A manifest that lacks nothing but names another digest is a mismatch; the right one validates.
-        let mut wrong = Manifest::new(vec![
-            manifest_entry(
-                "ExportData.dat",
-                contract::FileType::ExportData,
-                &organisation,
-            ),
-            manifest_entry(&patient_name, contract::FileType::Patient, &organisation),
-        ]);
-        wrong.files[1].size = patient.len() as u64;
-        let response = client
-            .post(format!("{base}{}", contract::PATH_VERIFY))
-            .header("sfm-migration-key", &migration.key)
-            .json(&wrong)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 409);
-        let problem: contract::Problem = response.json().await.unwrap();
-        assert_eq!(problem.code, contract::ProblemCode::ManifestMismatch);
-        assert_eq!(
-            problem.mismatches.unwrap().digest_mismatch,
-            vec![patient_name.clone()]
-        );
-
-        // Activation before validation is refused.
-        let response = client
-            .post(format!("{base}{}", contract::PATH_ACTIVATE))
-            .header("sfm-migration-key", &migration.key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 409);
-
-        let manifest = Manifest::new(vec![
-            manifest_entry(
-                "ExportData.dat",
-                contract::FileType::ExportData,
-                &organisation,
-            ),
-            manifest_entry(&patient_name, contract::FileType::Patient, &patient),
-        ]);
-        let response = client
-            .post(format!("{base}{}", contract::PATH_VERIFY))
-            .header("sfm-migration-key", &migration.key)
-            .json(&manifest)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{:?}", response.text().await);
-        let verified: contract::VerifyResponse = response.json().await.unwrap();
-        assert_eq!(verified.digest, manifest.digest());
-        assert_eq!(verified.patients, 1);
-        assert_eq!(
-            jsonpath(&ns, &mdb, "{.status.migration.validatedDigest}"),
-            manifest.digest()
-        );
-
-        // Validated: no more uploads.
-        let refused = create_request(
-            &client,
-            &base,
-            &migration.key,
-            "Patients0\\x.pat",
-            "Patient",
-            10,
-        )
-        .send()
-        .await
-        .unwrap();
-        assert_eq!(refused.status(), 409);
-        assert!(
-            refused
-                .text()
-                .await
-                .unwrap()
-                .contains("migration-validated")
-        );
-
-        let status: contract::MigrationStatus = client
-            .get(format!("{base}{}", contract::PATH_STATUS))
-            .header("sfm-migration-key", &migration.key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(status.patients.stored, 1);
-        assert_eq!(
-            status.validated_digest.as_deref(),
-            Some(manifest.digest().as_str())
-        );
-
-        let response = client
-            .post(format!("{base}{}", contract::PATH_ACTIVATE))
-            .header("sfm-migration-key", &migration.key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
-    });
-    kubectl_ok(
-        &[
-            "-n",
-            &ns,
-            "wait",
-            "--for=condition=Operational",
-            &mdb,
-            WAIT_TIMEOUT,
-        ],
-        None,
-    );
-
-    // Nothing personal and no secret in the logs, Events, metrics or status.
-    let metrics = std::process::Command::new("curl")
-        .args(["-fsS", &format!("{base}/metrics")])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
-    assert!(metrics.contains("sfm_api_files_stored_total"));
-    // The chart's RBAC was enough for the whole migration.
-    assert!(
-        !api.log_text().to_lowercase().contains("forbidden"),
-        "the API was refused something under the chart's RBAC: {}",
-        api.log_text()
-    );
-    let everything = [
-        api.log_text(),
-        migration.operator.log_text(),
-        metrics,
-        kubectl_ok(&["-n", &ns, "get", "mdb,mkey", "-o", "yaml"], None),
-        kubectl_ok(&["-n", &ns, "get", "events", "-o", "yaml"], None),
-    ]
-    .join("\n");
-    let password = migration
-        .migrator_uri
-        .split(':')
-        .nth(2)
+/// A response header that must be there.
+fn header<'r>(response: &'r reqwest::Response, name: &str) -> &'r str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", response.headers()))
+        .to_str()
         .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_owned();
-    let secret_part = migration.key.rsplit_once('_').unwrap().1.to_owned();
-    for value in samples
-        .personal_data()
-        .into_iter()
-        .chain([secret_part, password])
-    {
-        assert!(
-            !everything.contains(&value),
-            "a fixture value or secret leaked into logs, metrics or status"
-        );
-    }
 }
 
-/// Strict: the 2021 sample patient (`Brukere` where the XSD has `InVib`) is rejected with a reason.
-#[test]
-fn strict_schema_check_rejects_the_sample_patient() {
-    let samples = Samples::new();
-    let migration = provision("api-strict", "Strict");
-    let ns = migration.ns.name.clone();
-    let port = free_port();
-    let _api = start_sample_api(&samples, port, &format!("api-{ns}"), &[]);
-    let base = format!("http://127.0.0.1:{port}");
-    let organisation_file = samples.write(
-        "ExportData.dat",
-        &samples.encrypt(&samples.organisation_zip),
-    );
-    let patient_file = samples.write("patient.pat", &samples.encrypt(&samples.patient_zip));
-    let patient_name = format!("Patients0\\{PATIENT_GUID}.pat");
-    assert_eq!(
-        tuspy(
-            &base,
-            &migration.key,
-            &organisation_file,
-            "ExportData.dat",
-            "ExportData",
-            8192,
-            false
-        )["ingestState"],
-        "stored"
-    );
-    let result = tuspy(
-        &base,
-        &migration.key,
-        &patient_file,
-        &patient_name,
-        "Patient",
-        8192,
-        false,
-    );
-    assert_eq!(result["ingestState"], "rejected", "{result}");
-    assert_eq!(result["rejectionCode"], "xml-schema");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        assert_eq!(query_i64(&migration.migrator_uri, "SELECT count(*) FROM sfm.patients").await, 0);
-        assert_eq!(query_i64(&migration.migrator_uri, "SELECT count(*) FROM sfm.rejections WHERE reason_code = 'xml_schema' AND message LIKE '%Brukere%'").await, 1);
-    });
-    assert!(eventually(PATIENCE, || jsonpath(
-        &ns,
-        "mdb/sample",
-        "{.status.migration.patients.rejected}"
-    ) == "1"));
+/// The status and the problem code of an answer (its body when it is no problem document).
+async fn problem(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    let code = serde_json::from_str::<contract::Problem>(&body)
+        .map(|p| p.code.as_str().to_owned())
+        .unwrap_or(body);
+    (status, code)
 }
 
 /// POST /files with the tus version, the length and the key; no metadata.
@@ -619,6 +746,21 @@ async fn create_upload(
         .unwrap()
 }
 
+/// Creates an upload, asserts 201 and returns its URL (`Location`).
+async fn new_upload(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    name: &str,
+    file_type: &str,
+    length: usize,
+) -> String {
+    let response = create_upload(client, base, key, name, file_type, length).await;
+    assert_eq!(response.status(), 201, "creating {name}");
+    header(&response, "location").to_owned()
+}
+
+/// A tus PATCH with a SHA-256 `Upload-Checksum` of the body.
 async fn patch(
     client: &reqwest::Client,
     url: &str,
@@ -636,543 +778,32 @@ async fn patch(
         .unwrap()
 }
 
-/// Two API processes; the PATCHes of one upload alternate between them, one is killed with SIGKILL
-/// between chunks and started again: the upload completes, nothing is lost or stored twice.
-#[test]
-fn two_replicas_share_an_upload_across_a_kill() {
-    let samples = Samples::new();
-    let migration = provision("api-replicas", "Lenient");
-    let ns = migration.ns.name.clone();
-    let (port_a, port_b) = (free_port(), free_port());
-    let mut api_a = start_sample_api(&samples, port_a, &format!("api-a-{ns}"), &[]);
-    let _api_b = start_sample_api(&samples, port_b, &format!("api-b-{ns}"), &[]);
-    let (a, b) = (
-        format!("http://127.0.0.1:{port_a}"),
-        format!("http://127.0.0.1:{port_b}"),
-    );
-    let organisation_file = samples.write(
-        "ExportData.dat",
-        &samples.encrypt(&samples.organisation_zip),
-    );
-    assert_eq!(
-        tuspy(
-            &a,
-            &migration.key,
-            &organisation_file,
-            "ExportData.dat",
-            "ExportData",
-            65536,
-            false
-        )["ingestState"],
-        "stored"
-    );
-    let patient = samples.encrypt(&samples.patient_zip);
-    let name = format!("Patients0\\{PATIENT_GUID}.pat");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = http();
-        let created =
-            create_upload(&client, &a, &migration.key, &name, "Patient", patient.len()).await;
-        assert_eq!(created.status(), 201);
-        let location = created.headers()["location"].to_str().unwrap().to_owned();
-        let id = location.rsplit('/').next().unwrap().to_owned();
-        let chunks: Vec<&[u8]> = patient.chunks(patient.len() / 6 + 1).collect();
-        let mut offset = 0;
-        for (index, chunk) in chunks.iter().enumerate() {
-            let base = if index % 2 == 0 { &a } else { &b };
-            if index == 3 {
-                // A crash between chunks: the next PATCH for A goes to a fresh process on the same port.
-                api_a.kill();
-                api_a = start_sample_api(&samples, port_a, &format!("api-a2-{ns}"), &[]);
-            }
-            // A stale PATCH (the previous offset) is refused and changes nothing.
-            if index > 0 {
-                let stale = patch(
-                    &client,
-                    &format!("{base}/files/{id}"),
-                    offset - chunks[index - 1].len(),
-                    chunks[index - 1],
-                )
-                .await;
-                assert_eq!(stale.status(), 409);
-            }
-            let response = patch(&client, &format!("{base}/files/{id}"), offset, chunk).await;
-            assert_eq!(
-                response.status(),
-                204,
-                "chunk {index}: {:?}",
-                response.text().await
-            );
-            offset += chunk.len();
-            assert_eq!(
-                response.headers()["upload-offset"].to_str().unwrap(),
-                offset.to_string()
-            );
-            if index == chunks.len() - 1 {
-                assert_eq!(
-                    response.headers()["sfm-ingest-state"].to_str().unwrap(),
-                    "stored"
-                );
-            }
-        }
-        let head = client
-            .head(format!("{b}/files/{id}"))
-            .header("tus-resumable", "1.0.0")
-            .header("sfm-migration-key", &migration.key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            head.headers()["upload-offset"].to_str().unwrap(),
-            patient.len().to_string()
-        );
-        let uri = &migration.migrator_uri;
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.patients").await, 1);
-        assert_eq!(
-            query_i64(
-                uri,
-                "SELECT count(*) FROM sfm.stored_files WHERE kind = 'patient'"
-            )
-            .await,
-            1
-        );
-        // The stored file is byte for byte what was sent.
-        use sqlx::Connection;
-        let mut connection = sqlx::PgConnection::connect(uri).await.unwrap();
-        let digest: String = sqlx::query_scalar(
-            "SELECT encode(sha256, 'hex') FROM sfm.stored_files WHERE kind = 'patient'",
-        )
-        .fetch_one(&mut connection)
+/// A request with `Tus-Resumable: 1.0.0` and nothing else (HEAD and DELETE authorised by the id).
+async fn tus(client: &reqwest::Client, method: Method, url: &str) -> reqwest::Response {
+    client
+        .request(method, url)
+        .header("tus-resumable", "1.0.0")
+        .send()
         .await
-        .unwrap();
-        assert_eq!(digest, contract::sha256_hex(&patient));
-
-        // The same person under another Id is stored and flagged; an HPR number no user has is rejected.
-        let entries = read_archive(&samples.patient_zip, &ArchiveLimits::default())
-            .unwrap()
-            .entries;
-        let with = |guid: &str, from: &str, to: &str| {
-            let renamed: Vec<(String, Vec<u8>)> = entries
-                .iter()
-                .map(|e| {
-                    let data = if e.name == "PatientData.xml" {
-                        String::from_utf8(e.data.clone())
-                            .unwrap()
-                            .replace(PATIENT_GUID, guid)
-                            .replace(from, to)
-                            .into_bytes()
-                    } else {
-                        e.data.clone()
-                    };
-                    (e.name.clone(), data)
-                })
-                .collect();
-            let borrowed: Vec<(&str, &[u8])> = renamed
-                .iter()
-                .map(|(n, d)| (n.as_str(), d.as_slice()))
-                .collect();
-            samples.encrypt(&write_archive(&borrowed).unwrap())
-        };
-        let twin_guid = "1056e3cc-38fc-4e3c-8cd0-1c831db782d4";
-        let twin = with(twin_guid, "", "");
-        let name = format!("Patients0\\{twin_guid}.pat");
-        let created =
-            create_upload(&client, &b, &migration.key, &name, "Patient", twin.len()).await;
-        let url = created.headers()["location"].to_str().unwrap().to_owned();
-        let r = patch(&client, &url, 0, &twin).await;
-        assert_eq!(r.headers()["sfm-ingest-state"].to_str().unwrap(), "stored");
-        assert_eq!(
-            query_i64(
-                uri,
-                "SELECT count(*) FROM sfm.deviations WHERE message LIKE '%same person%'"
-            )
-            .await,
-            1
-        );
-
-        let stranger_guid = "2a4e3c9e-38fc-4e3c-8cd0-1c831db782d4";
-        let stranger = with(
-            stranger_guid,
-            "<Hpr>222200082</Hpr>",
-            "<Hpr>999999999</Hpr>",
-        );
-        let name = format!("Patients0\\{stranger_guid}.pat");
-        let created = create_upload(
-            &client,
-            &a,
-            &migration.key,
-            &name,
-            "Patient",
-            stranger.len(),
-        )
-        .await;
-        let url = created.headers()["location"].to_str().unwrap().to_owned();
-        let r = patch(&client, &url, 0, &stranger).await;
-        assert_eq!(
-            r.headers()["sfm-ingest-state"].to_str().unwrap(),
-            "rejected"
-        );
-        assert_eq!(
-            r.headers()["sfm-rejection-code"].to_str().unwrap(),
-            "data-quality-hpr-unknown"
-        );
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.patients").await, 2);
-    });
-    drop(api_a);
+        .unwrap()
 }
 
-/// Hostile and malformed input: each gets a clear problem (or a recorded rejection) and nothing is
-/// stored; the server keeps serving.
-#[test]
-fn bad_input_gets_a_clear_problem_and_stores_nothing() {
-    let samples = Samples::new();
-    let migration = provision("api-bad", "Lenient");
-    let ns = migration.ns.name.clone();
-    let port = free_port();
-    let api = start_sample_api(
-        &samples,
-        port,
-        &format!("api-{ns}"),
-        &["--max-upload-bytes", "2000000"],
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let organisation = samples.encrypt(&samples.organisation_zip);
-    let patient_name = format!("Patients0\\{PATIENT_GUID}.pat");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = http();
-        let key = &migration.key;
-        let code = |body: String| {
-            serde_json::from_str::<contract::Problem>(&body)
-                .map(|p| p.code.as_str().to_owned())
-                .unwrap_or(body)
-        };
+/// Request headers and the answer they must get: status and problem code.
+type Expectation<'a> = (Vec<(&'a str, &'a str)>, (u16, &'a str));
 
-        // Keys: wrong secret, malformed, unknown id, missing.
-        let (prefix, _) = key.rsplit_once('_').unwrap();
-        let wrong = format!("{prefix}_{}", "A".repeat(43));
-        let r = create_upload(&client, &base, &wrong, "ExportData.dat", "ExportData", 10).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (401, "key-wrong".into())
-        );
-        let r = create_upload(
-            &client,
-            &base,
-            "sfmk_nope",
-            "ExportData.dat",
-            "ExportData",
-            10,
-        )
-        .await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (401, "key-malformed".into())
-        );
-        let unknown = format!("sfmk_unknownkey1_{}", "A".repeat(43));
-        let r = create_upload(&client, &base, &unknown, "ExportData.dat", "ExportData", 10).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (401, "key-unknown".into())
-        );
-
-        // tus headers and metadata.
-        let r = client
-            .post(format!("{base}/files"))
-            .header("upload-length", "10")
-            .header("sfm-migration-key", key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 412);
-        for metadata in [
-            "name",
-            "name ZZZ",
-            "name RXhwb3J0RGF0YS5kYXQ=,name RXhwb3J0RGF0YS5kYXQ=",
-            "name RXhwb3J0RGF0YS5kYXQ=,FileType T3JnYW5pc2F0aW9u",
-        ] {
-            let r = tus_post(&client, &base, key, 10)
-                .header("upload-metadata", metadata)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(
-                (r.status().as_u16(), code(r.text().await.unwrap())),
-                (400, "metadata-invalid".into()),
-                "{metadata}"
-            );
-        }
-        let r = create_upload(
-            &client,
-            &base,
-            key,
-            "ExportData.dat",
-            "ExportData",
-            3_000_000,
-        )
-        .await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (413, "upload-too-large".into())
-        );
-        let r = client
-            .head(format!(
-                "{base}/files/{}.{}",
-                "0".repeat(32),
-                "1".repeat(32)
-            ))
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
-        let r = client
-            .head(format!("{base}/files/not-an-id"))
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
-
-        // A patient before the organisation.
-        let r = create_upload(&client, &base, key, &patient_name, "Patient", 10).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (409, "organisation-missing".into())
-        );
-
-        // Offsets, sizes, checksums, content type on a real upload.
-        let r = create_upload(
-            &client,
-            &base,
-            key,
-            "ExportData.dat",
-            "ExportData",
-            organisation.len(),
-        )
-        .await;
-        assert_eq!(r.status(), 201);
-        let url = r.headers()["location"].to_str().unwrap().to_owned();
-        let r = patch(&client, &url, 5, &organisation[..10]).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (409, "upload-offset-mismatch".into())
-        );
-        let mut too_long = organisation.clone();
-        too_long.push(0);
-        let r = patch(&client, &url, 0, &too_long).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (413, "upload-too-large".into())
-        );
-        let r = patch_request(&client, &url, 0)
-            .header(
-                "upload-checksum",
-                UploadChecksum::of(ChecksumAlgorithm::Sha256, b"other").to_header(),
-            )
-            .body(organisation[..100].to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 460);
-        let r = client
-            .patch(&url)
-            .header("tus-resumable", "1.0.0")
-            .header("content-type", "text/plain")
-            .header("upload-offset", "0")
-            .body("x")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 415);
-        let head = client
-            .head(&url)
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(head.headers()["upload-offset"].to_str().unwrap(), "0");
-        // Termination, then the id is unknown.
-        let r = client
-            .delete(&url)
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204);
-        let r = client
-            .head(&url)
-            .header("tus-resumable", "1.0.0")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404);
-
-        // Hostile files: each is uploaded completely and rejected with its reason.
-        let entries = read_archive(&samples.organisation_zip, &ArchiveLimits::default())
-            .unwrap()
-            .entries;
-        let xml = String::from_utf8(entries[0].data.clone()).unwrap();
-        let mut flipped = organisation.clone();
-        let at = flipped.len() / 2;
-        flipped[at] ^= 0x40;
-        let doctype = xml.replacen("?>", "?><!DOCTYPE x [<!ENTITY e \"boom\">]>", 1);
-        let deep = xml.replacen(
-            "<Brukere>",
-            &format!("<Brukere>{}{}", "<a>".repeat(10_000), "</a>".repeat(10_000)),
-            1,
-        );
-        let bomb = write_archive(&[("ExportData.xml", vec![b' '; 1_900_000].as_slice())]).unwrap();
-        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("flipped", flipped, "envelope-undecryptable"),
-            (
-                "truncated",
-                organisation[..organisation.len() - 7].to_vec(),
-                "envelope-malformed",
-            ),
-            (
-                "foreign key",
-                envelope::encrypt(
-                    &samples.organisation_zip,
-                    &RecipientCertificate::from_pem(
-                        generate_demo_key_pair(2048, "other")
-                            .unwrap()
-                            .certificate_pem
-                            .as_bytes(),
-                    )
-                    .unwrap(),
-                    "zip",
-                )
-                .unwrap(),
-                "envelope-undecryptable",
-            ),
-            (
-                "header past the end",
-                {
-                    let mut f = organisation.clone();
-                    f[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
-                    f
-                },
-                "envelope-malformed",
-            ),
-            (
-                "traversal",
-                samples.encrypt(&raw_zip(&[("../ExportData.xml", xml.as_bytes())])),
-                "archive-path",
-            ),
-            (
-                "absolute",
-                samples.encrypt(&raw_zip(&[("/etc/ExportData.xml", xml.as_bytes())])),
-                "archive-path",
-            ),
-            (
-                "doctype",
-                samples.encrypt(&write_archive(&[("ExportData.xml", doctype.as_bytes())]).unwrap()),
-                "xml-doctype",
-            ),
-            (
-                "deep",
-                samples.encrypt(&write_archive(&[("ExportData.xml", deep.as_bytes())]).unwrap()),
-                "xml-malformed",
-            ),
-            ("ratio bomb", samples.encrypt(&bomb), "archive-limits"),
-            (
-                "many entries",
-                samples.encrypt(
-                    &write_archive(
-                        &(0..2_500)
-                            .map(|i| (format!("{i}.xml"), b"x".as_slice()))
-                            .collect::<Vec<_>>()
-                            .iter()
-                            .map(|(n, d)| (n.as_str(), *d))
-                            .collect::<Vec<_>>(),
-                    )
-                    .unwrap(),
-                ),
-                "archive-limits",
-            ),
-        ];
-        for (what, file, expected) in cases {
-            let r = create_upload(
-                &client,
-                &base,
-                key,
-                "ExportData.dat",
-                "ExportData",
-                file.len(),
-            )
-            .await;
-            assert_eq!(r.status(), 201, "{what}");
-            let url = r.headers()["location"].to_str().unwrap().to_owned();
-            let r = patch(&client, &url, 0, &file).await;
-            assert_eq!(r.status(), 204, "{what}");
-            assert_eq!(
-                r.headers()["sfm-ingest-state"].to_str().unwrap(),
-                "rejected",
-                "{what}"
-            );
-            assert_eq!(
-                r.headers()["sfm-rejection-code"].to_str().unwrap(),
-                expected,
-                "{what}"
-            );
-        }
-        let uri = &migration.migrator_uri;
-        assert_eq!(
-            query_i64(uri, "SELECT count(*) FROM sfm.stored_files").await,
-            0
-        );
-        assert_eq!(query_i64(uri, "SELECT count(*) FROM sfm.users").await, 0);
-        assert_eq!(
-            query_i64(uri, "SELECT count(*) FROM sfm.rejections").await,
-            10
-        );
-
-        // A key of another database cannot touch this database's upload; a superseded key stops working.
-        let r = create_upload(
-            &client,
-            &base,
-            key,
-            "ExportData.dat",
-            "ExportData",
-            organisation.len(),
-        )
-        .await;
-        let url = r.headers()["location"].to_str().unwrap().to_owned();
-        kubectl_ok(
-            &["apply", "-f", "-"],
-            Some(&key_yaml(&ns, "key-2", "sample")),
-        );
-        assert!(eventually(PATIENCE, || jsonpath(
-            &ns,
-            "mkey/key-1",
-            "{.status.phase}"
-        ) == "Superseded"));
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let r = patch(&client, &url, 0, &organisation).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (403, "key-superseded".into())
-        );
-        let r = create_upload(&client, &base, key, "ExportData.dat", "ExportData", 10).await;
-        assert_eq!(
-            (r.status().as_u16(), code(r.text().await.unwrap())),
-            (403, "key-superseded".into())
-        );
-        assert_eq!(
-            query_i64(uri, "SELECT count(*) FROM sfm.stored_files").await,
-            0
-        );
-        // Still serving.
-        let r = client
-            .get(format!("{base}{}", contract::PATH_PRODUCT_VERSION))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    });
-    let log = api.log_text();
-    assert!(!log.contains(migration.key.rsplit_once('_').unwrap().1));
+/// A request with exactly these headers and body; its status and problem code ([`problem`]).
+async fn exactly(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut request = client.request(method, url).body(body.to_vec());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    problem(request.send().await.unwrap()).await
 }
 
 /// A zip written with the zip crate directly, so names the exporter would refuse can be made.
@@ -1188,9 +819,716 @@ fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     writer.finish().unwrap().into_inner()
 }
 
-/// A database whose policy requires a HelseID token: the API refuses the key alone, accepts a
-/// DPoP-bound token from the local issuer (client assertion, nonce) with a proof for the request, and
-/// refuses the replayed proof.
+/// Lenient: the sample organisation and patient end up as rows with the counts in status, the patient
+/// with a deviation naming `Brukere`; verify and activate reach Operational; nothing personal leaks.
+#[test]
+fn sample_export_over_tus_is_stored_verified_and_activated() {
+    let fx = Fixture::new("api-lenient", "Lenient");
+    let api = fx.api("api", &[]);
+    let base = &api.base;
+    let (organisation, patient) = (&fx.organisation, &fx.patient);
+    let patient_name = patient_name();
+
+    fx.run(async {
+        // A patient before the organisation is refused at creation.
+        let early = create_upload(
+            &fx.client,
+            base,
+            &fx.key,
+            &patient_name,
+            "Patient",
+            patient.len(),
+        )
+        .await;
+        assert_eq!(problem(early).await, (409, "organisation-missing".into()));
+    });
+
+    // The organisation file by tuspy with the key in SessionId (as NHN's uploader sends it), the
+    // patient with the header; 4 KiB chunks.
+    fx.store_organisation(&api, 4096, true);
+    let result = fx.tuspy(&api, patient, &patient_name, "Patient", 4096, false);
+    assert_eq!(result["ingestState"], "stored", "{result}");
+    // The same file again stores one patient.
+    let again = fx.tuspy(&api, patient, &patient_name, "Patient", 65536, false);
+    assert_eq!(again["ingestState"], "stored", "{again}");
+
+    fx.run(async {
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.users").await, 7);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
+        assert!(fx.count("SELECT count(*) FROM sfm.treatments").await > 0);
+        assert!(fx.count("SELECT count(*) FROM sfm.messages").await > 0);
+        assert!(fx.count("SELECT count(*) FROM sfm.documents WHERE kind = 'message'").await > 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.documents WHERE kind = 'patient_data'").await, 1);
+        assert!(fx.count("SELECT count(*) FROM sfm.deviations WHERE path LIKE '%Brukere%'").await > 0, "the lenient patient carries a Brukere deviation");
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files WHERE migration_key_id <> '' AND received_at IS NOT NULL").await, 2);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.upload_chunks").await, 0);
+    });
+    fx.wait_for_status("{.status.migration.patients.stored}", "1");
+    assert_eq!(fx.status("{.status.migration.users.stored}"), "7");
+    assert_eq!(fx.status("{.status.migration.organisationStored}"), "true");
+    let mdb = format!("mdb/{DB}");
+    let managers = kubectl_ok(
+        &[
+            "-n",
+            fx.ns(),
+            "get",
+            &mdb,
+            "--show-managed-fields",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(managers.contains("\"manager\": \"sfm-migration-api\""));
+
+    fx.run(async {
+        let verify = format!("{base}{}", contract::PATH_VERIFY);
+        let activate = format!("{base}{}", contract::PATH_ACTIVATE);
+        let manifest_with = |patient_file: &[u8]| {
+            Manifest::new(vec![
+                manifest_entry(
+                    "ExportData.dat",
+                    contract::FileType::ExportData,
+                    organisation,
+                ),
+                manifest_entry(&patient_name, contract::FileType::Patient, patient_file),
+            ])
+        };
+        // A manifest that lacks nothing but names another digest is a mismatch; the right one validates.
+        let mut wrong = manifest_with(organisation);
+        wrong.files[1].size = patient.len() as u64;
+        let response = fx
+            .with_key(Method::POST, verify.clone())
+            .json(&wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 409);
+        let mismatch: contract::Problem = response.json().await.unwrap();
+        assert_eq!(mismatch.code, contract::ProblemCode::ManifestMismatch);
+        assert_eq!(
+            mismatch.mismatches.unwrap().digest_mismatch,
+            vec![patient_name.clone()]
+        );
+
+        // Activation before validation is refused.
+        let response = fx
+            .with_key(Method::POST, activate.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 409);
+
+        let manifest = manifest_with(patient);
+        let response = fx
+            .with_key(Method::POST, verify)
+            .json(&manifest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+        let verified: contract::VerifyResponse = response.json().await.unwrap();
+        assert_eq!(verified.digest, manifest.digest());
+        assert_eq!(verified.patients, 1);
+        assert_eq!(
+            fx.status("{.status.migration.validatedDigest}"),
+            manifest.digest()
+        );
+
+        // Validated: no more uploads.
+        let refused =
+            create_upload(&fx.client, base, &fx.key, "Patients0\\x.pat", "Patient", 10).await;
+        assert_eq!(problem(refused).await, (409, "migration-validated".into()));
+
+        let status = fx.api_status(base).await;
+        assert_eq!(status.patients.stored, 1);
+        assert_eq!(
+            status.validated_digest.as_deref(),
+            Some(manifest.digest().as_str())
+        );
+
+        let response = fx.with_key(Method::POST, activate).send().await.unwrap();
+        assert_eq!(response.status(), 202);
+    });
+    kubectl_ok(
+        &[
+            "-n",
+            fx.ns(),
+            "wait",
+            "--for=condition=Operational",
+            &mdb,
+            WAIT_TIMEOUT,
+        ],
+        None,
+    );
+
+    // Nothing personal and no secret in the logs, Events, metrics or status.
+    let metrics = std::process::Command::new("curl")
+        .args(["-fsS", &format!("{base}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    assert!(metrics.contains("sfm_api_files_stored_total"));
+    // The chart's RBAC was enough for the whole migration.
+    let log = api.process.log_text();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the API was refused something under the chart's RBAC: {log}"
+    );
+    let everything = [
+        log,
+        fx.operator.log_text(),
+        metrics,
+        kubectl_ok(&["-n", fx.ns(), "get", "mdb,mkey", "-o", "yaml"], None),
+        kubectl_ok(&["-n", fx.ns(), "get", "events", "-o", "yaml"], None),
+    ]
+    .join("\n");
+    let password = fx
+        .migrator_uri
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let secret_part = fx.key.rsplit_once('_').unwrap().1.to_owned();
+    for value in fx
+        .samples
+        .personal_data()
+        .into_iter()
+        .chain([secret_part, password])
+    {
+        assert!(
+            !everything.contains(&value),
+            "a fixture value or secret leaked into logs, metrics or status"
+        );
+    }
+}
+
+/// Strict: the 2021 sample patient (`Brukere` where the XSD has `InVib`) is rejected with a reason.
+#[test]
+fn strict_schema_check_rejects_the_sample_patient() {
+    let fx = Fixture::new("api-strict", "Strict");
+    let api = fx.api("api", &[]);
+    fx.store_organisation(&api, 8192, false);
+    let result = fx.tuspy(&api, &fx.patient, &patient_name(), "Patient", 8192, false);
+    assert_eq!(result["ingestState"], "rejected", "{result}");
+    assert_eq!(result["rejectionCode"], "xml-schema");
+    fx.run(async {
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections WHERE reason_code = 'xml_schema' AND message LIKE '%Brukere%'").await, 1);
+    });
+    fx.wait_for_status("{.status.migration.patients.rejected}", "1");
+}
+
+/// Two API processes; the PATCHes of one upload alternate between them, one is killed with SIGKILL
+/// between chunks and started again: the upload completes, nothing is lost or stored twice. Then the
+/// same person under another Id is stored and flagged, and an HPR number no user has is rejected.
+#[test]
+fn two_replicas_share_an_upload_across_a_kill() {
+    let fx = Fixture::new("api-replicas", "Lenient");
+    let mut apis = [fx.api("api-a", &[]), fx.api("api-b", &[])];
+    fx.store_organisation(&apis[0], 65536, false);
+    let patient = &fx.patient;
+    fx.run(async {
+        let url = fx
+            .create(&apis[0].base, &patient_name(), "Patient", patient.len())
+            .await;
+        let chunks: Vec<&[u8]> = patient.chunks(patient.len() / 6 + 1).collect();
+        let mut offset = 0;
+        for (index, chunk) in chunks.iter().enumerate() {
+            if index == 3 {
+                // A crash between chunks: the next PATCH for A goes to a fresh process on the same port.
+                apis[0].process.kill();
+                apis[0] = fx.api_on(apis[0].port, "api-a2", &[]);
+            }
+            let target = apis[index % 2].file(&url);
+            // A stale PATCH (the previous offset) is refused and changes nothing.
+            if index > 0 {
+                let previous = chunks[index - 1];
+                let stale = fx.patch(&target, offset - previous.len(), previous).await;
+                assert_eq!(stale.status(), 409);
+            }
+            let response = fx.patch(&target, offset, chunk).await;
+            assert_eq!(
+                response.status(),
+                204,
+                "chunk {index}: {:?}",
+                response.text().await
+            );
+            offset += chunk.len();
+            assert_eq!(header(&response, "upload-offset"), offset.to_string());
+            if index == chunks.len() - 1 {
+                assert_eq!(header(&response, "sfm-ingest-state"), "stored");
+            }
+        }
+        let head = fx.head(&apis[1].file(&url), &fx.key).await;
+        assert_eq!(header(&head, "upload-offset"), patient.len().to_string());
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
+        assert_eq!(
+            fx.count("SELECT count(*) FROM sfm.stored_files WHERE kind = 'patient'")
+                .await,
+            1
+        );
+        // The stored file is byte for byte what was sent.
+        let mut connection = sqlx::PgConnection::connect(&fx.migrator_uri).await.unwrap();
+        let digest: String = sqlx::query_scalar(
+            "SELECT encode(sha256, 'hex') FROM sfm.stored_files WHERE kind = 'patient'",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+        assert_eq!(digest, contract::sha256_hex(patient));
+
+        // The same person under another Id is stored and flagged; an HPR number no user has is rejected.
+        let twin_guid = "1056e3cc-38fc-4e3c-8cd0-1c831db782d4";
+        let r = fx.upload_patient_as(&apis[1].base, twin_guid, "", "").await;
+        assert_eq!(header(&r, "sfm-ingest-state"), "stored");
+        assert_eq!(
+            fx.count("SELECT count(*) FROM sfm.deviations WHERE message LIKE '%same person%'")
+                .await,
+            1
+        );
+
+        let stranger_guid = "2a4e3c9e-38fc-4e3c-8cd0-1c831db782d4";
+        let r = fx
+            .upload_patient_as(
+                &apis[0].base,
+                stranger_guid,
+                "<Hpr>222200082</Hpr>",
+                "<Hpr>999999999</Hpr>",
+            )
+            .await;
+        assert_eq!(header(&r, "sfm-ingest-state"), "rejected");
+        assert_eq!(header(&r, "sfm-rejection-code"), "data-quality-hpr-unknown");
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 2);
+    });
+}
+
+/// Hostile and malformed input: each gets a clear problem (or a recorded rejection) and nothing is
+/// stored; the server keeps serving.
+#[test]
+fn bad_input_gets_a_clear_problem_and_stores_nothing() {
+    let fx = Fixture::new("api-bad", "Lenient");
+    let api = fx.api("api", &["--max-upload-bytes", "2000000"]);
+    let base = &api.base;
+    let organisation = &fx.organisation;
+    fx.run(async {
+        let client = &fx.client;
+        let key = &fx.key;
+
+        // Keys: wrong secret, malformed, unknown id.
+        let (prefix, _) = key.rsplit_once('_').unwrap();
+        let wrong = format!("{prefix}_{}", "A".repeat(43));
+        let unknown = format!("sfmk_unknownkey1_{}", "A".repeat(43));
+        for (presented, expected) in [
+            (wrong.as_str(), "key-wrong"),
+            ("sfmk_nope", "key-malformed"),
+            (unknown.as_str(), "key-unknown"),
+        ] {
+            let r =
+                create_upload(client, base, presented, "ExportData.dat", "ExportData", 10).await;
+            assert_eq!(problem(r).await, (401, expected.into()));
+        }
+
+        // Creation requests with exactly these headers: no key, the key in the header and another
+        // in SessionId, tus headers, Upload-Length and Upload-Metadata.
+        let files = format!("{base}/files");
+        let tus_1 = ("tus-resumable", "1.0.0");
+        let keyed = ("sfm-migration-key", key.as_str());
+        let ten = ("upload-length", "10");
+        let export_data = contract::encode_upload_metadata(&[
+            ("name", "ExportData.dat"),
+            ("FileType", "ExportData"),
+        ]);
+        let session_differs = contract::encode_upload_metadata(&[
+            ("name", "ExportData.dat"),
+            ("FileType", "ExportData"),
+            ("SessionId", &wrong),
+        ]);
+        let mut creations: Vec<Expectation> = vec![
+            (
+                vec![tus_1, ten, ("upload-metadata", &export_data)],
+                (401, "key-missing"),
+            ),
+            (
+                vec![tus_1, ten, keyed, ("upload-metadata", &session_differs)],
+                (401, "key-wrong"),
+            ),
+            (vec![ten, keyed], (412, "tus-version-unsupported")),
+            (vec![tus_1, keyed], (400, "header-invalid")),
+            (
+                vec![tus_1, keyed, ("upload-length", "-1")],
+                (400, "header-invalid"),
+            ),
+            (
+                vec![tus_1, keyed, ("upload-length", "ten")],
+                (400, "header-invalid"),
+            ),
+        ];
+        let too_many = format!(
+            "{export_data},{}",
+            (0..31)
+                .map(|i| format!("k{i} eA=="))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let too_large = format!(
+            "{export_data},pad {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                vec![b'x'; contract::MAX_UPLOAD_METADATA_BYTES]
+            )
+        );
+        let long_key = format!("{export_data},{} eA==", "k".repeat(65));
+        for metadata in [
+            "name",
+            "name ZZZ",
+            "name RXhwb3J0RGF0YS5kYXQ=,name RXhwb3J0RGF0YS5kYXQ=",
+            "name RXhwb3J0RGF0YS5kYXQ=,FileType T3JnYW5pc2F0aW9u",
+            // ExportData.dat sent as a Patient.
+            "name RXhwb3J0RGF0YS5kYXQ=,FileType UGF0aWVudA==",
+            too_many.as_str(),
+            too_large.as_str(),
+            long_key.as_str(),
+        ] {
+            creations.push((
+                vec![tus_1, ten, keyed, ("upload-metadata", metadata)],
+                (400, "metadata-invalid"),
+            ));
+        }
+        for (headers, (status, code)) in &creations {
+            assert_eq!(
+                exactly(client, Method::POST, &files, headers, b"").await,
+                (*status, code.to_string()),
+                "{:.200}",
+                format!("{headers:?}")
+            );
+        }
+        let r = create_upload(client, base, key, "ExportData.dat", "ExportData", 3_000_000).await;
+        assert_eq!(problem(r).await, (413, "upload-too-large".into()));
+
+        // Unknown uploads: of an unknown database, malformed, and (below) of this database.
+        let nowhere = format!("{base}/files/{}.{}", "0".repeat(32), "1".repeat(32));
+        for url in [nowhere.as_str(), &format!("{base}/files/not-an-id")] {
+            assert_eq!(tus(client, Method::HEAD, url).await.status(), 404, "{url}");
+        }
+        let r = fx.patch(&nowhere, 0, b"x").await;
+        assert_eq!(problem(r).await, (404, "upload-not-found".into()));
+        let r = tus(client, Method::DELETE, &nowhere).await;
+        assert_eq!(problem(r).await, (404, "upload-not-found".into()));
+
+        // A patient before the organisation.
+        let r = create_upload(client, base, key, &patient_name(), "Patient", 10).await;
+        assert_eq!(problem(r).await, (409, "organisation-missing".into()));
+
+        // Offsets, sizes, checksums, content type and headers on a real upload.
+        let url = fx
+            .create(base, "ExportData.dat", "ExportData", organisation.len())
+            .await;
+        let id = upload_id(&url);
+        let (database_uid, _) = id.split_once('.').unwrap();
+        let unknown_here = format!("{base}/files/{database_uid}.{}", "2".repeat(32));
+        let r = fx.patch(&unknown_here, 0, b"x").await;
+        assert_eq!(problem(r).await, (404, "upload-not-found".into()));
+        let r = fx.patch(&url, 5, &organisation[..10]).await;
+        assert_eq!(problem(r).await, (409, "upload-offset-mismatch".into()));
+        let mut too_long = organisation.clone();
+        too_long.push(0);
+        let r = fx.patch(&url, 0, &too_long).await;
+        assert_eq!(problem(r).await, (413, "upload-too-large".into()));
+        let octets = ("content-type", "application/offset+octet-stream");
+        let at_0 = ("upload-offset", "0");
+        let other = UploadChecksum::of(ChecksumAlgorithm::Sha256, b"other").to_header();
+        let patches: [Expectation; 5] = [
+            (
+                vec![tus_1, octets, at_0, ("upload-checksum", &other)],
+                (460, "checksum-mismatch"),
+            ),
+            (
+                vec![
+                    tus_1,
+                    octets,
+                    at_0,
+                    ("upload-checksum", "md5 XUFAKrxLKna5cZ2REBfFkg=="),
+                ],
+                (400, "checksum-algorithm-unsupported"),
+            ),
+            (
+                vec![tus_1, ("content-type", "text/plain"), at_0],
+                (415, "content-type-invalid"),
+            ),
+            (vec![tus_1, octets], (400, "header-invalid")),
+            (
+                vec![("tus-resumable", "0.2.2"), octets, at_0],
+                (412, "tus-version-unsupported"),
+            ),
+        ];
+        for (headers, (status, code)) in &patches {
+            assert_eq!(
+                exactly(client, Method::PATCH, &url, headers, &organisation[..100]).await,
+                (*status, code.to_string()),
+                "{headers:?}"
+            );
+        }
+        let head = tus(client, Method::HEAD, &url).await;
+        assert_eq!(header(&head, "upload-offset"), "0");
+        // Termination, then the id is unknown.
+        let r = tus(client, Method::DELETE, &url).await;
+        assert_eq!(r.status(), 204);
+        let r = tus(client, Method::HEAD, &url).await;
+        assert_eq!(r.status(), 404);
+
+        // Hostile files: each is uploaded completely and rejected with its reason.
+        let entries = read_archive(&fx.samples.organisation_zip, &ArchiveLimits::default())
+            .unwrap()
+            .entries;
+        let xml = String::from_utf8(entries[0].data.clone()).unwrap();
+        let changed = |change: &dyn Fn(&mut Vec<u8>)| {
+            let mut file = organisation.clone();
+            change(&mut file);
+            file
+        };
+        let doctype = xml.replacen("?>", "?><!DOCTYPE x [<!ENTITY e \"boom\">]>", 1);
+        let deep = xml.replacen(
+            "<Brukere>",
+            &format!("<Brukere>{}{}", "<a>".repeat(10_000), "</a>".repeat(10_000)),
+            1,
+        );
+        let bomb = write_archive(&[("ExportData.xml", vec![b' '; 1_900_000].as_slice())]).unwrap();
+        let encrypt_zip =
+            |entries: &[(&str, &[u8])]| fx.samples.encrypt(&write_archive(entries).unwrap());
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "flipped",
+                changed(&|f| {
+                    let at = f.len() / 2;
+                    f[at] ^= 0x40
+                }),
+                "envelope-undecryptable",
+            ),
+            (
+                // The last byte of the next-to-last ciphertext block flips the padding byte of the
+                // last block: the same answer as any other garbage (no padding oracle).
+                "bad padding",
+                changed(&|f| {
+                    let at = f.len() - 17;
+                    f[at] ^= 0x40
+                }),
+                "envelope-undecryptable",
+            ),
+            (
+                "a whole block short",
+                organisation[..organisation.len() - 16].to_vec(),
+                "envelope-undecryptable",
+            ),
+            (
+                "truncated",
+                organisation[..organisation.len() - 7].to_vec(),
+                "envelope-malformed",
+            ),
+            (
+                "foreign key",
+                envelope::encrypt(
+                    &fx.samples.organisation_zip,
+                    &RecipientCertificate::from_pem(
+                        generate_demo_key_pair(2048, "other")
+                            .unwrap()
+                            .certificate_pem
+                            .as_bytes(),
+                    )
+                    .unwrap(),
+                    "zip",
+                )
+                .unwrap(),
+                "envelope-undecryptable",
+            ),
+            (
+                "header past the end",
+                changed(&|f| f[0..4].copy_from_slice(&u32::MAX.to_le_bytes())),
+                "envelope-malformed",
+            ),
+            (
+                "IV of 15 bytes",
+                changed(&|f| f[4..8].copy_from_slice(&15u32.to_le_bytes())),
+                "envelope-malformed",
+            ),
+            (
+                "extension length implausible",
+                changed(&|f| f[8..12].copy_from_slice(&u32::MAX.to_le_bytes())),
+                "envelope-malformed",
+            ),
+            (
+                "traversal",
+                fx.samples
+                    .encrypt(&raw_zip(&[("../ExportData.xml", xml.as_bytes())])),
+                "archive-path",
+            ),
+            (
+                "absolute",
+                fx.samples
+                    .encrypt(&raw_zip(&[("/etc/ExportData.xml", xml.as_bytes())])),
+                "archive-path",
+            ),
+            (
+                "doctype",
+                encrypt_zip(&[("ExportData.xml", doctype.as_bytes())]),
+                "xml-doctype",
+            ),
+            (
+                "deep",
+                encrypt_zip(&[("ExportData.xml", deep.as_bytes())]),
+                "xml-malformed",
+            ),
+            ("ratio bomb", fx.samples.encrypt(&bomb), "archive-limits"),
+            (
+                "many entries",
+                encrypt_zip(
+                    &(0..2_500)
+                        .map(|i| (format!("{i}.xml"), b"x".as_slice()))
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(|(n, d)| (n.as_str(), *d))
+                        .collect::<Vec<_>>(),
+                ),
+                "archive-limits",
+            ),
+        ];
+        let mut rejected = String::new();
+        for (what, file, expected) in cases {
+            let (url, r) = fx
+                .upload_whole(base, "ExportData.dat", "ExportData", &file)
+                .await;
+            assert_eq!(r.status(), 204, "{what}");
+            assert_eq!(header(&r, "sfm-ingest-state"), "rejected", "{what}");
+            assert_eq!(header(&r, "sfm-rejection-code"), expected, "{what}");
+            rejected = url;
+        }
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.users").await, 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections").await, 14);
+        // A complete upload (rejected or not) cannot be terminated.
+        let r = tus(client, Method::DELETE, &rejected).await;
+        assert_eq!(problem(r).await, (409, "upload-complete".into()));
+
+        // Still serving.
+        let r = client
+            .get(format!("{base}{}", contract::PATH_PRODUCT_VERSION))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    let log = api.process.log_text();
+    assert!(!log.contains(fx.key.rsplit_once('_').unwrap().1));
+}
+
+/// Keys that must not reach an upload, each answered 403 after the secret matched, with nothing
+/// stored: another database's key (`key-wrong-database` on HEAD, PATCH and DELETE of this database's
+/// upload, which stays intact), a superseded key (`key-superseded` on creation and on the upload it
+/// created), and an expired key (`timeToLive: 90s`; `key-expired` on creation and on the upload it
+/// created while it was valid).
+#[test]
+fn keys_of_another_database_superseded_or_expired_are_refused() {
+    let fx = Fixture::new("api-keys", "Lenient");
+    let api = fx.api("api", &[]);
+    let base = &api.base;
+    let ns = fx.ns();
+    let other_uri = provision_database(ns, "other", &database_yaml(ns, "other", "Lenient"));
+    let other_key = issue_key(ns, "other-1", "other", "2h");
+    let organisation = &fx.organisation;
+    let mut secrets = vec![fx.key.clone(), other_key.clone()];
+    fx.run(async {
+        let client = &fx.client;
+        // Another database's key cannot touch this database's upload.
+        let url = fx
+            .create(base, "ExportData.dat", "ExportData", organisation.len())
+            .await;
+        let r = fx.head(&url, &other_key).await;
+        assert_eq!(r.status(), 403);
+        let tus_1 = ("tus-resumable", "1.0.0");
+        let other = ("sfm-migration-key", other_key.as_str());
+        let octets = ("content-type", "application/offset+octet-stream");
+        for (method, headers, body) in [
+            (
+                Method::PATCH,
+                vec![tus_1, other, octets, ("upload-offset", "0")],
+                organisation.as_slice(),
+            ),
+            (Method::DELETE, vec![tus_1, other], b"".as_slice()),
+        ] {
+            assert_eq!(
+                exactly(client, method.clone(), &url, &headers, body).await,
+                (403, "key-wrong-database".into()),
+                "{method}"
+            );
+        }
+        let head = fx.head(&url, &fx.key).await;
+        assert_eq!(head.status(), 200);
+        assert_eq!(header(&head, "upload-offset"), "0");
+
+        // A superseded key stops working, also on the upload it created.
+        let key_2 = issue_key(ns, "key-2", DB, "2h");
+        assert!(eventually(PATIENCE, || jsonpath(
+            ns,
+            "mkey/key-1",
+            "{.status.phase}"
+        ) == "Superseded"));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let r = fx.patch(&url, 0, organisation).await;
+        assert_eq!(problem(r).await, (403, "key-superseded".into()));
+        let r = create_upload(client, base, &fx.key, "ExportData.dat", "ExportData", 10).await;
+        assert_eq!(problem(r).await, (403, "key-superseded".into()));
+
+        // An expired key: usable until its time to live runs out, then refused, also on its upload.
+        let short = issue_key(ns, "key-3", DB, "90s");
+        let url = new_upload(
+            client,
+            base,
+            &short,
+            "ExportData.dat",
+            "ExportData",
+            organisation.len(),
+        )
+        .await;
+        let r = fx.patch(&url, 0, &organisation[..1000]).await;
+        assert_eq!(r.status(), 204);
+        let expired = eventually_async(|| async {
+            let r = client
+                .post(format!("{base}{}", contract::PATH_KEY_CHECK))
+                .header("sfm-migration-key", &short)
+                .send()
+                .await
+                .unwrap();
+            problem(r).await == (403, "key-expired".into())
+        })
+        .await;
+        assert!(expired, "key-3 did not expire");
+        let r = create_upload(client, base, &short, "ExportData.dat", "ExportData", 10).await;
+        assert_eq!(problem(r).await, (403, "key-expired".into()));
+        let r = fx.patch(&url, 1000, &organisation[1000..]).await;
+        assert_eq!(problem(r).await, (403, "key-expired".into()));
+        let r = fx.head(&url, &short).await;
+        assert_eq!(r.status(), 403);
+
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 0);
+        assert_eq!(
+            query_i64(&other_uri, "SELECT count(*) FROM sfm.stored_files").await,
+            0
+        );
+        assert_eq!(
+            query_i64(&other_uri, "SELECT count(*) FROM sfm.uploads").await,
+            0
+        );
+        secrets.extend([key_2, short]);
+    });
+    let log = api.process.log_text();
+    for key in secrets {
+        assert!(!log.contains(key.rsplit_once('_').unwrap().1));
+    }
+}
+
 #[test]
 fn helseid_token_is_required_when_the_database_asks_for_it() {
     use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -1228,11 +1566,16 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
         encode(&header, &claims, key).unwrap()
     };
 
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let issuer_listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    // The issuer's address first: the database's policy names it.
+    let issuer_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    issuer_listener.set_nonblocking(true).unwrap();
     let issuer_url = format!("http://{}", issuer_listener.local_addr().unwrap());
+    let fx = Fixture::with_database("api-helseid", |ns| {
+        database_yaml(ns, DB, "Lenient").replace(
+            "    schemaCheck: Lenient\n",
+            &format!("    schemaCheck: Lenient\n    helseId:\n      issuer: {issuer_url}\n      audience: nhn:sfm-migration\n      requiredScope: nhn:sfm-migration/upload\n"),
+        )
+    });
     let (client_key, client_jwk) = es256();
     let issuer = Issuer::new(IssuerConfig {
         issuer_url: issuer_url.clone(),
@@ -1250,55 +1593,19 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
     })
     .unwrap();
     let token_endpoint = issuer.token_endpoint();
-    runtime.spawn(async move {
+    fx.runtime.spawn(async move {
         axum::serve(
-            issuer_listener,
+            tokio::net::TcpListener::from_std(issuer_listener).unwrap(),
             sfm_migration::helseid::issuer::router(issuer),
         )
         .await
         .unwrap()
     });
+    let api = fx.api("api", &[]);
+    let key_check = format!("{}{}", api.base, contract::PATH_KEY_CHECK);
+    let key = fx.key.clone();
 
-    install_crds();
-    kubectl(&["create", "namespace", API_NS], None);
-    let ns = TestNamespace::new("api-helseid");
-    let _operator = start_operator(&ns.name, API_NS, &format!("operator-{}", ns.name));
-    let yaml = database_yaml(&ns.name, "sample", "Lenient").replace(
-        "    schemaCheck: Lenient\n",
-        &format!("    schemaCheck: Lenient\n    helseId:\n      issuer: {issuer_url}\n      audience: nhn:sfm-migration\n      requiredScope: nhn:sfm-migration/upload\n"),
-    );
-    kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
-    kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(&key_yaml(&ns.name, "key-1", "sample")),
-    );
-    kubectl_ok(
-        &[
-            "-n",
-            &ns.name,
-            "wait",
-            "--for=condition=Ready",
-            "mdb/sample",
-            WAIT_TIMEOUT,
-        ],
-        None,
-    );
-    assert!(eventually(PATIENCE, || jsonpath(
-        &ns.name,
-        "mkey/key-1",
-        "{.status.phase}"
-    ) == "Active"));
-    let key = secret_field(
-        &ns.name,
-        &jsonpath(&ns.name, "mkey/key-1", "{.status.secretName}"),
-        "key",
-    );
-    let samples = Samples::new();
-    let port = free_port();
-    let _api = start_sample_api(&samples, port, &format!("api-{}", ns.name), &[]);
-    let key_check = format!("http://127.0.0.1:{port}{}", contract::PATH_KEY_CHECK);
-
-    runtime.block_on(async {
+    fx.run(async {
         let http = http();
         let r = http.post(&key_check).header("sfm-migration-key", &key).send().await.unwrap();
         assert_eq!(r.status(), 401);
@@ -1338,32 +1645,14 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
 /// 503 `busy` with `Retry-After`; once the PATCH is done the server serves again.
 #[test]
 fn a_busy_api_answers_503_with_retry_after() {
-    let samples = Samples::new();
-    let migration = provision("api-busy", "Lenient");
-    let ns = migration.ns.name.clone();
-    let port = free_port();
-    let _api = start_sample_api(
-        &samples,
-        port,
-        &format!("api-{ns}"),
-        &["--max-inflight-requests", "1"],
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let organisation = samples.encrypt(&samples.organisation_zip);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = http();
-        let created = create_upload(
-            &client,
-            &base,
-            &migration.key,
-            "ExportData.dat",
-            "ExportData",
-            organisation.len(),
-        )
-        .await;
-        assert_eq!(created.status(), 201);
-        let url = created.headers()["location"].to_str().unwrap().to_owned();
+    let fx = Fixture::new("api-busy", "Lenient");
+    let api = fx.api("api", &["--max-inflight-requests", "1"]);
+    let base = &api.base;
+    let organisation = &fx.organisation;
+    fx.run(async {
+        let url = fx
+            .create(base, "ExportData.dat", "ExportData", organisation.len())
+            .await;
         let (first, rest) = organisation.split_at(1000);
         let (first, rest) = (
             bytes::Bytes::copy_from_slice(first),
@@ -1375,20 +1664,16 @@ fn a_busy_api_answers_503_with_retry_after() {
                 Ok(rest)
             }),
         );
-        let slow_client = client.clone();
-        let slow_url = url.clone();
-        let in_flight = tokio::spawn(async move {
-            patch_request(&slow_client, &slow_url, 0)
+        let in_flight = tokio::spawn(
+            patch_request(&fx.client, &url, 0)
                 .body(reqwest::Body::wrap_stream(slow))
-                .send()
-                .await
-                .unwrap()
-        });
+                .send(),
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
         let busy = create_request(
             &reqwest::Client::new(),
-            &base,
-            &migration.key,
+            base,
+            &fx.key,
             "ExportData.dat",
             "ExportData",
             10,
@@ -1397,15 +1682,201 @@ fn a_busy_api_answers_503_with_retry_after() {
         .await
         .unwrap();
         assert_eq!(busy.status(), 503);
-        assert!(
-            contract::parse_retry_after(busy.headers()["retry-after"].to_str().unwrap()).is_some()
-        );
+        assert!(contract::parse_retry_after(header(&busy, "retry-after")).is_some());
         assert!(busy.text().await.unwrap().contains("\"busy\""));
-        let done = in_flight.await.unwrap();
+        let done = in_flight.await.unwrap().unwrap();
         assert_eq!(done.status(), 204);
-        assert_eq!(
-            done.headers()["sfm-ingest-state"].to_str().unwrap(),
-            "stored"
-        );
+        assert_eq!(header(&done, "sfm-ingest-state"), "stored");
     });
+}
+
+/// A crash in the middle of an ingest, with two replicas: the one ingesting the upload is killed with
+/// SIGKILL while its ingest transaction is open (claimed, stored file and patient rows written, not
+/// committed; see [`Fixture::kill_mid_ingest`], which makes this certain rather than likely). The
+/// other replica's recovery loop then ingests the upload: it ends `ingested`, exactly one stored file
+/// (byte for byte what was sent, naming this upload) and one patient, no rejection, no chunks left,
+/// `HEAD` says `stored`, and status (API and CR) counts one patient received and stored.
+#[test]
+fn a_replica_killed_mid_ingest_leaves_the_upload_to_the_other() {
+    let fx = Fixture::new("api-crash", "Lenient");
+    let mut apis = [fx.api("api-a", &[]), fx.api("api-b", &[])];
+    fx.store_organisation(&apis[0], 65536, false);
+    let patient = &fx.patient;
+    let survivor = fx.run(async {
+        // Five chunks alternating between the replicas; the sixth, the last, to A.
+        let url = fx
+            .create(&apis[1].base, &patient_name(), "Patient", patient.len())
+            .await;
+        let chunks: Vec<&[u8]> = patient.chunks(patient.len() / 6 + 1).collect();
+        let (last, first) = chunks.split_last().unwrap();
+        let mut offset = 0;
+        for (index, chunk) in first.iter().enumerate() {
+            let r = fx.patch(&apis[index % 2].file(&url), offset, chunk).await;
+            assert_eq!(r.status(), 204, "chunk {index}");
+            offset += chunk.len();
+        }
+        let killed = fx.kill_mid_ingest(&mut apis, 0, &url, offset, last).await;
+        let survivor = 1 - killed;
+
+        fx.wait_for_upload(&url, "ingested").await;
+        assert_eq!(
+            fx.upload_row(&url).await,
+            Some(("ingested".to_owned(), patient.len() as i64, 0))
+        );
+        assert_eq!(
+            fx.count("SELECT count(*) FROM sfm.stored_files WHERE kind = 'patient'")
+                .await,
+            1
+        );
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections").await, 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.upload_chunks").await, 0);
+        let mut connection = sqlx::PgConnection::connect(&fx.migrator_uri).await.unwrap();
+        let (digest, upload): (String, Option<Uuid>) = sqlx::query_as(
+            "SELECT encode(sha256, 'hex'), upload_id FROM sfm.stored_files WHERE kind = 'patient'",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+        assert_eq!(digest, contract::sha256_hex(patient));
+        assert_eq!(upload, Some(row_id(&url)));
+
+        let head = fx.head(&apis[survivor].file(&url), &fx.key).await;
+        assert_eq!(head.status(), 200);
+        assert_eq!(header(&head, "sfm-ingest-state"), "stored");
+        assert_eq!(header(&head, "upload-offset"), patient.len().to_string());
+        let status = fx.api_status(&apis[survivor].base).await;
+        assert_eq!(
+            (
+                status.patients.received,
+                status.patients.stored,
+                status.patients.rejected
+            ),
+            (1, 1, 0)
+        );
+        survivor
+    });
+    assert!(
+        apis[survivor]
+            .process
+            .log_text()
+            .contains("ingesting an upload left complete"),
+        "the survivor's recovery loop did not take the upload"
+    );
+    fx.wait_for_status("{.status.migration.patients.stored}", "1");
+    assert_eq!(fx.status("{.status.migration.patients.received}"), "1");
+    assert_eq!(fx.status("{.status.migration.patients.rejected}"), "0");
+    assert_eq!(fx.status("{.status.migration.users.stored}"), "7");
+}
+
+/// tus expiration, and the sweep of the recovery loop. A PATCH to an upload past its `expires_at`
+/// (moved a minute back by SQL) gets 410 `upload-expired` and stores nothing, although it carries the
+/// last bytes; HEAD says 410 too. Unfinished uploads (created, and receiving with a chunk) more than
+/// an hour past expiry are deleted with their chunks; the one expired a minute ago stays (the grace
+/// hour), and so do complete, ingested and rejected uploads however old. The complete one is left by
+/// killing the only API in the middle of its ingest; the API started again sweeps, then ingests it
+/// (the single-replica variant of the crash).
+#[test]
+fn expired_uploads_get_410_and_only_unfinished_ones_are_swept() {
+    let fx = Fixture::new("api-expiry", "Lenient");
+    let mut apis = [fx.api("api", &[])];
+    let organisation = fx.store_organisation(&apis[0], 65536, false);
+    let patient = &fx.patient;
+    let base = apis[0].base.clone();
+    let name = |n: u32| format!("Patients0\\{n:08}-0000-4000-8000-000000000000.pat");
+    let (created, receiving, rejected, late, complete) = fx.run(async {
+        let created = fx.create(&base, &name(1), "Patient", patient.len()).await;
+        let receiving = fx.create(&base, &name(2), "Patient", patient.len()).await;
+        assert_eq!(
+            fx.patch(&receiving, 0, &patient[..1000]).await.status(),
+            204
+        );
+        let truncated = &patient[..patient.len() - 7];
+        let (rejected, r) = fx.upload_whole(&base, &name(3), "Patient", truncated).await;
+        assert_eq!(header(&r, "sfm-rejection-code"), "envelope-malformed");
+
+        // Expired a minute ago: the last 100 bytes would complete it, and get 410.
+        let late = fx
+            .create(&base, &patient_name(), "Patient", patient.len())
+            .await;
+        let (head, tail) = patient.split_at(patient.len() - 100);
+        assert_eq!(fx.patch(&late, 0, head).await.status(), 204);
+        fx.expire(&late, "1 minute").await;
+        let r = fx.patch(&late, head.len(), tail).await;
+        assert_eq!(problem(r).await, (410, "upload-expired".into()));
+        let r = fx.head(&late, &fx.key).await;
+        assert_eq!(r.status(), 410);
+        assert_eq!(
+            fx.upload_row(&late).await,
+            Some(("receiving".to_owned(), head.len() as i64, 1))
+        );
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 1);
+
+        // Complete but not ingested: the only API dies in the middle of the ingest.
+        let complete = fx
+            .create(&base, &patient_name(), "Patient", patient.len())
+            .await;
+        let (first, last) = patient.split_at(patient.len() / 2);
+        assert_eq!(fx.patch(&complete, 0, first).await.status(), 204);
+        fx.kill_mid_ingest(&mut apis, 0, &complete, first.len(), last)
+            .await;
+        (created, receiving, rejected, late, complete)
+    });
+
+    // No API runs: every upload but `late` more than an hour past its expiry.
+    fx.run(async {
+        for url in [&created, &receiving, &rejected, &complete, &organisation] {
+            fx.expire(url, "2 hours").await;
+        }
+        let states = [
+            (&created, "created"),
+            (&receiving, "receiving"),
+            (&rejected, "rejected"),
+            (&late, "receiving"),
+            (&complete, "complete"),
+            (&organisation, "ingested"),
+        ];
+        for (url, state) in states {
+            assert_eq!(fx.upload_state(url).await.as_deref(), Some(state));
+        }
+    });
+    let restarted = fx.api_on(apis[0].port, "api-restarted", &[]);
+    fx.run(async {
+        let swept = eventually_async(|| async {
+            fx.upload_state(&created).await.is_none() && fx.upload_state(&receiving).await.is_none()
+        })
+        .await;
+        assert!(swept, "the unfinished uploads were not swept");
+        // The same DELETE left everything else; the complete upload is still there (it may be
+        // ingested by now, since the same loop takes it next).
+        assert_eq!(
+            fx.upload_row(&late).await,
+            Some(("receiving".to_owned(), (patient.len() - 100) as i64, 1))
+        );
+        let complete_state = fx.upload_state(&complete).await;
+        assert!(
+            matches!(complete_state.as_deref(), Some("complete" | "ingested")),
+            "{complete_state:?}"
+        );
+        for (url, state) in [(&organisation, "ingested"), (&rejected, "rejected")] {
+            assert_eq!(fx.upload_state(url).await.as_deref(), Some(state));
+        }
+        // The swept uploads' chunks went with them: only the late upload's one chunk is left, until
+        // the complete upload is ingested.
+        fx.wait_for_upload(&complete, "ingested").await;
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.upload_chunks").await, 1);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 2);
+        let r = fx.head(&restarted.file(&created), &fx.key).await;
+        assert_eq!(r.status(), 404);
+        let r = fx.head(&restarted.file(&late), &fx.key).await;
+        assert_eq!(r.status(), 410);
+    });
+    assert!(
+        restarted
+            .process
+            .log_text()
+            .contains("ingesting an upload left complete")
+    );
 }

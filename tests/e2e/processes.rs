@@ -46,6 +46,44 @@ impl Process {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Whether the (running) process holds a TCP socket whose local port is `port`: which of several
+    /// processes owns a PostgreSQL session, given the session's `pg_stat_activity.client_port`. Reads
+    /// the socket inodes of `/proc/<pid>/fd` and finds them in `/proc/<pid>/net/tcp{,6}`.
+    pub fn has_local_tcp_port(&self, port: u16) -> bool {
+        let pid = self.child.id();
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        let sockets: std::collections::HashSet<String> = fds
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter_map(|target| {
+                let target = target.to_str()?;
+                Some(
+                    target
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_owned(),
+                )
+            })
+            .collect();
+        ["tcp", "tcp6"].iter().any(|table| {
+            let text =
+                std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+            // `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...`, with
+            // addresses as `HEXADDR:HEXPORT`.
+            text.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 9
+                    && fields[1]
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                        == Some(port)
+                    && sockets.contains(fields[9])
+            })
+        })
+    }
 }
 
 impl Drop for Process {
