@@ -386,7 +386,9 @@ async fn provision_and_observe(
                 ),
             ],
             Some(coordinates),
-            active_key(db, ctx).await?,
+            // Every key of the database was just expired: none is active (read from the cache,
+            // the patches above might not show yet).
+            None,
         )
         .await?;
         return Ok(Action::requeue(ctx.config.resync));
@@ -497,34 +499,52 @@ async fn mark_activating(
     Ok(())
 }
 
+/// The keys of this database, from the key controller's cache (waiting, once after a start, until
+/// it holds the first full list).
+async fn keys_of(
+    db: &MigrationDatabase,
+    ctx: &Context,
+) -> Result<Vec<Arc<crate::crd::MigrationKey>>, Error> {
+    ctx.keys
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Config {
+            reason: "KeyCacheUnavailable",
+            message: "the operator's cache of MigrationKeys stopped before it was filled".into(),
+        })?;
+    let (namespace, name) = (db.namespace(), db.name_any());
+    Ok(ctx
+        .keys
+        .state()
+        .into_iter()
+        .filter(|k| k.namespace() == namespace && k.spec.database_ref == name)
+        .collect())
+}
+
 /// The id of the one Active MigrationKey of this database, if any.
 async fn active_key(db: &MigrationDatabase, ctx: &Context) -> Result<Option<String>, Error> {
-    let keys: Api<crate::crd::MigrationKey> =
-        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    let list = keys.list(&Default::default()).await?;
-    Ok(list
-        .items
+    Ok(keys_of(db, ctx)
+        .await?
         .into_iter()
-        .filter(|k| k.spec.database_ref == db.name_any())
-        .filter_map(|k| k.status)
+        .filter_map(|k| k.status.clone())
         .find(|s| s.phase == Some(crate::crd::KeyPhase::Active))
         .and_then(|s| s.key_id))
 }
 
-/// Every key of an operational database stops working at once (the API checks the phase too).
+/// Every key of an operational database stops working at once (the API checks the phase too). The
+/// keys come from the cache; each patch goes to the API server. A key the cache does not hold yet
+/// is expired by the key controller once the database is `Operational`.
 async fn expire_keys(db: &MigrationDatabase, ctx: &Context) -> Result<(), Error> {
     let keys: Api<crate::crd::MigrationKey> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    for key in keys.list(&Default::default()).await?.items {
+    for key in keys_of(db, ctx).await? {
         let phase = key.status.as_ref().and_then(|s| s.phase);
-        if key.spec.database_ref == db.name_any()
-            && matches!(
-                phase,
-                Some(crate::crd::KeyPhase::Active)
-                    | Some(crate::crd::KeyPhase::Superseded)
-                    | Some(crate::crd::KeyPhase::Pending)
-            )
-        {
+        if matches!(
+            phase,
+            Some(crate::crd::KeyPhase::Active)
+                | Some(crate::crd::KeyPhase::Superseded)
+                | Some(crate::crd::KeyPhase::Pending)
+        ) {
             let patch = json!({"apiVersion": "sfm.nhn.no/v1alpha1", "kind": "MigrationKey",
                 "status": {"phase": crate::crd::KeyPhase::Expired, "message": "the database is operational"}});
             keys.patch_status(
