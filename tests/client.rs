@@ -1,8 +1,9 @@
 //! The migration client's local parts: the key store (several keys, one active, mode 0600), the
 //! ledger (resume after a crash, torn lines, other databases), `check` on broken exports, and, as a
 //! narrow unit test, the tus client against a small in-test tus server that misbehaves on purpose
-//! (busy with Retry-After, a PATCH that lands half its body and fails). The real end-to-end proof
-//! against the real API is `tests/e2e/flow.rs`.
+//! (busy with Retry-After, a PATCH that lands half its body and fails), and the wait for the switch
+//! after `activate` against a scripted status. The real end-to-end proof against the real API is
+//! `tests/e2e/flow.rs`.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -617,4 +618,187 @@ async fn tus_client_resumes_retries_and_never_sends_a_file_twice() {
     sfm_migration::client::workflow::key_check(&api)
         .await
         .unwrap();
+}
+
+/// What the scripted API answers to one `GET status`.
+#[derive(Clone, Copy, Debug)]
+enum StatusStep {
+    Phase(contract::MigrationPhase),
+    /// 503 `busy` with `Retry-After: 1`.
+    Busy,
+    Problem(contract::ProblemCode),
+}
+
+/// A migration API that answers `status` from a script (the last step repeats) and `activate` with
+/// 202 or a problem.
+struct SwitchServer {
+    steps: Mutex<std::collections::VecDeque<StatusStep>>,
+    activate: Option<contract::ProblemCode>,
+    status_calls: AtomicUsize,
+    activate_calls: AtomicUsize,
+}
+
+fn migration_status(phase: contract::MigrationPhase) -> contract::MigrationStatus {
+    contract::MigrationStatus {
+        database: "test/db".into(),
+        phase,
+        phase_reason: None,
+        started_at: None,
+        organisation_stored: true,
+        users: contract::Counts::default(),
+        patients: contract::Counts::default(),
+        reports: contract::Counts::default(),
+        expected_patients: None,
+        rejections: Vec::new(),
+        rejections_truncated: false,
+        validated_digest: None,
+        validated_at: None,
+        activation_requested_at: None,
+    }
+}
+
+async fn scripted_status(State(server): State<Arc<SwitchServer>>) -> Response {
+    server.status_calls.fetch_add(1, Ordering::SeqCst);
+    let step = {
+        let mut steps = server.steps.lock().unwrap();
+        if steps.len() > 1 {
+            steps.pop_front().unwrap()
+        } else {
+            *steps.front().unwrap()
+        }
+    };
+    match step {
+        StatusStep::Phase(phase) => axum::Json(migration_status(phase)).into_response(),
+        StatusStep::Busy => problem(contract::ProblemCode::Busy, Some(1)),
+        StatusStep::Problem(code) => problem(code, None),
+    }
+}
+
+async fn scripted_activate(State(server): State<Arc<SwitchServer>>) -> Response {
+    server.activate_calls.fetch_add(1, Ordering::SeqCst);
+    match server.activate {
+        Some(code) => problem(code, None),
+        None => (
+            StatusCode::ACCEPTED,
+            axum::Json(contract::ActivateResponse {
+                activation_requested_at: chrono::Utc::now(),
+            }),
+        )
+            .into_response(),
+    }
+}
+
+async fn switch_server(
+    steps: &[StatusStep],
+    activate: Option<contract::ProblemCode>,
+) -> (Arc<SwitchServer>, ApiClient) {
+    let server = Arc::new(SwitchServer {
+        steps: Mutex::new(steps.iter().copied().collect()),
+        activate,
+        status_calls: AtomicUsize::new(0),
+        activate_calls: AtomicUsize::new(0),
+    });
+    let app = Router::new()
+        .route(contract::PATH_STATUS, get(scripted_status))
+        .route(contract::PATH_ACTIVATE, post(scripted_activate))
+        .with_state(server.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let api = ApiClient::new(
+        &format!("http://{address}"),
+        Auth::new(key(), None).unwrap(),
+        1,
+    )
+    .unwrap();
+    (server, api)
+}
+
+/// `activate` waits through `Activating` to `Operational`, asking again after a transient `busy`
+/// (honouring `Retry-After`); a switch already begun (`migration-operational` on activate) is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activate_waits_through_activating_and_retries_only_transient_failures() {
+    use contract::MigrationPhase::{Activating, Operational, Validated};
+    use sfm_migration::client::workflow::activate_and_wait;
+    let timeout = std::time::Duration::from_secs(60);
+
+    let (server, api) = switch_server(
+        &[
+            StatusStep::Busy,
+            StatusStep::Phase(Validated),
+            StatusStep::Phase(Activating),
+            StatusStep::Busy,
+            StatusStep::Phase(Activating),
+            StatusStep::Phase(Operational),
+        ],
+        None,
+    )
+    .await;
+    activate_and_wait(&api, timeout).await.unwrap();
+    assert_eq!(server.activate_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(server.status_calls.load(Ordering::SeqCst), 6);
+
+    let (server, api) = switch_server(
+        &[
+            StatusStep::Phase(Activating),
+            StatusStep::Phase(Operational),
+        ],
+        Some(contract::ProblemCode::MigrationOperational),
+    )
+    .await;
+    activate_and_wait(&api, timeout).await.unwrap();
+    assert_eq!(server.activate_calls.load(Ordering::SeqCst), 1);
+
+    // Already operational: nothing is asked for.
+    let (server, api) = switch_server(&[StatusStep::Phase(Operational)], None).await;
+    activate_and_wait(&api, timeout).await.unwrap();
+    assert_eq!(server.activate_calls.load(Ordering::SeqCst), 0);
+}
+
+/// Any other failure while waiting is the end, with its own sentence: `key-expired` is not taken
+/// for the switch any more, and nothing is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activate_stops_at_the_first_failure_that_is_not_transient() {
+    use contract::MigrationPhase::{Activating, Validated};
+    use sfm_migration::client::workflow::activate_and_wait;
+    let timeout = std::time::Duration::from_secs(60);
+
+    for code in [
+        contract::ProblemCode::KeyExpired,
+        contract::ProblemCode::KeyRevoked,
+        contract::ProblemCode::MigrationOperational,
+    ] {
+        let (server, api) = switch_server(
+            &[
+                StatusStep::Phase(Validated),
+                StatusStep::Phase(Activating),
+                StatusStep::Problem(code),
+                StatusStep::Phase(contract::MigrationPhase::Operational),
+            ],
+            None,
+        )
+        .await;
+        let failure = activate_and_wait(&api, timeout).await.unwrap_err();
+        assert_eq!(
+            server.status_calls.load(Ordering::SeqCst),
+            3,
+            "{code}: asked again"
+        );
+        assert!(
+            failure.what.ends_with('.') && !failure.next.is_empty(),
+            "{code}: {failure:?}"
+        );
+        if code == contract::ProblemCode::KeyExpired {
+            assert!(failure.what.contains("expired"), "{failure:?}");
+        }
+    }
+
+    // Activation refused for a reason other than the switch having begun.
+    let (_, api) = switch_server(
+        &[StatusStep::Phase(Validated)],
+        Some(contract::ProblemCode::NotValidated),
+    )
+    .await;
+    let failure = activate_and_wait(&api, timeout).await.unwrap_err();
+    assert!(failure.what.contains("not verified"), "{failure:?}");
 }

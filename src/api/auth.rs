@@ -6,6 +6,11 @@
 //! operator. Its `databaseRef` names the MigrationDatabase; the migrator's connection Secret
 //! `sfm-<ns>-<name>-migrator` in the API's own namespace gives one bounded pool per database.
 //! A HelseID token is checked when the database's policy asks for one.
+//!
+//! From the moment the operator writes phase `Activating` (before it closes the migrator) until the
+//! end, a database has no usable migrator: `status` and `key-check` are then answered from the
+//! MigrationDatabase's status ([`Reader::FromStatus`], decided by [`read_answer`]) and every write
+//! is refused with `migration-operational`, whatever the keys' phases are at that instant.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -167,10 +172,31 @@ impl Directory {
             .find(|db| db.namespace().as_deref() == Some(namespace) && db.name_any() == name))
     }
 
-    /// The bounded pool of the database's migrator, from its Secret in the API's namespace.
+    /// One MigrationDatabase read from the API server now, not from the cache: what `status`,
+    /// `key-check` and `activate` decide on, so they see `Activating` as soon as the operator wrote it.
+    pub async fn fresh_database(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<MigrationDatabase>>, ApiError> {
+        let api: Api<MigrationDatabase> = Api::namespaced(self.kube.clone(), namespace);
+        Ok(api
+            .get_opt(name)
+            .await
+            .map_err(|e| ApiError::internal("read the migration database", e))?
+            .map(Arc::new))
+    }
+
+    /// The bounded pool of the database's migrator, from its Secret in the API's namespace. Refused
+    /// (`migration-operational`, and any pool dropped) once the database is `Activating` or
+    /// `Operational`: its migrator is being closed or is closed.
     pub async fn pool(&self, db: &MigrationDatabase) -> Result<PgPool, ApiError> {
         let uid = database_uid(db)
             .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
+        if is_switched(db) {
+            self.forget_pool(uid).await;
+            return Err(switched_refusal(db));
+        }
         let mut pools = self.pools.lock().await;
         if let Some(pool) = pools.get(&uid) {
             return Ok(pool.clone());
@@ -276,8 +302,8 @@ pub fn key_expires_at(key: &MigrationKey) -> Option<chrono::DateTime<chrono::Utc
         .map(|t| t.with_timezone(&chrono::Utc))
 }
 
-/// Finds and checks a presented key: known id, matching digest (constant time), usable.
-pub async fn verify_token(
+/// Finds a presented key by its id and compares its digest (constant time); nothing else.
+async fn matched_key(
     state: &AppState,
     token: &MigrationKeyToken,
 ) -> Result<Arc<MigrationKey>, ApiError> {
@@ -295,8 +321,162 @@ pub async fn verify_token(
         state.metrics.auth_failures.inc();
         return Err(ApiError::new(ProblemCode::KeyWrong));
     }
+    Ok(key)
+}
+
+/// Finds and checks a presented key: known id, matching digest (constant time), usable.
+pub async fn verify_token(
+    state: &AppState,
+    token: &MigrationKeyToken,
+) -> Result<Arc<MigrationKey>, ApiError> {
+    let key = matched_key(state, token).await?;
     check_key_usable(&key, chrono::Utc::now())?;
     Ok(key)
+}
+
+/// Whether the database is being switched to operational mode or is operational: from the moment
+/// the operator writes `Activating` (before it closes the migrator) on, its migrator is not to be
+/// used and its keys only read.
+pub fn is_switched(db: &MigrationDatabase) -> bool {
+    matches!(
+        db.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Activating | Phase::Operational)
+    )
+}
+
+/// The refusal of a write (or of the migrator's connection) for a database past staging.
+pub fn switched_refusal(db: &MigrationDatabase) -> ApiError {
+    let detail = match db.status.as_ref().and_then(|s| s.phase) {
+        Some(Phase::Activating) => {
+            "the database is being switched to operational mode; the migration is over"
+        }
+        Some(Phase::Deleting) => "the database is being deleted; the migration is over",
+        _ => "the database is operational; the migration is over",
+    };
+    ApiError::new(ProblemCode::MigrationOperational).detail(detail)
+}
+
+/// How `status` and `key-check` are answered, for a key whose secret matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadAnswer {
+    /// From the staging database through the migrator's pool: the database is in staging.
+    Live,
+    /// From the MigrationDatabase's status, without a database connection: the database is
+    /// `Activating` or `Operational`, so its migrator is being closed or closed.
+    FromStatus,
+}
+
+/// The read decision for a matched key and the phase of its database (`None` when the database
+/// has no phase yet or does not exist). In staging a key must be usable (Active, within its time to
+/// live). While `Activating` and once `Operational` the answer comes from the status, and the key
+/// may also be expired (the switch expires every key of the database, and its time to live may run
+/// out meanwhile); it may never be revoked, superseded or not yet issued. The HelseID token, when the
+/// database requires one, is checked by the caller either way.
+pub fn read_answer(
+    key: &MigrationKey,
+    database_phase: Option<Phase>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ReadAnswer, ApiError> {
+    let switched = matches!(database_phase, Some(Phase::Activating | Phase::Operational));
+    match check_key_usable(key, now) {
+        Ok(()) if switched => Ok(ReadAnswer::FromStatus),
+        Ok(()) => Ok(ReadAnswer::Live),
+        Err(error) if switched && error.code() == ProblemCode::KeyExpired => {
+            if key.spec.revoked {
+                Err(ApiError::new(ProblemCode::KeyRevoked))
+            } else {
+                Ok(ReadAnswer::FromStatus)
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Who reads `status` or `key-check`, and from where.
+pub enum Reader {
+    /// A database in staging: a full session with the migrator's pool.
+    Live {
+        session: Session,
+        key: Arc<MigrationKey>,
+    },
+    /// A database being switched or operational: the answer comes from its status.
+    FromStatus {
+        key: Arc<MigrationKey>,
+        database: Arc<MigrationDatabase>,
+    },
+}
+
+/// Authenticates a reader of `status` or `key-check`: key (digest), the key's database read fresh
+/// (so `Activating` is seen as soon as the operator wrote it), [`read_answer`], the HelseID token
+/// when required, then the migrator's pool for a database in staging. Should the pool be refused
+/// because the database was switched after it was read, the answer comes from its status.
+pub async fn reader_for_token(
+    state: &AppState,
+    token: &MigrationKeyToken,
+    request: &RequestFacts<'_>,
+) -> Result<Reader, ApiError> {
+    let key = matched_key(state, token).await?;
+    let namespace = key.namespace().unwrap_or_default();
+    let database = state
+        .directory
+        .fresh_database(&namespace, &key.spec.database_ref)
+        .await?;
+    let phase = database
+        .as_ref()
+        .and_then(|db| db.status.as_ref())
+        .and_then(|s| s.phase);
+    let answer = read_answer(&key, phase, chrono::Utc::now())?;
+    let database = database.ok_or_else(|| {
+        ApiError::new(ProblemCode::KeyUnknown).detail("the key's database does not exist")
+    })?;
+    let helseid_client = helseid_client(state, &database, request).await?;
+    if answer == ReadAnswer::FromStatus {
+        return Ok(Reader::FromStatus { key, database });
+    }
+    let uid = database_uid(&database)
+        .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
+    match state.directory.pool(&database).await {
+        Ok(pool) => Ok(Reader::Live {
+            session: Session {
+                database,
+                uid,
+                key_id: key_id_of(&key),
+                helseid_client,
+                pool,
+            },
+            key,
+        }),
+        Err(error) => match switched_meanwhile(state, &database).await {
+            Some(database) => Ok(Reader::FromStatus { key, database }),
+            None => Err(error),
+        },
+    }
+}
+
+/// After a read through the migrator failed: the database read again from the API server, if it is
+/// now being switched or operational. The operator writes `Activating` before it closes the
+/// migrator, so a failure caused by the switch is always followed by a read that shows it.
+pub async fn switched_meanwhile(
+    state: &AppState,
+    database: &MigrationDatabase,
+) -> Option<Arc<MigrationDatabase>> {
+    let fresh = state
+        .directory
+        .fresh_database(
+            &database.namespace().unwrap_or_default(),
+            &database.name_any(),
+        )
+        .await
+        .ok()
+        .flatten()?;
+    (database_uid(&fresh) == database_uid(database) && is_switched(&fresh)).then_some(fresh)
+}
+
+fn key_id_of(key: &MigrationKey) -> String {
+    key.status
+        .as_ref()
+        .and_then(|s| s.key_id.clone())
+        .unwrap_or_default()
 }
 
 /// The database a key fills.
@@ -320,18 +500,21 @@ pub async fn session_for_token(
     token: &MigrationKeyToken,
     request: &RequestFacts<'_>,
 ) -> Result<Session, ApiError> {
-    let key = verify_token(state, token).await?;
+    let key = matched_key(state, token).await?;
+    if let Err(error) = check_key_usable(&key, chrono::Utc::now()) {
+        // The switch expires every key: a write with such a key is refused for what it is, the end
+        // of the migration (the contract's `migration-operational`), not for the key.
+        if error.code() == ProblemCode::KeyExpired
+            && !key.spec.revoked
+            && let Ok(database) = key_database(state, &key).await
+            && is_switched(&database)
+        {
+            return Err(switched_refusal(&database));
+        }
+        return Err(error);
+    }
     let database = key_database(state, &key).await?;
-    finish_session(
-        state,
-        database,
-        key.status
-            .as_ref()
-            .and_then(|s| s.key_id.clone())
-            .unwrap_or_default(),
-        request,
-    )
-    .await
+    finish_session(state, database, key_id_of(&key), request).await
 }
 
 /// A session for an existing upload: the upload's database, the key that created it (still usable;
@@ -370,19 +553,7 @@ async fn finish_session(
 ) -> Result<Session, ApiError> {
     let uid = database_uid(&database)
         .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
-    let helseid_client = match &database.spec.validation.helse_id {
-        None => None,
-        Some(policy) => Some(
-            state
-                .helseid
-                .check_request(
-                    policy,
-                    &database.spec.organisation.organisation_number,
-                    request,
-                )
-                .await?,
-        ),
-    };
+    let helseid_client = helseid_client(state, &database, request).await?;
     let pool = state.directory.pool(&database).await?;
     Ok(Session {
         database,
@@ -393,12 +564,156 @@ async fn finish_session(
     })
 }
 
-/// Refuses writes once the database is activating or operational.
+/// The HelseID client of the request's token, when the database requires one (checked here; for
+/// DPoP this consumes the proof, so it runs once per request).
+async fn helseid_client(
+    state: &AppState,
+    database: &MigrationDatabase,
+    request: &RequestFacts<'_>,
+) -> Result<Option<String>, ApiError> {
+    match &database.spec.validation.helse_id {
+        None => Ok(None),
+        Some(policy) => Ok(Some(
+            state
+                .helseid
+                .check_request(
+                    policy,
+                    &database.spec.organisation.organisation_number,
+                    request,
+                )
+                .await?,
+        )),
+    }
+}
+
+/// Refuses writes once the database is activating or operational (or being deleted):
+/// `migration-operational`, with a detail that names the phase.
 pub fn ensure_writable(db: &MigrationDatabase) -> Result<(), ApiError> {
     match db.status.as_ref().and_then(|s| s.phase) {
-        Some(Phase::Activating | Phase::Operational | Phase::Deleting) => {
-            Err(ApiError::new(ProblemCode::MigrationOperational))
-        }
+        Some(Phase::Activating | Phase::Operational | Phase::Deleting) => Err(switched_refusal(db)),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{MigrationKeySpec, MigrationKeyStatus};
+
+    fn key(phase: KeyPhase, revoked: bool, expires_in_hours: i64) -> MigrationKey {
+        let now = chrono::Utc::now();
+        let mut key = MigrationKey::new(
+            "k",
+            MigrationKeySpec {
+                database_ref: "db".into(),
+                time_to_live: "2h".into(),
+                description: None,
+                revoked,
+            },
+        );
+        key.status = Some(MigrationKeyStatus {
+            phase: Some(phase),
+            key_id: Some("abcdefgh".into()),
+            digest: Some("00".repeat(32)),
+            expires_at: Some((now + chrono::Duration::hours(expires_in_hours)).to_rfc3339()),
+            ..Default::default()
+        });
+        key
+    }
+
+    fn answer(key: &MigrationKey, phase: Option<Phase>) -> Result<ReadAnswer, ProblemCode> {
+        read_answer(key, phase, chrono::Utc::now()).map_err(|e| e.code())
+    }
+
+    const STAGING: [Option<Phase>; 6] = [
+        None,
+        Some(Phase::Pending),
+        Some(Phase::Provisioning),
+        Some(Phase::Staging),
+        Some(Phase::Migrating),
+        Some(Phase::Validated),
+    ];
+    const SWITCHED: [Option<Phase>; 2] = [Some(Phase::Activating), Some(Phase::Operational)];
+
+    #[test]
+    fn in_staging_a_usable_key_reads_live_and_any_other_key_is_refused_for_its_fault() {
+        for phase in STAGING {
+            assert_eq!(
+                answer(&key(KeyPhase::Active, false, 1), phase),
+                Ok(ReadAnswer::Live)
+            );
+            assert_eq!(
+                answer(&key(KeyPhase::Expired, false, 1), phase),
+                Err(ProblemCode::KeyExpired)
+            );
+            assert_eq!(
+                answer(&key(KeyPhase::Active, false, -1), phase),
+                Err(ProblemCode::KeyExpired),
+                "past its time to live"
+            );
+            assert_eq!(
+                answer(&key(KeyPhase::Superseded, false, 1), phase),
+                Err(ProblemCode::KeySuperseded)
+            );
+            assert_eq!(
+                answer(&key(KeyPhase::Revoked, true, 1), phase),
+                Err(ProblemCode::KeyRevoked)
+            );
+        }
+    }
+
+    #[test]
+    fn while_activating_and_once_operational_an_active_or_expired_key_reads_the_status() {
+        for phase in SWITCHED {
+            for key in [
+                key(KeyPhase::Active, false, 1),
+                key(KeyPhase::Expired, false, 1),
+                key(KeyPhase::Active, false, -1),
+                key(KeyPhase::Expired, false, -1),
+            ] {
+                assert_eq!(answer(&key, phase), Ok(ReadAnswer::FromStatus), "{phase:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_revoked_superseded_or_unissued_key_never_reads_even_after_the_switch() {
+        for phase in SWITCHED {
+            assert_eq!(
+                answer(&key(KeyPhase::Revoked, true, 1), phase),
+                Err(ProblemCode::KeyRevoked)
+            );
+            // Expired by the switch, but revoked in its spec: still revoked.
+            assert_eq!(
+                answer(&key(KeyPhase::Expired, true, 1), phase),
+                Err(ProblemCode::KeyRevoked)
+            );
+            assert_eq!(
+                answer(&key(KeyPhase::Active, true, 1), phase),
+                Err(ProblemCode::KeyRevoked)
+            );
+            assert_eq!(
+                answer(&key(KeyPhase::Superseded, false, 1), phase),
+                Err(ProblemCode::KeySuperseded)
+            );
+            assert_eq!(
+                answer(&key(KeyPhase::Pending, false, 1), phase),
+                Err(ProblemCode::KeyUnknown)
+            );
+        }
+    }
+
+    #[test]
+    fn failed_and_deleting_databases_are_not_read_from_their_status() {
+        for phase in [Some(Phase::Failed), Some(Phase::Deleting)] {
+            assert_eq!(
+                answer(&key(KeyPhase::Active, false, 1), phase),
+                Ok(ReadAnswer::Live)
+            );
+            assert_eq!(
+                answer(&key(KeyPhase::Expired, false, 1), phase),
+                Err(ProblemCode::KeyExpired)
+            );
+        }
     }
 }

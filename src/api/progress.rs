@@ -21,7 +21,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use sqlx::Row;
 
-use super::auth::{self, RequestFacts, Session};
+use super::auth::{self, Reader, RequestFacts, Session};
 use super::error::database;
 use super::tus::base_url;
 use super::{ApiError, AppState, FIELD_MANAGER};
@@ -55,127 +55,99 @@ fn phase_of(db: &MigrationDatabase) -> MigrationPhase {
         .unwrap_or(MigrationPhase::Pending)
 }
 
-/// `POST /api/v1/key-check`.
+async fn reader(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Reader, ApiError> {
+    let token = auth::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
+    let request = RequestFacts {
+        method,
+        url: format!("{}{path}", base_url(state, headers)),
+        headers,
+    };
+    auth::reader_for_token(state, &token, &request).await
+}
+
+/// `POST /api/v1/key-check`. In staging the organisation flag comes from the staging database; while
+/// the database is `Activating` and once it is `Operational`, everything comes from the
+/// MigrationDatabase's status, without a database connection (see [`auth::read_answer`]).
 pub async fn key_check(
     State(state): State<Arc<AppState>>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = match session(&state, &method, &headers, contract::PATH_KEY_CHECK).await {
-        Ok(session) => session,
-        Err(error) => {
-            let (key, db) =
-                after_the_switch(&state, &method, &headers, contract::PATH_KEY_CHECK, error)
-                    .await?;
-            return Ok(axum::Json(KeyCheckResponse {
-                key_id: key
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.key_id.clone())
-                    .unwrap_or_default(),
-                database: format!("{}/{}", db.namespace().unwrap_or_default(), db.name_any()),
-                expires_at: auth::key_expires_at(&key).unwrap_or_else(Utc::now),
-                phase: phase_of(&db),
-                token_required: db.spec.validation.helse_id.is_some(),
-                organisation_stored: db
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.migration.as_ref())
-                    .is_some_and(|m| m.organisation_stored),
-            })
-            .into_response());
-        }
-    };
-    let key = state
-        .directory
-        .key(&session.key_id)
-        .await?
-        .ok_or_else(|| ApiError::new(ProblemCode::KeyUnknown))?;
-    let organisation_stored: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation')",
-    )
-    .fetch_one(&session.pool)
-    .await
-    .map_err(|e| database("read the organisation", e))?;
+    let (key, db, organisation_stored) =
+        match reader(&state, &method, &headers, contract::PATH_KEY_CHECK).await? {
+            Reader::FromStatus { key, database: db } => {
+                let stored = organisation_stored_in_status(&db);
+                (key, db, stored)
+            }
+            Reader::Live { session, key } => {
+                let stored = sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation')",
+                )
+                .fetch_one(&session.pool)
+                .await;
+                match stored {
+                    Ok(stored) => (key, session.database, stored),
+                    Err(error) => match auth::switched_meanwhile(&state, &session.database).await {
+                        Some(db) => {
+                            let stored = organisation_stored_in_status(&db);
+                            (key, db, stored)
+                        }
+                        None => return Err(database("read the organisation", error)),
+                    },
+                }
+            }
+        };
     Ok(axum::Json(KeyCheckResponse {
-        key_id: session.key_id.clone(),
-        database: session.database_name(),
+        key_id: key
+            .status
+            .as_ref()
+            .and_then(|s| s.key_id.clone())
+            .unwrap_or_default(),
+        database: format!("{}/{}", db.namespace().unwrap_or_default(), db.name_any()),
         expires_at: auth::key_expires_at(&key).unwrap_or_else(Utc::now),
-        phase: phase_of(&session.database),
-        token_required: session.database.spec.validation.helse_id.is_some(),
+        phase: phase_of(&db),
+        token_required: db.spec.validation.helse_id.is_some(),
         organisation_stored,
     })
     .into_response())
 }
 
-/// `GET /api/v1/status`.
+fn organisation_stored_in_status(db: &MigrationDatabase) -> bool {
+    db.status
+        .as_ref()
+        .and_then(|s| s.migration.as_ref())
+        .is_some_and(|m| m.organisation_stored)
+}
+
+/// `GET /api/v1/status`. In staging it is read from the staging database; while the database is
+/// `Activating` and once it is `Operational`, from the MigrationDatabase's status (the API's last
+/// write of `status.migration`, at activate, is the final one), without a database connection, so
+/// the client sees the switch through to its end.
 pub async fn status(
     State(state): State<Arc<AppState>>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = match session(&state, &method, &headers, contract::PATH_STATUS).await {
-        Ok(session) => session,
-        Err(error) => {
-            let (_, db) =
-                after_the_switch(&state, &method, &headers, contract::PATH_STATUS, error).await?;
-            return Ok(axum::Json(status_from_resource(&db)).into_response());
+    let session = match reader(&state, &method, &headers, contract::PATH_STATUS).await? {
+        Reader::FromStatus { database, .. } => {
+            return Ok(axum::Json(status_from_resource(&database)).into_response());
         }
+        Reader::Live { session, .. } => session,
     };
-    let status = read_status(&session.pool, &session.database).await?;
-    Ok(axum::Json(status).into_response())
-}
-
-/// The contract lets a key read `status` and `key-check` once its database is operational, so the
-/// client sees the end of the migration (and can delete the export even after a crash between the
-/// switch and the deletion). By then the operator has expired the keys and closed the migrator, so
-/// the normal session fails. This answers `Ok` only for a key whose secret matches and whose one fault
-/// is having expired, of a database whose phase is `Operational`, with a HelseID token when the
-/// database requires one; any other failure is returned unchanged. It never opens a database
-/// connection: the answer comes from the MigrationDatabase's status.
-async fn after_the_switch(
-    state: &AppState,
-    method: &Method,
-    headers: &HeaderMap,
-    path: &str,
-    error: ApiError,
-) -> Result<(Arc<crate::crd::MigrationKey>, Arc<MigrationDatabase>), ApiError> {
-    if error.code() != ProblemCode::KeyExpired {
-        return Err(error);
+    match read_status(&session.pool, &session.database).await {
+        Ok(status) => Ok(axum::Json(status).into_response()),
+        // The operator closed the migrator after this request read the phase: it wrote
+        // `Activating` first, so the database read again says so.
+        Err(error) => match auth::switched_meanwhile(&state, &session.database).await {
+            Some(database) => Ok(axum::Json(status_from_resource(&database)).into_response()),
+            None => Err(error),
+        },
     }
-    let Some(token) = auth::header_key(headers)? else {
-        return Err(error);
-    };
-    let Some(key) = state.directory.key(token.key_id()).await? else {
-        return Err(error);
-    };
-    let digest = key
-        .status
-        .as_ref()
-        .and_then(|s| s.digest.as_deref())
-        .unwrap_or("");
-    let expired_by_switch = key.status.as_ref().and_then(|s| s.phase)
-        == Some(crate::crd::KeyPhase::Expired)
-        && !key.spec.revoked;
-    if !token.matches_digest(digest) || !expired_by_switch {
-        return Err(error);
-    }
-    let db = auth::key_database(state, &key).await?;
-    if db.status.as_ref().and_then(|s| s.phase) != Some(crate::crd::Phase::Operational) {
-        return Err(error);
-    }
-    if let Some(policy) = &db.spec.validation.helse_id {
-        let request = RequestFacts {
-            method,
-            url: format!("{}{path}", base_url(state, headers)),
-            headers,
-        };
-        state
-            .helseid
-            .check_request(policy, &db.spec.organisation.organisation_number, &request)
-            .await?;
-    }
-    Ok((key, db))
 }
 
 /// The migration's final state as the MigrationDatabase's status holds it (written by this API).
@@ -386,8 +358,13 @@ pub async fn flush_loop(state: Arc<AppState>) {
                 write_status(&state, &db, &pool).await
             }
             .await;
+            // A database past staging has its final `status.migration` (written at activate) and
+            // no migrator to recompute it from.
             if let Err(error) = result
-                && error.code() != ProblemCode::NotFound
+                && !matches!(
+                    error.code(),
+                    ProblemCode::NotFound | ProblemCode::MigrationOperational
+                )
             {
                 tracing::warn!(database_uid = %uid, code = %error.code(), "status.migration not written; retrying");
                 state.mark_dirty(uid);
@@ -632,12 +609,25 @@ pub async fn activate(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let session = session(&state, &method, &headers, contract::PATH_ACTIVATE).await?;
-    let at: Option<DateTime<Utc>> = sqlx::query_scalar(
+    // Decided on the database as it is now, not as cached: once the operator wrote `Activating`
+    // the request is recorded and the migrator is being closed.
+    if let Some(now) = auth::switched_meanwhile(&state, &session.database).await {
+        return Err(auth::switched_refusal(&now));
+    }
+    let at: Option<DateTime<Utc>> = match sqlx::query_scalar(
         "UPDATE sfm.validation SET activation_requested_at = COALESCE(activation_requested_at, greatest(now(), validated_at)) RETURNING activation_requested_at",
     )
     .fetch_optional(&session.pool)
     .await
-    .map_err(|e| database("record the activation request", e))?;
+    {
+        Ok(at) => at,
+        Err(error) => {
+            if let Some(now) = auth::switched_meanwhile(&state, &session.database).await {
+                return Err(auth::switched_refusal(&now));
+            }
+            return Err(database("record the activation request", error));
+        }
+    };
     let at = at.ok_or_else(|| {
         ApiError::new(ProblemCode::NotValidated).detail("verify the manifest first")
     })?;

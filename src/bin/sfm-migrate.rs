@@ -312,18 +312,10 @@ async fn run(cli: Cli) -> Outcome<ExitCode> {
         }
         Command::Activate(args) => {
             let api = ctx.api(1)?;
-            let (_, check) = key_check(&api).await?;
+            key_check(&api).await?;
             let report =
                 sfm_migration::client::check::check_export(&args.folder, &CheckOptions::default())?;
-            do_activate(
-                &api,
-                &args.folder,
-                &report,
-                args.keep,
-                args.timeout_secs,
-                check.expires_at,
-            )
-            .await?;
+            do_activate(&api, &args.folder, &report, args.keep, args.timeout_secs).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
@@ -334,15 +326,7 @@ async fn run(cli: Cli) -> Outcome<ExitCode> {
             }
             let (_, check) = key_check(&api).await?;
             do_verify(&api, &args.folder, &report, &check.database).await?;
-            do_activate(
-                &api,
-                &args.folder,
-                &report,
-                args.keep,
-                args.timeout_secs,
-                check.expires_at,
-            )
-            .await?;
+            do_activate(&api, &args.folder, &report, args.keep, args.timeout_secs).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -483,9 +467,8 @@ async fn do_activate(
     report: &CheckReport,
     keep: bool,
     timeout_secs: u64,
-    key_expires_at: chrono::DateTime<Utc>,
 ) -> Outcome<()> {
-    activate_and_wait(api, Duration::from_secs(timeout_secs), Some(key_expires_at)).await?;
+    activate_and_wait(api, Duration::from_secs(timeout_secs)).await?;
     println!("The database is operational: the migration is complete.");
     if keep {
         println!("The export files were kept (--keep).");

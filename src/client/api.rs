@@ -245,7 +245,7 @@ impl ApiError {
                         "activate it with `sfm-migrate activate`".into(),
                     ),
                     C::MigrationOperational => (
-                        "The database is already operational; the migration is over.".into(),
+                        "The database is operational, or being switched to it; the migration is over.".into(),
                         "nothing more to send; `sfm-migrate activate` deletes the export files".into(),
                     ),
                     C::NotValidated => (

@@ -157,64 +157,30 @@ pub async fn verify(
 /// Asks for operational mode (unless already operational) and waits until the database is
 /// `Operational`, printing each phase it passes.
 ///
-/// The wire contract lets the key read `status` after the switch. Should an API instead answer
-/// `key-expired` once activation was requested, while the key's own time to live (`key_expires_at`,
-/// from the key check) has not run out, the only cause left is the switch itself (keys expire when
-/// the database goes operational), and it is taken as `Operational`.
-pub async fn activate_and_wait(
-    api: &ApiClient,
-    timeout: Duration,
-    key_expires_at: Option<chrono::DateTime<chrono::Utc>>,
-) -> Outcome<()> {
-    let status = api.status().await.map_err(|e| e.failure())?;
+/// The API answers `status` with the key throughout the switch (`Activating`) and after it, so every
+/// answer here is a phase. Transient failures (the network, `busy` or 429 with `Retry-After`, a 5xx)
+/// are asked again until `timeout`; anything else stops with its own sentence and what to do next.
+pub async fn activate_and_wait(api: &ApiClient, timeout: Duration) -> Outcome<()> {
+    let deadline = Instant::now() + timeout;
+    let status = until_answered(deadline, || api.status())
+        .await
+        .map_err(|e| e.failure())?;
     if status.phase != MigrationPhase::Operational {
-        match api.activate().await {
+        match until_answered(deadline, || api.activate()).await {
             Ok(answer) => eprintln!(
                 "Activation requested at {}; waiting for the database to become operational",
                 answer.activation_requested_at
             ),
+            // The switch has begun (or is done): the request was recorded before.
             Err(error) if error.code() == Some(ProblemCode::MigrationOperational) => {}
             Err(error) => return Err(error.failure()),
         }
     }
-    let started = Instant::now();
     let mut last = None;
-    let mut failures_in_a_row = 0;
     loop {
-        let status = match api.status().await {
-            Ok(status) => {
-                failures_in_a_row = 0;
-                status
-            }
-            Err(error) if error.is_transient() => {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-            // During the switch itself the migrator is closed before the keys expire and the
-            // resource says Operational, so a few answers in between can fail: ask again a little.
-            Err(error)
-                if failures_in_a_row < 10
-                    && error.code() != Some(ProblemCode::KeyWrong)
-                    && error.code() != Some(ProblemCode::KeyRevoked) =>
-            {
-                failures_in_a_row += 1;
-                tracing::debug!(code = ?error.code(), "status failed while waiting for the switch");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-            Err(error)
-                if error.code() == Some(ProblemCode::KeyExpired)
-                    && key_expires_at.is_some_and(|at| {
-                        at > chrono::Utc::now() + chrono::Duration::seconds(60)
-                    }) =>
-            {
-                eprintln!(
-                    "  phase: Operational (the API stopped accepting the migration key, which happens at the switch)"
-                );
-                return Ok(());
-            }
-            Err(error) => return Err(error.failure()),
-        };
+        let status = until_answered(deadline, || api.status())
+            .await
+            .map_err(|e| e.failure())?;
         if last != Some(status.phase) {
             eprintln!("  phase: {}", status.phase);
             last = Some(status.phase);
@@ -232,10 +198,15 @@ pub async fn activate_and_wait(
             }
             _ => {}
         }
-        if started.elapsed() > timeout {
+        if Instant::now() > deadline {
+            let why = match status.phase {
+                MigrationPhase::Activating => "the switch is taking longer than expected",
+                MigrationPhase::Validated => "an NHN operator may need to approve it",
+                _ => "it has not reached the switch",
+            };
             return Err(Failure::new(
                 format!(
-                    "The database is still {} after {} s (an NHN operator may need to approve it).",
+                    "The database is still {} after {} s ({why}).",
                     status.phase,
                     timeout.as_secs()
                 ),
@@ -243,6 +214,25 @@ pub async fn activate_and_wait(
             ));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+/// Asks until the answer is not a transient failure (see [`ApiError::is_transient`]) or `deadline`
+/// has passed, waiting `Retry-After` (else 2 s) in between; returns that answer.
+async fn until_answered<T, F, Fut>(deadline: Instant, mut ask: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    loop {
+        match ask().await {
+            Err(error) if error.is_transient() && Instant::now() < deadline => {
+                tracing::debug!(code = ?error.code(), "transient failure; asking again");
+                let wait = error.retry_after().unwrap_or(Duration::from_secs(2));
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(wait.min(left).max(Duration::from_millis(100))).await;
+            }
+            answer => return answer,
+        }
     }
 }
 

@@ -94,10 +94,13 @@ pub async fn reconcile(
 }
 
 /// Failures with a cause the user must fix are written to status and an Event, then retried with
-/// backoff by returning the error.
+/// backoff by returning the error. The phase written with the failure is the one the object has by
+/// then: a failure after this pass wrote `Activating` keeps `Activating`, so the migration API never
+/// sees a staging phase for a database whose migrator may be closed.
 async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (db, ctx) = (db.as_ref(), ctx.as_ref());
-    match provision_and_observe(db, ctx).await {
+    let mut reached = current_phase(db);
+    match provision_and_observe(db, ctx, &mut reached).await {
         Ok(action) => Ok(action),
         Err(error) => {
             let message = error.to_string();
@@ -111,7 +114,7 @@ async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, 
                     reason: "UnknownDataModelVersion",
                     ..
                 } => Phase::Failed,
-                _ => current_phase(db).unwrap_or(Phase::Pending),
+                _ => reached.unwrap_or(Phase::Pending),
             };
             patch_status(
                 ctx,
@@ -204,7 +207,13 @@ async fn ensure_password(
     }
 }
 
-async fn provision_and_observe(db: &MigrationDatabase, ctx: &Context) -> Result<Action, Error> {
+/// One pass. `reached` follows the phase of the switch this pass has written (`Activating`), for the
+/// failure path of [`apply`].
+async fn provision_and_observe(
+    db: &MigrationDatabase,
+    ctx: &Context,
+    reached: &mut Option<Phase>,
+) -> Result<Action, Error> {
     let namespace = db.namespace().unwrap_or_default();
     let uid = db.uid().unwrap_or_default();
     let version = db.spec.data_model_version;
@@ -289,22 +298,14 @@ async fn provision_and_observe(db: &MigrationDatabase, ctx: &Context) -> Result<
     let (_, record) = session.observe().await?;
 
     let decision = activation_decision(db, record.as_ref());
+    // The switch, in the order the migration API relies on (it answers `status` and `key-check` from
+    // the MigrationDatabase's status and refuses every write from `Activating` on): (1) phase
+    // `Activating`, before anything is closed; (2) PostgreSQL switched, the mode written first as the
+    // intent (`switch_to_operational`); (3) below, the access entry and the migrator's Secret; (4) the
+    // keys expire; (5) phase `Operational`. A crash or failure anywhere leaves a phase at or after
+    // `Activating` once (1) is done, and the next pass repeats every step (each is idempotent).
     if mode == Mode::Staging && decision == ActivationDecision::Switch {
-        patch_status(
-            ctx,
-            db,
-            Phase::Activating,
-            "Activating",
-            vec![cond(
-                ConditionType::Validated,
-                true,
-                "Validated",
-                "the validation record is in the database",
-            )],
-            None,
-            None,
-        )
-        .await?;
+        mark_activating(ctx, db, reached).await?;
         session.switch_to_operational().await?;
         mode = Mode::Operational;
         publish(
@@ -316,7 +317,11 @@ async fn provision_and_observe(db: &MigrationDatabase, ctx: &Context) -> Result<
         )
         .await;
     } else if mode == Mode::Operational {
-        // Finishes a switch that a crash interrupted after the mode was recorded (idempotent).
+        // Finishes a switch that a crash interrupted after the mode was recorded (idempotent). The
+        // phase is `Activating` already, unless something wrote an earlier one since: restore it.
+        if !matches!(*reached, Some(Phase::Activating | Phase::Operational)) {
+            mark_activating(ctx, db, reached).await?;
+        }
         session.switch_to_operational().await?;
     }
     session.close().await?;
@@ -381,7 +386,9 @@ async fn provision_and_observe(db: &MigrationDatabase, ctx: &Context) -> Result<
                 ),
             ],
             Some(coordinates),
-            active_key(db, ctx).await?,
+            // Every key of the database was just expired: none is active (read from the cache,
+            // the patches above might not show yet).
+            None,
         )
         .await?;
         return Ok(Action::requeue(ctx.config.resync));
@@ -466,34 +473,78 @@ async fn provision_and_observe(db: &MigrationDatabase, ctx: &Context) -> Result<
     Ok(Action::requeue(ctx.config.resync))
 }
 
+/// Phase `Activating`: written before the migrator is closed, so that the migration API answers
+/// from the status (and refuses writes) before a connection could fail.
+async fn mark_activating(
+    ctx: &Context,
+    db: &MigrationDatabase,
+    reached: &mut Option<Phase>,
+) -> Result<(), Error> {
+    patch_status(
+        ctx,
+        db,
+        Phase::Activating,
+        "Activating",
+        vec![cond(
+            ConditionType::Validated,
+            true,
+            "Validated",
+            "the validation record is in the database",
+        )],
+        None,
+        None,
+    )
+    .await?;
+    *reached = Some(Phase::Activating);
+    Ok(())
+}
+
+/// The keys of this database, from the key controller's cache (waiting, once after a start, until
+/// it holds the first full list).
+async fn keys_of(
+    db: &MigrationDatabase,
+    ctx: &Context,
+) -> Result<Vec<Arc<crate::crd::MigrationKey>>, Error> {
+    ctx.keys
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Config {
+            reason: "KeyCacheUnavailable",
+            message: "the operator's cache of MigrationKeys stopped before it was filled".into(),
+        })?;
+    let (namespace, name) = (db.namespace(), db.name_any());
+    Ok(ctx
+        .keys
+        .state()
+        .into_iter()
+        .filter(|k| k.namespace() == namespace && k.spec.database_ref == name)
+        .collect())
+}
+
 /// The id of the one Active MigrationKey of this database, if any.
 async fn active_key(db: &MigrationDatabase, ctx: &Context) -> Result<Option<String>, Error> {
-    let keys: Api<crate::crd::MigrationKey> =
-        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    let list = keys.list(&Default::default()).await?;
-    Ok(list
-        .items
+    Ok(keys_of(db, ctx)
+        .await?
         .into_iter()
-        .filter(|k| k.spec.database_ref == db.name_any())
-        .filter_map(|k| k.status)
+        .filter_map(|k| k.status.clone())
         .find(|s| s.phase == Some(crate::crd::KeyPhase::Active))
         .and_then(|s| s.key_id))
 }
 
-/// Every key of an operational database stops working at once (the API checks the phase too).
+/// Every key of an operational database stops working at once (the API checks the phase too). The
+/// keys come from the cache; each patch goes to the API server. A key the cache does not hold yet
+/// is expired by the key controller once the database is `Operational`.
 async fn expire_keys(db: &MigrationDatabase, ctx: &Context) -> Result<(), Error> {
     let keys: Api<crate::crd::MigrationKey> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
-    for key in keys.list(&Default::default()).await?.items {
+    for key in keys_of(db, ctx).await? {
         let phase = key.status.as_ref().and_then(|s| s.phase);
-        if key.spec.database_ref == db.name_any()
-            && matches!(
-                phase,
-                Some(crate::crd::KeyPhase::Active)
-                    | Some(crate::crd::KeyPhase::Superseded)
-                    | Some(crate::crd::KeyPhase::Pending)
-            )
-        {
+        if matches!(
+            phase,
+            Some(crate::crd::KeyPhase::Active)
+                | Some(crate::crd::KeyPhase::Superseded)
+                | Some(crate::crd::KeyPhase::Pending)
+        ) {
             let patch = json!({"apiVersion": "sfm.nhn.no/v1alpha1", "kind": "MigrationKey",
                 "status": {"phase": crate::crd::KeyPhase::Expired, "message": "the database is operational"}});
             keys.patch_status(

@@ -31,11 +31,14 @@ pub struct KeyFacts {
     pub created: jiff::Timestamp,
     pub expires: jiff::Timestamp,
     pub revoked: bool,
+    /// The database is `Activating` and the key is already Expired: the switch expired it (its last
+    /// step before `Operational`), and it stays so; it is never made Active again.
+    pub expired_by_switch: bool,
 }
 
 /// The phase of every key of one database: revoked keys are Revoked; with the database operational
-/// every other key is Expired; past its expiry a key is Expired; of the rest, the newest (by creation,
-/// then name) is Active and the others are Superseded.
+/// every other key is Expired; past its expiry, or expired by the switch, a key is Expired; of the
+/// rest, the newest (by creation, then name) is Active and the others are Superseded.
 pub fn key_phases(
     keys: &[KeyFacts],
     database_operational: bool,
@@ -43,14 +46,14 @@ pub fn key_phases(
 ) -> Vec<(String, KeyPhase)> {
     let newest = keys
         .iter()
-        .filter(|k| !k.revoked && !database_operational && k.expires > now)
+        .filter(|k| !k.revoked && !database_operational && !k.expired_by_switch && k.expires > now)
         .max_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)))
         .map(|k| k.name.clone());
     keys.iter()
         .map(|k| {
             let phase = if k.revoked {
                 KeyPhase::Revoked
-            } else if database_operational || k.expires <= now {
+            } else if database_operational || k.expired_by_switch || k.expires <= now {
                 KeyPhase::Expired
             } else if Some(&k.name) == newest.as_ref() {
                 KeyPhase::Active
@@ -66,7 +69,7 @@ fn secret_name(key: &MigrationKey) -> String {
     format!("{}-key", key.name_any())
 }
 
-fn facts(key: &MigrationKey) -> Result<KeyFacts, Error> {
+fn facts(key: &MigrationKey, database_activating: bool) -> Result<KeyFacts, Error> {
     let created = key
         .metadata
         .creation_timestamp
@@ -87,6 +90,8 @@ fn facts(key: &MigrationKey) -> Result<KeyFacts, Error> {
         created,
         expires,
         revoked: key.spec.revoked,
+        expired_by_switch: database_activating
+            && key.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Expired),
     })
 }
 
@@ -115,7 +120,9 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
         None => create_secret(&secrets, &key).await?,
     };
 
-    let operational = db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Operational);
+    let database_phase = db.status.as_ref().and_then(|s| s.phase);
+    let operational = database_phase == Some(Phase::Operational);
+    let activating = database_phase == Some(Phase::Activating);
     let siblings: Vec<MigrationKey> = keys
         .list(&ListParams::default())
         .await?
@@ -123,14 +130,17 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
         .into_iter()
         .filter(|k| k.spec.database_ref == key.spec.database_ref)
         .collect();
-    let all_facts = siblings.iter().map(facts).collect::<Result<Vec<_>, _>>()?;
+    let all_facts = siblings
+        .iter()
+        .map(|k| facts(k, activating))
+        .collect::<Result<Vec<_>, _>>()?;
     let now = jiff::Timestamp::now();
     let phases = key_phases(&all_facts, operational, now);
     let mine = all_facts
         .iter()
         .find(|f| f.name == key.name_any())
         .cloned()
-        .unwrap_or(facts(&key)?);
+        .unwrap_or(facts(&key, activating)?);
     let my_phase = phases
         .iter()
         .find(|(n, _)| *n == key.name_any())
@@ -296,6 +306,7 @@ mod tests {
             created: at(created),
             expires: at(expires),
             revoked,
+            expired_by_switch: false,
         }
     }
 
@@ -334,6 +345,30 @@ mod tests {
             key_phases(&keys, true, at(100))
                 .iter()
                 .all(|(_, p)| *p == KeyPhase::Expired)
+        );
+    }
+
+    #[test]
+    fn a_key_the_switch_expired_stays_expired_while_the_database_is_activating() {
+        // The switch expired both keys; the database is not Operational yet. Neither comes back,
+        // and the older one is not promoted in place of the newer.
+        let mut a = key("a", 10, 1000, false);
+        let mut b = key("b", 20, 1000, false);
+        a.expired_by_switch = true;
+        b.expired_by_switch = true;
+        assert!(
+            key_phases(&[a.clone(), b], false, at(100))
+                .iter()
+                .all(|(_, p)| *p == KeyPhase::Expired)
+        );
+        let b = key("b", 20, 1000, false);
+        assert_eq!(
+            key_phases(&[a, b], false, at(100)),
+            vec![
+                ("a".into(), KeyPhase::Expired),
+                ("b".into(), KeyPhase::Active)
+            ],
+            "a key not yet expired keeps its phase until the switch expires it"
         );
     }
 }

@@ -21,10 +21,11 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use crate::crd::{MigrationDatabase, MigrationKey};
+use crate::crd::{MigrationDatabase, MigrationKey, Phase};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "sfm-operator";
@@ -67,6 +68,9 @@ pub struct Context {
     pub config: Config,
     pub recorder: Recorder,
     pub metrics: Arc<metrics::Metrics>,
+    /// The key controller's cache of MigrationKeys (the watched namespaces), read by the database
+    /// reconcile instead of listing keys on every pass. Writes still go to the API server.
+    pub keys: Store<MigrationKey>,
 }
 
 /// Errors of one reconcile; each becomes a condition message, an Event and a retry with backoff.
@@ -237,17 +241,23 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
     let namespace = config.watch_namespace.clone();
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(config.concurrency.max(1));
-    let context = Arc::new(Context {
-        client: client.clone(),
-        config,
-        recorder,
-        metrics,
-    });
     let databases: Api<MigrationDatabase> = scoped(&client, &namespace);
     let databases_for_keys = databases.clone();
     let keys: Api<MigrationKey> = scoped(&client, &namespace);
     let secrets: Api<Secret> = scoped(&client, &namespace);
     let owned = || watcher::Config::default().labels(children::MANAGED_BY_SELECTOR);
+
+    // The key controller's cache serves both controllers: the mapper below and the database
+    // reconcile (its active key, the keys to expire at the switch).
+    let key_controller = Controller::new(keys.clone(), watcher::Config::default());
+    let key_cache = key_controller.store();
+    let context = Arc::new(Context {
+        client: client.clone(),
+        config,
+        recorder,
+        metrics,
+        keys: key_cache.clone(),
+    });
 
     // Keys change a database's active key; status changes of a database (the migration API's
     // `status.migration`) must wake it too, so no generation-only predicate is used.
@@ -274,7 +284,7 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
                                 .as_ref()
                                 .is_some_and(|server| server.admin_secret_ref.name == name)
                     })
-                    .map(|db| kube::runtime::reflector::ObjectRef::from_obj(db.as_ref()))
+                    .map(|db| ObjectRef::from_obj(db.as_ref()))
                     .collect::<Vec<_>>()
             },
         )
@@ -282,9 +292,8 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
             keys.clone(),
             watcher::Config::default(),
             |key: MigrationKey| {
-                key.namespace().map(|ns| {
-                    kube::runtime::reflector::ObjectRef::new(&key.spec.database_ref).within(&ns)
-                })
+                key.namespace()
+                    .map(|ns| ObjectRef::new(&key.spec.database_ref).within(&ns))
             },
         )
         .shutdown_on_signal()
@@ -295,10 +304,12 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
             }
         });
 
-    // A key waiting for its database (Pending) must wake when the database appears, so database
-    // changes map to the keys that name it, looked up in the key controller's own cache.
-    let key_controller = Controller::new(keys, watcher::Config::default());
-    let key_cache = key_controller.store();
+    // A key waiting for its database (Pending) must wake when the database appears, and every key
+    // when its database changes phase (Operational expires them), so database changes map to the
+    // keys that name it, looked up in the key controller's own cache. Only changes a key's phase
+    // depends on pass (see [`DatabaseChanges`]): not every status write of the database (the
+    // migration API's progress, once a second while it receives) re-reconciles its keys.
+    let changes = DatabaseChanges::default();
     let key_controller = key_controller
         .with_config(controller_config)
         .owns(secrets, owned())
@@ -306,12 +317,15 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
             databases_for_keys,
             watcher::Config::default(),
             move |db: MigrationDatabase| {
+                if !changes.matters(&db) {
+                    return Vec::new();
+                }
                 let (namespace, name) = (db.namespace(), db.name_any());
                 key_cache
                     .state()
                     .into_iter()
                     .filter(|key| key.namespace() == namespace && key.spec.database_ref == name)
-                    .map(|key| kube::runtime::reflector::ObjectRef::from_obj(key.as_ref()))
+                    .map(|key| ObjectRef::from_obj(key.as_ref()))
                     .collect::<Vec<_>>()
             },
         )
@@ -325,4 +339,108 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
 
     tracing::info!("sfm-operator reconciling");
     futures::join!(database_controller, key_controller);
+}
+
+/// What of a MigrationDatabase its keys' phases depend on, remembered per database, so that the
+/// database→keys mapper passes only the changes that matter: a database seen for the first time
+/// (created, or after a restart), a new UID under the same name (recreated), a new phase, and
+/// deletion. A database being deleted (deletion timestamp) or without the operator's finalizer
+/// always passes and is not remembered, so its final delete event passes too; that keeps the
+/// memory to live, finalised databases.
+#[derive(Default)]
+pub struct DatabaseChanges {
+    seen: std::sync::Mutex<std::collections::HashMap<DatabaseId, KeyRelevant>>,
+}
+
+/// Namespace and name of a MigrationDatabase.
+type DatabaseId = (String, String);
+/// What of a MigrationDatabase its keys depend on: its UID and phase.
+type KeyRelevant = (String, Option<Phase>);
+
+impl DatabaseChanges {
+    /// Whether this observation of `db` must wake its keys (and remembers it).
+    pub fn matters(&self, db: &MigrationDatabase) -> bool {
+        let id = (db.namespace().unwrap_or_default(), db.name_any());
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let finalised = db.finalizers().iter().any(|f| f == FINALIZER);
+        if db.metadata.deletion_timestamp.is_some() || !finalised {
+            seen.remove(&id);
+            return true;
+        }
+        let now = (
+            db.uid().unwrap_or_default(),
+            db.status.as_ref().and_then(|s| s.phase),
+        );
+        seen.insert(id, now.clone()) != Some(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{MigrationDatabaseStatus, Phase};
+
+    fn database(uid: &str, phase: Option<Phase>, finalised: bool) -> MigrationDatabase {
+        let spec = serde_json::from_value(serde_json::json!({
+            "organisation": {"name": "Test", "organisationNumber": "974600951", "helseIdClientId": "c"},
+            "dataModelVersion": 4,
+        }))
+        .unwrap();
+        let mut db = MigrationDatabase::new("db", spec);
+        db.metadata.namespace = Some("ns".into());
+        db.metadata.uid = Some(uid.into());
+        if finalised {
+            db.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        }
+        db.status = Some(MigrationDatabaseStatus {
+            phase,
+            ..Default::default()
+        });
+        db
+    }
+
+    #[test]
+    fn keys_wake_for_a_new_database_a_new_uid_a_new_phase_and_deletion_only() {
+        let changes = DatabaseChanges::default();
+        let staging = database("u1", Some(Phase::Staging), true);
+        assert!(changes.matters(&staging), "first seen");
+        assert!(
+            !changes.matters(&staging),
+            "the same again (a resync or relist)"
+        );
+        let mut progress = staging.clone();
+        progress.status.as_mut().unwrap().phase_reason = Some("Migrating".into());
+        progress.metadata.resource_version = Some("42".into());
+        assert!(
+            !changes.matters(&progress),
+            "a status write of the same phase"
+        );
+        assert!(changes.matters(&database("u1", Some(Phase::Validated), true)));
+        assert!(changes.matters(&database("u1", Some(Phase::Activating), true)));
+        assert!(changes.matters(&database("u1", Some(Phase::Operational), true)));
+        assert!(!changes.matters(&database("u1", Some(Phase::Operational), true)));
+        assert!(
+            changes.matters(&database("u2", Some(Phase::Operational), true)),
+            "recreated under the same name"
+        );
+        let mut deleting = database("u2", Some(Phase::Operational), true);
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        assert!(changes.matters(&deleting));
+        assert!(
+            changes.matters(&deleting),
+            "every event of a deletion passes"
+        );
+        let unfinalised = database("u3", None, false);
+        assert!(changes.matters(&unfinalised));
+        assert!(
+            changes.matters(&unfinalised),
+            "not yet finalised: always passes"
+        );
+        assert!(
+            changes.seen.lock().unwrap().is_empty(),
+            "nothing kept of either"
+        );
+    }
 }

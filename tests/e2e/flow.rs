@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use sfm_migration::client::ledger::LEDGER_FILE;
+use sfm_migration::contract;
 
 /// The API's namespace (where the operator writes the migrators' Secrets), shared with the other
 /// end-to-end tests so concurrently running operators agree.
@@ -82,6 +83,69 @@ fn provision(ns_name: &str, database: &str) -> String {
     ) == "Active"));
     let secret = jsonpath(ns_name, "mkey/flow-key", "{.status.secretName}");
     secret_field(ns_name, &secret, "key")
+}
+
+/// An admission policy (cluster-scoped, for the MigrationDatabases of one namespace) that refuses any
+/// status write marking a database `Operational`: the operator's switch then runs to its very last
+/// step and fails there, so the database stays `Activating` until [`HoldBeforeOperational::release`].
+struct HoldBeforeOperational {
+    name: String,
+}
+
+impl HoldBeforeOperational {
+    const MESSAGE: &str = "held before Operational by the flow test";
+
+    /// Creates the policy and its binding, and returns once the API server enforces them (a dry-run
+    /// status write of `Operational` is refused).
+    fn new(ns: &str) -> HoldBeforeOperational {
+        let name = format!("hold-{ns}");
+        kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&format!(
+                "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata:\n  name: {name}\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n    - apiGroups: [sfm.nhn.no]\n      apiVersions: [\"*\"]\n      operations: [CREATE, UPDATE]\n      resources: [migrationdatabases/status]\n  validations:\n  - expression: \"!has(object.status) || !has(object.status.phase) || object.status.phase != 'Operational'\"\n    message: {msg}\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata:\n  name: {name}\nspec:\n  policyName: {name}\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector:\n      matchLabels:\n        kubernetes.io/metadata.name: {ns}\n",
+                msg = Self::MESSAGE
+            )),
+        );
+        let probe = format!(
+            r#"{{"apiVersion":"sfm.nhn.no/v1alpha1","kind":"MigrationDatabase","metadata":{{"name":"flow","namespace":"{ns}"}},"status":{{"phase":"Operational"}}}}"#
+        );
+        assert!(
+            eventually(PATIENCE, || {
+                let out = kubectl(
+                    &[
+                        "apply",
+                        "--server-side",
+                        "--force-conflicts",
+                        "--field-manager=sfm-flow-test",
+                        "--subresource=status",
+                        "--dry-run=server",
+                        "-f",
+                        "-",
+                    ],
+                    Some(&probe),
+                );
+                !out.status.success()
+                    && String::from_utf8_lossy(&out.stderr).contains(Self::MESSAGE)
+            }),
+            "the admission policy is not enforced"
+        );
+        HoldBeforeOperational { name }
+    }
+
+    fn release(&self) {
+        for kind in [
+            "validatingadmissionpolicybinding",
+            "validatingadmissionpolicy",
+        ] {
+            let _ = kubectl(&["delete", kind, &self.name, "--ignore-not-found"], None);
+        }
+    }
+}
+
+impl Drop for HoldBeforeOperational {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 fn ledger_lines(folder: &Path, state: &str) -> usize {
@@ -292,9 +356,13 @@ fn an_export_goes_from_files_to_an_operational_database() {
         "{}",
         text(&second)
     );
-    assert_eq!(
-        query("SELECT count(*) FROM sfm.patients"),
-        PATIENTS as i64 - 1
+    // `upload` may return while the API still ingests a few completed files ("verify waits for
+    // them"), so the count is awaited; that it never goes past is asserted by the runs below.
+    assert!(
+        eventually(PATIENCE, || query("SELECT count(*) FROM sfm.patients")
+            == PATIENTS as i64 - 1),
+        "{} patients stored",
+        query("SELECT count(*) FROM sfm.patients")
     );
     assert!(eventually(PATIENCE, || count(
         &ns_name,
@@ -327,7 +395,9 @@ fn an_export_goes_from_files_to_an_operational_database() {
         "{}",
         text(&fixed)
     );
-    assert_eq!(query("SELECT count(*) FROM sfm.patients"), PATIENTS as i64);
+    assert!(eventually(PATIENCE, || query(
+        "SELECT count(*) FROM sfm.patients"
+    ) == PATIENTS as i64));
     assert!(eventually(PATIENCE, || count(&ns_name, "patients.stored")
         == PATIENTS as u64));
     assert_eq!(count(&ns_name, "patients.rejected"), 0);
@@ -356,17 +426,161 @@ fn an_export_goes_from_files_to_an_operational_database() {
     assert!(verified.status.success(), "{}", text(&verified));
     assert!(String::from_utf8_lossy(&verified.stdout).contains(&format!("{PATIENTS} patients")));
     std::fs::write(export.join("notes.ledger"), b"the controller's own file").unwrap();
-    let activated = run(
+
+    // The switch, held at its very last step: an admission policy refuses to let the database be
+    // marked Operational, so the operator closes the migrator, deletes its Secret and expires the
+    // keys, then fails and retries, and the database stays `Activating` for as long as this test
+    // needs, whatever the timing. Meanwhile the key reads the status and the key check (from the
+    // MigrationDatabase, since the migrator is closed), every write is refused as the end of the
+    // migration, and `sfm-migrate activate` keeps waiting.
+    let hold = HoldBeforeOperational::new(&ns_name);
+    let mut activating = Process::start(
         client,
         &[
             "activate",
             export.to_str().unwrap(),
             "--timeout-secs",
-            "180",
+            "900",
         ],
         &[config_env],
+        &format!("client-flow-{ns_name}-activate"),
     );
-    assert!(activated.status.success(), "{}", text(&activated));
+    assert!(
+        eventually(PATIENCE, || {
+            jsonpath(&ns_name, "mdb/flow", "{.status.phase}") == "Activating"
+                && jsonpath(&ns_name, "mkey/flow-key", "{.status.phase}") == "Expired"
+                && !kubectl(&["-n", api_ns, "get", "secret", migrator_name], None)
+                    .status
+                    .success()
+        }),
+        "the switch did not reach its last step; the client's log:\n{}",
+        activating.log_text()
+    );
+    // The operator tried to finish and failed at least once; the phase it wrote with the failure is
+    // still Activating.
+    assert!(eventually(PATIENCE, || jsonpath(
+        &ns_name,
+        "mdb/flow",
+        "{.status.conditions[?(@.type==\"Ready\")].reason}"
+    ) == "KubernetesApiError"));
+    assert_eq!(
+        jsonpath(&ns_name, "mdb/flow", "{.status.phase}"),
+        "Activating"
+    );
+    runtime.block_on(async {
+        use sqlx::Connection;
+        assert!(
+            sqlx::PgConnection::connect(&migrator_uri).await.is_err(),
+            "the migrator can still log in while Activating"
+        );
+    });
+    let during = run(client, &["status"], &[config_env]);
+    let during_text = text(&during);
+    assert!(during.status.success(), "{during_text}");
+    assert!(during_text.contains("flow: Activating"), "{during_text}");
+    assert!(
+        during_text.contains(&format!("stored {PATIENTS}")),
+        "{during_text}"
+    );
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let status = http
+            .get(format!("{api_url}{}", contract::PATH_STATUS))
+            .header(contract::HEADER_MIGRATION_KEY, &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status.status(), 200);
+        let status: contract::MigrationStatus = status.json().await.unwrap();
+        assert_eq!(status.phase, contract::MigrationPhase::Activating);
+        assert_eq!(status.patients.stored, PATIENTS as u64);
+        let check = http
+            .post(format!("{api_url}{}", contract::PATH_KEY_CHECK))
+            .header(contract::HEADER_MIGRATION_KEY, &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(check.status(), 200);
+        let check: contract::KeyCheckResponse = check.json().await.unwrap();
+        assert_eq!(check.phase, contract::MigrationPhase::Activating);
+        assert!(check.organisation_stored);
+        // Writes: an upload, a verify and another activate are the end of the migration.
+        let upload = http
+            .post(format!("{api_url}{}", contract::PATH_FILES))
+            .header(contract::HEADER_TUS_RESUMABLE, contract::TUS_VERSION)
+            .header(contract::HEADER_UPLOAD_LENGTH, "10")
+            .header(
+                contract::HEADER_UPLOAD_METADATA,
+                contract::encode_upload_metadata(&[
+                    ("name", "Patients0\\late.pat"),
+                    ("FileType", "Patient"),
+                ]),
+            )
+            .header(contract::HEADER_MIGRATION_KEY, &key);
+        let verify = http
+            .post(format!("{api_url}{}", contract::PATH_VERIFY))
+            .header(contract::HEADER_MIGRATION_KEY, &key)
+            .json(&serde_json::json!({"manifestVersion": 1, "files": []}));
+        let activate = http
+            .post(format!("{api_url}{}", contract::PATH_ACTIVATE))
+            .header(contract::HEADER_MIGRATION_KEY, &key);
+        for (what, request) in [
+            ("upload", upload),
+            ("verify", verify),
+            ("activate", activate),
+        ] {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 409, "{what}");
+            let problem: contract::Problem = response.json().await.unwrap();
+            assert_eq!(
+                problem.code,
+                contract::ProblemCode::MigrationOperational,
+                "{what}"
+            );
+        }
+    });
+    // The waiting client (it asks every 2 s) has seen Activating, and waits on.
+    assert!(
+        eventually(PATIENCE, || activating
+            .log_text()
+            .contains("phase: Activating")),
+        "{}",
+        activating.log_text()
+    );
+    assert!(
+        activating.child.try_wait().unwrap().is_none(),
+        "sfm-migrate activate stopped while the database was Activating:\n{}",
+        activating.log_text()
+    );
+
+    // Released: the operator's next pass (woken at once, not after its backoff) finishes the switch
+    // and the waiting client sees Operational and deletes the export.
+    hold.release();
+    kubectl_ok(
+        &[
+            "-n",
+            &ns_name,
+            "annotate",
+            "--overwrite",
+            "mdb/flow",
+            "sfm.nhn.no/test-nudge=released",
+        ],
+        None,
+    );
+    assert!(
+        eventually(PATIENCE, || activating.child.try_wait().unwrap().is_some()),
+        "sfm-migrate activate did not finish after the switch:\n{}",
+        activating.log_text()
+    );
+    let activated = activating.child.wait().unwrap();
+    assert!(activated.success(), "{}", activating.log_text());
+    assert!(
+        activating
+            .log_text()
+            .contains("The database is operational: the migration is complete."),
+        "{}",
+        activating.log_text()
+    );
     kubectl_ok(
         &[
             "-n",
