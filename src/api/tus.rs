@@ -5,6 +5,11 @@
 //! and appends under the row's lock (`SELECT ... FOR UPDATE`), so appends landing on different
 //! replicas serialise and none is lost or stored twice. The upload id names the database, so any
 //! replica finds it. The completing `PATCH` hands the file to [`super::ingest`].
+//!
+//! A file that comes whole in its `POST` (creation-with-upload, the usual case for a patient file)
+//! skips the chunk table: [`super::ingest::ingest_whole`] writes the upload row, the ingest and its
+//! outcome in one transaction, so there is nothing to resume and nothing acknowledged before it is
+//! stored.
 
 use std::sync::Arc;
 
