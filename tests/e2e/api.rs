@@ -1880,3 +1880,91 @@ fn expired_uploads_get_410_and_only_unfinished_ones_are_swept() {
             .contains("ingesting an upload left complete")
     );
 }
+
+/// A file sent whole in its POST (creation-with-upload, as `sfm-migrate` sends every file up to its
+/// chunk size) is created, ingested and recorded in one transaction: the 201 says `stored` or
+/// `rejected`, no chunk is kept, the same bytes again store nothing twice, and a body that fails its
+/// checksum creates nothing. A body short of `Upload-Length` still takes the resumable path.
+#[test]
+fn a_file_sent_whole_in_its_post_is_stored_before_the_answer() {
+    let fx = Fixture::new("api-whole", "Lenient");
+    let api = fx.api("api", &[]);
+    fx.store_organisation(&api, 8192, false);
+    let whole = |name: &str, data: &[u8], checksum_of: &[u8]| {
+        create_request(&fx.client, &api.base, &fx.key, name, "Patient", data.len())
+            .header("content-type", "application/offset+octet-stream")
+            .header(
+                "upload-checksum",
+                UploadChecksum::of(ChecksumAlgorithm::Sha256, checksum_of).to_header(),
+            )
+            .body(data.to_vec())
+            .send()
+    };
+    fx.run(async {
+        let name = patient_name();
+        let length = fx.patient.len();
+        let uploads_before = fx.count("SELECT count(*) FROM sfm.uploads").await;
+
+        // A body that does not match its checksum: 460, and no upload exists.
+        let response = whole(&name, &fx.patient, b"something else").await.unwrap();
+        assert_eq!(problem(response).await, (460, "checksum-mismatch".into()));
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.uploads").await, uploads_before);
+
+        // The whole file: stored by the time the 201 comes, without a chunk.
+        let response = whole(&name, &fx.patient, &fx.patient).await.unwrap();
+        assert_eq!(response.status(), 201);
+        assert_eq!(header(&response, "upload-offset"), length.to_string());
+        assert_eq!(header(&response, "sfm-ingest-state"), "stored");
+        let url = header(&response, "location").to_owned();
+        assert_eq!(
+            fx.upload_row(&url).await,
+            Some(("ingested".into(), length as i64, 0))
+        );
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
+        let head = fx.head(&url, &fx.key).await;
+        assert_eq!(head.status(), 200);
+        assert_eq!(header(&head, "sfm-ingest-state"), "stored");
+
+        // The same bytes again: stored, once.
+        let response = whole(&name, &fx.patient, &fx.patient).await.unwrap();
+        assert_eq!(header(&response, "sfm-ingest-state"), "stored");
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
+        assert_eq!(
+            fx.count("SELECT count(*) FROM sfm.stored_files WHERE kind = 'patient'").await,
+            1
+        );
+
+        // Undecryptable content sent whole: 201 with the rejection, recorded, nothing stored.
+        let mut damaged = fx.patient.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x5a;
+        let other = "Patients0\\0a3c1d0e-2f4b-4c5d-8e6f-7a8b9c0d1e2f.pat";
+        let response = whole(other, &damaged, &damaged).await.unwrap();
+        assert_eq!(response.status(), 201);
+        assert_eq!(header(&response, "sfm-ingest-state"), "rejected");
+        assert_eq!(header(&response, "sfm-rejection-code"), "envelope-undecryptable");
+        let url = header(&response, "location").to_owned();
+        assert_eq!(fx.upload_state(&url).await.as_deref(), Some("rejected"));
+        assert_eq!(
+            fx.count("SELECT count(*) FROM sfm.rejections WHERE reason_code = 'envelope_undecryptable'").await,
+            1
+        );
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
+
+        // A body one byte short of Upload-Length is kept as the first chunk of a resumable upload.
+        let response = create_request(&fx.client, &api.base, &fx.key, other, "Patient", length)
+            .header("content-type", "application/offset+octet-stream")
+            .body(fx.patient[..length - 1].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        assert_eq!(header(&response, "upload-offset"), (length - 1).to_string());
+        let url = header(&response, "location").to_owned();
+        assert_eq!(
+            fx.upload_row(&url).await,
+            Some(("receiving".into(), length as i64 - 1, 1))
+        );
+    });
+    fx.wait_for_status("{.status.migration.patients.stored}", "1");
+}
