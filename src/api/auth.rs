@@ -635,31 +635,40 @@ mod tests {
     ];
     const SWITCHED: [Option<Phase>; 2] = [Some(Phase::Activating), Some(Phase::Operational)];
 
+    /// Asserts each (key phase, revoked, hours left to live) answers `expected` in every phase given.
+    fn expect(
+        phases: &[Option<Phase>],
+        cases: &[(KeyPhase, bool, i64, Result<ReadAnswer, ProblemCode>)],
+    ) {
+        for phase in phases {
+            for (key_phase, revoked, hours, expected) in cases {
+                assert_eq!(
+                    answer(&key(*key_phase, *revoked, *hours), *phase),
+                    *expected,
+                    "{key_phase:?} revoked={revoked} hours={hours} in {phase:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn in_staging_a_usable_key_reads_live_and_any_other_key_is_refused_for_its_fault() {
-        for phase in STAGING {
-            assert_eq!(
-                answer(&key(KeyPhase::Active, false, 1), phase),
-                Ok(ReadAnswer::Live)
-            );
-            assert_eq!(
-                answer(&key(KeyPhase::Expired, false, 1), phase),
-                Err(ProblemCode::KeyExpired)
-            );
-            assert_eq!(
-                answer(&key(KeyPhase::Active, false, -1), phase),
-                Err(ProblemCode::KeyExpired),
-                "past its time to live"
-            );
-            assert_eq!(
-                answer(&key(KeyPhase::Superseded, false, 1), phase),
-                Err(ProblemCode::KeySuperseded)
-            );
-            assert_eq!(
-                answer(&key(KeyPhase::Revoked, true, 1), phase),
-                Err(ProblemCode::KeyRevoked)
-            );
-        }
+        expect(
+            &STAGING,
+            &[
+                (KeyPhase::Active, false, 1, Ok(ReadAnswer::Live)),
+                (KeyPhase::Expired, false, 1, Err(ProblemCode::KeyExpired)),
+                // Past its time to live.
+                (KeyPhase::Active, false, -1, Err(ProblemCode::KeyExpired)),
+                (
+                    KeyPhase::Superseded,
+                    false,
+                    1,
+                    Err(ProblemCode::KeySuperseded),
+                ),
+                (KeyPhase::Revoked, true, 1, Err(ProblemCode::KeyRevoked)),
+            ],
+        );
     }
 
     #[test]
@@ -678,29 +687,22 @@ mod tests {
 
     #[test]
     fn a_revoked_superseded_or_unissued_key_never_reads_even_after_the_switch() {
-        for phase in SWITCHED {
-            assert_eq!(
-                answer(&key(KeyPhase::Revoked, true, 1), phase),
-                Err(ProblemCode::KeyRevoked)
-            );
-            // Expired by the switch, but revoked in its spec: still revoked.
-            assert_eq!(
-                answer(&key(KeyPhase::Expired, true, 1), phase),
-                Err(ProblemCode::KeyRevoked)
-            );
-            assert_eq!(
-                answer(&key(KeyPhase::Active, true, 1), phase),
-                Err(ProblemCode::KeyRevoked)
-            );
-            assert_eq!(
-                answer(&key(KeyPhase::Superseded, false, 1), phase),
-                Err(ProblemCode::KeySuperseded)
-            );
-            assert_eq!(
-                answer(&key(KeyPhase::Pending, false, 1), phase),
-                Err(ProblemCode::KeyUnknown)
-            );
-        }
+        expect(
+            &SWITCHED,
+            &[
+                (KeyPhase::Revoked, true, 1, Err(ProblemCode::KeyRevoked)),
+                // Expired by the switch, but revoked in its spec: still revoked.
+                (KeyPhase::Expired, true, 1, Err(ProblemCode::KeyRevoked)),
+                (KeyPhase::Active, true, 1, Err(ProblemCode::KeyRevoked)),
+                (
+                    KeyPhase::Superseded,
+                    false,
+                    1,
+                    Err(ProblemCode::KeySuperseded),
+                ),
+                (KeyPhase::Pending, false, 1, Err(ProblemCode::KeyUnknown)),
+            ],
+        );
     }
 
     #[test]

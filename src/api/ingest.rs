@@ -338,12 +338,7 @@ pub async fn ingest_upload(
     session: Session,
     upload: Uuid,
 ) -> Result<Option<Outcome>, ApiError> {
-    let _slot = state
-        .ingest_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|e| ApiError::internal("wait for an ingest slot", e))?;
+    let _slot = ingest_slot(&state).await?;
     let started = Instant::now();
     let mut tx = session
         .pool
@@ -386,15 +381,7 @@ pub async fn ingest_upload(
             (IngestState::Stored, None)
         }
         Err(rejection) => {
-            // Whatever `store` wrote is undone: start over on a clean transaction.
-            tx.rollback()
-                .await
-                .map_err(|e| database("undo the ingest", e))?;
-            tx = session
-                .pool
-                .begin()
-                .await
-                .map_err(|e| database("begin the rejection", e))?;
+            tx = start_over(tx, &session).await?;
             let still: Option<String> = sqlx::query_scalar(
                 "SELECT state FROM sfm.uploads WHERE id = $1 AND state = 'complete' FOR UPDATE SKIP LOCKED",
             )
@@ -427,12 +414,7 @@ pub async fn ingest_whole(
     new: NewUpload,
     data: Bytes,
 ) -> Result<Outcome, ApiError> {
-    let _slot = state
-        .ingest_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|e| ApiError::internal("wait for an ingest slot", e))?;
+    let _slot = ingest_slot(&state).await?;
     let started = Instant::now();
     let claimed = Claimed {
         file_name: new.file_name.clone(),
@@ -457,14 +439,7 @@ pub async fn ingest_whole(
             (IngestState::Stored, None)
         }
         Err(rejection) => {
-            tx.rollback()
-                .await
-                .map_err(|e| database("undo the ingest", e))?;
-            tx = session
-                .pool
-                .begin()
-                .await
-                .map_err(|e| database("begin the rejection", e))?;
+            tx = start_over(tx, &session).await?;
             new.insert(&mut tx, &session, Some(("rejected", &claimed.sha256)))
                 .await?;
             insert_rejection(&mut tx, new.id, &claimed, &rejection).await?;
@@ -476,6 +451,31 @@ pub async fn ingest_whole(
         .map_err(|e| database("commit the ingest", e))?;
     ingested(&state, &session, new.id, &claimed, outcome, started);
     Ok(outcome)
+}
+
+/// Ingests are CPU work and hold a database connection: a bounded number run at once.
+async fn ingest_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state
+        .ingest_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal("wait for an ingest slot", e))
+}
+
+/// Undoes whatever `store` wrote and begins a clean transaction for recording the rejection.
+async fn start_over(
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    session: &Session,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
+    tx.rollback()
+        .await
+        .map_err(|e| database("undo the ingest", e))?;
+    session
+        .pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the rejection", e))
 }
 
 /// Checks one file and stores it in `tx`. `Ok(Err(_))`: refused; the caller rolls `tx` back and

@@ -1908,7 +1908,10 @@ fn a_file_sent_whole_in_its_post_is_stored_before_the_answer() {
         // A body that does not match its checksum: 460, and no upload exists.
         let response = whole(&name, &fx.patient, b"something else").await.unwrap();
         assert_eq!(problem(response).await, (460, "checksum-mismatch".into()));
-        assert_eq!(fx.count("SELECT count(*) FROM sfm.uploads").await, uploads_before);
+        assert_eq!(
+            fx.count("SELECT count(*) FROM sfm.uploads").await,
+            uploads_before
+        );
 
         // The whole file: stored by the time the 201 comes, without a chunk.
         let response = whole(&name, &fx.patient, &fx.patient).await.unwrap();
@@ -1930,7 +1933,8 @@ fn a_file_sent_whole_in_its_post_is_stored_before_the_answer() {
         assert_eq!(header(&response, "sfm-ingest-state"), "stored");
         assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
         assert_eq!(
-            fx.count("SELECT count(*) FROM sfm.stored_files WHERE kind = 'patient'").await,
+            fx.count("SELECT count(*) FROM sfm.stored_files WHERE kind = 'patient'")
+                .await,
             1
         );
 
@@ -1942,11 +1946,17 @@ fn a_file_sent_whole_in_its_post_is_stored_before_the_answer() {
         let response = whole(other, &damaged, &damaged).await.unwrap();
         assert_eq!(response.status(), 201);
         assert_eq!(header(&response, "sfm-ingest-state"), "rejected");
-        assert_eq!(header(&response, "sfm-rejection-code"), "envelope-undecryptable");
+        assert_eq!(
+            header(&response, "sfm-rejection-code"),
+            "envelope-undecryptable"
+        );
         let url = header(&response, "location").to_owned();
         assert_eq!(fx.upload_state(&url).await.as_deref(), Some("rejected"));
         assert_eq!(
-            fx.count("SELECT count(*) FROM sfm.rejections WHERE reason_code = 'envelope_undecryptable'").await,
+            fx.count(
+                "SELECT count(*) FROM sfm.rejections WHERE reason_code = 'envelope_undecryptable'"
+            )
+            .await,
             1
         );
         assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
