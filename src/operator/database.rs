@@ -2,6 +2,7 @@
 //! operational under the activation rule, and clean up on deletion according to the reclaim policy.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -99,10 +100,19 @@ pub async fn reconcile(
 /// sees a staging phase for a database whose migrator may be closed.
 async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (db, ctx) = (db.as_ref(), ctx.as_ref());
+    let uid = db.uid().unwrap_or_default();
+    let fingerprint = pass_fingerprint(db, ctx);
+    if let Some(wait) = ctx.quiet.remaining(&uid, fingerprint, ctx.config.resync) {
+        return Ok(Action::requeue(wait));
+    }
     let mut reached = current_phase(db);
     match provision_and_observe(db, ctx, &mut reached).await {
-        Ok(action) => Ok(action),
+        Ok(action) => {
+            ctx.quiet.record(&uid, fingerprint);
+            Ok(action)
+        }
         Err(error) => {
+            ctx.quiet.forget(&uid);
             let message = error.to_string();
             let reason = error.reason();
             publish(ctx, db, EventType::Warning, reason, &message).await;
@@ -129,6 +139,74 @@ async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, 
             Err(error)
         }
     }
+}
+
+/// Databases whose last pass succeeded: what each looked like then ([`pass_fingerprint`]) and when.
+///
+/// Every status write wakes a MigrationDatabase, and the migration API writes `status.migration`
+/// about once a second while it receives files. A full pass (two PostgreSQL sessions, about twenty
+/// idempotent statements) for each of those writes cost PostgreSQL more CPU than the ingest itself in
+/// a long migration. So a wake-up that finds the object as the last successful pass saw it, within the
+/// resync interval, is answered without touching PostgreSQL; the resync still repairs drift.
+#[derive(Default)]
+pub struct QuietPasses(std::sync::Mutex<std::collections::HashMap<String, (u64, Instant)>>);
+
+impl QuietPasses {
+    /// How long until the next full pass is due, if the object is unchanged since the last one.
+    fn remaining(&self, uid: &str, fingerprint: u64, resync: Duration) -> Option<Duration> {
+        let passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (seen, at) = passes.get(uid)?;
+        let elapsed = at.elapsed();
+        (*seen == fingerprint && elapsed + Duration::from_secs(1) < resync)
+            .then(|| resync - elapsed)
+    }
+
+    fn record(&self, uid: &str, fingerprint: u64) {
+        let mut passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        passes.insert(uid.to_owned(), (fingerprint, Instant::now()));
+    }
+
+    fn forget(&self, uid: &str) {
+        let mut passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        passes.remove(uid);
+    }
+}
+
+/// What a pass depends on, hashed: the spec (generation), deletion, labels and annotations, what the
+/// migration API reports that leads to the switch (validated digest, activation request), and the
+/// database's MigrationKeys as the key cache holds them. Not the progress counters, and not the
+/// status the operator writes itself.
+fn pass_fingerprint(db: &MigrationDatabase, ctx: &Context) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let meta = &db.metadata;
+    meta.uid.hash(&mut hasher);
+    meta.generation.hash(&mut hasher);
+    meta.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    let migration = db.status.as_ref().and_then(|s| s.migration.as_ref());
+    migration
+        .and_then(|m| m.validated_digest.as_ref())
+        .hash(&mut hasher);
+    migration
+        .and_then(|m| m.activation_requested_at.as_ref())
+        .hash(&mut hasher);
+    let (namespace, name) = (db.namespace(), db.name_any());
+    let mut keys: Vec<(String, Option<String>)> = ctx
+        .keys
+        .state()
+        .iter()
+        .filter(|key| key.namespace() == namespace && key.spec.database_ref == name)
+        .map(|key| (key.name_any(), key.resource_version()))
+        .collect();
+    keys.sort();
+    keys.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn current_phase(db: &MigrationDatabase) -> Option<Phase> {
@@ -716,4 +794,33 @@ async fn cleanup(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action
     )
     .await;
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QuietPasses;
+    use std::time::Duration;
+
+    #[test]
+    fn an_unchanged_database_waits_for_its_resync_and_a_changed_or_failed_one_does_not() {
+        let quiet = QuietPasses::default();
+        let resync = Duration::from_secs(300);
+        assert_eq!(quiet.remaining("uid", 1, resync), None, "never passed");
+        quiet.record("uid", 1);
+        assert!(
+            quiet
+                .remaining("uid", 1, resync)
+                .is_some_and(|wait| wait > Duration::from_secs(290)),
+            "unchanged: the next full pass is at the resync"
+        );
+        assert_eq!(quiet.remaining("uid", 2, resync), None, "changed");
+        assert_eq!(quiet.remaining("other", 1, resync), None, "another object");
+        assert_eq!(
+            quiet.remaining("uid", 1, Duration::from_secs(1)),
+            None,
+            "the resync is due"
+        );
+        quiet.forget("uid");
+        assert_eq!(quiet.remaining("uid", 1, resync), None, "failed since");
+    }
 }

@@ -71,6 +71,8 @@ pub struct Context {
     /// The key controller's cache of MigrationKeys (the watched namespaces), read by the database
     /// reconcile instead of listing keys on every pass. Writes still go to the API server.
     pub keys: Store<MigrationKey>,
+    /// Databases whose last pass succeeded, with what they looked like: see [`database::QuietPasses`].
+    pub quiet: database::QuietPasses,
 }
 
 /// Errors of one reconcile; each becomes a condition message, an Event and a retry with backoff.
@@ -257,6 +259,7 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
         recorder,
         metrics,
         keys: key_cache.clone(),
+        quiet: Default::default(),
     });
 
     // Keys change a database's active key; status changes of a database (the migration API's
