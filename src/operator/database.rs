@@ -102,13 +102,17 @@ async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, 
     let (db, ctx) = (db.as_ref(), ctx.as_ref());
     let uid = db.uid().unwrap_or_default();
     let fingerprint = pass_fingerprint(db, ctx);
-    if let Some(wait) = ctx.quiet.remaining(&uid, fingerprint, ctx.config.resync) {
+    let version = db.metadata.resource_version.as_deref();
+    if let Some(wait) = ctx
+        .quiet
+        .remaining(&uid, fingerprint, version, ctx.config.resync)
+    {
         return Ok(Action::requeue(wait));
     }
     let mut reached = current_phase(db);
     match provision_and_observe(db, ctx, &mut reached).await {
         Ok(action) => {
-            ctx.quiet.record(&uid, fingerprint);
+            ctx.quiet.record(&uid, fingerprint, version);
             Ok(action)
         }
         Err(error) => {
@@ -141,29 +145,57 @@ async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, 
     }
 }
 
-/// Databases whose last pass succeeded: what each looked like then ([`pass_fingerprint`]) and when.
+/// Databases whose last pass succeeded: what each looked like then ([`pass_fingerprint`]), when,
+/// and the `resourceVersion` last seen.
 ///
 /// Every status write wakes a MigrationDatabase, and the migration API writes `status.migration`
 /// about once a second while it receives files. A full pass (two PostgreSQL sessions, about twenty
 /// idempotent statements) for each of those writes cost PostgreSQL more CPU than the ingest itself in
-/// a long migration. So a wake-up that finds the object as the last successful pass saw it, within the
-/// resync interval, is answered without touching PostgreSQL; the resync still repairs drift.
+/// a long migration. So a wake-up by a new version of the object that a pass would see the same
+/// (only status changed: the API's progress, or this operator's own status write) is answered
+/// without touching PostgreSQL until the resync is due. A wake-up with the version already seen came
+/// from elsewhere (an owned Secret changed or was deleted, the resync timer): that gets a full pass.
 #[derive(Default)]
-pub struct QuietPasses(std::sync::Mutex<std::collections::HashMap<String, (u64, Instant)>>);
+pub struct QuietPasses(std::sync::Mutex<std::collections::HashMap<String, QuietPass>>);
+
+struct QuietPass {
+    fingerprint: u64,
+    at: Instant,
+    resource_version: Option<String>,
+}
 
 impl QuietPasses {
-    /// How long until the next full pass is due, if the object is unchanged since the last one.
-    fn remaining(&self, uid: &str, fingerprint: u64, resync: Duration) -> Option<Duration> {
-        let passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let (seen, at) = passes.get(uid)?;
-        let elapsed = at.elapsed();
-        (*seen == fingerprint && elapsed + Duration::from_secs(1) < resync)
-            .then(|| resync - elapsed)
+    /// How long until the next full pass is due, if this wake-up needs none.
+    fn remaining(
+        &self,
+        uid: &str,
+        fingerprint: u64,
+        resource_version: Option<&str>,
+        resync: Duration,
+    ) -> Option<Duration> {
+        let mut passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let pass = passes.get_mut(uid)?;
+        let elapsed = pass.at.elapsed();
+        let quiet = pass.fingerprint == fingerprint
+            && pass.resource_version.as_deref() != resource_version
+            && elapsed + Duration::from_secs(1) < resync;
+        if !quiet {
+            return None;
+        }
+        pass.resource_version = resource_version.map(str::to_owned);
+        Some(resync - elapsed)
     }
 
-    fn record(&self, uid: &str, fingerprint: u64) {
+    fn record(&self, uid: &str, fingerprint: u64, resource_version: Option<&str>) {
         let mut passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        passes.insert(uid.to_owned(), (fingerprint, Instant::now()));
+        passes.insert(
+            uid.to_owned(),
+            QuietPass {
+                fingerprint,
+                at: Instant::now(),
+                resource_version: resource_version.map(str::to_owned),
+            },
+        );
     }
 
     fn forget(&self, uid: &str) {
@@ -802,25 +834,49 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn an_unchanged_database_waits_for_its_resync_and_a_changed_or_failed_one_does_not() {
+    fn a_status_only_change_waits_for_the_resync_and_anything_else_gets_a_full_pass() {
         let quiet = QuietPasses::default();
         let resync = Duration::from_secs(300);
-        assert_eq!(quiet.remaining("uid", 1, resync), None, "never passed");
-        quiet.record("uid", 1);
-        assert!(
-            quiet
-                .remaining("uid", 1, resync)
-                .is_some_and(|wait| wait > Duration::from_secs(290)),
-            "unchanged: the next full pass is at the resync"
-        );
-        assert_eq!(quiet.remaining("uid", 2, resync), None, "changed");
-        assert_eq!(quiet.remaining("other", 1, resync), None, "another object");
         assert_eq!(
-            quiet.remaining("uid", 1, Duration::from_secs(1)),
+            quiet.remaining("uid", 1, Some("1"), resync),
+            None,
+            "never passed"
+        );
+        quiet.record("uid", 1, Some("1"));
+        // The pass's own status write, then the API's progress: new versions, same fingerprint.
+        for version in ["2", "3"] {
+            assert!(
+                quiet
+                    .remaining("uid", 1, Some(version), resync)
+                    .is_some_and(|wait| wait > Duration::from_secs(290)),
+                "status only ({version}): the next full pass is at the resync"
+            );
+        }
+        assert_eq!(
+            quiet.remaining("uid", 1, Some("3"), resync),
+            None,
+            "the version already seen: woken by something else (an owned Secret, the timer)"
+        );
+        assert_eq!(
+            quiet.remaining("uid", 2, Some("4"), resync),
+            None,
+            "changed"
+        );
+        assert_eq!(
+            quiet.remaining("other", 1, Some("4"), resync),
+            None,
+            "another object"
+        );
+        assert_eq!(
+            quiet.remaining("uid", 1, Some("5"), Duration::from_secs(1)),
             None,
             "the resync is due"
         );
         quiet.forget("uid");
-        assert_eq!(quiet.remaining("uid", 1, resync), None, "failed since");
+        assert_eq!(
+            quiet.remaining("uid", 1, Some("6"), resync),
+            None,
+            "failed since"
+        );
     }
 }
