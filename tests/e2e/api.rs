@@ -27,7 +27,6 @@ use sfm_migration::format::patient_file::{
 
 /// The API's namespace: the operator writes the migrators' Secrets there. Shared by every test (and
 /// the operator test), so concurrently running operators agree on the migrator passwords.
-const API_NS: &str = "sfm-system";
 /// The organisation number in NHN's sample organisation file (`Institusjon`, ENH).
 const SAMPLE_ORGANISATION_NUMBER: &str = "100100614";
 const PATIENT_GUID: &str = "0e7bfd89-ff43-4c5a-a9e2-1af46ae33672";
@@ -212,6 +211,8 @@ struct Fixture {
     patient: Vec<u8>,
     operator: Process,
     ns: TestNamespace,
+    /// Where this test's API runs and the operator puts the migrator's Secret.
+    api_ns: TestNamespace,
     /// The migration key of `key-1` (`sfmk_<keyId>_<secret>`).
     key: String,
     /// The migrator's URI of the staging database.
@@ -254,9 +255,12 @@ impl Fixture {
     /// The database as `yaml(namespace)` describes it.
     fn with_database(prefix: &str, yaml: impl FnOnce(&str) -> String) -> Fixture {
         install_crds();
-        kubectl(&["create", "namespace", API_NS], None);
+        // Its own API namespace: an API process serves (and its recovery loop ingests for) every
+        // database whose migrator Secret it can read; another test's API, with another decryption
+        // key, must not claim this test's uploads.
+        let api_ns = TestNamespace::new(&format!("{prefix}-api"));
         let ns = TestNamespace::new(prefix);
-        let operator = start_operator(&ns.name, API_NS, &format!("operator-{}", ns.name));
+        let operator = start_operator(&ns.name, &api_ns.name, &format!("operator-{}", ns.name));
         let migrator_uri = provision_database(&ns.name, DB, &yaml(&ns.name));
         let key = issue_key(&ns.name, "key-1", DB, "2h");
         let samples = Samples::new();
@@ -266,6 +270,7 @@ impl Fixture {
             samples,
             operator,
             ns,
+            api_ns,
             key,
             migrator_uri,
             runtime: tokio::runtime::Runtime::new().unwrap(),
@@ -303,7 +308,13 @@ impl Fixture {
         args.extend_from_slice(extra);
         let log_name = format!("{name}-{}", self.ns());
         Api {
-            process: start_api(API_NS, &self.samples.key_file, port, &log_name, &args),
+            process: start_api(
+                &self.api_ns.name,
+                &self.samples.key_file,
+                port,
+                &log_name,
+                &args,
+            ),
             port,
             base: format!("http://127.0.0.1:{port}"),
         }
@@ -992,7 +1003,7 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         .next()
         .unwrap()
         .to_owned();
-    let secret_part = fx.key.rsplit_once('_').unwrap().1.to_owned();
+    let secret_part = fx.key.splitn(3, '_').nth(2).unwrap().to_owned();
     for value in fx
         .samples
         .personal_data()
@@ -1119,8 +1130,10 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
         let key = &fx.key;
 
         // Keys: wrong secret, malformed, unknown id.
-        let (prefix, _) = key.rsplit_once('_').unwrap();
-        let wrong = format!("{prefix}_{}", "A".repeat(43));
+        // `sfmk_<keyId>_<secret>`: the secret may itself contain `_` (base64url), so split from the left.
+        let mut parts = key.splitn(3, '_');
+        let (scheme, key_id) = (parts.next().unwrap(), parts.next().unwrap());
+        let wrong = format!("{scheme}_{key_id}_{}", "A".repeat(43));
         let unknown = format!("sfmk_unknownkey1_{}", "A".repeat(43));
         for (presented, expected) in [
             (wrong.as_str(), "key-wrong"),
@@ -1421,7 +1434,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
         assert_eq!(r.status(), 200);
     });
     let log = api.process.log_text();
-    assert!(!log.contains(fx.key.rsplit_once('_').unwrap().1));
+    assert!(!log.contains(fx.key.splitn(3, '_').nth(2).unwrap()));
 }
 
 /// Keys that must not reach an upload, each answered 403 after the secret matched, with nothing
@@ -1525,7 +1538,7 @@ fn keys_of_another_database_superseded_or_expired_are_refused() {
     });
     let log = api.process.log_text();
     for key in secrets {
-        assert!(!log.contains(key.rsplit_once('_').unwrap().1));
+        assert!(!log.contains(key.splitn(3, '_').nth(2).unwrap()));
     }
 }
 

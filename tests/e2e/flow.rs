@@ -16,7 +16,6 @@ use sfm_migration::contract;
 
 /// The API's namespace (where the operator writes the migrators' Secrets), shared with the other
 /// end-to-end tests so concurrently running operators agree.
-const API_NS: &str = "sfm-system";
 /// The export's organisation number (valid mod 11); the MigrationDatabase names the same.
 const ORGANISATION_NUMBER: &str = "974600951";
 const PATIENTS: usize = 300;
@@ -165,10 +164,16 @@ fn count(ns: &str, what: &str) -> u64 {
 #[test]
 fn an_export_goes_from_files_to_an_operational_database() {
     install_crds();
-    kubectl(&["create", "namespace", API_NS], None);
+    // Its own API namespace: an API process serves every database whose migrator Secret it can
+    // read, and another test's API (with another decryption key) must not claim this test's uploads.
+    let api_namespace = TestNamespace::new("flow-api");
     let ns = TestNamespace::new("flow");
     let ns_name = ns.name.clone();
-    let _operator = start_operator(&ns_name, API_NS, &format!("operator-{ns_name}"));
+    let _operator = start_operator(
+        &ns_name,
+        &api_namespace.name,
+        &format!("operator-{ns_name}"),
+    );
     let key = provision(&ns_name, &database_yaml(&ns_name));
     let migrator = jsonpath(&ns_name, "mdb/flow", "{.status.database.migratorSecret}");
     let (api_ns, migrator_name) = migrator.split_once('/').unwrap();
@@ -230,7 +235,7 @@ fn an_export_goes_from_files_to_an_operational_database() {
     let port = free_port();
     let api_url = format!("http://127.0.0.1:{port}");
     let _api = start_api(
-        API_NS,
+        &api_namespace.name,
         &keys.join("private_key.pem"),
         port,
         &format!("api-flow-{ns_name}"),
@@ -633,10 +638,14 @@ fn a_helseid_protected_database_takes_a_dpop_login() {
     const SMALL: usize = 24;
     sfm_migration::telemetry::install_crypto_provider();
     install_crds();
-    kubectl(&["create", "namespace", API_NS], None);
+    let api_namespace = TestNamespace::new("flow-helseid-api");
     let ns = TestNamespace::new("flow-helseid");
     let ns_name = ns.name.clone();
-    let _operator = start_operator(&ns_name, API_NS, &format!("operator-{ns_name}"));
+    let _operator = start_operator(
+        &ns_name,
+        &api_namespace.name,
+        &format!("operator-{ns_name}"),
+    );
 
     // The issuer, with the data controller's client registered (RSA key, kid).
     let work = tempfile::tempdir().unwrap();
@@ -709,7 +718,7 @@ fn a_helseid_protected_database_takes_a_dpop_login() {
     let port = free_port();
     let api_url = format!("http://127.0.0.1:{port}");
     let _api = start_api(
-        API_NS,
+        &api_namespace.name,
         &keys.join("private_key.pem"),
         port,
         &format!("api-flow-{ns_name}"),
