@@ -566,17 +566,25 @@ async fn current_outcome(session: &Session, upload: Uuid) -> Result<Option<Outco
 }
 
 async fn mark_stored(tx: &mut PgConnection, upload: Uuid, file_name: &str) -> Result<(), ApiError> {
-    sqlx::query("UPDATE sfm.uploads SET state = 'ingested', updated_at = now() WHERE id = $1")
+    close_upload(tx, upload, "ingested").await?;
+    resolve_earlier_rejections(tx, file_name).await
+}
+
+/// Marks a claimed upload `ingested` or `rejected` and drops its bytes: they are stored (or refused)
+/// by now.
+async fn close_upload(tx: &mut PgConnection, upload: Uuid, state: &str) -> Result<(), ApiError> {
+    sqlx::query("UPDATE sfm.uploads SET state = $2, updated_at = now() WHERE id = $1")
         .bind(upload)
+        .bind(state)
         .execute(&mut *tx)
         .await
-        .map_err(|e| database("mark the upload stored", e))?;
+        .map_err(|e| database("mark the upload done", e))?;
     sqlx::query("DELETE FROM sfm.upload_chunks WHERE upload_id = $1")
         .bind(upload)
         .execute(&mut *tx)
         .await
         .map_err(|e| database("drop the upload's chunks", e))?;
-    resolve_earlier_rejections(tx, file_name).await
+    Ok(())
 }
 
 /// A file stored under a name resolves the rejections recorded earlier for that name.
@@ -599,17 +607,7 @@ async fn record_rejection(
     rejection: &Rejection,
 ) -> Result<(), ApiError> {
     insert_rejection(tx, upload, claimed, rejection).await?;
-    sqlx::query("UPDATE sfm.uploads SET state = 'rejected', updated_at = now() WHERE id = $1")
-        .bind(upload)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("mark the upload rejected", e))?;
-    sqlx::query("DELETE FROM sfm.upload_chunks WHERE upload_id = $1")
-        .bind(upload)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("drop the upload's chunks", e))?;
-    Ok(())
+    close_upload(tx, upload, "rejected").await
 }
 
 async fn insert_rejection(
