@@ -340,14 +340,24 @@ pub async fn write_status(
     Ok(())
 }
 
-/// Writes the status of every database marked dirty, once a second.
+/// Writes the status of every database marked dirty, at most once a second each, and never more
+/// than about 5% of the time: the counts are recomputed from the staging database, which takes longer
+/// as it fills (close to a second at 80,000 patients), so a database whose last refresh took `d` waits
+/// `20 × d` (at most a minute) before the next one.
 pub async fn flush_loop(state: Arc<AppState>) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
+    let mut not_before: std::collections::HashMap<uuid::Uuid, tokio::time::Instant> =
+        Default::default();
     loop {
         interval.tick().await;
         let dirty: HashSet<uuid::Uuid> =
             std::mem::take(&mut *state.dirty.lock().unwrap_or_else(|e| e.into_inner()));
         for uid in dirty {
+            let now = tokio::time::Instant::now();
+            if not_before.get(&uid).is_some_and(|at| now < *at) {
+                state.mark_dirty(uid);
+                continue;
+            }
             let result = async {
                 let db = state
                     .directory
@@ -358,6 +368,9 @@ pub async fn flush_loop(state: Arc<AppState>) {
                 write_status(&state, &db, &pool).await
             }
             .await;
+            // Half a tick early, so a 1 s pause is not rounded up to the next tick.
+            let pause = refresh_pause(now.elapsed()) - Duration::from_millis(500);
+            not_before.insert(uid, now + pause);
             // A database past staging has its final `status.migration` (written at activate) and
             // no migrator to recompute it from.
             if let Err(error) = result
@@ -371,6 +384,11 @@ pub async fn flush_loop(state: Arc<AppState>) {
             }
         }
     }
+}
+
+/// How long after a refresh that took `took` the next one of the same database may start.
+fn refresh_pause(took: Duration) -> Duration {
+    (took * 20).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 /// `POST /api/v1/verify`: exact manifest match → validation record and `validatedDigest`.
@@ -640,4 +658,25 @@ pub async fn activate(
         }),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn refreshes_of_a_big_database_are_spaced_by_their_cost() {
+        assert_eq!(
+            super::refresh_pause(Duration::from_millis(5)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            super::refresh_pause(Duration::from_millis(900)),
+            Duration::from_secs(18)
+        );
+        assert_eq!(
+            super::refresh_pause(Duration::from_secs(10)),
+            Duration::from_secs(60)
+        );
+    }
 }
