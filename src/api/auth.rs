@@ -356,6 +356,26 @@ pub fn switched_refusal(db: &MigrationDatabase) -> ApiError {
     ApiError::new(ProblemCode::MigrationOperational).detail(detail)
 }
 
+/// A write's result, with a failure through the migrator explained: the request read the
+/// database's phase from the cache, and if the operator has since written `Activating` (and closed
+/// the migrator, which is what broke the write), the answer is the end of the migration
+/// (`migration-operational`), not a server error. Other failures pass through unchanged.
+pub async fn or_switched<T>(
+    state: &AppState,
+    database: &MigrationDatabase,
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    match result {
+        Err(error) if matches!(error.code(), ProblemCode::Internal | ProblemCode::Busy) => {
+            match switched_meanwhile(state, database).await {
+                Some(now) => Err(switched_refusal(&now)),
+                None => Err(error),
+            }
+        }
+        other => other,
+    }
+}
+
 /// How `status` and `key-check` are answered, for a key whose secret matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadAnswer {

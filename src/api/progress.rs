@@ -400,6 +400,21 @@ pub async fn verify(
 ) -> Result<Response, ApiError> {
     let session = session(&state, &method, &headers, contract::PATH_VERIFY).await?;
     auth::ensure_writable(&session.database)?;
+    // Decided on the database as it is now, not as cached (a verify is rare, one read is cheap):
+    // once the operator wrote `Activating`, any manifest is answered with the end of the migration.
+    if let Some(now) = auth::switched_meanwhile(&state, &session.database).await {
+        return Err(auth::switched_refusal(&now));
+    }
+    let verified = verify_in_session(&state, &session, body).await;
+    auth::or_switched(&state, &session.database, verified).await
+}
+
+/// The verify once the key and the database are known.
+async fn verify_in_session(
+    state: &AppState,
+    session: &Session,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body = axum::body::to_bytes(body, MAX_MANIFEST_BODY_BYTES)
         .await
         .map_err(|_| {
@@ -436,8 +451,8 @@ pub async fn verify(
             return Err(ApiError::new(ProblemCode::MigrationValidated)
                 .detail("the migration is validated with another manifest"));
         }
-        write_status(&state, &session.database, &session.pool).await?;
-        return verify_response(&session, &manifest, &digest).await;
+        write_status(state, &session.database, &session.pool).await?;
+        return verify_response(session, &manifest, &digest).await;
     }
 
     let stored = sqlx::query(
@@ -592,8 +607,8 @@ pub async fn verify(
         .await
         .map_err(|e| database("commit the validation record", e))?;
     tracing::info!(database = %session.database_name(), %digest, files = manifest.files.len(), "migration validated");
-    write_status(&state, &session.database, &session.pool).await?;
-    verify_response(&session, &manifest, &digest).await
+    write_status(state, &session.database, &session.pool).await?;
+    verify_response(session, &manifest, &digest).await
 }
 
 async fn verify_response(

@@ -255,14 +255,28 @@ async fn create_upload(
     let request = facts(&state, &method, &headers, contract::PATH_FILES);
     let session = auth::session_for_token(&state, &token, &request).await?;
     auth::ensure_writable(&session.database)?;
+    let database = session.database.clone();
+    let created = create_in_session(&state, &headers, session, metadata, length, body).await;
+    auth::or_switched(&state, &database, created).await
+}
 
-    let has_body = content_type_is_offset_stream(&headers);
+/// The creation once the key and the database are known: the upload row, and for a body that is
+/// the whole file, the ingest in the same transaction.
+async fn create_in_session(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    session: Session,
+    metadata: CreationMetadata,
+    length: u64,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let has_body = content_type_is_offset_stream(headers);
     let initial = if has_body {
-        read_body(body, &headers, length, state.config.limits.max_chunk_bytes).await?
+        read_body(body, headers, length, state.config.limits.max_chunk_bytes).await?
     } else {
         Bytes::new()
     };
-    let checksum = parse_checksum(&headers)?;
+    let checksum = parse_checksum(headers)?;
 
     let expires_at = Utc::now()
         + chrono::Duration::from_std(state.config.limits.upload_ttl)
@@ -297,7 +311,7 @@ async fn create_upload(
             .begin()
             .await
             .map_err(|e| database("begin the creation", e))?;
-        check_creation(&mut tx, &state, metadata.file_type).await?;
+        check_creation(&mut tx, state, metadata.file_type).await?;
         new.insert(&mut tx, &session, None).await?;
         tx.commit()
             .await
@@ -317,7 +331,7 @@ async fn create_upload(
         contract::HEADER_LOCATION,
         format!(
             "{}{}",
-            base_url(&state, &headers),
+            base_url(state, headers),
             contract::file_path(&id.to_string())
         ),
     );
@@ -344,11 +358,11 @@ async fn create_upload(
             );
         }
     } else if has_body && (!initial.is_empty() || length == 0) {
-        let outcome = append(&state, &session, upload, 0, initial, checksum).await?;
+        let outcome = append(state, &session, upload, 0, initial, checksum).await?;
         offset = outcome.offset;
         if outcome.completed {
             finish(
-                &state,
+                state,
                 &session,
                 upload,
                 &metadata_file_type(&outcome.row),
@@ -497,7 +511,7 @@ async fn upload_session(
         .await?
         .ok_or_else(|| ApiError::new(ProblemCode::UploadNotFound))?;
     let pool = state.directory.pool(&database).await?;
-    let row = fetch_row(&pool, id.upload).await?;
+    let row = auth::or_switched(state, &database, fetch_row(&pool, id.upload).await).await?;
     let path = contract::file_path(&id.to_string());
     let request = facts(state, method, headers, &path);
     let session =
@@ -629,6 +643,21 @@ async fn append_request(
     let _slot = take_request_slot(&state).await?;
     let (session, row) = upload_session(&state, &id, &method, &headers).await?;
     auth::ensure_writable(&session.database)?;
+    let database = session.database.clone();
+    let appended = append_in_session(&state, &headers, &session, row, offset, checksum, body).await;
+    auth::or_switched(&state, &database, appended).await
+}
+
+/// The append once the upload and its session are known.
+async fn append_in_session(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    session: &Session,
+    row: UploadRow,
+    offset: u64,
+    checksum: Option<UploadChecksum>,
+    body: Body,
+) -> Result<Response, ApiError> {
     if is_open(&row.state) && row.expires_at <= Utc::now() {
         return Err(ApiError::new(ProblemCode::UploadExpired));
     }
@@ -650,12 +679,12 @@ async fn append_request(
     let remaining = (row.declared_length - row.upload_offset).max(0) as u64;
     let body = read_body(
         body,
-        &headers,
+        headers,
         remaining,
         state.config.limits.max_chunk_bytes,
     )
     .await?;
-    let outcome = append(&state, &session, row.id, offset, body, checksum).await?;
+    let outcome = append(state, session, row.id, offset, body, checksum).await?;
     let mut response = tus_headers();
     put(
         &mut response,
@@ -669,15 +698,15 @@ async fn append_request(
     );
     if outcome.completed {
         finish(
-            &state,
-            &session,
+            state,
+            session,
             row.id,
             &metadata_file_type(&outcome.row),
             &mut response,
         )
         .await;
     } else if !is_open(&outcome.row.state) {
-        ingest_state_headers(&session, &outcome.row, &mut response).await?;
+        ingest_state_headers(session, &outcome.row, &mut response).await?;
     }
     Ok((StatusCode::NO_CONTENT, response).into_response())
 }
@@ -862,6 +891,16 @@ pub async fn terminate(
 ) -> Result<Response, ApiError> {
     require_tus(&headers)?;
     let (session, row) = upload_session(&state, &id, &method, &headers).await?;
+    let terminated = terminate_in_session(&state, &session, &row).await;
+    auth::or_switched(&state, &session.database, terminated).await
+}
+
+/// The termination once the upload and its session are known.
+async fn terminate_in_session(
+    state: &AppState,
+    session: &Session,
+    row: &UploadRow,
+) -> Result<Response, ApiError> {
     let mut tx = session
         .pool
         .begin()
