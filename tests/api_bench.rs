@@ -8,8 +8,11 @@
 
 #[path = "common/postgres.rs"]
 mod postgres;
+#[path = "common/samples.rs"]
+mod samples;
 
-use std::path::Path;
+use samples::*;
+
 use std::time::{Duration, Instant};
 
 use sfm_migration::api::ingest::{Claimed, check_patient, prepare, store};
@@ -17,27 +20,12 @@ use sfm_migration::contract::FileType;
 use sfm_migration::crd::{
     MigrationDatabase, MigrationDatabaseSpec, Organisation, ValidationPolicy,
 };
-use sfm_migration::format::archive::{read_archive, write_archive};
+use sfm_migration::format::archive::read_archive;
 use sfm_migration::format::envelope::{
     self, DecryptionKeys, RecipientCertificate, decrypt_content, generate_demo_key_pair,
 };
 use sfm_migration::format::patient_file::{FormatLimits, PATIENT_DOCUMENT, read_patient_file};
 use sfm_migration::format::xml::{parse_message, parse_patient};
-
-const PATIENT_GUID: &str = "0e7bfd89-ff43-4c5a-a9e2-1af46ae33672";
-
-fn sample(name: &str) -> Vec<u8> {
-    for dir in [
-        std::env::var("SFM_FORMAT_DIR").unwrap_or_default(),
-        format!("{}/../shared/sfm-format", env!("CARGO_MANIFEST_DIR")),
-        "/work/shared/sfm-format".to_owned(),
-    ] {
-        if let Ok(data) = std::fs::read(Path::new(&dir).join(name)) {
-            return data;
-        }
-    }
-    panic!("NHN's sample {name} is not found (set SFM_FORMAT_DIR)");
-}
 
 fn database() -> MigrationDatabase {
     MigrationDatabase::new(
@@ -95,32 +83,11 @@ fn ingest_path_per_stage() {
     let limits = FormatLimits::default();
     let db = database();
 
-    let patient_zip = sample(&format!("{PATIENT_GUID}.zip"));
-    let entries = read_archive(&patient_zip, &limits.archive).unwrap().entries;
-    let organisation = envelope::encrypt(&sample("ExportData.zip"), &recipient, "zip").unwrap();
+    let organisation = envelope::encrypt(&organisation_zip(), &recipient, "zip").unwrap();
     let inputs: Vec<(String, Vec<u8>)> = (0..files)
-        .map(|i| {
+        .map(|_| {
             let guid = uuid::Uuid::new_v4().to_string();
-            let renamed: Vec<(String, Vec<u8>)> = entries
-                .iter()
-                .map(|e| {
-                    let data = if e.name == PATIENT_DOCUMENT {
-                        String::from_utf8(e.data.clone())
-                            .unwrap()
-                            .replace(PATIENT_GUID, &guid)
-                            .into_bytes()
-                    } else {
-                        e.data.clone()
-                    };
-                    (e.name.clone(), data)
-                })
-                .collect();
-            let borrowed: Vec<(&str, &[u8])> = renamed
-                .iter()
-                .map(|(n, d)| (n.as_str(), d.as_slice()))
-                .collect();
-            let zip = write_archive(&borrowed).unwrap();
-            let _ = i;
+            let zip = patient_zip_replacing(&[(PATIENT_GUID, &guid)]);
             (
                 format!("Patients0\\{guid}.pat"),
                 envelope::encrypt(&zip, &recipient, "zip").unwrap(),

@@ -2,35 +2,22 @@
 //! `ingest::prepare` (decrypt, unzip, parse, the data quality checks that need no database) under
 //! lenient and strict policies, and each check's refusal with its code.
 
-use std::path::Path;
+#[path = "common/samples.rs"]
+mod samples;
 
+use samples::*;
 use sfm_migration::api::ingest::{Prepared, Rejection, prepare};
 use sfm_migration::contract::{FileType, ProblemCode};
 use sfm_migration::crd::{
     MigrationDatabase, MigrationDatabaseSpec, Organisation, SchemaCheck, ValidationPolicy,
 };
-use sfm_migration::format::archive::{read_archive, write_archive};
 use sfm_migration::format::envelope::{
     self, DecryptionKeys, RecipientCertificate, generate_demo_key_pair,
 };
 use sfm_migration::format::patient_file::{FormatLimits, PATIENT_DOCUMENT};
 use sfm_migration::ident::synthetic_fodselsnummer;
 
-const PATIENT_GUID: &str = "0e7bfd89-ff43-4c5a-a9e2-1af46ae33672";
 const PATIENT_FNR: &str = "09010557876";
-
-fn sample(name: &str) -> Vec<u8> {
-    for dir in [
-        std::env::var("SFM_FORMAT_DIR").unwrap_or_default(),
-        format!("{}/../shared/sfm-format", env!("CARGO_MANIFEST_DIR")),
-        "/work/shared/sfm-format".to_owned(),
-    ] {
-        if let Ok(data) = std::fs::read(Path::new(&dir).join(name)) {
-            return data;
-        }
-    }
-    panic!("NHN's sample {name} is not found (set SFM_FORMAT_DIR)");
-}
 
 fn database(organisation_number: &str, validation: ValidationPolicy) -> MigrationDatabase {
     MigrationDatabase::new(
@@ -65,39 +52,6 @@ fn keys() -> Keys {
     }
 }
 
-fn patient_zip_with(change: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> Vec<u8> {
-    let mut entries: Vec<(String, Vec<u8>)> =
-        read_archive(&sample(&format!("{PATIENT_GUID}.zip")), &Default::default())
-            .unwrap()
-            .entries
-            .into_iter()
-            .map(|e| (e.name, e.data))
-            .collect();
-    change(&mut entries);
-    let borrowed: Vec<(&str, &[u8])> = entries
-        .iter()
-        .map(|(n, d)| (n.as_str(), d.as_slice()))
-        .collect();
-    write_archive(&borrowed).unwrap()
-}
-
-fn replace_in_patient(from: &str, to: &str) -> Vec<u8> {
-    patient_zip_with(|entries| {
-        for (name, data) in entries.iter_mut() {
-            if name == PATIENT_DOCUMENT {
-                *data = String::from_utf8(data.clone())
-                    .unwrap()
-                    .replace(from, to)
-                    .into_bytes();
-            }
-        }
-    })
-}
-
-fn patient_name() -> String {
-    format!("Patients0\\{PATIENT_GUID}.pat")
-}
-
 fn run(
     keys: &Keys,
     zip: &[u8],
@@ -126,7 +80,7 @@ fn the_samples_pass_lenient_and_the_patient_fails_strict_naming_brukere() {
     let db = database("100100614", lenient());
     let organisation = run(
         &keys,
-        &sample("ExportData.zip"),
+        &organisation_zip(),
         FileType::ExportData,
         "ExportData.dat",
         &db,
@@ -137,7 +91,7 @@ fn the_samples_pass_lenient_and_the_patient_fails_strict_naming_brukere() {
     );
     let patient = run(
         &keys,
-        &sample(&format!("{PATIENT_GUID}.zip")),
+        &patient_zip(),
         FileType::Patient,
         &patient_name(),
         &db,
@@ -157,7 +111,7 @@ fn the_samples_pass_lenient_and_the_patient_fails_strict_naming_brukere() {
     );
     let rejection = run(
         &keys,
-        &sample(&format!("{PATIENT_GUID}.zip")),
+        &patient_zip(),
         FileType::Patient,
         &patient_name(),
         &strict,
@@ -183,7 +137,7 @@ fn data_quality_checks_refuse_with_their_codes() {
     assert_eq!(
         code(run(
             &keys,
-            &sample("ExportData.zip"),
+            &organisation_zip(),
             FileType::ExportData,
             "ExportData.dat",
             &other_organisation
@@ -194,7 +148,7 @@ fn data_quality_checks_refuse_with_their_codes() {
     assert_eq!(
         code(run(
             &keys,
-            &sample(&format!("{PATIENT_GUID}.zip")),
+            &patient_zip(),
             FileType::Patient,
             "Patients0\\1056e3cc-38fc-4e3c-8cd0-1c831db782d4.pat",
             &db
@@ -210,7 +164,7 @@ fn data_quality_checks_refuse_with_their_codes() {
     assert_eq!(
         code(run(
             &keys,
-            &replace_in_patient(PATIENT_FNR, &broken),
+            &patient_zip_replacing(&[(PATIENT_FNR, &broken)]),
             FileType::Patient,
             &patient_name(),
             &db
@@ -222,7 +176,7 @@ fn data_quality_checks_refuse_with_their_codes() {
     let synthetic = (0..1000)
         .find_map(|i| synthetic_fodselsnummer(birth, i))
         .unwrap();
-    let zip = replace_in_patient(PATIENT_FNR, &synthetic);
+    let zip = patient_zip_replacing(&[(PATIENT_FNR, &synthetic)]);
     assert_eq!(
         code(run(&keys, &zip, FileType::Patient, &patient_name(), &db)),
         Some(ProblemCode::DataQualitySyntheticIdentity)
@@ -257,7 +211,7 @@ fn data_quality_checks_refuse_with_their_codes() {
     assert_eq!(
         code(run(
             &keys,
-            &sample("ExportData.zip"),
+            &organisation_zip(),
             FileType::Patient,
             &patient_name(),
             &db
@@ -266,7 +220,7 @@ fn data_quality_checks_refuse_with_their_codes() {
     );
     // Encrypted to someone else.
     let other = self::keys();
-    let file = envelope::encrypt(&sample("ExportData.zip"), &other.recipient, "zip").unwrap();
+    let file = envelope::encrypt(&organisation_zip(), &other.recipient, "zip").unwrap();
     assert_eq!(
         prepare(
             &keys.keys,

@@ -4,6 +4,9 @@
 //!
 //! Every test works in its own namespace so the tests can run in parallel on one cluster.
 
+#[path = "common/samples.rs"]
+mod samples;
+
 mod e2e {
     pub mod api;
     pub mod chart;

@@ -4,6 +4,10 @@
 //!
 //! Expected counts come from counting tags in the raw XML here, independently of the parser.
 
+#[path = "common/samples.rs"]
+mod samples;
+
+use samples::*;
 use std::io::{Cursor, Read, Write};
 
 use sfm_migration::format::archive::{
@@ -16,24 +20,7 @@ use sfm_migration::format::patient_file::{
 use sfm_migration::format::xml::{MessageKind, XmlError};
 use sfm_migration::model::TreatmentKind;
 
-const ORGANISATION_ZIP: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/sfm-format/ExportData.zip"
-);
-const PATIENT_ZIP: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/sfm-format/0e7bfd89-ff43-4c5a-a9e2-1af46ae33672.zip"
-);
-const INDEX_TXT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/sfm-format/Index.txt"
-);
-const PATIENT_ID: &str = "0e7bfd89-ff43-4c5a-a9e2-1af46ae33672";
 const NS: &str = "http://www.kith.no/xmlstds/eresept/forskrivningsmodul/export/2019-11-13";
-
-fn read(path: &str) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-}
 
 /// One file of a zip, read with the zip crate directly (not with the code under test).
 fn raw_entry(zip: &[u8], name: &str) -> String {
@@ -63,22 +50,6 @@ fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     writer.finish().unwrap().into_inner()
 }
 
-/// The sample patient's files, optionally changed, zipped again.
-fn patient_zip_with(change: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> Vec<u8> {
-    let archive = read_archive(&read(PATIENT_ZIP), &ArchiveLimits::default()).unwrap();
-    let mut entries: Vec<(String, Vec<u8>)> = archive
-        .entries
-        .into_iter()
-        .map(|e| (e.name, e.data))
-        .collect();
-    change(&mut entries);
-    let borrowed: Vec<(&str, &[u8])> = entries
-        .iter()
-        .map(|(n, d)| (n.as_str(), d.as_slice()))
-        .collect();
-    write_archive(&borrowed).unwrap()
-}
-
 /// A zip holding only a `PatientData.xml` with this content.
 fn patient_document_zip(xml: &str) -> Vec<u8> {
     write_archive(&[(PATIENT_DOCUMENT, xml.as_bytes())]).unwrap()
@@ -86,7 +57,7 @@ fn patient_document_zip(xml: &str) -> Vec<u8> {
 
 fn minimal_patient(body: &str) -> String {
     format!(
-        r#"<PasientExport xmlns="{NS}"><Id>{PATIENT_ID}</Id><DemografiskInfo><FamilyName>A</FamilyName><GivenName>B</GivenName><Ident><Id>1</Id><TypeId V="XXX" S="2.16.578.1.12.4.1.1.8116" DN="Annet"/></Ident></DemografiskInfo>{body}</PasientExport>"#
+        r#"<PasientExport xmlns="{NS}"><Id>{PATIENT_GUID}</Id><DemografiskInfo><FamilyName>A</FamilyName><GivenName>B</GivenName><Ident><Id>1</Id><TypeId V="XXX" S="2.16.578.1.12.4.1.1.8116" DN="Annet"/></Ident></DemografiskInfo>{body}</PasientExport>"#
     )
 }
 
@@ -94,7 +65,7 @@ fn minimal_patient(body: &str) -> String {
 
 #[test]
 fn the_organisation_sample_parses_without_deviations() {
-    let zip = read(ORGANISATION_ZIP);
+    let zip = organisation_zip();
     let xml = raw_entry(&zip, "ExportData.xml");
     let file = read_organisation_file(&zip, &FormatLimits::default()).unwrap();
     // xmllint --schema FmSfmExportImportFormatDefinition.xsd: "ExportData.xml validates".
@@ -133,11 +104,11 @@ fn the_organisation_sample_parses_without_deviations() {
 
 #[test]
 fn the_patient_sample_parses_with_its_known_deviations() {
-    let zip = read(PATIENT_ZIP);
+    let zip = patient_zip();
     let xml = raw_entry(&zip, PATIENT_DOCUMENT);
     let file = read_patient_file(&zip, &FormatLimits::default()).unwrap();
     let patient = &file.patient;
-    assert_eq!(patient.id.to_string(), PATIENT_ID);
+    assert_eq!(patient.id.to_string(), PATIENT_GUID);
     let fnr = patient.demographics.national_id().unwrap();
     assert!(xml.contains(&format!("<Id>{fnr}</Id><TypeId V=\"FNR\"")));
     assert_eq!(
@@ -229,10 +200,10 @@ fn the_patient_sample_parses_with_its_known_deviations() {
 
 #[test]
 fn the_patient_refers_only_to_users_of_the_organisation() {
-    let organisation = read_organisation_file(&read(ORGANISATION_ZIP), &FormatLimits::default())
+    let organisation = read_organisation_file(&organisation_zip(), &FormatLimits::default())
         .unwrap()
         .organisation;
-    let patient = read_patient_file(&read(PATIENT_ZIP), &FormatLimits::default())
+    let patient = read_patient_file(&patient_zip(), &FormatLimits::default())
         .unwrap()
         .patient;
     let hpr_numbers: Vec<&str> = organisation
@@ -252,7 +223,7 @@ fn the_patient_refers_only_to_users_of_the_organisation() {
 
 #[test]
 fn debug_of_parsed_samples_shows_no_personal_data() {
-    let zip = read(PATIENT_ZIP);
+    let zip = patient_zip();
     let xml = raw_entry(&zip, PATIENT_DOCUMENT);
     let file = read_patient_file(&zip, &FormatLimits::default()).unwrap();
     let printed = format!("{file:?}");
@@ -264,7 +235,7 @@ fn debug_of_parsed_samples_shows_no_personal_data() {
     let fnr = file.patient.demographics.national_id().unwrap();
     assert!(!printed.contains(family_name));
     assert!(!printed.contains(fnr));
-    let organisation = read_organisation_file(&read(ORGANISATION_ZIP), &FormatLimits::default())
+    let organisation = read_organisation_file(&organisation_zip(), &FormatLimits::default())
         .unwrap()
         .organisation;
     let printed = format!("{organisation:?}");
@@ -277,7 +248,7 @@ fn debug_of_parsed_samples_shows_no_personal_data() {
 
 #[test]
 fn the_real_index_round_trips_byte_for_byte() {
-    let bytes = read(INDEX_TXT);
+    let bytes = sample("Index.txt");
     let index = parse_index(&bytes).unwrap();
     assert_eq!(
         index.entries.len(),
@@ -291,7 +262,7 @@ fn the_real_index_round_trips_byte_for_byte() {
     );
     assert_eq!(
         index.entries[0].path,
-        format!("Patients0\\{PATIENT_ID}.pat")
+        format!("Patients0\\{PATIENT_GUID}.pat")
     );
     assert_eq!(index.to_text().as_bytes(), bytes.as_slice());
 }
@@ -306,7 +277,7 @@ fn both_samples_survive_the_envelope() {
     let keys = DecryptionKeys::from_pkcs8_pem(&[pair.private_key_pem.as_bytes()]).unwrap();
     let limits = FormatLimits::default();
 
-    let organisation = read(ORGANISATION_ZIP);
+    let organisation = organisation_zip();
     let envelope = encrypt(&organisation, &certificate, DEFAULT_EXTENSION).unwrap();
     let decrypted = keys.decrypt(&envelope).unwrap();
     assert_eq!(decrypted.extension, "zip");
@@ -315,7 +286,7 @@ fn both_samples_survive_the_envelope() {
         read_organisation_file(&organisation, &limits).unwrap()
     );
 
-    let patient = read(PATIENT_ZIP);
+    let patient = patient_zip();
     let envelope = encrypt(&patient, &certificate, DEFAULT_EXTENSION).unwrap();
     let decrypted = keys.decrypt(&envelope).unwrap();
     let through_envelope = read_patient_file(&decrypted.content, &limits).unwrap();
@@ -323,7 +294,7 @@ fn both_samples_survive_the_envelope() {
         through_envelope,
         read_patient_file(&patient, &limits).unwrap()
     );
-    assert_eq!(through_envelope.patient.id.to_string(), PATIENT_ID);
+    assert_eq!(through_envelope.patient.id.to_string(), PATIENT_GUID);
 }
 
 // ---- hostile zips ----
@@ -617,7 +588,7 @@ fn unexplained_entries_and_a_missing_document_are_refused() {
     let organisation_with_extra = write_archive(&[
         (
             "ExportData.xml",
-            raw_entry(&read(ORGANISATION_ZIP), "ExportData.xml").as_bytes(),
+            raw_entry(&organisation_zip(), "ExportData.xml").as_bytes(),
         ),
         ("notes.txt", b"x"),
     ])

@@ -10,6 +10,7 @@
 
 use super::cluster::*;
 use super::processes::*;
+use crate::samples::*;
 use futures::StreamExt as _;
 use reqwest::{Method, RequestBuilder};
 use sqlx::Connection as _;
@@ -25,32 +26,8 @@ use sfm_migration::format::patient_file::{
     FormatLimits, read_organisation_file, read_patient_file,
 };
 
-/// The API's namespace: the operator writes the migrators' Secrets there. Shared by every test (and
-/// the operator test), so concurrently running operators agree on the migrator passwords.
-/// The organisation number in NHN's sample organisation file (`Institusjon`, ENH).
-const SAMPLE_ORGANISATION_NUMBER: &str = "100100614";
-const PATIENT_GUID: &str = "0e7bfd89-ff43-4c5a-a9e2-1af46ae33672";
 /// The MigrationDatabase of every test.
 const DB: &str = "sample";
-
-/// The sample patient's path as `Index.txt` writes it.
-fn patient_name() -> String {
-    format!("Patients0\\{PATIENT_GUID}.pat")
-}
-
-fn sample(name: &str) -> Vec<u8> {
-    let candidates = [
-        std::env::var("SFM_FORMAT_DIR").unwrap_or_default(),
-        format!("{}/../shared/sfm-format", env!("CARGO_MANIFEST_DIR")),
-        "/work/shared/sfm-format".to_owned(),
-    ];
-    for dir in candidates.iter().filter(|d| !d.is_empty()) {
-        if let Ok(data) = std::fs::read(Path::new(dir).join(name)) {
-            return data;
-        }
-    }
-    panic!("NHN's sample {name} is not found (set SFM_FORMAT_DIR)");
-}
 
 /// What the tests encrypt and send.
 struct Samples {
@@ -71,8 +48,8 @@ impl Samples {
             recipient: RecipientCertificate::from_pem(pair.certificate_pem.as_bytes()).unwrap(),
             key_file,
             dir,
-            organisation_zip: sample("ExportData.zip"),
-            patient_zip: sample(&format!("{PATIENT_GUID}.zip")),
+            organisation_zip: organisation_zip(),
+            patient_zip: patient_zip(),
         }
     }
 
@@ -89,29 +66,7 @@ impl Samples {
     /// The sample patient under the Id `guid`, with `from` replaced by `to` in `PatientData.xml`
     /// (nothing when `from` is empty), in the envelope.
     fn patient_as(&self, guid: &str, from: &str, to: &str) -> Vec<u8> {
-        let entries = read_archive(&self.patient_zip, &ArchiveLimits::default())
-            .unwrap()
-            .entries;
-        let renamed: Vec<(String, Vec<u8>)> = entries
-            .iter()
-            .map(|e| {
-                let data = if e.name == "PatientData.xml" {
-                    String::from_utf8(e.data.clone())
-                        .unwrap()
-                        .replace(PATIENT_GUID, guid)
-                        .replace(from, to)
-                        .into_bytes()
-                } else {
-                    e.data.clone()
-                };
-                (e.name.clone(), data)
-            })
-            .collect();
-        let borrowed: Vec<(&str, &[u8])> = renamed
-            .iter()
-            .map(|(n, d)| (n.as_str(), d.as_slice()))
-            .collect();
-        self.encrypt(&write_archive(&borrowed).unwrap())
+        self.encrypt(&patient_zip_replacing(&[(PATIENT_GUID, guid), (from, to)]))
     }
 
     /// Every value of the fixtures that must never leave the database: national identity numbers,
