@@ -332,11 +332,43 @@ pub struct Claimed {
 
 pub type Outcome = (IngestState, Option<ProblemCode>);
 
-/// Ingests one complete upload if no other replica holds it. `None`: another replica is at it.
+/// Who ingests a complete upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingester {
+    /// The request that received the last byte.
+    Request,
+    /// A replica's recovery loop, for an upload left complete.
+    Recovery,
+}
+
+/// How long a recovery loop leaves a file it cannot decrypt for the other replicas before it
+/// records the rejection: longer than a rolling update, so a replica that does not hold the new
+/// decryption key yet (or still) never rejects a file another replica can read.
+pub const RECOVERY_DECRYPTION_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// Whether a recovery loop leaves this refusal unrecorded for now: only `envelope-undecryptable`
+/// (the one refusal that depends on the replica's keys, not on the file) and only within
+/// [`RECOVERY_DECRYPTION_GRACE`] of the upload's completion.
+pub fn defer_refusal(
+    by: Ingester,
+    code: ProblemCode,
+    completed_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    by == Ingester::Recovery
+        && code == ProblemCode::EnvelopeUndecryptable
+        && (now - completed_at)
+            .to_std()
+            .map_or(true, |age| age < RECOVERY_DECRYPTION_GRACE)
+}
+
+/// Ingests one complete upload if no other replica holds it. `None`: another replica is at it (or,
+/// in recovery, this replica cannot decrypt it and leaves it, see [`defer_refusal`]).
 pub async fn ingest_upload(
     state: Arc<AppState>,
     session: Session,
     upload: Uuid,
+    by: Ingester,
 ) -> Result<Option<Outcome>, ApiError> {
     let _slot = ingest_slot(&state).await?;
     let started = Instant::now();
@@ -379,6 +411,19 @@ pub async fn ingest_upload(
         Ok(()) => {
             mark_stored(&mut tx, upload, &claimed.file_name).await?;
             (IngestState::Stored, None)
+        }
+        Err(rejection)
+            if defer_refusal(by, rejection.code, claimed.completed_at, chrono::Utc::now()) =>
+        {
+            tx.rollback()
+                .await
+                .map_err(|e| database("undo the ingest", e))?;
+            tracing::warn!(
+                database = %session.database_name(),
+                upload = %upload,
+                "this replica cannot decrypt an upload left complete; left for a replica that holds its key"
+            );
+            return Ok(None);
         }
         Err(rejection) => {
             tx = start_over(tx, &session).await?;
@@ -1309,8 +1354,40 @@ pub async fn recovery_loop(state: Arc<AppState>) {
                     pool: pool.clone(),
                 };
                 tracing::info!(upload = %upload, "ingesting an upload left complete");
-                let _ = ingest_upload(state.clone(), session, upload).await;
+                let _ = ingest_upload(state.clone(), session, upload, Ingester::Recovery).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_recovery_defers_and_only_an_undecryptable_file_within_the_grace() {
+        let now = chrono::Utc::now();
+        let fresh = now - chrono::Duration::minutes(1);
+        let old = now - chrono::Duration::minutes(16);
+        let undecryptable = ProblemCode::EnvelopeUndecryptable;
+        assert!(defer_refusal(Ingester::Recovery, undecryptable, fresh, now));
+        // Past the grace every replica has had its chance: the refusal is recorded.
+        assert!(!defer_refusal(Ingester::Recovery, undecryptable, old, now));
+        // The request that received the last byte records at once: the client is waiting.
+        assert!(!defer_refusal(Ingester::Request, undecryptable, fresh, now));
+        // A refusal that depends on the file, not on the replica's keys, is recorded at once.
+        for code in [
+            ProblemCode::EnvelopeMalformed,
+            ProblemCode::ArchiveLimits,
+            ProblemCode::DataQualityHprUnknown,
+        ] {
+            assert!(
+                !defer_refusal(Ingester::Recovery, code, fresh, now),
+                "{code:?}"
+            );
+        }
+        // A completion stamped in the future (clock skew between replicas) is within the grace.
+        let ahead = now + chrono::Duration::minutes(1);
+        assert!(defer_refusal(Ingester::Recovery, undecryptable, ahead, now));
     }
 }

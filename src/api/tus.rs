@@ -859,6 +859,7 @@ async fn finish(
         state.clone(),
         session.clone(),
         upload,
+        ingest::Ingester::Request,
     ));
     let outcome = if *file_type == Some(FileType::ExportData) {
         task.await.ok()
