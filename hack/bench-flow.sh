@@ -13,7 +13,8 @@
 #   BENCH_RUNS="2048:10000:10 4096:10000:100" hack/bench-flow.sh   # bits:patients:workers ...
 #
 # Environment: BENCH_PROFILE=release (default; builds with --release) or dev; BENCH_SIZE_KB (mean XML
-# per patient, default 100); SFM_PG_FAST (default 0 here: PostgreSQL with fsync, as in production).
+# per patient, default 100); BENCH_BIN_DIR (use the binaries there, build nothing); SFM_PG_FAST
+# (default 0 here: PostgreSQL with fsync, as in production).
 # Starts its own PostgreSQL and control plane through hack/test-env.sh unless one is already set up.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +35,9 @@ else
 fi
 
 cd "$root"
-if [ "$profile" = release ]; then
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  bin=$BENCH_BIN_DIR # binaries built before (a release build takes 15-30 minutes on a small machine)
+elif [ "$profile" = release ]; then
   cargo build --release --bins >&2
   bin=$root/target/release
 else

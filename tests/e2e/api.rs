@@ -146,14 +146,6 @@ fn issue_key(ns: &str, name: &str, db: &str, time_to_live: &str) -> String {
     secret_field(ns, &jsonpath(ns, &mkey, "{.status.secretName}"), "key")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One test's world: NHN's samples under a fresh key pair (and their envelopes, encrypted once), the
 /// MigrationDatabase `sample` with its key `key-1`, provisioned by the test's own operator in a
 /// namespace of its own, a tokio runtime and an HTTP client. Dropped, it stops the operator and

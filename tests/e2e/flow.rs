@@ -7,27 +7,17 @@
 
 use super::cluster::*;
 use super::processes::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use sfm_migration::client::ledger::LEDGER_FILE;
 use sfm_migration::contract;
 
-/// The API's namespace (where the operator writes the migrators' Secrets), shared with the other
-/// end-to-end tests so concurrently running operators agree.
 /// The export's organisation number (valid mod 11); the MigrationDatabase names the same.
 const ORGANISATION_NUMBER: &str = "974600951";
 const PATIENTS: usize = 300;
 const REPORTS: usize = 2;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn run(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(binary);
@@ -44,6 +34,52 @@ fn text(output: &Output) -> String {
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// An export written by `sfm-export` under `work`: a fresh "SFM migrering" certificate in
+/// `work/keys`, the export in `work/export`, for [`ORGANISATION_NUMBER`]; `extra` adds arguments.
+fn make_export(work: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let keys = work.join("keys");
+    let export = work.join("export");
+    let exporter = env!("CARGO_BIN_EXE_sfm-export");
+    let made = run(exporter, &["keygen", "--out", keys.to_str().unwrap()], &[]);
+    assert!(made.status.success(), "{}", text(&made));
+    let certificate = keys.join("certificate.pem");
+    let mut args = vec![
+        "generate",
+        "--cert",
+        certificate.to_str().unwrap(),
+        "--out",
+        export.to_str().unwrap(),
+        "--organisation-number",
+        ORGANISATION_NUMBER,
+    ];
+    args.extend_from_slice(extra);
+    let generated = run(exporter, &args, &[]);
+    assert!(generated.status.success(), "{}", text(&generated));
+    (keys, export)
+}
+
+/// The test's migration API (in its own namespace, with the export's decryption key) and its URL.
+fn start_flow_api(api_namespace: &str, keys: &Path, ns_name: &str) -> (Process, String) {
+    let port = free_port();
+    let api = start_api(
+        api_namespace,
+        &keys.join("private_key.pem"),
+        port,
+        &format!("api-flow-{ns_name}"),
+        &[],
+    );
+    (api, format!("http://127.0.0.1:{port}"))
+}
+
+/// `sfm-migrate key add` of the operator's key for `api_url`, with the client's config in `config_env`.
+fn add_key(client: &str, config_env: (&str, &str), api_url: &str, key: &str) -> Output {
+    run(
+        client,
+        &["key", "add", "flyt", "--for-api", api_url],
+        &[config_env, ("SFM_MIGRATION_KEY", key)],
     )
 }
 
@@ -181,37 +217,23 @@ fn an_export_goes_from_files_to_an_operational_database() {
 
     // The EPJ side: a certificate and an export of a few hundred patients.
     let work = tempfile::tempdir().unwrap();
-    let keys = work.path().join("keys");
-    let export = work.path().join("export");
-    let exporter = env!("CARGO_BIN_EXE_sfm-export");
-    let made = run(exporter, &["keygen", "--out", keys.to_str().unwrap()], &[]);
-    assert!(made.status.success(), "{}", text(&made));
     let patients = PATIENTS.to_string();
     let reports = REPORTS.to_string();
-    let generated = run(
-        exporter,
+    let (keys, export) = make_export(
+        work.path(),
         &[
-            "generate",
-            "--cert",
-            keys.join("certificate.pem").to_str().unwrap(),
-            "--out",
-            export.to_str().unwrap(),
             "--patients",
             &patients,
             "--reports",
             &reports,
             "--size-kb",
             "40",
-            "--organisation-number",
-            ORGANISATION_NUMBER,
             "--patients-per-folder",
             "128",
             "--seed",
             "2026",
         ],
-        &[],
     );
-    assert!(generated.status.success(), "{}", text(&generated));
 
     // One patient file encrypted to the wrong certificate (of the same size, so `check` cannot
     // tell): the API rejects it, the client says so and why, verify refuses, and the corrected file
@@ -232,25 +254,13 @@ fn an_export_goes_from_files_to_an_operational_database() {
         std::fs::write(&wrong_path, misencrypted).unwrap();
     }
 
-    let port = free_port();
-    let api_url = format!("http://127.0.0.1:{port}");
-    let _api = start_api(
-        &api_namespace.name,
-        &keys.join("private_key.pem"),
-        port,
-        &format!("api-flow-{ns_name}"),
-        &[],
-    );
+    let (_api, api_url) = start_flow_api(&api_namespace.name, &keys, &ns_name);
 
     // The data controller's side.
     let client = env!("CARGO_BIN_EXE_sfm-migrate");
     let config = work.path().join("config");
     let config_env = ("SFM_MIGRATE_CONFIG_DIR", config.to_str().unwrap());
-    let added = run(
-        client,
-        &["key", "add", "flyt", "--for-api", &api_url],
-        &[config_env, ("SFM_MIGRATION_KEY", key.as_str())],
-    );
+    let added = add_key(client, config_env, &api_url, &key);
     assert!(added.status.success(), "{}", text(&added));
     let listed = run(client, &["key", "list"], &[config_env]);
     assert!(
@@ -688,55 +698,15 @@ fn a_helseid_protected_database_takes_a_dpop_login() {
     );
     let key = provision(&ns_name, &database);
 
-    let keys = work.path().join("keys");
-    let export = work.path().join("export");
-    let exporter = env!("CARGO_BIN_EXE_sfm-export");
-    assert!(
-        run(exporter, &["keygen", "--out", keys.to_str().unwrap()], &[])
-            .status
-            .success()
-    );
     let small = SMALL.to_string();
-    let generated = run(
-        exporter,
-        &[
-            "generate",
-            "--cert",
-            keys.join("certificate.pem").to_str().unwrap(),
-            "--out",
-            export.to_str().unwrap(),
-            "--patients",
-            &small,
-            "--size-kb",
-            "20",
-            "--organisation-number",
-            ORGANISATION_NUMBER,
-        ],
-        &[],
-    );
-    assert!(generated.status.success(), "{}", text(&generated));
-    let port = free_port();
-    let api_url = format!("http://127.0.0.1:{port}");
-    let _api = start_api(
-        &api_namespace.name,
-        &keys.join("private_key.pem"),
-        port,
-        &format!("api-flow-{ns_name}"),
-        &[],
-    );
+    let (keys, export) = make_export(work.path(), &["--patients", &small, "--size-kb", "20"]);
+    let (_api, api_url) = start_flow_api(&api_namespace.name, &keys, &ns_name);
 
     let client = env!("CARGO_BIN_EXE_sfm-migrate");
     let config = work.path().join("config");
     let config_env = ("SFM_MIGRATE_CONFIG_DIR", config.to_str().unwrap());
-    assert!(
-        run(
-            client,
-            &["key", "add", "flyt", "--for-api", &api_url],
-            &[config_env, ("SFM_MIGRATION_KEY", key.as_str())],
-        )
-        .status
-        .success()
-    );
+    let added = add_key(client, config_env, &api_url, &key);
+    assert!(added.status.success(), "{}", text(&added));
 
     // Without a login: one sentence, nothing sent.
     let refused = run(

@@ -92,6 +92,15 @@ impl Drop for Process {
     }
 }
 
+/// A TCP port free on the loopback now, for a process the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The PostgreSQL admin URI of the test server (set by `hack/test-env.sh`).
 pub fn admin_url() -> String {
     std::env::var("SFM_PG_ADMIN_URL")
