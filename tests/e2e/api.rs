@@ -251,17 +251,16 @@ impl Fixture {
 
     /// As [`Fixture::api`] on a given port (a restart after a kill).
     fn api_on(&self, port: u16, name: &str, extra: &[&str]) -> Api {
+        self.api_with(&self.samples.key_file, port, name, extra)
+    }
+
+    /// As [`Fixture::api_on`] with another decryption key.
+    fn api_with(&self, key_file: &Path, port: u16, name: &str, extra: &[&str]) -> Api {
         let mut args = vec!["--ingest-wait-seconds", "30"];
         args.extend_from_slice(extra);
         let log_name = format!("{name}-{}", self.ns());
         Api {
-            process: start_api(
-                &self.api_ns.name,
-                &self.samples.key_file,
-                port,
-                &log_name,
-                &args,
-            ),
+            process: start_api(&self.api_ns.name, key_file, port, &log_name, &args),
             port,
             base: format!("http://127.0.0.1:{port}"),
         }
@@ -1727,6 +1726,63 @@ fn a_replica_killed_mid_ingest_leaves_the_upload_to_the_other() {
     assert_eq!(fx.status("{.status.migration.patients.received}"), "1");
     assert_eq!(fx.status("{.status.migration.patients.rejected}"), "0");
     assert_eq!(fx.status("{.status.migration.users.stored}"), "7");
+}
+
+/// Replicas whose decryption keys differ (a key rollout half done): an upload left complete by a
+/// replica killed mid-ingest is tried by the recovery loop of a replica that holds only another key.
+/// It cannot decrypt the file and leaves it: the upload stays `complete`, no rejection is recorded,
+/// nothing is stored. A replica with the right key, started after, ingests it: one patient, no
+/// rejection.
+#[test]
+fn a_replica_without_the_key_leaves_an_upload_to_one_that_has_it() {
+    let fx = Fixture::new("api-keys", "Lenient");
+    let mut apis = [fx.api("api-a", &[])];
+    fx.store_organisation(&apis[0], 65536, false);
+    let patient = &fx.patient;
+    let url = fx.run(async {
+        let url = fx
+            .create(&apis[0].base, &patient_name(), "Patient", patient.len())
+            .await;
+        let (first, last) = patient.split_at(patient.len() / 2);
+        assert_eq!(fx.patch(&url, 0, first).await.status(), 204);
+        fx.kill_mid_ingest(&mut apis, 0, &url, first.len(), last)
+            .await;
+        url
+    });
+
+    let other = generate_demo_key_pair(2048, "SFM migrering").unwrap();
+    let other_key = fx
+        .samples
+        .write("other.key.pem", other.private_key_pem.as_bytes());
+    let keyless = fx.api_with(&other_key, free_port(), "api-other-key", &[]);
+    assert!(
+        eventually(PATIENCE, || keyless
+            .process
+            .log_text()
+            .contains("cannot decrypt an upload left complete")),
+        "the replica without the key did not try the upload:\n{}",
+        keyless.process.log_text()
+    );
+    fx.run(async {
+        // Two more rounds of its recovery loop (every 5 s) change nothing.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(fx.upload_state(&url).await.as_deref(), Some("complete"));
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections").await, 0);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 0);
+    });
+
+    let keyed = fx.api("api-b", &[]);
+    fx.run(async {
+        fx.wait_for_upload(&url, "ingested").await;
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 1);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections").await, 0);
+    });
+    assert!(
+        keyed
+            .process
+            .log_text()
+            .contains("ingesting an upload left complete")
+    );
 }
 
 /// tus expiration, and the sweep of the recovery loop. A PATCH to an upload past its `expires_at`
