@@ -102,6 +102,15 @@ pub fn database(context: &'static str, error: sqlx::Error) -> ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Refused keys and tokens, by code only (the detail and the key stay out of the log): what an
+        // operator troubleshooting a data controller's "the key does not work" looks for.
+        if matches!(self.problem.status, 401 | 403) {
+            tracing::info!(
+                code = self.problem.code.as_str(),
+                status = self.problem.status,
+                "request refused"
+            );
+        }
         let status =
             StatusCode::from_u16(self.problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut headers = HeaderMap::new();
