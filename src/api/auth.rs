@@ -356,6 +356,18 @@ pub fn switched_refusal(db: &MigrationDatabase) -> ApiError {
     ApiError::new(ProblemCode::MigrationOperational).detail(detail)
 }
 
+/// Refuses (`migration-operational`) when the database, read fresh from the API server rather
+/// than from the cache, is being switched or is operational.
+pub async fn refuse_if_switched(
+    state: &AppState,
+    database: &MigrationDatabase,
+) -> Result<(), ApiError> {
+    match switched_meanwhile(state, database).await {
+        Some(now) => Err(switched_refusal(&now)),
+        None => Ok(()),
+    }
+}
+
 /// A write's result, with a failure through the migrator explained: the request read the
 /// database's phase from the cache, and if the operator has since written `Activating` (and closed
 /// the migrator, which is what broke the write), the answer is the end of the migration

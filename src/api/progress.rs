@@ -402,9 +402,7 @@ pub async fn verify(
     auth::ensure_writable(&session.database)?;
     // Decided on the database as it is now, not as cached (a verify is rare, one read is cheap):
     // once the operator wrote `Activating`, any manifest is answered with the end of the migration.
-    if let Some(now) = auth::switched_meanwhile(&state, &session.database).await {
-        return Err(auth::switched_refusal(&now));
-    }
+    auth::refuse_if_switched(&state, &session.database).await?;
     let verified = verify_in_session(&state, &session, body).await;
     auth::or_switched(&state, &session.database, verified).await
 }
@@ -644,23 +642,14 @@ pub async fn activate(
     let session = session(&state, &method, &headers, contract::PATH_ACTIVATE).await?;
     // Decided on the database as it is now, not as cached: once the operator wrote `Activating`
     // the request is recorded and the migrator is being closed.
-    if let Some(now) = auth::switched_meanwhile(&state, &session.database).await {
-        return Err(auth::switched_refusal(&now));
-    }
-    let at: Option<DateTime<Utc>> = match sqlx::query_scalar(
+    auth::refuse_if_switched(&state, &session.database).await?;
+    let at: Result<Option<DateTime<Utc>>, ApiError> = sqlx::query_scalar(
         "UPDATE sfm.validation SET activation_requested_at = COALESCE(activation_requested_at, greatest(now(), validated_at)) RETURNING activation_requested_at",
     )
     .fetch_optional(&session.pool)
     .await
-    {
-        Ok(at) => at,
-        Err(error) => {
-            if let Some(now) = auth::switched_meanwhile(&state, &session.database).await {
-                return Err(auth::switched_refusal(&now));
-            }
-            return Err(database("record the activation request", error));
-        }
-    };
+    .map_err(|e| database("record the activation request", e));
+    let at = auth::or_switched(&state, &session.database, at).await?;
     let at = at.ok_or_else(|| {
         ApiError::new(ProblemCode::NotValidated).detail("verify the manifest first")
     })?;
