@@ -34,6 +34,10 @@ use crate::operator::children;
 /// working within seconds on every replica.
 const CACHE_FOR: Duration = Duration::from_secs(2);
 
+/// How old the list of databases must be before a lookup that found nothing takes it again: bounds
+/// the listing that unknown upload ids or keys of deleted databases can cause.
+const MISS_RELIST_AFTER: Duration = Duration::from_millis(200);
+
 /// A looked-up key (or its absence) and when it was looked up.
 type CachedKey = (Instant, Option<Arc<MigrationKey>>);
 
@@ -97,7 +101,8 @@ impl Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(key_id)
-            && at.elapsed() < CACHE_FOR
+            // An absence is trusted for less long: the key may have been issued a moment ago.
+            && at.elapsed() < if key.is_some() { CACHE_FOR } else { MISS_RELIST_AFTER }
         {
             return Ok(key.clone());
         }
@@ -130,9 +135,17 @@ impl Directory {
 
     /// Every MigrationDatabase of the cluster (cached briefly).
     pub async fn databases(&self) -> Result<Vec<Arc<MigrationDatabase>>, ApiError> {
+        self.databases_younger_than(CACHE_FOR).await
+    }
+
+    /// The list of databases, taken again unless the cached one is younger than `age`.
+    async fn databases_younger_than(
+        &self,
+        age: Duration,
+    ) -> Result<Vec<Arc<MigrationDatabase>>, ApiError> {
         let mut cache = self.databases.lock().await;
         if let Some((at, list)) = cache.as_ref()
-            && at.elapsed() < CACHE_FOR
+            && at.elapsed() < age
         {
             return Ok(list.clone());
         }
@@ -149,15 +162,28 @@ impl Directory {
         Ok(list)
     }
 
+    /// The first database the cached list has that `wanted` accepts. A miss is not trusted: the
+    /// database may have been created after the list was taken (a key issued a second ago names
+    /// it), so the list is taken again, at most once per [`MISS_RELIST_AFTER`].
+    async fn find_database(
+        &self,
+        wanted: impl Fn(&MigrationDatabase) -> bool,
+    ) -> Result<Option<Arc<MigrationDatabase>>, ApiError> {
+        if let Some(found) = self.databases().await?.into_iter().find(|db| wanted(db)) {
+            return Ok(Some(found));
+        }
+        Ok(self
+            .databases_younger_than(MISS_RELIST_AFTER)
+            .await?
+            .into_iter()
+            .find(|db| wanted(db)))
+    }
+
     pub async fn database_by_uid(
         &self,
         uid: Uuid,
     ) -> Result<Option<Arc<MigrationDatabase>>, ApiError> {
-        Ok(self
-            .databases()
-            .await?
-            .into_iter()
-            .find(|db| database_uid(db) == Some(uid)))
+        self.find_database(|db| database_uid(db) == Some(uid)).await
     }
 
     pub async fn database_by_name(
@@ -165,11 +191,10 @@ impl Directory {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Arc<MigrationDatabase>>, ApiError> {
-        Ok(self
-            .databases()
-            .await?
-            .into_iter()
-            .find(|db| db.namespace().as_deref() == Some(namespace) && db.name_any() == name))
+        self.find_database(|db| {
+            db.namespace().as_deref() == Some(namespace) && db.name_any() == name
+        })
+        .await
     }
 
     /// One MigrationDatabase read from the API server now, not from the cache: what `status`,
@@ -651,6 +676,72 @@ mod tests {
             ..Default::default()
         });
         key
+    }
+
+    /// A Directory whose API server answers every list with `lists[n]` for the n-th request (the
+    /// last one repeated), counting the requests.
+    fn directory_listing(
+        lists: Vec<Vec<serde_json::Value>>,
+    ) -> (Directory, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let service = tower::service_fn(move |_: axum::http::Request<kube::client::Body>| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let items = lists[n.min(lists.len() - 1)].clone();
+            async move {
+                let list = serde_json::json!({
+                    "apiVersion": "sfm.nhn.no/v1alpha1",
+                    "kind": "MigrationDatabaseList",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": items,
+                });
+                let body = kube::client::Body::from(serde_json::to_vec(&list).unwrap());
+                Ok::<_, std::convert::Infallible>(axum::http::Response::new(body))
+            }
+        });
+        let client = Client::new(service, "default");
+        let directory = Directory::new(client, "sfm", &crate::api::Limits::default());
+        (directory, requests)
+    }
+
+    fn example_database(uid: &str) -> serde_json::Value {
+        let mut db: serde_json::Value =
+            serde_yaml::from_str(include_str!("../../examples/10-migrationdatabase.yaml")).unwrap();
+        db["metadata"]["uid"] = uid.into();
+        db
+    }
+
+    /// A database created after the cached list was taken (a key issued a second ago names it) is
+    /// found, not answered `key-unknown` until the cache expires: a miss takes the list again.
+    #[tokio::test]
+    async fn a_database_created_after_the_list_was_cached_is_found() {
+        use std::sync::atomic::Ordering;
+        let uid = "5f0c6c4e-2a7e-4a57-9d7e-0d3f2b8e8c11";
+        let (directory, requests) = directory_listing(vec![vec![], vec![example_database(uid)]]);
+        assert!(directory.databases().await.unwrap().is_empty());
+        // Within the cache's life (2 s), past the bound on listing again after a miss.
+        tokio::time::sleep(MISS_RELIST_AFTER).await;
+        let found = directory
+            .database_by_name("sfm-organisations", "legekontoret-fjordby")
+            .await
+            .unwrap()
+            .expect("found after listing again");
+        assert_eq!(found.name_any(), "legekontoret-fjordby");
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        let by_uid = directory
+            .database_by_uid(Uuid::parse_str(uid).unwrap())
+            .await
+            .unwrap();
+        assert!(by_uid.is_some());
+        // A database that does not exist stays unknown.
+        assert!(
+            directory
+                .database_by_name("sfm-organisations", "another")
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     fn answer(key: &MigrationKey, phase: Option<Phase>) -> Result<ReadAnswer, ProblemCode> {
