@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -25,6 +26,9 @@ pub struct Metrics {
     pub auth_failures: Counter,
     pub status_writes: Counter,
     pub ingest_seconds: Histogram,
+    /// Upload requests (tus creation, PATCH) holding one of the replica's request slots; set when
+    /// scraped. Next to `busy`, it shows how close a replica is to refusing.
+    pub upload_requests_in_flight: Gauge,
 }
 
 impl Metrics {
@@ -40,6 +44,7 @@ impl Metrics {
             auth_failures: Counter::default(),
             status_writes: Counter::default(),
             ingest_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            upload_requests_in_flight: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -87,6 +92,11 @@ impl Metrics {
             "time to decrypt, check and store one file",
             metrics.ingest_seconds.clone(),
         );
+        registry.register(
+            "upload_requests_in_flight",
+            "upload requests holding a request slot (at most --max-inflight-requests)",
+            metrics.upload_requests_in_flight.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -111,6 +121,12 @@ impl Default for Metrics {
 
 /// `GET /metrics`.
 pub async fn serve(State(state): State<Arc<AppState>>) -> Response {
+    let slots = state.config.limits.max_inflight_requests;
+    let free = state.request_slots.available_permits();
+    state
+        .metrics
+        .upload_requests_in_flight
+        .set(i64::try_from(slots.saturating_sub(free)).unwrap_or(i64::MAX));
     let mut text = String::new();
     if encode(&mut text, &state.metrics.registry).is_err() {
         return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();

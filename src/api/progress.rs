@@ -350,6 +350,10 @@ pub async fn flush_loop(state: Arc<AppState>) {
         Default::default();
     loop {
         interval.tick().await;
+        // A pause that has passed holds nothing back: forget it, so the map stays as small as the
+        // set of databases written in the last minute.
+        let tick = tokio::time::Instant::now();
+        not_before.retain(|_, at| *at > tick);
         let dirty: HashSet<uuid::Uuid> =
             std::mem::take(&mut *state.dirty.lock().unwrap_or_else(|e| e.into_inner()));
         for uid in dirty {

@@ -138,6 +138,20 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
     metrics.set_leader(true);
 
     let controllers = run_controllers(client, config, metrics.clone());
+    let controllers = async {
+        tokio::select! {
+            () = controllers => {}
+            () = async {
+                shutdown_signal().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!(
+                    grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                    "reconciles still running after the stop signal; stopping them (every step is idempotent and the next leader resumes it)"
+                );
+            }
+        }
+    };
     match election {
         None => {
             controllers.await;
@@ -157,6 +171,11 @@ pub async fn run(client: Client, config: Config) -> anyhow::Result<()> {
         }
     }
 }
+
+/// How long reconciles in flight may run on after SIGTERM. A reconcile stuck on a slow PostgreSQL
+/// server must not hold the process past the Pod's grace period (30 s in the chart), after which it
+/// would be killed without giving up its Lease; stopping mid-reconcile is safe, as every step is.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
 async fn shutdown_signal() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1601,8 +1601,9 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
     });
 }
 
-/// Backpressure: with one request slot, a second upload request while a slow PATCH is in flight gets
-/// 503 `busy` with `Retry-After`; once the PATCH is done the server serves again.
+/// Backpressure: with one request slot, a second upload request while a slow PATCH is in flight (the
+/// API's `sfm_api_upload_requests_in_flight` says 1) gets 503 `busy` with `Retry-After`; once the
+/// PATCH is done the server serves again.
 #[test]
 fn a_busy_api_answers_503_with_retry_after() {
     let fx = Fixture::new("api-busy", "Lenient");
@@ -1618,9 +1619,11 @@ fn a_busy_api_answers_503_with_retry_after() {
             bytes::Bytes::copy_from_slice(first),
             bytes::Bytes::copy_from_slice(rest),
         );
+        // The rest of the body is held back until the busy answer has been checked.
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
         let slow = futures::stream::iter(vec![Ok::<_, std::io::Error>(first)]).chain(
             futures::stream::once(async move {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                held.await.ok();
                 Ok(rest)
             }),
         );
@@ -1629,7 +1632,24 @@ fn a_busy_api_answers_503_with_retry_after() {
                 .body(reqwest::Body::wrap_stream(slow))
                 .send(),
         );
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The slow PATCH holds the only slot once the API counts it in flight.
+        let in_flight_metric = "sfm_api_upload_requests_in_flight 1";
+        let mut waited = 0;
+        while !fx
+            .client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains(in_flight_metric)
+        {
+            assert!(waited < 600, "the slow PATCH never took its slot");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
         let busy = create_request(
             &reqwest::Client::new(),
             base,
@@ -1644,6 +1664,7 @@ fn a_busy_api_answers_503_with_retry_after() {
         assert_eq!(busy.status(), 503);
         assert!(contract::parse_retry_after(header(&busy, "retry-after")).is_some());
         assert!(busy.text().await.unwrap().contains("\"busy\""));
+        release.send(()).unwrap();
         let done = in_flight.await.unwrap().unwrap();
         assert_eq!(done.status(), 204);
         assert_eq!(header(&done, "sfm-ingest-state"), "stored");
