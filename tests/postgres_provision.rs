@@ -272,3 +272,27 @@ async fn delete_drops_only_what_is_tagged_and_twice_is_harmless() {
     );
     cleanup(&names, &uid).await;
 }
+
+/// A server that accepts the connection and then says nothing (a hung PostgreSQL, a black-holing
+/// proxy) is reported unreachable after the connect timeout: the reconcile returns an error it can
+/// show and retry, instead of waiting for ever and never reconciling that database again.
+#[tokio::test]
+async fn a_server_that_never_answers_is_unreachable_not_a_hung_reconcile() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let (names, uid) = fresh();
+    let uri = format!("postgres://admin:secret@127.0.0.1:{port}/postgres");
+    let error = AdminSession::open(&uri, names, &uid)
+        .await
+        .err()
+        .expect("a silent server gives no session");
+    assert_eq!(error.reason(), "ServerUnreachable", "{error}");
+    assert!(error.to_string().contains("timed out"), "{error}");
+    held.abort();
+}

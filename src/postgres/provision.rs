@@ -120,6 +120,26 @@ pub struct ValidationRecord {
     pub activation_requested: bool,
 }
 
+/// How long the operator waits for a connection to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one of the operator's statements may wait for a lock.
+const LOCK_TIMEOUT: &str = "60s";
+/// How long one of the operator's statements may run: generous, a schema migration of a full
+/// staging database rewrites tables.
+const STATEMENT_TIMEOUT: &str = "15min";
+
+async fn connect(options: &PgConnectOptions) -> Result<PgConnection, ProvisionError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
+        .await
+        .map_err(|_| {
+            ProvisionError::Unreachable(format!(
+                "connection timed out after {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(ProvisionError::from)
+}
+
 /// An admin session on one server, holding the advisory lock of one database while it lives.
 pub struct AdminSession {
     connection: PgConnection,
@@ -139,13 +159,16 @@ impl AdminSession {
             .map_err(|_| ProvisionError::BadAdminUri)?
             .application_name("sfm-operator")
             // sqlx logs slow statements with their text, and ALTER ROLE carries a SCRAM verifier.
-            .disable_statement_logging();
-        let mut connection = tokio::time::timeout(
-            Duration::from_secs(10),
-            PgConnection::connect_with(&options),
-        )
-        .await
-        .map_err(|_| ProvisionError::Unreachable("connection timed out after 10s".into()))??;
+            .disable_statement_logging()
+            // Nothing the operator does may wait for ever: a lock held elsewhere (the advisory lock
+            // of a stuck session, a table lock) or a statement that does not end becomes an error,
+            // reported in the condition and retried with backoff, instead of a reconcile that never
+            // returns and so never reconciles this database again.
+            .options([
+                ("lock_timeout", LOCK_TIMEOUT),
+                ("statement_timeout", STATEMENT_TIMEOUT),
+            ]);
+        let mut connection = connect(&options).await?;
         sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
             .bind(format!("sfm-operator:{}", names.database))
             .execute(&mut connection)
@@ -522,7 +545,7 @@ impl AdminSession {
     }
 
     async fn connect_database(&self) -> Result<PgConnection, ProvisionError> {
-        Ok(PgConnection::connect_with(&self.database_options()).await?)
+        connect(&self.database_options()).await
     }
 
     /// Runs statements inside the database as its owner, so everything created belongs to the owner.
