@@ -349,16 +349,6 @@ async fn matched_key(
     Ok(key)
 }
 
-/// Finds and checks a presented key: known id, matching digest (constant time), usable.
-pub async fn verify_token(
-    state: &AppState,
-    token: &MigrationKeyToken,
-) -> Result<Arc<MigrationKey>, ApiError> {
-    let key = matched_key(state, token).await?;
-    check_key_usable(&key, chrono::Utc::now())?;
-    Ok(key)
-}
-
 /// Whether the database is being switched to operational mode or is operational: from the moment
 /// the operator writes `Activating` (before it closes the migrator) on, its migrator is not to be
 /// used and its keys only read.
@@ -393,20 +383,35 @@ pub async fn refuse_if_switched(
     }
 }
 
-/// A write's result, with a failure through the migrator explained: the request read the
-/// database's phase from the cache, and if the operator has since written `Activating` (and closed
-/// the migrator, which is what broke the write), the answer is the end of the migration
-/// (`migration-operational`), not a server error. Other failures pass through unchanged.
+/// A write's result, with a failure the switch explains: the request read the database's phase
+/// from the cache, and if the operator has since written `Activating` (and closed the migrator,
+/// which is what broke the write, or the write found the validation record that precedes every
+/// switch), the answer is the end of the migration (`migration-operational`), not a server error or
+/// `migration-validated`. Other failures pass through unchanged.
 pub async fn or_switched<T>(
     state: &AppState,
     database: &MigrationDatabase,
     result: Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     match result {
-        Err(error) if matches!(error.code(), ProblemCode::Internal | ProblemCode::Busy) => {
-            match switched_meanwhile(state, database).await {
-                Some(now) => Err(switched_refusal(&now)),
-                None => Err(error),
+        Err(error)
+            if matches!(
+                error.code(),
+                ProblemCode::Internal | ProblemCode::Busy | ProblemCode::MigrationValidated
+            ) =>
+        {
+            let fresh = read_again(state, database).await;
+            match fresh {
+                Some(now) if is_switched(&now) => Err(switched_refusal(&now)),
+                _ => {
+                    tracing::info!(
+                        code = %error.code(),
+                        cached_phase = ?database.status.as_ref().and_then(|s| s.phase),
+                        fresh_phase = ?fresh.as_ref().and_then(|db| db.status.as_ref()).and_then(|s| s.phase),
+                        "a write failed and the switch does not explain it"
+                    );
+                    Err(error)
+                }
             }
         }
         other => other,
@@ -517,7 +522,17 @@ pub async fn switched_meanwhile(
     state: &AppState,
     database: &MigrationDatabase,
 ) -> Option<Arc<MigrationDatabase>> {
-    let fresh = state
+    read_again(state, database)
+        .await
+        .filter(|fresh| is_switched(fresh))
+}
+
+/// The database read from the API server now, if it is still the same object (same UID).
+async fn read_again(
+    state: &AppState,
+    database: &MigrationDatabase,
+) -> Option<Arc<MigrationDatabase>> {
+    state
         .directory
         .fresh_database(
             &database.namespace().unwrap_or_default(),
@@ -525,8 +540,8 @@ pub async fn switched_meanwhile(
         )
         .await
         .ok()
-        .flatten()?;
-    (database_uid(&fresh) == database_uid(database) && is_switched(&fresh)).then_some(fresh)
+        .flatten()
+        .filter(|fresh| database_uid(fresh) == database_uid(database))
 }
 
 fn key_id_of(key: &MigrationKey) -> String {
@@ -551,6 +566,28 @@ pub async fn key_database(
         })
 }
 
+/// [`check_key_usable`] for a write. The switch expires every key of the database: a write with
+/// such a key is refused for what it is, the end of the migration (the contract's
+/// `migration-operational`), not for the key. That is decided on the database read fresh: the key
+/// may be seen expired before the cached database shows `Activating`.
+async fn usable_for_writing(state: &AppState, key: &MigrationKey) -> Result<(), ApiError> {
+    let Err(error) = check_key_usable(key, chrono::Utc::now()) else {
+        return Ok(());
+    };
+    if error.code() == ProblemCode::KeyExpired && !key.spec.revoked {
+        let namespace = key.namespace().unwrap_or_default();
+        if let Ok(Some(database)) = state
+            .directory
+            .fresh_database(&namespace, &key.spec.database_ref)
+            .await
+            && is_switched(&database)
+        {
+            return Err(switched_refusal(&database));
+        }
+    }
+    Err(error)
+}
+
 /// A full session from a presented key: key, database, HelseID token when required, pool.
 pub async fn session_for_token(
     state: &AppState,
@@ -558,18 +595,7 @@ pub async fn session_for_token(
     request: &RequestFacts<'_>,
 ) -> Result<Session, ApiError> {
     let key = matched_key(state, token).await?;
-    if let Err(error) = check_key_usable(&key, chrono::Utc::now()) {
-        // The switch expires every key: a write with such a key is refused for what it is, the end
-        // of the migration (the contract's `migration-operational`), not for the key.
-        if error.code() == ProblemCode::KeyExpired
-            && !key.spec.revoked
-            && let Ok(database) = key_database(state, &key).await
-            && is_switched(&database)
-        {
-            return Err(switched_refusal(&database));
-        }
-        return Err(error);
-    }
+    usable_for_writing(state, &key).await?;
     let database = key_database(state, &key).await?;
     finish_session(state, database, key_id_of(&key), request).await
 }
@@ -584,7 +610,8 @@ pub async fn session_for_upload_key(
 ) -> Result<Session, ApiError> {
     let uid = database_uid(&database);
     if let Some(token) = header_key(request.headers)? {
-        let key = verify_token(state, &token).await?;
+        let key = matched_key(state, &token).await?;
+        usable_for_writing(state, &key).await?;
         let key_db = key_database(state, &key).await?;
         if database_uid(&key_db) != uid {
             return Err(ApiError::new(ProblemCode::KeyWrongDatabase));
@@ -594,7 +621,7 @@ pub async fn session_for_upload_key(
         ApiError::new(ProblemCode::KeyUnknown)
             .detail("the key that created this upload no longer exists")
     })?;
-    check_key_usable(&key, chrono::Utc::now())?;
+    usable_for_writing(state, &key).await?;
     let key_db = key_database(state, &key).await?;
     if database_uid(&key_db) != uid {
         return Err(ApiError::new(ProblemCode::KeyWrongDatabase));

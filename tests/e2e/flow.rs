@@ -545,12 +545,14 @@ fn an_export_goes_from_files_to_an_operational_database() {
             ("activate", activate),
         ] {
             let response = request.send().await.unwrap();
-            assert_eq!(response.status(), 409, "{what}");
-            let problem: contract::Problem = response.json().await.unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            assert_eq!(status, 409, "{what}: {body}");
+            let problem: contract::Problem = serde_json::from_str(&body).unwrap();
             assert_eq!(
                 problem.code,
                 contract::ProblemCode::MigrationOperational,
-                "{what}"
+                "{what}: {body}"
             );
         }
     });
