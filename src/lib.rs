@@ -14,6 +14,7 @@ pub mod format;
 pub mod helseid;
 pub mod ident;
 pub mod model;
+pub mod names;
 pub mod operator;
 pub mod postgres;
 pub mod telemetry;

@@ -14,6 +14,7 @@ mod e2e {
     pub mod controlplane;
     pub mod crds;
     pub mod flow;
+    pub mod isolation;
     pub mod operator;
     pub mod operator_faults;
     pub mod processes;

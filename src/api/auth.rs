@@ -3,8 +3,10 @@
 //! The migration key is found by its key id in the MigrationKeys' status (cluster-wide list and get
 //! of MigrationKeys; the API never reads a Secret outside its own namespace), its SHA-256 compared
 //! with `status.digest` in constant time, its phase and expiry checked here, not only by the
-//! operator. Its `databaseRef` names the MigrationDatabase; the migrator's connection Secret
-//! `sfm-<ns>-<name>-migrator` in the API's own namespace gives one bounded pool per database.
+//! operator. Its `databaseRef` names the MigrationDatabase, and the key works only for the database
+//! of that name whose UID it was issued for (`status.databaseUid`). The migrator's connection Secret
+//! in the API's own namespace (named after the database's UID, [`crate::names`]) gives one bounded
+//! pool per database, and is used only when its UID label is that database's.
 //! A HelseID token is checked when the database's policy asks for one.
 //!
 //! From the moment the operator writes phase `Activating` (before it closes the migrator) until the
@@ -28,7 +30,7 @@ use uuid::Uuid;
 use super::{ApiError, AppState, Limits};
 use crate::contract::{self, MigrationKeyToken, ProblemCode};
 use crate::crd::{KeyPhase, MigrationDatabase, MigrationKey, Phase};
-use crate::operator::children;
+use crate::names::{self, ChildNames};
 
 /// How long a looked-up key or database list is reused. Short, so a revoked or superseded key stops
 /// working within seconds on every replica.
@@ -108,7 +110,7 @@ impl Directory {
         }
         let api: Api<MigrationKey> = Api::all(self.kube.clone());
         let by_label = api
-            .list(&ListParams::default().labels(&format!("{}={key_id}", children::LABEL_KEY_ID)))
+            .list(&ListParams::default().labels(&format!("{}={key_id}", names::LABEL_KEY_ID)))
             .await
             .map_err(|e| ApiError::internal("look up the migration key", e))?;
         let mut found = by_label
@@ -226,20 +228,11 @@ impl Directory {
         if let Some(pool) = pools.get(&uid) {
             return Ok(pool.clone());
         }
-        let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), &self.namespace);
-        let name = children::migrator_secret_name(db);
-        let secret = secrets
-            .get_opt(&name)
-            .await
-            .map_err(|e| ApiError::internal("read the migrator Secret", e))?;
-        let uri = secret
-            .as_ref()
-            .and_then(|s| children::secret_field(s, "uri"))
-            .ok_or_else(|| {
-                ApiError::new(ProblemCode::MigrationOperational).detail(
-                    "the database has no migrator connection: it is not in staging (operational, or not provisioned yet)",
-                )
-            })?;
+        let uri = self.migrator_uri(db).await?.ok_or_else(|| {
+            ApiError::new(ProblemCode::MigrationOperational).detail(
+                "the database has no migrator connection: it is not in staging (operational, or not provisioned yet)",
+            )
+        })?;
         let options = sqlx::postgres::PgConnectOptions::from_str(&uri)
             .map_err(|_| {
                 ApiError::internal(
@@ -258,6 +251,33 @@ impl Directory {
             .connect_lazy_with(options);
         pools.insert(uid, pool.clone());
         Ok(pool)
+    }
+
+    /// The migrator's connection URI from its Secret in the API's namespace: under the UID-based
+    /// name, or under the name releases before it used until the operator has moved it. Either is
+    /// used only when its UID label is this database's: a Secret made for another database (or
+    /// by anyone else) never opens a connection for this one.
+    async fn migrator_uri(&self, db: &MigrationDatabase) -> Result<Option<String>, ApiError> {
+        let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), &self.namespace);
+        let uid = db.uid().unwrap_or_default();
+        let child = ChildNames::of(db);
+        for name in [&child.migrator_secret, &child.legacy_migrator_secret] {
+            let secret = secrets
+                .get_opt(name)
+                .await
+                .map_err(|e| ApiError::internal("read the migrator Secret", e))?;
+            match secret {
+                Some(secret) if names::owned_by(&secret.metadata, &uid) => {
+                    return Ok(names::secret_field(&secret, names::SECRET_FIELD_URI));
+                }
+                Some(_) => tracing::warn!(
+                    secret = %name,
+                    "a Secret under a migrator's name was not made for its database; not used"
+                ),
+                None => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Forgets a database's pool (its migrator was closed or its password changed).
@@ -483,14 +503,9 @@ pub async fn reader_for_token(
         .directory
         .fresh_database(&namespace, &key.spec.database_ref)
         .await?;
-    let phase = database
-        .as_ref()
-        .and_then(|db| db.status.as_ref())
-        .and_then(|s| s.phase);
+    let database = issued_for(&key, database)?;
+    let phase = database.status.as_ref().and_then(|s| s.phase);
     let answer = read_answer(&key, phase, chrono::Utc::now())?;
-    let database = database.ok_or_else(|| {
-        ApiError::new(ProblemCode::KeyUnknown).detail("the key's database does not exist")
-    })?;
     let helseid_client = helseid_client(state, &database, request).await?;
     if answer == ReadAnswer::FromStatus {
         return Ok(Reader::FromStatus { key, database });
@@ -551,19 +566,37 @@ fn key_id_of(key: &MigrationKey) -> String {
         .unwrap_or_default()
 }
 
-/// The database a key fills.
+/// The database a key fills: the one of its `databaseRef` whose UID the key was issued for.
 pub async fn key_database(
     state: &AppState,
     key: &MigrationKey,
 ) -> Result<Arc<MigrationDatabase>, ApiError> {
     let namespace = key.namespace().unwrap_or_default();
-    state
+    let database = state
         .directory
         .database_by_name(&namespace, &key.spec.database_ref)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(ProblemCode::KeyUnknown).detail("the key's database does not exist")
-        })
+        .await?;
+    issued_for(key, database)
+}
+
+/// The key's database if the key was issued for it (its UID), else `key-unknown`: a database of
+/// the key's `databaseRef` created after the key's own was deleted is another database.
+fn issued_for(
+    key: &MigrationKey,
+    database: Option<Arc<MigrationDatabase>>,
+) -> Result<Arc<MigrationDatabase>, ApiError> {
+    let database = database.ok_or_else(|| {
+        ApiError::new(ProblemCode::KeyUnknown).detail("the key's database does not exist")
+    })?;
+    let bound = key.status.as_ref().and_then(|s| s.database_uid.as_deref());
+    match (bound, database.uid()) {
+        (Some(bound), Some(uid)) if bound == uid => Ok(database),
+        (None, _) => {
+            Err(ApiError::new(ProblemCode::KeyUnknown).detail("the key is not issued yet"))
+        }
+        _ => Err(ApiError::new(ProblemCode::KeyUnknown)
+            .detail("the key was issued for a database that no longer exists")),
+    }
 }
 
 /// [`check_key_usable`] for a write. The switch expires every key of the database: a write with
@@ -576,10 +609,11 @@ async fn usable_for_writing(state: &AppState, key: &MigrationKey) -> Result<(), 
     };
     if error.code() == ProblemCode::KeyExpired && !key.spec.revoked {
         let namespace = key.namespace().unwrap_or_default();
-        if let Ok(Some(database)) = state
+        if let Ok(database) = state
             .directory
             .fresh_database(&namespace, &key.spec.database_ref)
             .await
+            && let Ok(database) = issued_for(key, database)
             && is_switched(&database)
         {
             return Err(switched_refusal(&database));
@@ -600,33 +634,51 @@ pub async fn session_for_token(
     finish_session(state, database, key_id_of(&key), request).await
 }
 
-/// A session for an existing upload: the upload's database, the key that created it (still usable;
-/// a key sent now must be that same database's), and the token when required.
-pub async fn session_for_upload_key(
+/// A session for an existing upload of the database with this UID. The upload's URL is no
+/// credential: the key sent now must be usable and that database's (`key-wrong-database`
+/// otherwise), and the HelseID token, when the database requires one, is checked as for any write.
+pub async fn session_for_upload(
     state: &AppState,
-    database: Arc<MigrationDatabase>,
-    upload_key_id: &str,
+    token: &MigrationKeyToken,
+    upload_database: Uuid,
     request: &RequestFacts<'_>,
 ) -> Result<Session, ApiError> {
-    let uid = database_uid(&database);
-    if let Some(token) = header_key(request.headers)? {
-        let key = matched_key(state, &token).await?;
-        usable_for_writing(state, &key).await?;
-        let key_db = key_database(state, &key).await?;
-        if database_uid(&key_db) != uid {
-            return Err(ApiError::new(ProblemCode::KeyWrongDatabase));
-        }
+    let key = matched_key(state, token).await?;
+    usable_for_writing(state, &key).await?;
+    let database = key_database(state, &key).await?;
+    if database_uid(&database) != Some(upload_database) {
+        // Told apart only for a caller whose key matched: an upload of another database that
+        // exists, or none at all.
+        return Err(
+            match state.directory.database_by_uid(upload_database).await? {
+                Some(_) => ApiError::new(ProblemCode::KeyWrongDatabase),
+                None => ApiError::new(ProblemCode::UploadNotFound),
+            },
+        );
     }
-    let key = state.directory.key(upload_key_id).await?.ok_or_else(|| {
+    finish_session(state, database, key_id_of(&key), request).await
+}
+
+/// The key that created an upload must still be usable for the upload to go on: a superseded,
+/// revoked or expired key's uploads stop with it.
+pub async fn check_upload_creator(
+    state: &AppState,
+    session: &Session,
+    creator_key_id: &str,
+) -> Result<(), ApiError> {
+    if creator_key_id == session.key_id {
+        return Ok(());
+    }
+    let key = state.directory.key(creator_key_id).await?.ok_or_else(|| {
         ApiError::new(ProblemCode::KeyUnknown)
             .detail("the key that created this upload no longer exists")
     })?;
     usable_for_writing(state, &key).await?;
     let key_db = key_database(state, &key).await?;
-    if database_uid(&key_db) != uid {
+    if database_uid(&key_db) != Some(session.uid) {
         return Err(ApiError::new(ProblemCode::KeyWrongDatabase));
     }
-    finish_session(state, database, upload_key_id.to_owned(), request).await
+    Ok(())
 }
 
 async fn finish_session(

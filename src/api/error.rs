@@ -96,6 +96,11 @@ pub fn database(context: &'static str, error: sqlx::Error) -> ApiError {
         sqlx::Error::PoolTimedOut => ApiError::new(ProblemCode::Busy)
             .detail("every database connection of this API replica is in use")
             .retry_after(2),
+        sqlx::Error::Database(e)
+            if e.code().as_deref() == Some(super::guard::VALIDATED_SQLSTATE) =>
+        {
+            ApiError::new(ProblemCode::MigrationValidated)
+        }
         other => ApiError::internal(context, other),
     }
 }

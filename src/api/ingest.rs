@@ -407,7 +407,16 @@ pub async fn ingest_upload(
     .map_err(|e| database("read the upload", e))?;
     let data = Bytes::from(chunks.concat());
 
-    let outcome = match check_and_store(&state, &session, &mut tx, upload, &claimed, data).await? {
+    // Nothing is stored once the migration is validated: the upload is closed as refused for that.
+    let checked = match super::guard::writable(&mut tx, session.uid).await {
+        Err(error) if error.code() == ProblemCode::MigrationValidated => Ok(Err(Rejection::new(
+            ProblemCode::MigrationValidated,
+            "the migration was validated before this file was stored; nothing is stored after the validation",
+        ))),
+        Err(error) => Err(error),
+        Ok(()) => check_and_store(&state, &session, &mut tx, upload, &claimed, data).await,
+    };
+    let outcome = match checked? {
         Ok(()) => {
             mark_stored(&mut tx, upload, &claimed.file_name).await?;
             (IngestState::Stored, None)
@@ -420,9 +429,9 @@ pub async fn ingest_upload(
                 .map_err(|e| database("undo the ingest", e))?;
             tracing::warn!(
                 database = %session.database_name(),
-                upload = %upload,
                 "this replica cannot decrypt an upload left complete; left for a replica that holds its key"
             );
+            tracing::debug!(%upload, "left for another replica");
             return Ok(None);
         }
         Err(rejection) => {
@@ -475,7 +484,7 @@ pub async fn ingest_whole(
         .begin()
         .await
         .map_err(|e| database("begin the ingest", e))?;
-    check_creation(&mut tx, &state, new.file_type).await?;
+    check_creation(&mut tx, &state, &session, new.file_type).await?;
     new.insert(&mut tx, &session, Some(("ingested", &claimed.sha256)))
         .await?;
     let outcome = match check_and_store(&state, &session, &mut tx, new.id, &claimed, data).await? {
@@ -516,11 +525,13 @@ async fn start_over(
     tx.rollback()
         .await
         .map_err(|e| database("undo the ingest", e))?;
-    session
+    let mut tx = session
         .pool
         .begin()
         .await
-        .map_err(|e| database("begin the rejection", e))
+        .map_err(|e| database("begin the rejection", e))?;
+    super::guard::lock(&mut tx).await?;
+    Ok(tx)
 }
 
 /// Checks one file and stores it in `tx`. `Ok(Err(_))`: refused; the caller rolls `tx` back and
@@ -575,9 +586,9 @@ fn ingested(
 ) {
     state.metrics.observe_ingest(outcome.0, started.elapsed());
     state.mark_dirty(session.uid);
+    tracing::debug!(%upload, "file ingested");
     tracing::info!(
         database = %session.database_name(),
-        upload = %upload,
         file_type = %claimed.file_type,
         result = outcome.0.as_str(),
         code = outcome.1.map(|c| c.as_str()).unwrap_or(""),
@@ -1353,7 +1364,8 @@ pub async fn recovery_loop(state: Arc<AppState>) {
                     helseid_client: None,
                     pool: pool.clone(),
                 };
-                tracing::info!(upload = %upload, "ingesting an upload left complete");
+                tracing::info!(database = %session.database_name(), "ingesting an upload left complete");
+                tracing::debug!(%upload, "ingesting an upload left complete");
                 let _ = ingest_upload(state.clone(), session, upload, Ingester::Recovery).await;
             }
         }

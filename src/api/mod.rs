@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod guard;
 pub mod ingest;
 pub mod metrics;
 pub mod progress;

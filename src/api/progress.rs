@@ -504,9 +504,11 @@ async fn verify_in_session(
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| database("read the pending uploads", e))?;
-    let pending: HashSet<String> = pending
+    // Every upload still open or complete-but-not-ingested is pending, named in the manifest or
+    // not: a validation must never be followed by a file stored after it.
+    let pending: HashMap<String, String> = pending
         .into_iter()
-        .map(|p| p.to_ascii_lowercase())
+        .map(|p| (p.to_ascii_lowercase(), p))
         .collect();
 
     let mut mismatches = ManifestMismatches::default();
@@ -521,7 +523,13 @@ async fn verify_in_session(
     for file in &manifest.files {
         let key = file.path.to_ascii_lowercase();
         listed.insert(key.clone());
-        if let Some((_, code)) = rejected.get(&key) {
+        if pending.contains_key(&key) {
+            push(
+                &mut mismatches.pending,
+                &file.path,
+                &mut mismatches.truncated,
+            );
+        } else if let Some((_, code)) = rejected.get(&key) {
             if mismatches.rejected.len() < MAX_MISMATCHES_LISTED {
                 mismatches.rejected.push(RejectedFile {
                     path: file.path.clone(),
@@ -542,12 +550,6 @@ async fn verify_in_session(
                     &mut mismatches.truncated,
                 );
             }
-        } else if pending.contains(&key) {
-            push(
-                &mut mismatches.pending,
-                &file.path,
-                &mut mismatches.truncated,
-            );
         } else {
             push(
                 &mut mismatches.missing,
@@ -556,8 +558,13 @@ async fn verify_in_session(
             );
         }
     }
-    for (key, (name, ..)) in &stored {
+    for (key, name) in &pending {
         if !listed.contains(key) {
+            push(&mut mismatches.pending, name, &mut mismatches.truncated);
+        }
+    }
+    for (key, (name, ..)) in &stored {
+        if !listed.contains(key) && !pending.contains_key(key) {
             push(&mut mismatches.extra, name, &mut mismatches.truncated);
         }
     }

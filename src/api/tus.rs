@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::auth::{self, RequestFacts, Session};
 use super::error::database;
 use super::ingest;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, guard};
 use crate::contract::{
     self, CreationMetadata, FileType, IngestState, ProblemCode, UploadChecksum, UploadId,
     decode_upload_metadata, encode_upload_metadata, format_http_date,
@@ -311,7 +311,7 @@ async fn create_in_session(
             .begin()
             .await
             .map_err(|e| database("begin the creation", e))?;
-        check_creation(&mut tx, state, metadata.file_type).await?;
+        check_creation(&mut tx, state, &session, metadata.file_type).await?;
         new.insert(&mut tx, &session, None).await?;
         tx.commit()
             .await
@@ -319,7 +319,10 @@ async fn create_in_session(
     }
     state.metrics.uploads_created.inc();
     state.mark_dirty(session.uid);
-    tracing::info!(database = %session.database_name(), upload = %upload, file_type = %metadata.file_type, key_id = %session.key_id, "upload created");
+    // The upload's id stays out of info-level lines: with the database's UID it makes the upload's
+    // URL (which alone opens nothing, but is nobody's business).
+    tracing::info!(database = %session.database_name(), file_type = %metadata.file_type, key_id = %session.key_id, "upload created");
+    tracing::debug!(%upload, "upload created");
 
     let id = UploadId {
         database: session.uid,
@@ -459,9 +462,10 @@ impl NewUpload {
 pub async fn check_creation(
     tx: &mut sqlx::PgConnection,
     state: &AppState,
+    session: &Session,
     file_type: FileType,
 ) -> Result<(), ApiError> {
-    refuse_if_validated(tx).await?;
+    guard::writable(tx, session.uid).await?;
     if file_type == FileType::ExportData {
         return Ok(());
     }
@@ -491,38 +495,28 @@ pub async fn check_creation(
     Ok(())
 }
 
-async fn refuse_if_validated(tx: &mut sqlx::PgConnection) -> Result<(), ApiError> {
-    let validated: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sfm.validation)")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| database("read the validation record", e))?;
-    if validated {
-        return Err(ApiError::new(ProblemCode::MigrationValidated));
-    }
-    Ok(())
-}
-
-/// Finds an upload's database and the session allowed to touch it.
+/// The session allowed to touch an upload, authenticated before anything of the upload is read:
+/// the key sent with this request (never the upload's URL alone), for the upload's database.
 async fn upload_session(
     state: &AppState,
     id: &str,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<(Session, UploadRow), ApiError> {
+    let token = auth::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
     let id: UploadId = id
         .parse()
         .map_err(|_| ApiError::new(ProblemCode::UploadNotFound))?;
-    let database = state
-        .directory
-        .database_by_uid(id.database)
-        .await?
-        .ok_or_else(|| ApiError::new(ProblemCode::UploadNotFound))?;
-    let pool = state.directory.pool(&database).await?;
-    let row = auth::or_switched(state, &database, fetch_row(&pool, id.upload).await).await?;
     let path = contract::file_path(&id.to_string());
     let request = facts(state, method, headers, &path);
-    let session =
-        auth::session_for_upload_key(state, database, &row.migration_key_id, &request).await?;
+    let session = auth::session_for_upload(state, &token, id.database, &request).await?;
+    let row = auth::or_switched(
+        state,
+        &session.database,
+        fetch_row(&session.pool, id.upload).await,
+    )
+    .await?;
+    auth::check_upload_creator(state, &session, &row.migration_key_id).await?;
     Ok((session, row))
 }
 
@@ -779,7 +773,7 @@ async fn append(
             ApiError::new(ProblemCode::UploadTooLarge).detail("the body goes past Upload-Length")
         );
     }
-    refuse_if_validated(&mut tx).await?;
+    guard::writable(&mut tx, session.uid).await?;
     if !body.is_empty() {
         sqlx::query(
             "INSERT INTO sfm.upload_chunks (upload_id, chunk_offset, data) VALUES ($1, $2, $3)",

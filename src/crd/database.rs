@@ -25,7 +25,8 @@ pub const MIN_DATA_MODEL_VERSION: i64 = 1;
     printcolumn = r#"{"name":"Organisation","type":"string","jsonPath":".spec.organisation.name"}"#,
     printcolumn = r#"{"name":"Patients","type":"integer","jsonPath":".status.migration.patients.stored"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.phaseReason"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("size(self.metadata.name) <= 63").message("a MigrationDatabase name is at most 63 characters: its children and the SFM application's pods carry it as a label value")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationDatabaseSpec {

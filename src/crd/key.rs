@@ -80,6 +80,11 @@ pub struct MigrationKeyStatus {
     /// The public part of the key (`sfmk_<keyId>_...`), also the label the API finds it by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// `metadata.uid` of the MigrationDatabase this key was issued for, bound when the key is first
+    /// issued and never changed: the key never works for another database, not even one created
+    /// later under the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_uid: Option<String>,
     /// Lowercase hex SHA-256 of the whole key string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,

@@ -1,5 +1,6 @@
-//! The one place that builds what the operator creates: labels, owner references, the credential
-//! Secrets, the per-database NetworkPolicy and the access entry. Pure functions over plain data.
+//! The one place that builds what the operator creates: owner references, the credential Secrets,
+//! the per-database NetworkPolicy and the access entry. Pure functions over plain data; their names
+//! and labels come from [`crate::names`].
 
 use std::collections::BTreeMap;
 
@@ -14,60 +15,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::MigrationDatabase;
-
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
-pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
-/// The MigrationDatabase an object belongs to (its name; the namespace is the object's own, or the
-/// `database-namespace` label for objects in the migration API's namespace).
-pub const LABEL_DATABASE: &str = "sfm.nhn.no/database";
-pub const LABEL_DATABASE_NAMESPACE: &str = "sfm.nhn.no/database-namespace";
-pub const LABEL_DATABASE_UID: &str = "sfm.nhn.no/database-uid";
-/// The key id of a MigrationKey's Secret, what the migration API finds a key by.
-pub const LABEL_KEY_ID: &str = "sfm.nhn.no/key-id";
-/// SFM application pods carry this label with their database's name; the NetworkPolicy selects them.
-pub const LABEL_APPLICATION_DATABASE: &str = "sfm.nhn.no/application-database";
-/// Selects everything the operator manages.
-pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=sfm-operator";
-
-/// The recommended labels plus the database's own, on every child.
-pub fn labels(db: &MigrationDatabase, component: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_MANAGED_BY.to_owned(), super::FIELD_MANAGER.to_owned()),
-        (LABEL_PART_OF.to_owned(), "sfm-migration".to_owned()),
-        (LABEL_COMPONENT.to_owned(), component.to_owned()),
-        (LABEL_DATABASE.to_owned(), db.name_any()),
-        (
-            LABEL_DATABASE_NAMESPACE.to_owned(),
-            db.namespace().unwrap_or_default(),
-        ),
-        (LABEL_DATABASE_UID.to_owned(), db.uid().unwrap_or_default()),
-    ])
-}
+use crate::names::{self, ChildNames, LABEL_APPLICATION_DATABASE};
 
 /// An owner reference to the MigrationDatabase (same namespace only).
 pub fn owner(db: &MigrationDatabase) -> Vec<OwnerReference> {
     db.controller_owner_ref(&()).into_iter().collect()
-}
-
-/// The name of the application role's Secret in the database's namespace.
-pub fn application_secret_name(db: &MigrationDatabase) -> String {
-    format!("{}-application", db.name_any())
-}
-
-/// The name of the migrator's Secret in the migration API's namespace: namespace and name of the
-/// database, so databases of different namespaces never share one.
-pub fn migrator_secret_name(db: &MigrationDatabase) -> String {
-    let name = format!(
-        "sfm-{}-{}-migrator",
-        db.namespace().unwrap_or_default(),
-        db.name_any()
-    );
-    if name.len() <= 253 {
-        name
-    } else {
-        format!("sfm-migrator-{}", db.uid().unwrap_or_default())
-    }
 }
 
 /// Connection details for one role: a `kubernetes.io/basic-auth` Secret with host, port, dbname
@@ -97,11 +49,14 @@ pub fn credentials_secret(
     );
     let data = BTreeMap::from([
         ("username".to_owned(), credentials.username.to_owned()),
-        ("password".to_owned(), credentials.password.to_owned()),
+        (
+            names::SECRET_FIELD_PASSWORD.to_owned(),
+            credentials.password.to_owned(),
+        ),
         ("host".to_owned(), credentials.host.to_owned()),
         ("port".to_owned(), credentials.port.to_string()),
         ("dbname".to_owned(), credentials.database.to_owned()),
-        ("uri".to_owned(), uri),
+        (names::SECRET_FIELD_URI.to_owned(), uri),
     ]);
     Secret {
         metadata: ObjectMeta {
@@ -119,15 +74,6 @@ pub fn credentials_secret(
         ),
         ..Default::default()
     }
-}
-
-/// Reads one text field of a Secret.
-pub fn secret_field(secret: &Secret, key: &str) -> Option<String> {
-    secret
-        .data
-        .as_ref()?
-        .get(key)
-        .and_then(|value| String::from_utf8(value.0.clone()).ok())
 }
 
 /// The per-database NetworkPolicy: it selects the SFM application pods labelled for this database.
@@ -171,9 +117,9 @@ pub fn network_policy(db: &MigrationDatabase, operational: bool) -> NetworkPolic
     }
     NetworkPolicy {
         metadata: ObjectMeta {
-            name: Some(format!("{}-sfm-database", db.name_any())),
+            name: Some(ChildNames::of(db).network_policy),
             namespace: db.namespace(),
-            labels: Some(labels(db, "network-policy")),
+            labels: Some(names::database_labels(db, names::COMPONENT_NETWORK_POLICY)),
             owner_references: Some(owner(db)),
             ..Default::default()
         },
@@ -197,10 +143,10 @@ pub fn network_policy(db: &MigrationDatabase, operational: bool) -> NetworkPolic
 pub fn access_entry(db: &MigrationDatabase, database_name: &str) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
-            name: Some(format!("{}-access", db.name_any())),
+            name: Some(ChildNames::of(db).access_entry),
             namespace: db.namespace(),
             labels: Some({
-                let mut labels = labels(db, "access-entry");
+                let mut labels = names::database_labels(db, names::COMPONENT_ACCESS_ENTRY);
                 labels.insert("sfm.nhn.no/access-entry".to_owned(), "true".to_owned());
                 labels
             }),
@@ -217,7 +163,10 @@ pub fn access_entry(db: &MigrationDatabase, database_name: &str) -> ConfigMap {
                 db.spec.organisation.organisation_number.clone(),
             ),
             ("database".to_owned(), database_name.to_owned()),
-            ("applicationSecret".to_owned(), application_secret_name(db)),
+            (
+                "applicationSecret".to_owned(),
+                ChildNames::of(db).application_secret,
+            ),
         ])),
         ..Default::default()
     }

@@ -17,7 +17,8 @@ use super::children::{self, Credentials};
 use super::{Context, Error, FIELD_MANAGER, FINALIZER};
 use crate::crd::conditions::{ConditionType, set_condition};
 use crate::crd::{ActivationMode, DatabaseCoordinates, MigrationDatabase, Phase, ReclaimPolicy};
-use crate::postgres::provision::{AdminSession, DatabaseNames, Mode, ValidationRecord};
+use crate::names::{self, ChildNames};
+use crate::postgres::provision::{AdminSession, Mode, ValidationRecord};
 use crate::postgres::schema::data_model_versions;
 use crate::postgres::scram::generate_password;
 
@@ -123,7 +124,8 @@ async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, 
             let phase = match &error {
                 Error::Provision(crate::postgres::provision::ProvisionError::NameCollision {
                     ..
-                }) => Phase::Failed,
+                })
+                | Error::NameCollision { .. } => Phase::Failed,
                 Error::Config {
                     reason: "UnknownDataModelVersion",
                     ..
@@ -261,7 +263,7 @@ async fn admin_uri(db: &MigrationDatabase, ctx: &Context) -> Result<String, Erro
                         reference.name
                     ),
                 })?;
-            children::secret_field(&secret, &reference.key).ok_or_else(|| Error::Config {
+            names::secret_field(&secret, &reference.key).ok_or_else(|| Error::Config {
                 reason: "InvalidAdminSecret",
                 message: format!(
                     "the admin Secret {} has no key {}",
@@ -281,19 +283,20 @@ async fn admin_uri(db: &MigrationDatabase, ctx: &Context) -> Result<String, Erro
     }
 }
 
-/// Reads a Secret's password, creating the Secret first (as `candidate`, holding `candidate_password`)
-/// when it does not exist. The password is written to Kubernetes before it reaches PostgreSQL, so a
-/// crash in between loses nothing: the next pass sets the same password again.
+/// Reads the password of this database's Secret `name`, creating the Secret first (as `candidate`,
+/// holding `candidate_password`) when it does not exist. The password is written to Kubernetes
+/// before it reaches PostgreSQL, so a crash in between loses nothing: the next pass sets the same
+/// password again. A Secret of that name that was not made for this database (its UID label) is a
+/// name collision: neither read nor changed.
 async fn ensure_password(
     api: &Api<Secret>,
     name: &str,
+    uid: &str,
     candidate: Secret,
     candidate_password: String,
 ) -> Result<String, Error> {
-    if let Some(secret) = api.get_opt(name).await?
-        && let Some(password) = children::secret_field(&secret, "password")
-    {
-        return Ok(password);
+    if let Some(secret) = api.get_opt(name).await? {
+        return owned_password(&secret, name, uid);
     }
     match api
         .create(
@@ -307,14 +310,54 @@ async fn ensure_password(
     {
         Ok(_) => Ok(candidate_password),
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            let secret = api.get(name).await?;
-            children::secret_field(&secret, "password").ok_or_else(|| Error::Config {
-                reason: "InvalidSecret",
-                message: format!("the Secret {name} exists without a password"),
-            })
+            owned_password(&api.get(name).await?, name, uid)
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// The password of a Secret made for the database with this UID.
+fn owned_password(secret: &Secret, name: &str, uid: &str) -> Result<String, Error> {
+    if !names::owned_by(&secret.metadata, uid) {
+        return Err(Error::NameCollision {
+            kind: "Secret".to_owned(),
+            name: name.to_owned(),
+        });
+    }
+    names::secret_field(secret, names::SECRET_FIELD_PASSWORD).ok_or_else(|| Error::Config {
+        reason: "InvalidSecret",
+        message: format!("the Secret {name} exists without a password"),
+    })
+}
+
+/// The migrator's password as releases before the UID-named Secret kept it: from the Secret under
+/// its old name, when that Secret was made for this database. Moving it keeps the role's password
+/// (and the migration API's open pool) unchanged across the upgrade.
+async fn legacy_migrator_password(
+    api_secrets: &Api<Secret>,
+    child: &ChildNames,
+    uid: &str,
+) -> Result<Option<String>, Error> {
+    Ok(api_secrets
+        .get_opt(&child.legacy_migrator_secret)
+        .await?
+        .filter(|secret| names::owned_by(&secret.metadata, uid))
+        .and_then(|secret| names::secret_field(&secret, names::SECRET_FIELD_PASSWORD)))
+}
+
+/// Deletes this database's Secret `name` if it exists and was made for this database; a Secret of
+/// that name made for another is left alone.
+async fn delete_owned_secret(api: &Api<Secret>, name: &str, uid: &str) -> Result<(), Error> {
+    if let Some(secret) = api.get_opt(name).await?
+        && names::owned_by(&secret.metadata, uid)
+    {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
 }
 
 /// One pass. `reached` follows the phase of the switch this pass has written (`Activating`), for the
@@ -337,7 +380,8 @@ async fn provision_and_observe(
         });
     }
     let admin = admin_uri(db, ctx).await?;
-    let names = DatabaseNames::new(&namespace, &db.name_any(), &uid);
+    let child = ChildNames::of(db);
+    let names = child.database.clone();
     if current_phase(db).is_none() || current_phase(db) == Some(Phase::Pending) {
         patch_status(
             ctx,
@@ -360,14 +404,14 @@ async fn provision_and_observe(
     let (host, port) = session.server();
     let local_secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let api_secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.api_namespace);
-    let app_name = children::application_secret_name(db);
-    let migrator_name = children::migrator_secret_name(db);
+    let app_name = child.application_secret.clone();
+    let migrator_name = child.migrator_secret.clone();
 
     let candidate = generate_password();
     let secret = children::credentials_secret(
         &app_name,
         &namespace,
-        children::labels(db, "application-credentials"),
+        names::database_labels(db, names::COMPONENT_APPLICATION_CREDENTIALS),
         children::owner(db),
         &Credentials {
             username: &names.application,
@@ -378,18 +422,21 @@ async fn provision_and_observe(
         },
     );
     let application_password =
-        ensure_password(&local_secrets, &app_name, secret, candidate).await?;
+        ensure_password(&local_secrets, &app_name, &uid, secret, candidate).await?;
 
     let (mode_before, _) = session.observe().await.unwrap_or((None, None));
     let migrator_password = if mode_before == Some(Mode::Operational) {
         // The migrator is closed for good; its Secret is gone and must not come back.
         generate_password()
     } else {
-        let candidate = generate_password();
+        let candidate = match legacy_migrator_password(&api_secrets, &child, &uid).await? {
+            Some(password) => password,
+            None => generate_password(),
+        };
         let secret = children::credentials_secret(
             &migrator_name,
             &ctx.config.api_namespace,
-            children::labels(db, "migrator-credentials"),
+            names::database_labels(db, names::COMPONENT_MIGRATOR_CREDENTIALS),
             vec![],
             &Credentials {
                 username: &names.migrator,
@@ -399,7 +446,10 @@ async fn provision_and_observe(
                 database: &names.database,
             },
         );
-        ensure_password(&api_secrets, &migrator_name, secret, candidate).await?
+        let password =
+            ensure_password(&api_secrets, &migrator_name, &uid, secret, candidate).await?;
+        delete_owned_secret(&api_secrets, &child.legacy_migrator_secret, &uid).await?;
+        password
     };
 
     let mut mode = session
@@ -440,6 +490,7 @@ async fn provision_and_observe(
         apply_child(
             &Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &namespace),
             &children::network_policy(db, mode == Mode::Operational),
+            &uid,
         )
         .await?;
     }
@@ -458,13 +509,11 @@ async fn provision_and_observe(
         apply_child(
             &Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace),
             &children::access_entry(db, &names.database),
+            &uid,
         )
         .await?;
-        if api_secrets.get_opt(&migrator_name).await?.is_some() {
-            api_secrets
-                .delete(&migrator_name, &DeleteParams::default())
-                .await?;
-        }
+        delete_owned_secret(&api_secrets, &migrator_name, &uid).await?;
+        delete_owned_secret(&api_secrets, &child.legacy_migrator_secret, &uid).await?;
         expire_keys(db, ctx).await?;
         let digest = record
             .as_ref()
@@ -622,12 +671,16 @@ async fn keys_of(
             reason: "KeyCacheUnavailable",
             message: "the operator's cache of MigrationKeys stopped before it was filled".into(),
         })?;
-    let (namespace, name) = (db.namespace(), db.name_any());
+    let (namespace, name, uid) = (db.namespace(), db.name_any(), db.uid().unwrap_or_default());
     Ok(ctx
         .keys
         .state()
         .into_iter()
-        .filter(|k| k.namespace() == namespace && k.spec.database_ref == name)
+        .filter(|k| {
+            k.namespace() == namespace
+                && k.spec.database_ref == name
+                && super::key::belongs_to(k, &uid)
+        })
         .collect())
 }
 
@@ -668,11 +721,25 @@ async fn expire_keys(db: &MigrationDatabase, ctx: &Context) -> Result<(), Error>
     Ok(())
 }
 
-async fn apply_child<K>(api: &Api<K>, object: &K) -> Result<(), Error>
+/// Server-side applies a child of the database with this UID, unless an object of its name exists
+/// that was not made for it (a name collision: left unchanged).
+async fn apply_child<K>(api: &Api<K>, object: &K, uid: &str) -> Result<(), Error>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
 {
     let name = object.meta().name.clone().unwrap_or_default();
+    if let Some(existing) = api.get_opt(&name).await?
+        && !names::owned_by(existing.meta(), uid)
+    {
+        return Err(Error::NameCollision {
+            kind: K::kind(&()).into_owned(),
+            name,
+        });
+    }
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -770,14 +837,15 @@ async fn publish(
 async fn cleanup(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (db, ctx) = (db.as_ref(), ctx.as_ref());
     let namespace = db.namespace().unwrap_or_default();
-    let names = DatabaseNames::new(&namespace, &db.name_any(), &db.uid().unwrap_or_default());
+    let uid = db.uid().unwrap_or_default();
+    let child = ChildNames::of(db);
+    let names = child.database.clone();
     let api_secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.api_namespace);
     let local_secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let app_name = children::application_secret_name(db);
+    let app_name = child.application_secret.clone();
     match admin_uri(db, ctx).await {
         Ok(admin) => {
-            let mut session =
-                AdminSession::open(&admin, names, &db.uid().unwrap_or_default()).await?;
+            let mut session = AdminSession::open(&admin, names, &uid).await?;
             match db.spec.reclaim_policy {
                 ReclaimPolicy::Delete => session.drop_everything().await?,
                 ReclaimPolicy::Retain => session.lock_migrator().await?,
@@ -797,20 +865,13 @@ async fn cleanup(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action
         }
         Err(error) => return Err(error),
     }
-    if api_secrets
-        .get_opt(&children::migrator_secret_name(db))
-        .await?
-        .is_some()
-    {
-        api_secrets
-            .delete(
-                &children::migrator_secret_name(db),
-                &DeleteParams::default(),
-            )
-            .await?;
-    }
+    delete_owned_secret(&api_secrets, &child.migrator_secret, &uid).await?;
+    delete_owned_secret(&api_secrets, &child.legacy_migrator_secret, &uid).await?;
     if db.spec.reclaim_policy == ReclaimPolicy::Retain
-        && local_secrets.get_opt(&app_name).await?.is_some()
+        && local_secrets
+            .get_opt(&app_name)
+            .await?
+            .is_some_and(|secret| names::owned_by(&secret.metadata, &uid))
     {
         let orphan = json!({"metadata": {"ownerReferences": null}});
         local_secrets

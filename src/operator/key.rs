@@ -14,15 +14,13 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::children::{
-    LABEL_COMPONENT, LABEL_DATABASE, LABEL_KEY_ID, LABEL_MANAGED_BY, LABEL_PART_OF,
-};
 use super::{Context, Error, FIELD_MANAGER};
 use crate::contract::MigrationKeyToken;
 use crate::crd::{KeyPhase, MigrationDatabase, MigrationKey, Phase};
+use crate::names::{self, LABEL_KEY_ID};
 
 /// The key string's field in the Secret.
-pub const SECRET_KEY_FIELD: &str = "key";
+pub const SECRET_KEY_FIELD: &str = names::SECRET_FIELD_KEY;
 
 /// What decides a key's phase, for one key.
 #[derive(Clone, Debug)]
@@ -66,7 +64,18 @@ pub fn key_phases(
 }
 
 fn secret_name(key: &MigrationKey) -> String {
-    format!("{}-key", key.name_any())
+    names::key_secret_name(&key.name_any())
+}
+
+/// The UID of the database a key was issued for, once bound.
+pub fn bound_database_uid(key: &MigrationKey) -> Option<&str> {
+    key.status.as_ref().and_then(|s| s.database_uid.as_deref())
+}
+
+/// Whether a key belongs to the database with this UID: bound to it, or not bound yet (issued
+/// before its database existed, or by a release that did not bind keys; the next pass binds it).
+pub fn belongs_to(key: &MigrationKey, database_uid: &str) -> bool {
+    bound_database_uid(key).is_none_or(|uid| uid == database_uid)
 }
 
 fn facts(key: &MigrationKey, database_activating: bool) -> Result<KeyFacts, Error> {
@@ -99,7 +108,22 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
     let namespace = key.namespace().unwrap_or_default();
     let keys: Api<MigrationKey> = Api::namespaced(ctx.client.clone(), &namespace);
     let databases: Api<MigrationDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(db) = databases.get_opt(&key.spec.database_ref).await? else {
+    let database = databases.get_opt(&key.spec.database_ref).await?;
+    let database_uid = database.as_ref().and_then(|db| db.uid());
+    // A key is bound to the database it was issued for; a database of the same name created
+    // after that one was deleted is another database, and the key never works for it.
+    if let Some(bound) = bound_database_uid(&key)
+        && database_uid.as_deref() != Some(bound)
+    {
+        patch_key_status(
+            &keys,
+            &key,
+            json!({"phase": KeyPhase::Expired, "message": "the MigrationDatabase this key was issued for was deleted; the key never works for another database"}),
+        )
+        .await?;
+        return Ok(Action::requeue(ctx.config.resync));
+    }
+    let (Some(db), Some(database_uid)) = (database, database_uid) else {
         let message = format!(
             "the MigrationDatabase {} does not exist in this namespace",
             key.spec.database_ref
@@ -116,8 +140,8 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
     // The Secret first: the key exists in exactly one place, owned by the MigrationKey.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let token = match secrets.get_opt(&secret_name(&key)).await? {
-        Some(secret) => read_token(&secret)?,
-        None => create_secret(&secrets, &key).await?,
+        Some(secret) => read_owned_token(&secret, &key)?,
+        None => create_secret(&secrets, &key, &database_uid).await?,
     };
 
     let database_phase = db.status.as_ref().and_then(|s| s.phase);
@@ -128,7 +152,7 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
         .await?
         .items
         .into_iter()
-        .filter(|k| k.spec.database_ref == key.spec.database_ref)
+        .filter(|k| k.spec.database_ref == key.spec.database_ref && belongs_to(k, &database_uid))
         .collect();
     let all_facts = siblings
         .iter()
@@ -149,13 +173,8 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
 
     // The key id as a label on the MigrationKey, so the migration API finds it with a label selector.
     let key_id = token.key_id();
-    if key
-        .labels()
-        .get(super::children::LABEL_KEY_ID)
-        .map(String::as_str)
-        != Some(key_id)
-    {
-        let label = json!({"metadata": {"labels": {super::children::LABEL_KEY_ID: key_id}}});
+    if key.labels().get(LABEL_KEY_ID).map(String::as_str) != Some(key_id) {
+        let label = json!({"metadata": {"labels": {LABEL_KEY_ID: key_id}}});
         keys.patch(
             &key.name_any(),
             &PatchParams::default(),
@@ -171,6 +190,7 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
             "phase": my_phase,
             "message": phase_message(my_phase),
             "keyId": token.key_id(),
+            "databaseUid": database_uid,
             "digest": token.digest_hex(),
             "secretName": secret_name(&key),
             "issuedAt": mine.created.to_string(),
@@ -214,8 +234,28 @@ fn phase_message(phase: KeyPhase) -> &'static str {
     }
 }
 
+/// The token in the key's Secret, if the Secret is the key's own (its controller owner reference):
+/// a Secret of that name planted by someone else is a name collision, never read.
+fn read_owned_token(secret: &Secret, key: &MigrationKey) -> Result<MigrationKeyToken, Error> {
+    let owned = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|owner| {
+            owner.controller == Some(true) && Some(&owner.uid) == key.metadata.uid.as_ref()
+        });
+    if !owned {
+        return Err(Error::NameCollision {
+            kind: "Secret".to_owned(),
+            name: secret.name_any(),
+        });
+    }
+    read_token(secret)
+}
+
 fn read_token(secret: &Secret) -> Result<MigrationKeyToken, Error> {
-    let text = super::children::secret_field(secret, SECRET_KEY_FIELD).unwrap_or_default();
+    let text = names::secret_field(secret, SECRET_KEY_FIELD).unwrap_or_default();
     MigrationKeyToken::from_str(text.trim()).map_err(|_| Error::Config {
         reason: "InvalidKeySecret",
         message: "the key Secret does not hold a well-formed migration key".into(),
@@ -225,6 +265,7 @@ fn read_token(secret: &Secret) -> Result<MigrationKeyToken, Error> {
 async fn create_secret(
     secrets: &Api<Secret>,
     key: &MigrationKey,
+    database_uid: &str,
 ) -> Result<MigrationKeyToken, Error> {
     let token = MigrationKeyToken::generate().map_err(|e| Error::Key(e.to_string()))?;
     let secret = Secret {
@@ -232,18 +273,11 @@ async fn create_secret(
             name: Some(secret_name(key)),
             namespace: key.namespace(),
             owner_references: key.controller_owner_ref(&()).map(|o| vec![o]),
-            labels: Some(
-                [
-                    (LABEL_MANAGED_BY, FIELD_MANAGER),
-                    (LABEL_PART_OF, "sfm-migration"),
-                    (LABEL_COMPONENT, "migration-key"),
-                    (LABEL_DATABASE, key.spec.database_ref.as_str()),
-                    (LABEL_KEY_ID, token.key_id()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-            ),
+            labels: Some(names::key_secret_labels(
+                &key.spec.database_ref,
+                Some(database_uid),
+                token.key_id(),
+            )),
             ..Default::default()
         },
         type_: Some("Opaque".into()),
@@ -270,7 +304,7 @@ async fn create_secret(
         Ok(_) => Ok(token),
         // Another pass won the race: use what it wrote.
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            read_token(&secrets.get(&secret_name(key)).await?)
+            read_owned_token(&secrets.get(&secret_name(key)).await?, key)
         }
         Err(error) => Err(error.into()),
     }

@@ -28,7 +28,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::crd::{MigrationDatabase, MigrationKey, Phase};
 
 /// The field manager of every write the operator makes.
-pub const FIELD_MANAGER: &str = "sfm-operator";
+pub const FIELD_MANAGER: &str = crate::names::MANAGER;
 /// The finalizer that makes deletion honour the reclaim policy.
 pub const FINALIZER: &str = "sfm.nhn.no/cleanup";
 
@@ -89,6 +89,12 @@ pub enum Error {
     },
     #[error("the migration key could not be generated: {0}")]
     Key(String),
+    /// An object of the name the operator would use exists without this object's UID label: it
+    /// was not made for this object, and is neither adopted nor changed.
+    #[error(
+        "{kind} {name} already exists but was not made for this object (name collision); the operator does not adopt it: remove it or rename it"
+    )]
+    NameCollision { kind: String, name: String },
 }
 
 impl Error {
@@ -98,6 +104,7 @@ impl Error {
             Error::Provision(e) => e.reason(),
             Error::Config { reason, .. } => reason,
             Error::Key(_) => "KeyGenerationFailed",
+            Error::NameCollision { .. } => "NameCollision",
         }
     }
 }
@@ -266,7 +273,7 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
     let databases_for_keys = databases.clone();
     let keys: Api<MigrationKey> = scoped(&client, &namespace);
     let secrets: Api<Secret> = scoped(&client, &namespace);
-    let owned = || watcher::Config::default().labels(children::MANAGED_BY_SELECTOR);
+    let owned = || watcher::Config::default().labels(crate::names::MANAGED_BY_SELECTOR);
 
     // The key controller's cache serves both controllers: the mapper below and the database
     // reconcile (its active key, the keys to expire at the switch).

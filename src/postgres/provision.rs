@@ -86,8 +86,10 @@ pub struct DatabaseNames {
 }
 
 impl DatabaseNames {
-    /// Names for `namespace/name` with this UID. The UID's first eight hex digits keep a recreated
-    /// object of the same name away from the retained database of its predecessor.
+    /// Names for `namespace/name` with this UID. The UID's first eight hex digits keep apart two
+    /// objects whose `<namespace>-<name>` spell alike, and a recreated object from the retained
+    /// database of its predecessor; the whole UID in each object's tag (checked before any reuse)
+    /// catches what eight digits cannot.
     pub fn new(namespace: &str, name: &str, uid: &str) -> DatabaseNames {
         let short_uid: String = uid
             .chars()
@@ -104,6 +106,38 @@ impl DatabaseNames {
         }
     }
 }
+
+/// The backstop behind the migration API's own guard: in a staging database whose migration is
+/// validated, no statement inserts into any table of the data (everything in `sfm` but the mode,
+/// the validation record and the rejections). SQLSTATE `SFM01`, which the API answers as
+/// `migration-validated`. Operational databases are not affected (the application writes there).
+const REFUSE_AFTER_VALIDATION_FUNCTION: &str = "CREATE OR REPLACE FUNCTION sfm.refuse_after_validation() RETURNS trigger LANGUAGE plpgsql AS $body$
+BEGIN
+    IF EXISTS (SELECT 1 FROM sfm.validation) AND EXISTS (SELECT 1 FROM sfm.metadata WHERE mode = 'staging') THEN
+        RAISE EXCEPTION 'the migration is validated: nothing more is stored in this staging database'
+            USING ERRCODE = 'SFM01';
+    END IF;
+    RETURN NULL;
+END
+$body$";
+
+/// Attaches [`REFUSE_AFTER_VALIDATION_FUNCTION`] to every data table the schema has at its version
+/// (repeated on every pass, so a table a later migration adds is covered too).
+const REFUSE_AFTER_VALIDATION_TRIGGERS: &str = "DO $body$
+DECLARE
+    data_table text;
+BEGIN
+    FOR data_table IN
+        SELECT tablename FROM pg_tables
+        WHERE schemaname = 'sfm'
+          AND tablename NOT IN ('metadata', 'validation', 'rejections')
+          AND left(tablename, 6) <> '_sqlx_'
+    LOOP
+        EXECUTE format('CREATE OR REPLACE TRIGGER refuse_after_validation BEFORE INSERT ON sfm.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION sfm.refuse_after_validation()', data_table);
+    END LOOP;
+END
+$body$";
 
 /// The current mode, as recorded in the database itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,6 +308,8 @@ impl AdminSession {
             // The mode is the operator's: the migrator may read it, never change it.
             Statement::new("REVOKE INSERT, UPDATE, DELETE ON sfm.metadata FROM ").ident(&names.migrator)?,
             Statement::new("REVOKE ALL ON ALL TABLES IN SCHEMA sfm FROM ").ident(&names.application)?,
+            Statement::new(REFUSE_AFTER_VALIDATION_FUNCTION),
+            Statement::new(REFUSE_AFTER_VALIDATION_TRIGGERS),
             Statement::new("INSERT INTO sfm.metadata (mode, data_model_version, migration_database_uid) VALUES ('staging', ")
                 .literal(&data_model_version.to_string())?
                 .push("::bigint, ")
@@ -617,46 +653,5 @@ async fn read_mode(db: &mut PgConnection) -> Result<Option<Mode>, ProvisionError
             Ok(None)
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_distinct_per_role_and_fit_postgres() {
-        let names = DatabaseNames::new(
-            "legekontor-oslo",
-            "oslo",
-            "1a2b3c4d-0000-0000-0000-000000000000",
-        );
-        assert_eq!(names.database, "sfm_legekontor_oslo_oslo_1a2b3c4d");
-        assert_eq!(names.migrator, "sfm_legekontor_oslo_oslo_1a2b3c4d_migrator");
-        let long = DatabaseNames::new(&"n".repeat(63), &"m".repeat(253), "ffffffff-0000");
-        for name in [
-            &long.database,
-            &long.owner,
-            &long.migrator,
-            &long.application,
-        ] {
-            assert!(name.len() <= 63, "{name} is too long");
-        }
-        let all = [
-            &long.database,
-            &long.owner,
-            &long.migrator,
-            &long.application,
-        ];
-        for (i, a) in all.iter().enumerate() {
-            for b in &all[i + 1..] {
-                assert_ne!(a, b);
-            }
-        }
-        // A recreated object (new UID) gets a new database.
-        assert_ne!(
-            DatabaseNames::new("a", "b", "11111111").database,
-            DatabaseNames::new("a", "b", "22222222").database
-        );
     }
 }

@@ -306,7 +306,7 @@ impl Fixture {
     }
 
     async fn patch(&self, url: &str, offset: usize, body: &[u8]) -> reqwest::Response {
-        patch(&self.client, url, offset, body).await
+        patch(&self.client, &self.key, url, offset, body).await
     }
 
     /// Creates an upload and sends all of `data` in one PATCH; returns the upload's URL and the
@@ -458,7 +458,7 @@ impl Fixture {
             .unwrap();
 
         let completing = tokio::spawn(
-            patch_request(&self.client, &apis[via].file(url), offset)
+            patch_request(&self.client, &self.key, &apis[via].file(url), offset)
                 .header(
                     "upload-checksum",
                     UploadChecksum::of(ChecksumAlgorithm::Sha256, last).to_header(),
@@ -681,10 +681,11 @@ fn create_request(
 }
 
 /// A tus PATCH at `offset`, without checksum or body.
-fn patch_request(client: &reqwest::Client, url: &str, offset: usize) -> RequestBuilder {
+fn patch_request(client: &reqwest::Client, key: &str, url: &str, offset: usize) -> RequestBuilder {
     client
         .patch(url)
         .header("tus-resumable", "1.0.0")
+        .header("sfm-migration-key", key)
         .header("content-type", "application/offset+octet-stream")
         .header("upload-offset", offset.to_string())
 }
@@ -720,11 +721,12 @@ async fn new_upload(
 /// A tus PATCH with a SHA-256 `Upload-Checksum` of the body.
 async fn patch(
     client: &reqwest::Client,
+    key: &str,
     url: &str,
     offset: usize,
     body: &[u8],
 ) -> reqwest::Response {
-    patch_request(client, url, offset)
+    patch_request(client, key, url, offset)
         .header(
             "upload-checksum",
             UploadChecksum::of(ChecksumAlgorithm::Sha256, body).to_header(),
@@ -735,11 +737,13 @@ async fn patch(
         .unwrap()
 }
 
-/// A request with `Tus-Resumable: 1.0.0` and nothing else (HEAD and DELETE authorised by the id).
-async fn tus(client: &reqwest::Client, method: Method, url: &str) -> reqwest::Response {
+/// A request with `Tus-Resumable: 1.0.0` and the key (HEAD and DELETE; the upload's URL alone
+/// authorises nothing).
+async fn tus(client: &reqwest::Client, key: &str, method: Method, url: &str) -> reqwest::Response {
     client
         .request(method, url)
         .header("tus-resumable", "1.0.0")
+        .header("sfm-migration-key", key)
         .send()
         .await
         .unwrap()
@@ -1171,11 +1175,15 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
         // Unknown uploads: of an unknown database, malformed, and (below) of this database.
         let nowhere = format!("{base}/files/{}.{}", "0".repeat(32), "1".repeat(32));
         for url in [nowhere.as_str(), &format!("{base}/files/not-an-id")] {
-            assert_eq!(tus(client, Method::HEAD, url).await.status(), 404, "{url}");
+            assert_eq!(
+                tus(client, key, Method::HEAD, url).await.status(),
+                404,
+                "{url}"
+            );
         }
         let r = fx.patch(&nowhere, 0, b"x").await;
         assert_eq!(problem(r).await, (404, "upload-not-found".into()));
-        let r = tus(client, Method::DELETE, &nowhere).await;
+        let r = tus(client, key, Method::DELETE, &nowhere).await;
         assert_eq!(problem(r).await, (404, "upload-not-found".into()));
 
         // A patient before the organisation.
@@ -1199,15 +1207,17 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
         assert_eq!(problem(r).await, (413, "upload-too-large".into()));
         let octets = ("content-type", "application/offset+octet-stream");
         let at_0 = ("upload-offset", "0");
+        let auth = ("sfm-migration-key", key.as_str());
         let other = UploadChecksum::of(ChecksumAlgorithm::Sha256, b"other").to_header();
-        let patches: [Expectation; 5] = [
+        let patches: [Expectation; 6] = [
             (
-                vec![tus_1, octets, at_0, ("upload-checksum", &other)],
+                vec![tus_1, auth, octets, at_0, ("upload-checksum", &other)],
                 (460, "checksum-mismatch"),
             ),
             (
                 vec![
                     tus_1,
+                    auth,
                     octets,
                     at_0,
                     ("upload-checksum", "md5 XUFAKrxLKna5cZ2REBfFkg=="),
@@ -1215,14 +1225,16 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
                 (400, "checksum-algorithm-unsupported"),
             ),
             (
-                vec![tus_1, ("content-type", "text/plain"), at_0],
+                vec![tus_1, auth, ("content-type", "text/plain"), at_0],
                 (415, "content-type-invalid"),
             ),
-            (vec![tus_1, octets], (400, "header-invalid")),
+            (vec![tus_1, auth, octets], (400, "header-invalid")),
             (
-                vec![("tus-resumable", "0.2.2"), octets, at_0],
+                vec![("tus-resumable", "0.2.2"), auth, octets, at_0],
                 (412, "tus-version-unsupported"),
             ),
+            // The upload's URL is no credential: without a key nothing is looked at.
+            (vec![tus_1, octets, at_0], (401, "key-missing")),
         ];
         for (headers, (status, code)) in &patches {
             assert_eq!(
@@ -1231,12 +1243,12 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
                 "{headers:?}"
             );
         }
-        let head = tus(client, Method::HEAD, &url).await;
+        let head = tus(client, key, Method::HEAD, &url).await;
         assert_eq!(header(&head, "upload-offset"), "0");
         // Termination, then the id is unknown.
-        let r = tus(client, Method::DELETE, &url).await;
+        let r = tus(client, key, Method::DELETE, &url).await;
         assert_eq!(r.status(), 204);
-        let r = tus(client, Method::HEAD, &url).await;
+        let r = tus(client, key, Method::HEAD, &url).await;
         assert_eq!(r.status(), 404);
 
         // Hostile files: each is uploaded completely and rejected with its reason.
@@ -1368,7 +1380,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
         assert_eq!(fx.count("SELECT count(*) FROM sfm.users").await, 0);
         assert_eq!(fx.count("SELECT count(*) FROM sfm.rejections").await, 14);
         // A complete upload (rejected or not) cannot be terminated.
-        let r = tus(client, Method::DELETE, &rejected).await;
+        let r = tus(client, key, Method::DELETE, &rejected).await;
         assert_eq!(problem(r).await, (409, "upload-complete".into()));
 
         // Still serving.
@@ -1410,6 +1422,22 @@ fn keys_of_another_database_superseded_or_expired_are_refused() {
         let tus_1 = ("tus-resumable", "1.0.0");
         let other = ("sfm-migration-key", other_key.as_str());
         let octets = ("content-type", "application/offset+octet-stream");
+        // The upload's URL alone opens nothing: without a key HEAD, PATCH and DELETE get 401.
+        for (method, headers, body) in [
+            (Method::HEAD, vec![tus_1], b"".as_slice()),
+            (
+                Method::PATCH,
+                vec![tus_1, octets, ("upload-offset", "0")],
+                organisation.as_slice(),
+            ),
+            (Method::DELETE, vec![tus_1], b"".as_slice()),
+        ] {
+            let (status, code) = exactly(client, method.clone(), &url, &headers, body).await;
+            assert_eq!(status, 401, "{method}");
+            if method != Method::HEAD {
+                assert_eq!(code, "key-missing", "{method}");
+            }
+        }
         for (method, headers, body) in [
             (
                 Method::PATCH,
@@ -1628,7 +1656,7 @@ fn a_busy_api_answers_503_with_retry_after() {
             }),
         );
         let in_flight = tokio::spawn(
-            patch_request(&fx.client, &url, 0)
+            patch_request(&fx.client, &fx.key, &url, 0)
                 .body(reqwest::Body::wrap_stream(slow))
                 .send(),
         );
@@ -2015,4 +2043,135 @@ fn a_file_sent_whole_in_its_post_is_stored_before_the_answer() {
         );
     });
     fx.wait_for_status("{.status.migration.patients.stored}", "1");
+}
+
+/// Nothing is stored after the migration is validated. A patient left `complete` by a replica killed
+/// mid-ingest and held back by a replica without its decryption key (the grace), and an open
+/// upload, neither named in the manifest: verify treats both as pending and writes no validation
+/// record. Then a validation record is written the way a replica of the previous release wrote it
+/// (it looked only at the files its manifest named): the replica with the key, started now, does
+/// not store the held-back patient (its upload is closed as `migration-validated`), the open upload
+/// takes no more bytes, no stored file is newer than the record, and the database's own trigger
+/// refuses an insert by the migrator outright.
+#[test]
+fn nothing_is_stored_after_the_migration_is_validated() {
+    let fx = Fixture::new("api-validated", "Lenient");
+    let mut apis = [fx.api("api-a", &[])];
+    fx.store_organisation(&apis[0], 65536, false);
+    let patient = &fx.patient;
+    let held = fx.run(async {
+        let held = fx
+            .create(&apis[0].base, &patient_name(), "Patient", patient.len())
+            .await;
+        let (first, last) = patient.split_at(patient.len() / 2);
+        assert_eq!(fx.patch(&held, 0, first).await.status(), 204);
+        fx.kill_mid_ingest(&mut apis, 0, &held, first.len(), last)
+            .await;
+        held
+    });
+    let other = generate_demo_key_pair(2048, "SFM migrering").unwrap();
+    let other_key = fx
+        .samples
+        .write("other.key.pem", other.private_key_pem.as_bytes());
+    let keyless = fx.api_with(&other_key, free_port(), "api-other-key", &[]);
+    assert!(
+        eventually(PATIENCE, || keyless
+            .process
+            .log_text()
+            .contains("cannot decrypt an upload left complete")),
+        "the replica without the key did not try the upload:\n{}",
+        keyless.process.log_text()
+    );
+    let base = keyless.base.clone();
+    let organisation = &fx.organisation;
+    let open = fx.run(async {
+        let guid = Uuid::new_v4().to_string();
+        let second_name = format!("Patients0\\{guid}.pat");
+        let second = fx.samples.patient_as(&guid, "", "");
+        let open = fx
+            .create(&base, &second_name, "Patient", second.len())
+            .await;
+        assert_eq!(fx.patch(&open, 0, &second[..1000]).await.status(), 204);
+
+        // Verify: both uploads are pending, though the manifest names neither.
+        let manifest = Manifest::new(vec![manifest_entry(
+            "ExportData.dat",
+            contract::FileType::ExportData,
+            organisation,
+        )]);
+        let response = fx
+            .with_key(Method::POST, format!("{base}{}", contract::PATH_VERIFY))
+            .json(&manifest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 409);
+        let refused: contract::Problem = response.json().await.unwrap();
+        assert_eq!(refused.code, contract::ProblemCode::ManifestMismatch);
+        let mut pending = refused.mismatches.unwrap().pending;
+        pending.sort();
+        let mut expected = vec![second_name, patient_name()];
+        expected.sort();
+        assert_eq!(pending, expected);
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.validation").await, 0);
+        (open, second)
+    });
+    drop(keyless);
+    let (open, second) = open;
+    fx.run(async {
+        // A validation record as the previous release's verify wrote it, with both uploads about.
+        sqlx::query(
+            "INSERT INTO sfm.validation (manifest_sha256, users_expected, users_stored, patients_expected, patients_stored, files_rejected, migration_key_id)
+             VALUES (sha256('manifest'), 7, 7, 0, 0, 0, 'previous-release')",
+        )
+        .execute(&mut fx.admin().await)
+        .await
+        .unwrap();
+    });
+
+    // Only now a replica that can decrypt the held-back patient: its recovery loop takes it.
+    let keyed = fx.api("api-b", &[]);
+    fx.run(async {
+
+        let r = fx.patch(&keyed.file(&open), 1000, &second[1000..]).await;
+        assert_eq!(problem(r).await, (409, "migration-validated".into()));
+        assert_eq!(
+            fx.upload_row(&open).await,
+            Some(("receiving".to_owned(), 1000, 1))
+        );
+        fx.wait_for_upload(&held, "rejected").await;
+        assert!(
+            keyed
+                .process
+                .log_text()
+                .contains("ingesting an upload left complete")
+        );
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 0);
+        assert_eq!(
+            fx.count("SELECT count(*) FROM sfm.rejections WHERE reason_code = 'migration_validated'")
+                .await,
+            1
+        );
+        assert_eq!(
+            fx.count(
+                "SELECT count(*) FROM sfm.stored_files WHERE stored_at >= (SELECT validated_at FROM sfm.validation)"
+            )
+            .await,
+            0
+        );
+        // The backstop in the database itself: the migrator cannot insert data any more.
+        let mut migrator = sqlx::PgConnection::connect(&fx.migrator_uri).await.unwrap();
+        let refused = sqlx::query(
+            "INSERT INTO sfm.stored_files (kind, file_name, size_bytes, sha256, migration_key_id, received_at)
+             VALUES ('report', 'x', 1, sha256('x'), 'k', now())",
+        )
+        .execute(&mut migrator)
+        .await
+        .unwrap_err();
+        let code = refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("SFM01"), "{refused}");
+    });
 }

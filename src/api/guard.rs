@@ -1,0 +1,64 @@
+//! The one guard every write into a staging database takes inside its transaction, before its first
+//! change (a new upload, a chunk, a stored file):
+//!
+//! - **The connection leads to this database.** The metadata row the operator writes names the
+//!   MigrationDatabase's UID; a pool that reaches any other database (a Secret mixed up, a name that
+//!   collided) is refused, and nothing is written. This is the last line of tenant isolation.
+//! - **Nothing is written after the migration was validated.** Verify takes `SHARE` on
+//!   `sfm.uploads`, `sfm.stored_files` and `sfm.rejections`; the guard takes `ROW EXCLUSIVE` on
+//!   them, in the same order, and only then reads the validation record. So either verify waits for this write and
+//!   counts it, or this write waits for verify and sees its record.
+//!
+//! The backstop below the API: a trigger the operator installs in every staging database refuses
+//! inserts into the data tables once a validation record exists (SQLSTATE [`VALIDATED_SQLSTATE`]).
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::ApiError;
+use super::error::database;
+use crate::contract::ProblemCode;
+
+/// The SQLSTATE of the staging database's trigger that refuses data after the validation.
+pub const VALIDATED_SQLSTATE: &str = "SFM01";
+
+/// Takes the write locks every writer takes, in verify's order (`sfm.uploads`, `sfm.stored_files`,
+/// `sfm.rejections`): a writer that took them first makes verify wait for its commit, and no
+/// writer can hold one of them while waiting for another that verify holds (no deadlock).
+pub async fn lock(tx: &mut PgConnection) -> Result<(), ApiError> {
+    sqlx::query("LOCK TABLE sfm.uploads, sfm.stored_files, sfm.rejections IN ROW EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("lock against the verify", e))?;
+    Ok(())
+}
+
+/// Takes the write locks and checks the database's owner and the validation record.
+pub async fn writable(tx: &mut PgConnection, database_uid: Uuid) -> Result<(), ApiError> {
+    lock(tx).await?;
+    let row: Option<(Uuid, bool)> = sqlx::query_as(
+        "SELECT migration_database_uid, EXISTS (SELECT 1 FROM sfm.validation) FROM sfm.metadata",
+    )
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| database("read the database's owner", e))?;
+    match row {
+        Some((owner, _)) if owner != database_uid => {
+            tracing::error!(
+                expected = %database_uid,
+                found = %owner,
+                "the migrator connection leads to another MigrationDatabase's database; nothing written"
+            );
+            Err(ApiError::internal(
+                "check the database's owner",
+                "the connection leads to another MigrationDatabase's database",
+            ))
+        }
+        Some((_, true)) => Err(ApiError::new(ProblemCode::MigrationValidated)),
+        Some((_, false)) => Ok(()),
+        None => Err(ApiError::internal(
+            "check the database's owner",
+            "the staging database has no metadata row",
+        )),
+    }
+}
