@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: help test demo demo-down bench build crds check-crds fmt lint deps controlplane
+.PHONY: help test demo demo-down bench build crds check-crds fmt lint deps controlplane reference
 
 help:
 	@echo "make demo       the whole flow on a local control plane and PostgreSQL"
@@ -15,7 +15,12 @@ help:
 deps:
 	hack/install-deps.sh
 
-test: deps
+# NHN's reference files (XSD and samples) first: without them the tests cannot run, and saying so
+# takes a second, not the minutes the dependencies take.
+reference:
+	@hack/nhn-reference.sh >/dev/null
+
+test: reference deps
 	hack/test.sh
 
 demo: deps
@@ -24,7 +29,7 @@ demo: deps
 demo-down:
 	SFM_DEMO_DIR=$${SFM_DEMO_DIR:-/tmp/sfm-demo} hack/demo.sh down
 
-bench: deps
+bench: reference deps
 	hack/bench.sh
 
 build:

@@ -6,6 +6,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+echo "== NHN's reference files"
+SFM_FORMAT_DIR=$(hack/nhn-reference.sh)
+export SFM_FORMAT_DIR
+echo "$SFM_FORMAT_DIR"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"

@@ -2,6 +2,9 @@
 //! a file built by openssl alone decrypts with our code, a file we encrypt decrypts with openssl
 //! alone, and damaged or foreign files fail with the error an operator can act on.
 
+#[path = "common/samples.rs"]
+mod samples;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,11 +25,7 @@ const OAEP_SHA512: [&str; 6] = [
 
 /// NHN's sample organisation file content: what a real `ExportData.dat` wraps.
 fn sample_zip() -> Vec<u8> {
-    std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/sfm-format/ExportData.zip"
-    ))
-    .expect("NHN's sample ExportData.zip")
+    samples::organisation_zip()
 }
 
 /// Runs openssl in `dir` and returns its stdout; fails the test with stderr on error.

@@ -3,6 +3,9 @@
 //! read it back without deviations; the index matches the folders; identities are valid synthetic
 //! ones and every referenced HPR number is a user's; the same seed gives the same plaintext.
 
+#[path = "common/samples.rs"]
+mod samples;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,23 +18,9 @@ use sfm_migration::format::layout::scan;
 use sfm_migration::format::patient_file::{read_organisation_file, read_patient_file};
 use sfm_migration::ident::NationalId;
 
-const XSD: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/sfm-format/FmSfmExportImportFormatDefinition.xsd"
-);
-
+/// NHN's XSD, from the one place that knows where NHN's reference files are.
 fn xsd() -> PathBuf {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/sfm-format");
-    for candidate in [
-        PathBuf::from(XSD),
-        local.join("FmSfmExportImportFormatDefinition.xsd"),
-        PathBuf::from("/work/shared/sfm-format/FmSfmExportImportFormatDefinition.xsd"),
-    ] {
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!("NHN's XSD is missing (expected beside the repository in ../shared/sfm-format)");
+    samples::sample_path("FmSfmExportImportFormatDefinition.xsd")
 }
 
 fn run(dir: &Path, program: &str, args: &[&str]) -> Vec<u8> {

@@ -1,9 +1,12 @@
-//! NHN's real sample files (`../shared/sfm-format`, or `SFM_FORMAT_DIR`) for the tests that read
-//! them, and the sample patient rewritten: under another Id, with a value changed, or with its files
-//! changed, zipped again. One place for what the format, ingest, API and benchmark tests share.
+//! NHN's real sample files for the tests that read them (found by `hack/nhn-reference.sh`, the one
+//! place that knows where they come from), and the sample patient rewritten: under another Id, with a
+//! value changed, or with its files changed, zipped again. One place for what the format, ingest, API,
+//! XSD, envelope and benchmark tests share.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
 
 use sfm_migration::format::archive::{ArchiveLimits, read_archive, write_archive};
 use sfm_migration::format::patient_file::PATIENT_DOCUMENT;
@@ -13,19 +16,40 @@ pub const PATIENT_GUID: &str = "0e7bfd89-ff43-4c5a-a9e2-1af46ae33672";
 /// The organisation number in NHN's sample organisation file (`Institusjon`, ENH).
 pub const SAMPLE_ORGANISATION_NUMBER: &str = "100100614";
 
+/// The folder with NHN's reference files: `SFM_FORMAT_DIR` (which `make test` sets from
+/// `hack/nhn-reference.sh`), else what that script says. Without the files the script's one
+/// sentence says what is missing and how to provide it.
+pub fn reference_dir() -> PathBuf {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("SFM_FORMAT_DIR").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(dir));
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/nhn-reference.sh");
+        let output = Command::new(script)
+            .output()
+            .map_err(|e| format!("{script}: {e}"))?;
+        if output.status.success() {
+            Ok(PathBuf::from(
+                String::from_utf8_lossy(&output.stdout).trim(),
+            ))
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+        }
+    })
+    .clone()
+    .unwrap_or_else(|sentence| panic!("{sentence}"))
+}
+
+/// The path of one of NHN's reference files, by name.
+pub fn sample_path(name: &str) -> PathBuf {
+    reference_dir().join(name)
+}
+
 /// One of NHN's sample files, by name.
 pub fn sample(name: &str) -> Vec<u8> {
-    let candidates = [
-        std::env::var("SFM_FORMAT_DIR").unwrap_or_default(),
-        format!("{}/../shared/sfm-format", env!("CARGO_MANIFEST_DIR")),
-        "/work/shared/sfm-format".to_owned(),
-    ];
-    for dir in candidates.iter().filter(|d| !d.is_empty()) {
-        if let Ok(data) = std::fs::read(Path::new(dir).join(name)) {
-            return data;
-        }
-    }
-    panic!("NHN's sample {name} is not found (set SFM_FORMAT_DIR)");
+    let path = sample_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The sample organisation file (`ExportData`), zipped as NHN ships it.
