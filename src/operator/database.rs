@@ -708,8 +708,12 @@ async fn expire_keys(db: &MigrationDatabase, ctx: &Context) -> Result<(), Error>
                 | Some(crate::crd::KeyPhase::Superseded)
                 | Some(crate::crd::KeyPhase::Pending)
         ) {
-            let patch = json!({"apiVersion": "sfm.nhn.no/v1alpha1", "kind": "MigrationKey",
-                "status": {"phase": crate::crd::KeyPhase::Expired, "message": "the database is operational"}});
+            let status = super::key::status_with(
+                &key,
+                crate::crd::KeyPhase::Expired,
+                "the database is operational",
+            );
+            let patch = json!({"apiVersion": "sfm.nhn.no/v1alpha1", "kind": "MigrationKey", "status": status});
             keys.patch_status(
                 &key.name_any(),
                 &PatchParams::apply(FIELD_MANAGER).force(),

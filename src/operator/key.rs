@@ -118,7 +118,11 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
         patch_key_status(
             &keys,
             &key,
-            json!({"phase": KeyPhase::Expired, "message": "the MigrationDatabase this key was issued for was deleted; the key never works for another database"}),
+            status_with(
+                &key,
+                KeyPhase::Expired,
+                "the MigrationDatabase this key was issued for was deleted; the key never works for another database",
+            ),
         )
         .await?;
         return Ok(Action::requeue(ctx.config.resync));
@@ -208,11 +212,14 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
             .find(|(n, _)| *n == sibling.name_any())
             .map(|(_, p)| *p);
         let have = sibling.status.as_ref().and_then(|s| s.phase);
-        if want.is_some() && want != have && have.is_some() {
+        if let Some(want) = want
+            && Some(want) != have
+            && have.is_some()
+        {
             patch_key_status(
                 &keys,
                 sibling,
-                json!({"phase": want, "message": want.map(phase_message)}),
+                status_with(sibling, want, phase_message(want)),
             )
             .await?;
         }
@@ -222,6 +229,16 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
     Ok(Action::requeue(
         Duration::from_secs(until_expiry).min(ctx.config.resync),
     ))
+}
+
+/// The key's whole status with another phase and message. Every status write is a server-side
+/// apply by the operator's field manager, which drops any field it owned and leaves out: a write of
+/// the phase alone would lose the key id, the digest and the database the key is bound to.
+pub fn status_with(key: &MigrationKey, phase: KeyPhase, message: &str) -> serde_json::Value {
+    let mut status = key.status.clone().unwrap_or_default();
+    status.phase = Some(phase);
+    status.message = Some(message.to_owned());
+    serde_json::to_value(status).unwrap_or_default()
 }
 
 fn phase_message(phase: KeyPhase) -> &'static str {

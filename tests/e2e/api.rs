@@ -804,8 +804,8 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         assert_eq!(problem(early).await, (409, "organisation-missing".into()));
     });
 
-    // The organisation file by tuspy with the key in SessionId (as NHN's uploader sends it), the
-    // patient with the header; 4 KiB chunks.
+    // The organisation file by tuspy with the key in SessionId as well as in the header of every
+    // request, the patient with the header alone; 4 KiB chunks.
     fx.store_organisation(&api, 4096, true);
     let result = fx.tuspy(&api, patient, &patient_name, "Patient", 4096, false);
     assert_eq!(result["ingestState"], "stored", "{result}");
@@ -1480,7 +1480,7 @@ fn keys_of_another_database_superseded_or_expired_are_refused() {
             organisation.len(),
         )
         .await;
-        let r = fx.patch(&url, 0, &organisation[..1000]).await;
+        let r = patch(client, &short, &url, 0, &organisation[..1000]).await;
         assert_eq!(r.status(), 204);
         let expired = eventually_async(|| async {
             let r = client
@@ -1495,7 +1495,7 @@ fn keys_of_another_database_superseded_or_expired_are_refused() {
         assert!(expired, "key-3 did not expire");
         let r = create_upload(client, base, &short, "ExportData.dat", "ExportData", 10).await;
         assert_eq!(problem(r).await, (403, "key-expired".into()));
-        let r = fx.patch(&url, 1000, &organisation[1000..]).await;
+        let r = patch(client, &short, &url, 1000, &organisation[1000..]).await;
         assert_eq!(problem(r).await, (403, "key-expired".into()));
         let r = fx.head(&url, &short).await;
         assert_eq!(r.status(), 403);

@@ -864,10 +864,11 @@ fn needed(component: &str, home: bool, access: (&str, &str, &str), verb: &str, n
             matches!(verb, "get" | "list" | "watch" | "create" | "patch")
                 || (home && verb == "delete")
         }
-        // Server-side apply that creates the object needs create as well as patch.
-        ("operator", "", "configmaps", "") => matches!(verb, "create" | "patch"),
+        // Read by name first (ownership), then server-side apply, which needs create as well as
+        // patch when it creates the object.
+        ("operator", "", "configmaps", "") => matches!(verb, "get" | "create" | "patch"),
         ("operator", "networking.k8s.io", "networkpolicies", "") => {
-            matches!(verb, "create" | "patch")
+            matches!(verb, "get" | "create" | "patch")
         }
         ("operator", "events.k8s.io", "events", "") => matches!(verb, "create" | "patch"),
         ("operator", "coordination.k8s.io", "leases", "") => {
