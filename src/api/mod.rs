@@ -15,12 +15,17 @@
 //! key, a token or a password: log lines name databases, upload ids, key ids and problem codes only.
 
 pub mod auth;
+pub mod directory;
 pub mod error;
 pub mod guard;
 pub mod ingest;
+pub mod keys;
 pub mod metrics;
 pub mod progress;
+pub mod recovery;
+pub mod switch;
 pub mod tus;
+pub mod uploads;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -97,7 +102,7 @@ pub struct Config {
 pub struct AppState {
     pub config: Config,
     pub kube: kube::Client,
-    pub directory: auth::Directory,
+    pub directory: directory::Directory,
     pub ingest_slots: Arc<Semaphore>,
     pub request_slots: Arc<Semaphore>,
     pub metrics: metrics::Metrics,
@@ -110,7 +115,7 @@ impl AppState {
     pub fn new(config: Config, kube: kube::Client) -> Arc<Self> {
         let limits = config.limits.clone();
         Arc::new(AppState {
-            directory: auth::Directory::new(kube.clone(), &config.namespace, &limits),
+            directory: directory::Directory::new(kube.clone(), &config.namespace, &limits),
             ingest_slots: Arc::new(Semaphore::new(limits.max_concurrent_ingests)),
             request_slots: Arc::new(Semaphore::new(limits.max_inflight_requests)),
             metrics: metrics::Metrics::new(),
@@ -202,7 +207,7 @@ async fn not_found() -> ApiError {
 /// writes, recovery of completed-but-not-ingested uploads after a crash, and the expiry sweep.
 pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> anyhow::Result<()> {
     tokio::spawn(progress::flush_loop(state.clone()));
-    tokio::spawn(ingest::recovery_loop(state.clone()));
+    tokio::spawn(recovery::recovery_loop(state.clone()));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, namespace = %state.config.namespace, keys = state.config.decryption_keys.len(), "migration API listening");
     axum::serve(

@@ -25,6 +25,7 @@ use super::auth::{self, Reader, RequestFacts, Session};
 use super::error::database;
 use super::tus::base_url;
 use super::{ApiError, AppState, FIELD_MANAGER};
+use super::{keys, switch};
 use crate::contract::{
     self, ActivateResponse, Counts, FileType, KeyCheckResponse, MAX_MANIFEST_BODY_BYTES,
     MAX_MISMATCHES_LISTED, MAX_REJECTIONS_LISTED, Manifest, ManifestMismatches, MigrationPhase,
@@ -38,7 +39,7 @@ async fn session(
     headers: &HeaderMap,
     path: &str,
 ) -> Result<Session, ApiError> {
-    let token = auth::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
+    let token = keys::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
     let request = RequestFacts {
         method,
         url: format!("{}{path}", base_url(state, headers)),
@@ -61,7 +62,7 @@ async fn reader(
     headers: &HeaderMap,
     path: &str,
 ) -> Result<Reader, ApiError> {
-    let token = auth::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
+    let token = keys::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
     let request = RequestFacts {
         method,
         url: format!("{}{path}", base_url(state, headers)),
@@ -72,7 +73,7 @@ async fn reader(
 
 /// `POST /api/v1/key-check`. In staging the organisation flag comes from the staging database; while
 /// the database is `Activating` and once it is `Operational`, everything comes from the
-/// MigrationDatabase's status, without a database connection (see [`auth::read_answer`]).
+/// MigrationDatabase's status, without a database connection (see [`keys::read_answer`]).
 pub async fn key_check(
     State(state): State<Arc<AppState>>,
     method: Method,
@@ -92,7 +93,7 @@ pub async fn key_check(
                 .await;
                 match stored {
                     Ok(stored) => (key, session.database, stored),
-                    Err(error) => match auth::switched_meanwhile(&state, &session.database).await {
+                    Err(error) => match switch::closed_meanwhile(&state, &session.database).await {
                         Some(db) => {
                             let stored = organisation_stored_in_status(&db);
                             (key, db, stored)
@@ -109,7 +110,7 @@ pub async fn key_check(
             .and_then(|s| s.key_id.clone())
             .unwrap_or_default(),
         database: format!("{}/{}", db.namespace().unwrap_or_default(), db.name_any()),
-        expires_at: auth::key_expires_at(&key).unwrap_or_else(Utc::now),
+        expires_at: keys::key_expires_at(&key).unwrap_or_else(Utc::now),
         phase: phase_of(&db),
         token_required: db.spec.validation.helse_id.is_some(),
         organisation_stored,
@@ -143,7 +144,7 @@ pub async fn status(
         Ok(status) => Ok(axum::Json(status).into_response()),
         // The operator closed the migrator after this request read the phase: it wrote
         // `Activating` first, so the database read again says so.
-        Err(error) => match auth::switched_meanwhile(&state, &session.database).await {
+        Err(error) => match switch::closed_meanwhile(&state, &session.database).await {
             Some(database) => Ok(axum::Json(status_from_resource(&database)).into_response()),
             None => Err(error),
         },
@@ -403,12 +404,12 @@ pub async fn verify(
     body: Body,
 ) -> Result<Response, ApiError> {
     let session = session(&state, &method, &headers, contract::PATH_VERIFY).await?;
-    auth::ensure_writable(&session.database)?;
+    switch::ensure_open(&session.database)?;
     // Decided on the database as it is now, not as cached (a verify is rare, one read is cheap):
     // once the operator wrote `Activating`, any manifest is answered with the end of the migration.
-    auth::refuse_if_switched(&state, &session.database).await?;
+    switch::refuse_if_closed(&state, &session.database).await?;
     let verified = verify_in_session(&state, &session, body).await;
-    auth::or_switched(&state, &session.database, verified).await
+    switch::explain(&state, &session.database, verified).await
 }
 
 /// The verify once the key and the database are known.
@@ -653,14 +654,14 @@ pub async fn activate(
     let session = session(&state, &method, &headers, contract::PATH_ACTIVATE).await?;
     // Decided on the database as it is now, not as cached: once the operator wrote `Activating`
     // the request is recorded and the migrator is being closed.
-    auth::refuse_if_switched(&state, &session.database).await?;
+    switch::refuse_if_closed(&state, &session.database).await?;
     let at: Result<Option<DateTime<Utc>>, ApiError> = sqlx::query_scalar(
         "UPDATE sfm.validation SET activation_requested_at = COALESCE(activation_requested_at, greatest(now(), validated_at)) RETURNING activation_requested_at",
     )
     .fetch_optional(&session.pool)
     .await
     .map_err(|e| database("record the activation request", e));
-    let at = auth::or_switched(&state, &session.database, at).await?;
+    let at = switch::explain(&state, &session.database, at).await?;
     let at = at.ok_or_else(|| {
         ApiError::new(ProblemCode::NotValidated).detail("verify the manifest first")
     })?;

@@ -17,41 +17,19 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use uuid::Uuid;
 
 use super::auth::{self, RequestFacts, Session};
 use super::error::database;
 use super::ingest;
+use super::uploads::{self, NewUpload, UploadRow, UploadState, check_creation};
 use super::{ApiError, AppState, guard};
+use super::{keys, switch};
 use crate::contract::{
     self, CreationMetadata, FileType, IngestState, ProblemCode, UploadChecksum, UploadId,
     decode_upload_metadata, encode_upload_metadata, format_http_date,
 };
-
-/// One row of `sfm.uploads`.
-#[derive(sqlx::FromRow, Debug)]
-pub struct UploadRow {
-    pub id: Uuid,
-    pub file_name: String,
-    pub file_type: String,
-    pub declared_length: i64,
-    pub upload_offset: i64,
-    pub state: String,
-    pub migration_key_id: String,
-    pub expires_at: DateTime<Utc>,
-    pub metadata: serde_json::Value,
-}
-
-/// `SELECT <every column of UploadRow> FROM sfm.uploads <tail>`, as one static string.
-macro_rules! select_upload {
-    ($tail:literal) => {
-        concat!(
-            "SELECT id, file_name, file_type, declared_length, upload_offset, state, migration_key_id, expires_at, metadata FROM sfm.uploads ",
-            $tail
-        )
-    };
-}
 
 fn tus_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -242,7 +220,7 @@ async fn create_upload(
             .detail("the name's extension does not match FileType (.dat ExportData, .pat Patient, .rpt Report)"));
     }
 
-    let header_token = auth::header_key(&headers)?;
+    let header_token = keys::header_key(&headers)?;
     let token = match (&header_token, &metadata.session_key) {
         (Some(h), Some(s)) if h != s => {
             return Err(ApiError::new(ProblemCode::KeyWrong)
@@ -254,10 +232,10 @@ async fn create_upload(
     };
     let request = facts(&state, &method, &headers, contract::PATH_FILES);
     let session = auth::session_for_token(&state, &token, &request).await?;
-    auth::ensure_writable(&session.database)?;
+    switch::ensure_open(&session.database)?;
     let database = session.database.clone();
     let created = create_in_session(&state, &headers, session, metadata, length, body).await;
-    auth::or_switched(&state, &database, created).await
+    switch::explain(&state, &database, created).await
 }
 
 /// The creation once the key and the database are known: the upload row, and for a body that is
@@ -409,92 +387,6 @@ fn verify_checksum(checksum: &UploadChecksum, body: &[u8]) -> Result<(), ApiErro
     }
 }
 
-/// An upload about to be created: its row in `sfm.uploads`.
-pub struct NewUpload {
-    pub id: Uuid,
-    pub file_name: String,
-    pub file_type: FileType,
-    pub length: u64,
-    pub expires_at: DateTime<Utc>,
-    /// The tus metadata kept (never `SessionId`: the key is not stored).
-    pub metadata: serde_json::Value,
-}
-
-impl NewUpload {
-    /// Inserts the row: open (`created`), or, for a file that came whole, already finished in
-    /// `state` (`ingested` or `rejected`) with the SHA-256 of its bytes.
-    pub async fn insert(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        session: &Session,
-        finished: Option<(&str, &[u8])>,
-    ) -> Result<(), ApiError> {
-        let length = i64::try_from(self.length).unwrap_or(i64::MAX);
-        let (upload_state, offset, sha256) = match finished {
-            None => ("created", 0, None),
-            Some((upload_state, sha256)) => (upload_state, length, Some(sha256)),
-        };
-        sqlx::query(
-            "INSERT INTO sfm.uploads (id, file_name, file_type, declared_length, metadata, migration_key_id, helseid_client_id,
-                                      expires_at, state, upload_offset, sha256, completed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $11::bytea IS NULL THEN NULL ELSE now() END)",
-        )
-        .bind(self.id)
-        .bind(&self.file_name)
-        .bind(self.file_type.as_str())
-        .bind(length)
-        .bind(&self.metadata)
-        .bind(&session.key_id)
-        .bind(&session.helseid_client)
-        .bind(self.expires_at)
-        .bind(upload_state)
-        .bind(offset)
-        .bind(sha256)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("create the upload", e))?;
-        Ok(())
-    }
-}
-
-/// What every creation checks first, inside its transaction: the migration is not validated yet, and
-/// anything but the organisation file waits until the organisation and its users are stored.
-pub async fn check_creation(
-    tx: &mut sqlx::PgConnection,
-    state: &AppState,
-    session: &Session,
-    file_type: FileType,
-) -> Result<(), ApiError> {
-    guard::writable(tx, session.uid).await?;
-    if file_type == FileType::ExportData {
-        return Ok(());
-    }
-    // An index lookup. Only when it fails is the (unindexed) look for an organisation upload in
-    // progress made: run for every file, that scan over all uploads took 46 ms at 50,000 patients.
-    let stored: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation')",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| database("check the organisation file", e))?;
-    if !stored {
-        let in_progress: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sfm.uploads WHERE file_type = 'ExportData' AND state IN ('created', 'receiving', 'complete'))",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| database("check the organisation file", e))?;
-        let mut error = ApiError::new(ProblemCode::OrganisationMissing).detail(
-            "upload ExportData.dat first: patients and reports are accepted once the organisation and its users are stored",
-        );
-        if in_progress {
-            error = error.retry_after(state.config.limits.retry_after_seconds);
-        }
-        return Err(error);
-    }
-    Ok(())
-}
-
 /// The session allowed to touch an upload, authenticated before anything of the upload is read:
 /// the key sent with this request (never the upload's URL alone), for the upload's database.
 async fn upload_session(
@@ -503,34 +395,21 @@ async fn upload_session(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<(Session, UploadRow), ApiError> {
-    let token = auth::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
+    let token = keys::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
     let id: UploadId = id
         .parse()
         .map_err(|_| ApiError::new(ProblemCode::UploadNotFound))?;
     let path = contract::file_path(&id.to_string());
     let request = facts(state, method, headers, &path);
     let session = auth::session_for_upload(state, &token, id.database, &request).await?;
-    let row = auth::or_switched(
+    let row = switch::explain(
         state,
         &session.database,
-        fetch_row(&session.pool, id.upload).await,
+        uploads::fetch(&session.pool, id.upload).await,
     )
     .await?;
     auth::check_upload_creator(state, &session, &row.migration_key_id).await?;
     Ok((session, row))
-}
-
-async fn fetch_row(pool: &sqlx::PgPool, upload: Uuid) -> Result<UploadRow, ApiError> {
-    sqlx::query_as::<_, UploadRow>(select_upload!("WHERE id = $1"))
-        .bind(upload)
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| database("read the upload", e))?
-        .ok_or_else(|| ApiError::new(ProblemCode::UploadNotFound))
-}
-
-fn is_open(state: &str) -> bool {
-    state == "created" || state == "receiving"
 }
 
 /// `HEAD /files/{id}`: where the upload stands.
@@ -542,7 +421,7 @@ pub async fn head(
 ) -> Result<Response, ApiError> {
     require_tus(&headers)?;
     let (session, row) = upload_session(&state, &id, &method, &headers).await?;
-    if is_open(&row.state) && row.expires_at <= Utc::now() {
+    if UploadState::of(&row.state).is_open() && row.expires_at <= Utc::now() {
         return Err(ApiError::new(ProblemCode::UploadExpired));
     }
     let mut response = tus_headers();
@@ -588,10 +467,10 @@ async fn ingest_state_headers(
     row: &UploadRow,
     response: &mut HeaderMap,
 ) -> Result<(), ApiError> {
-    let state = match row.state.as_str() {
-        "complete" => IngestState::Pending,
-        "ingested" => IngestState::Stored,
-        "rejected" => IngestState::Rejected,
+    let state = match UploadState::of(&row.state) {
+        UploadState::Complete => IngestState::Pending,
+        UploadState::Ingested => IngestState::Stored,
+        UploadState::Rejected => IngestState::Rejected,
         _ => return Ok(()),
     };
     put(response, contract::HEADER_INGEST_STATE, state.as_str());
@@ -643,10 +522,10 @@ async fn append_request(
     let checksum = parse_checksum(&headers)?;
     let _slot = take_request_slot(&state).await?;
     let (session, row) = upload_session(&state, &id, &method, &headers).await?;
-    auth::ensure_writable(&session.database)?;
+    switch::ensure_open(&session.database)?;
     let database = session.database.clone();
     let appended = append_in_session(&state, &headers, &session, row, offset, checksum, body).await;
-    auth::or_switched(&state, &database, appended).await
+    switch::explain(&state, &database, appended).await
 }
 
 /// The append once the upload and its session are known.
@@ -659,12 +538,12 @@ async fn append_in_session(
     checksum: Option<UploadChecksum>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if is_open(&row.state) && row.expires_at <= Utc::now() {
+    if UploadState::of(&row.state).is_open() && row.expires_at <= Utc::now() {
         return Err(ApiError::new(ProblemCode::UploadExpired));
     }
     // The offset is checked again under the row lock; checking it first answers a stale PATCH with
     // 409 before its body is read.
-    if is_open(&row.state) && offset != row.upload_offset as u64 {
+    if UploadState::of(&row.state).is_open() && offset != row.upload_offset as u64 {
         // Drain (bounded) so the connection stays usable for the client's next request.
         let _ = axum::body::to_bytes(body, state.config.limits.max_chunk_bytes).await;
         return Err(ApiError::new(ProblemCode::UploadOffsetMismatch)
@@ -706,7 +585,7 @@ async fn append_in_session(
             &mut response,
         )
         .await;
-    } else if !is_open(&outcome.row.state) {
+    } else if !UploadState::of(&outcome.row.state).is_open() {
         ingest_state_headers(session, &outcome.row, &mut response).await?;
     }
     Ok((StatusCode::NO_CONTENT, response).into_response())
@@ -738,14 +617,9 @@ async fn append(
         .begin()
         .await
         .map_err(|e| database("begin the append", e))?;
-    let row = sqlx::query_as::<_, UploadRow>(select_upload!("WHERE id = $1 FOR UPDATE"))
-        .bind(upload)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| database("lock the upload", e))?
-        .ok_or_else(|| ApiError::new(ProblemCode::UploadNotFound))?;
+    let row = uploads::lock(&mut tx, upload).await?;
     let server_offset = row.upload_offset as u64;
-    if !is_open(&row.state) {
+    if !UploadState::of(&row.state).is_open() {
         if offset == server_offset && body.is_empty() {
             return Ok(Appended {
                 offset: server_offset,
@@ -774,54 +648,12 @@ async fn append(
         );
     }
     guard::writable(&mut tx, session.uid).await?;
-    if !body.is_empty() {
-        sqlx::query(
-            "INSERT INTO sfm.upload_chunks (upload_id, chunk_offset, data) VALUES ($1, $2, $3)",
-        )
-        .bind(upload)
-        .bind(server_offset as i64)
-        .bind(body.as_ref())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("store the chunk", e))?;
-    }
+    uploads::add_chunk(&mut tx, upload, server_offset, &body).await?;
     let completed = new_offset == row.declared_length as u64;
     if completed {
-        let chunks: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT data FROM sfm.upload_chunks WHERE upload_id = $1 ORDER BY chunk_offset",
-        )
-        .bind(upload)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| database("read the chunks", e))?;
-        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        let mut total = 0u64;
-        for chunk in &chunks {
-            digest.update(chunk);
-            total += chunk.len() as u64;
-        }
-        if total != new_offset {
-            return Err(ApiError::internal(
-                "assemble the upload",
-                "the stored chunks do not add up to the offset",
-            ));
-        }
-        sqlx::query(
-            "UPDATE sfm.uploads SET upload_offset = $2, state = 'complete', sha256 = $3, completed_at = now(), updated_at = now() WHERE id = $1",
-        )
-        .bind(upload)
-        .bind(new_offset as i64)
-        .bind(digest.finish().as_ref())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("complete the upload", e))?;
+        uploads::complete(&mut tx, upload, new_offset).await?;
     } else {
-        sqlx::query("UPDATE sfm.uploads SET upload_offset = $2, state = 'receiving', updated_at = now() WHERE id = $1")
-            .bind(upload)
-            .bind(new_offset as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| database("advance the offset", e))?;
+        uploads::advance(&mut tx, upload, new_offset).await?;
     }
     tx.commit()
         .await
@@ -834,10 +666,12 @@ async fn append(
     let row = UploadRow {
         upload_offset: new_offset as i64,
         state: if completed {
-            "complete".into()
+            UploadState::Complete
         } else {
-            "receiving".into()
-        },
+            UploadState::Receiving
+        }
+        .as_str()
+        .to_owned(),
         ..row
     };
     Ok(Appended {
@@ -894,7 +728,7 @@ pub async fn terminate(
     require_tus(&headers)?;
     let (session, row) = upload_session(&state, &id, &method, &headers).await?;
     let terminated = terminate_in_session(&state, &session, &row).await;
-    auth::or_switched(&state, &session.database, terminated).await
+    switch::explain(&state, &session.database, terminated).await
 }
 
 /// The termination once the upload and its session are known.
@@ -908,22 +742,7 @@ async fn terminate_in_session(
         .begin()
         .await
         .map_err(|e| database("begin the termination", e))?;
-    let current: Option<String> =
-        sqlx::query_scalar("SELECT state FROM sfm.uploads WHERE id = $1 FOR UPDATE")
-            .bind(row.id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| database("lock the upload", e))?;
-    match current.as_deref() {
-        None => return Err(ApiError::new(ProblemCode::UploadNotFound)),
-        Some(s) if !is_open(s) => return Err(ApiError::new(ProblemCode::UploadComplete)),
-        _ => {}
-    }
-    sqlx::query("DELETE FROM sfm.uploads WHERE id = $1")
-        .bind(row.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("terminate the upload", e))?;
+    uploads::terminate(&mut tx, row.id).await?;
     tx.commit()
         .await
         .map_err(|e| database("terminate the upload", e))?;

@@ -1,0 +1,436 @@
+//! One completed upload into the staging database, in one transaction: decrypt (every key of a
+//! rotation), unzip within limits, parse, check the data quality, and store the organisation with its
+//! users, or a patient with identifiers, allergies, treatments and messages, plus the raw documents;
+//! or record a rejection with its reason. The same file twice (same SHA-256) stores once; the same
+//! patient in a re-export replaces its rows.
+//!
+//! The claim is the row lock: `SELECT ... FOR UPDATE SKIP LOCKED` on a `complete` upload. A replica
+//! that dies mid-ingest loses its transaction and the lock; the upload is `complete` again and the
+//! recovery loop of any replica takes it.
+//!
+//! Rejection messages name element paths, positions and limits, never values from the file.
+
+mod checks;
+mod file;
+mod patient_rows;
+mod rejection;
+mod store;
+
+pub use checks::{Prepared, check_organisation, check_patient, prepare};
+pub use file::{Claimed, digest};
+pub use rejection::{Rejection, archive_rejection, envelope_rejection, format_rejection};
+pub use store::store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use axum::body::Bytes;
+
+use super::auth::Session;
+use super::error::database;
+use super::uploads::{NewUpload, UploadState, check_creation};
+use super::{ApiError, AppState};
+use crate::contract::{FileType, IngestState, ProblemCode};
+
+pub type Outcome = (IngestState, Option<ProblemCode>);
+
+/// Who ingests a complete upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingester {
+    /// The request that received the last byte.
+    Request,
+    /// A replica's recovery loop, for an upload left complete.
+    Recovery,
+}
+
+/// How long a recovery loop leaves a file it cannot decrypt for the other replicas before it
+/// records the rejection: longer than a rolling update, so a replica that does not hold the new
+/// decryption key yet (or still) never rejects a file another replica can read.
+pub const RECOVERY_DECRYPTION_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// Whether a recovery loop leaves this refusal unrecorded for now: only `envelope-undecryptable`
+/// (the one refusal that depends on the replica's keys, not on the file) and only within
+/// [`RECOVERY_DECRYPTION_GRACE`] of the upload's completion.
+pub fn defer_refusal(
+    by: Ingester,
+    code: ProblemCode,
+    completed_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    by == Ingester::Recovery
+        && code == ProblemCode::EnvelopeUndecryptable
+        && (now - completed_at)
+            .to_std()
+            .map_or(true, |age| age < RECOVERY_DECRYPTION_GRACE)
+}
+
+/// Ingests one complete upload if no other replica holds it. `None`: another replica is at it (or,
+/// in recovery, this replica cannot decrypt it and leaves it, see [`defer_refusal`]).
+pub async fn ingest_upload(
+    state: Arc<AppState>,
+    session: Session,
+    upload: Uuid,
+    by: Ingester,
+) -> Result<Option<Outcome>, ApiError> {
+    let _slot = ingest_slot(&state).await?;
+    let started = Instant::now();
+    let mut tx = session
+        .pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the ingest", e))?;
+    let row = sqlx::query(
+        "SELECT file_name, file_type, migration_key_id, helseid_client_id, sha256, declared_length, completed_at
+         FROM sfm.uploads WHERE id = $1 AND state = 'complete' FOR UPDATE SKIP LOCKED",
+    )
+    .bind(upload)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| database("claim the upload", e))?;
+    let Some(row) = row else {
+        drop(tx);
+        return current_outcome(&session, upload).await;
+    };
+    let claimed = Claimed {
+        file_name: row.get("file_name"),
+        file_type: row.get("file_type"),
+        migration_key_id: row.get("migration_key_id"),
+        helseid_client_id: row.get("helseid_client_id"),
+        sha256: row.get("sha256"),
+        size: row.get("declared_length"),
+        completed_at: row.get("completed_at"),
+    };
+    let chunks: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT data FROM sfm.upload_chunks WHERE upload_id = $1 ORDER BY chunk_offset",
+    )
+    .bind(upload)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| database("read the upload", e))?;
+    let data = Bytes::from(chunks.concat());
+
+    // Nothing is stored once the migration is validated: the upload is closed as refused for that.
+    let checked = match super::guard::writable(&mut tx, session.uid).await {
+        Err(error) if error.code() == ProblemCode::MigrationValidated => Ok(Err(Rejection::new(
+            ProblemCode::MigrationValidated,
+            "the migration was validated before this file was stored; nothing is stored after the validation",
+        ))),
+        Err(error) => Err(error),
+        Ok(()) => check_and_store(&state, &session, &mut tx, upload, &claimed, data).await,
+    };
+    let outcome = match checked? {
+        Ok(()) => {
+            mark_stored(&mut tx, upload, &claimed.file_name).await?;
+            (IngestState::Stored, None)
+        }
+        Err(rejection)
+            if defer_refusal(by, rejection.code, claimed.completed_at, chrono::Utc::now()) =>
+        {
+            tx.rollback()
+                .await
+                .map_err(|e| database("undo the ingest", e))?;
+            tracing::warn!(
+                database = %session.database_name(),
+                "this replica cannot decrypt an upload left complete; left for a replica that holds its key"
+            );
+            tracing::debug!(%upload, "left for another replica");
+            return Ok(None);
+        }
+        Err(rejection) => {
+            tx = start_over(tx, &session).await?;
+            let still: Option<String> = sqlx::query_scalar(
+                "SELECT state FROM sfm.uploads WHERE id = $1 AND state = 'complete' FOR UPDATE SKIP LOCKED",
+            )
+            .bind(upload)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| database("claim the upload", e))?;
+            if still.is_none() {
+                drop(tx);
+                return current_outcome(&session, upload).await;
+            }
+            record_rejection(&mut tx, upload, &claimed, &rejection).await?;
+            (IngestState::Rejected, Some(rejection.code))
+        }
+    };
+    tx.commit()
+        .await
+        .map_err(|e| database("commit the ingest", e))?;
+    ingested(&state, &session, upload, &claimed, outcome, started);
+    Ok(Some(outcome))
+}
+
+/// A file that came whole in its creation request (tus creation-with-upload, as `sfm-migrate` sends
+/// every file that fits in one chunk): the upload row, the ingest and its outcome are written in one
+/// transaction, and no chunk is stored. Nothing is acknowledged before the commit, so if this replica
+/// dies mid-way the client sends the file again, and the same bytes are stored once.
+pub async fn ingest_whole(
+    state: Arc<AppState>,
+    session: Session,
+    new: NewUpload,
+    data: Bytes,
+) -> Result<Outcome, ApiError> {
+    let _slot = ingest_slot(&state).await?;
+    let started = Instant::now();
+    let claimed = Claimed {
+        file_name: new.file_name.clone(),
+        file_type: new.file_type.as_str().to_owned(),
+        migration_key_id: session.key_id.clone(),
+        helseid_client_id: session.helseid_client.clone(),
+        sha256: digest(&data),
+        size: data.len() as i64,
+        completed_at: chrono::Utc::now(),
+    };
+    let mut tx = session
+        .pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the ingest", e))?;
+    check_creation(&mut tx, &state, &session, new.file_type).await?;
+    new.insert(
+        &mut tx,
+        &session,
+        Some((UploadState::Ingested, &claimed.sha256)),
+    )
+    .await?;
+    let outcome = match check_and_store(&state, &session, &mut tx, new.id, &claimed, data).await? {
+        Ok(()) => {
+            resolve_earlier_rejections(&mut tx, &claimed.file_name).await?;
+            (IngestState::Stored, None)
+        }
+        Err(rejection) => {
+            tx = start_over(tx, &session).await?;
+            new.insert(
+                &mut tx,
+                &session,
+                Some((UploadState::Rejected, &claimed.sha256)),
+            )
+            .await?;
+            insert_rejection(&mut tx, new.id, &claimed, &rejection).await?;
+            (IngestState::Rejected, Some(rejection.code))
+        }
+    };
+    tx.commit()
+        .await
+        .map_err(|e| database("commit the ingest", e))?;
+    ingested(&state, &session, new.id, &claimed, outcome, started);
+    Ok(outcome)
+}
+
+/// Ingests are CPU work and hold a database connection: a bounded number run at once.
+async fn ingest_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state
+        .ingest_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal("wait for an ingest slot", e))
+}
+
+/// Undoes whatever `store` wrote and begins a clean transaction for recording the rejection.
+async fn start_over(
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    session: &Session,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
+    tx.rollback()
+        .await
+        .map_err(|e| database("undo the ingest", e))?;
+    let mut tx = session
+        .pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the rejection", e))?;
+    super::guard::lock(&mut tx).await?;
+    Ok(tx)
+}
+
+/// Checks one file and stores it in `tx`. `Ok(Err(_))`: refused; the caller rolls `tx` back and
+/// records the rejection. The same bytes stored before count as stored.
+async fn check_and_store(
+    state: &Arc<AppState>,
+    session: &Session,
+    tx: &mut PgConnection,
+    upload: Uuid,
+    claimed: &Claimed,
+    data: Bytes,
+) -> Result<Result<(), Rejection>, ApiError> {
+    let already: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM sfm.stored_files WHERE sha256 = $1")
+            .bind(&claimed.sha256)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| database("look for the same file", e))?;
+    if already.is_some() {
+        return Ok(Ok(()));
+    }
+    let file_type: FileType = claimed.file_type.parse().unwrap_or(FileType::Patient);
+    let blocking_state = state.clone();
+    let db = session.database.clone();
+    let name = claimed.file_name.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare(
+            &blocking_state.config.decryption_keys,
+            &data,
+            file_type,
+            &name,
+            &blocking_state.config.limits.format,
+            &db,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal("run the ingest", e))?;
+    match prepared {
+        Err(rejection) => Ok(Err(rejection)),
+        Ok(prepared) => store(tx, &session.database, Some(upload), claimed, prepared).await,
+    }
+}
+
+/// After the commit: metrics, the status batcher, and one log line (no personal data).
+fn ingested(
+    state: &AppState,
+    session: &Session,
+    upload: Uuid,
+    claimed: &Claimed,
+    outcome: Outcome,
+    started: Instant,
+) {
+    state.metrics.observe_ingest(outcome.0, started.elapsed());
+    state.mark_dirty(session.uid);
+    tracing::debug!(%upload, "file ingested");
+    tracing::info!(
+        database = %session.database_name(),
+        file_type = %claimed.file_type,
+        result = outcome.0.as_str(),
+        code = outcome.1.map(|c| c.as_str()).unwrap_or(""),
+        millis = started.elapsed().as_millis() as u64,
+        "file ingested"
+    );
+}
+
+/// What became of an upload another replica (or an earlier request) ingested.
+async fn current_outcome(session: &Session, upload: Uuid) -> Result<Option<Outcome>, ApiError> {
+    let row = sqlx::query(
+        "SELECT u.state, (SELECT reason_code FROM sfm.rejections r WHERE r.upload_id = u.id ORDER BY r.id DESC LIMIT 1) AS code
+         FROM sfm.uploads u WHERE u.id = $1",
+    )
+    .bind(upload)
+    .fetch_optional(&session.pool)
+    .await
+    .map_err(|e| database("read the upload", e))?;
+    Ok(row.and_then(|row| {
+        let state: String = row.get("state");
+        let code: Option<String> = row.get("code");
+        match state.as_str() {
+            "ingested" => Some((IngestState::Stored, None)),
+            "rejected" => Some((
+                IngestState::Rejected,
+                code.and_then(|c| c.replace('_', "-").parse().ok()),
+            )),
+            _ => None,
+        }
+    }))
+}
+
+async fn mark_stored(tx: &mut PgConnection, upload: Uuid, file_name: &str) -> Result<(), ApiError> {
+    close_upload(tx, upload, "ingested").await?;
+    resolve_earlier_rejections(tx, file_name).await
+}
+
+/// Marks a claimed upload `ingested` or `rejected` and drops its bytes: they are stored (or refused)
+/// by now.
+async fn close_upload(tx: &mut PgConnection, upload: Uuid, state: &str) -> Result<(), ApiError> {
+    sqlx::query("UPDATE sfm.uploads SET state = $2, updated_at = now() WHERE id = $1")
+        .bind(upload)
+        .bind(state)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("mark the upload done", e))?;
+    sqlx::query("DELETE FROM sfm.upload_chunks WHERE upload_id = $1")
+        .bind(upload)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("drop the upload's chunks", e))?;
+    Ok(())
+}
+
+/// A file stored under a name resolves the rejections recorded earlier for that name.
+async fn resolve_earlier_rejections(
+    tx: &mut PgConnection,
+    file_name: &str,
+) -> Result<(), ApiError> {
+    sqlx::query("UPDATE sfm.rejections SET resolved = true, resolved_at = now() WHERE file_name = $1 AND NOT resolved")
+        .bind(file_name)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("resolve earlier rejections", e))?;
+    Ok(())
+}
+
+async fn record_rejection(
+    tx: &mut PgConnection,
+    upload: Uuid,
+    claimed: &Claimed,
+    rejection: &Rejection,
+) -> Result<(), ApiError> {
+    insert_rejection(tx, upload, claimed, rejection).await?;
+    close_upload(tx, upload, "rejected").await
+}
+
+async fn insert_rejection(
+    tx: &mut PgConnection,
+    upload: Uuid,
+    claimed: &Claimed,
+    rejection: &Rejection,
+) -> Result<(), ApiError> {
+    let message: String = rejection.message.chars().take(2000).collect();
+    sqlx::query(
+        "INSERT INTO sfm.rejections (upload_id, file_name, sha256, reason_code, message, migration_key_id, helseid_client_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(upload)
+    .bind(&claimed.file_name)
+    .bind(&claimed.sha256)
+    .bind(rejection.code.as_str().replace('-', "_"))
+    .bind(message)
+    .bind(&claimed.migration_key_id)
+    .bind(&claimed.helseid_client_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| database("record the rejection", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_recovery_defers_and_only_an_undecryptable_file_within_the_grace() {
+        let now = chrono::Utc::now();
+        let fresh = now - chrono::Duration::minutes(1);
+        let old = now - chrono::Duration::minutes(16);
+        let undecryptable = ProblemCode::EnvelopeUndecryptable;
+        assert!(defer_refusal(Ingester::Recovery, undecryptable, fresh, now));
+        // Past the grace every replica has had its chance: the refusal is recorded.
+        assert!(!defer_refusal(Ingester::Recovery, undecryptable, old, now));
+        // The request that received the last byte records at once: the client is waiting.
+        assert!(!defer_refusal(Ingester::Request, undecryptable, fresh, now));
+        // A refusal that depends on the file, not on the replica's keys, is recorded at once.
+        for code in [
+            ProblemCode::EnvelopeMalformed,
+            ProblemCode::ArchiveLimits,
+            ProblemCode::DataQualityHprUnknown,
+        ] {
+            assert!(
+                !defer_refusal(Ingester::Recovery, code, fresh, now),
+                "{code:?}"
+            );
+        }
+        // A completion stamped in the future (clock skew between replicas) is within the grace.
+        let ahead = now + chrono::Duration::minutes(1);
+        assert!(defer_refusal(Ingester::Recovery, undecryptable, ahead, now));
+    }
+}
