@@ -12,6 +12,7 @@ pub mod crd;
 pub mod export;
 pub mod format;
 pub mod helseid;
+pub mod http;
 pub mod ident;
 pub mod model;
 pub mod names;

@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, Method};
 use kube::ResourceExt;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -48,11 +47,7 @@ impl Session {
 }
 
 /// What the request looked like, for the HelseID checks (DPoP binds a proof to method and URL).
-pub struct RequestFacts<'a> {
-    pub method: &'a Method,
-    pub url: String,
-    pub headers: &'a HeaderMap,
-}
+pub use crate::helseid::verify::RequestFacts;
 
 /// Finds a presented key by its id and compares its digest (constant time); nothing else.
 async fn matched_key(

@@ -136,3 +136,10 @@ impl IntoResponse for ApiError {
         (status, headers, body).into_response()
     }
 }
+
+/// A refused HelseID token, as the migration API answers it.
+impl From<crate::helseid::verify::TokenError> for ApiError {
+    fn from(error: crate::helseid::verify::TokenError) -> Self {
+        ApiError::new(error.code()).detail(error.to_string())
+    }
+}

@@ -361,7 +361,7 @@ impl ApiClient {
             }
             let response = build(request).send().await.map_err(|e| ApiError::Network {
                 url: self.base.to_string(),
-                reason: describe_reqwest(&e),
+                reason: crate::http::describe_reqwest(&e),
             })?;
             self.auth.observe(response.headers());
             if response.status().is_success() {
@@ -379,7 +379,7 @@ impl ApiClient {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| ApiError::Protocol(describe_reqwest(&e)))?;
+            .map_err(|e| ApiError::Protocol(crate::http::describe_reqwest(&e)))?;
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::Protocol(format!("unexpected body: {e}")))
     }
@@ -453,28 +453,6 @@ pub async fn error_of(response: Response) -> ApiError {
         problem,
         retry_after,
     }
-}
-
-/// A reqwest error in words, with its causes (e.g. "connection refused"), never with a URL's query.
-pub fn describe_reqwest(error: &reqwest::Error) -> String {
-    let mut text = if error.is_timeout() {
-        "timed out".to_owned()
-    } else if error.is_connect() {
-        "could not connect".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    let mut source = std::error::Error::source(error);
-    let mut depth = 0;
-    while let Some(cause) = source {
-        if depth < 3 {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-        }
-        depth += 1;
-        source = cause.source();
-    }
-    text
 }
 
 /// A header value from a string we built (never fails for our ASCII values).

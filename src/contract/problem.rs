@@ -10,7 +10,6 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::ContractError;
-use super::manifest::ManifestMismatches;
 
 /// `Content-Type` of every error body.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
@@ -249,6 +248,44 @@ impl From<&ContractError> for Problem {
     fn from(error: &ContractError) -> Self {
         Problem::new(error.problem_code()).with_detail(error.to_string())
     }
+}
+
+/// With a `manifest-mismatch` problem: every way the stored files differ from the manifest. Each list
+/// holds at most [`MAX_MISMATCHES_LISTED`](super::MAX_MISMATCHES_LISTED) paths; `truncated` says when one was cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestMismatches {
+    /// In the manifest, never uploaded (or its upload is incomplete).
+    pub missing: Vec<String>,
+    /// Stored, but not in the manifest.
+    pub extra: Vec<String>,
+    /// Stored with another sha256, size or file type than the manifest says.
+    pub digest_mismatch: Vec<String>,
+    /// Its latest upload was rejected.
+    pub rejected: Vec<RejectedFile>,
+    /// Uploaded completely but not yet ingested: verify again later.
+    pub pending: Vec<String>,
+    /// Whether any list was cut at [`MAX_MISMATCHES_LISTED`](super::MAX_MISMATCHES_LISTED).
+    pub truncated: bool,
+}
+
+impl ManifestMismatches {
+    /// Whether nothing differs.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty()
+            && self.extra.is_empty()
+            && self.digest_mismatch.is_empty()
+            && self.rejected.is_empty()
+            && self.pending.is_empty()
+    }
+}
+
+/// A file whose content was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedFile {
+    pub path: String,
+    pub code: ProblemCode,
 }
 
 #[cfg(test)]

@@ -291,7 +291,7 @@ struct TokenError {
 fn network(url: &str, error: &reqwest::Error) -> LoginError {
     LoginError::Network {
         url: url.to_owned(),
-        reason: crate::client::api::describe_reqwest(error),
+        reason: crate::http::describe_reqwest(error),
     }
 }
 

@@ -23,8 +23,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 
 use super::DPOP_PROOF_TYP;
-use crate::api::ApiError;
-use crate::api::auth::RequestFacts;
 use crate::contract::{self, ProblemCode};
 use crate::crd::TokenPolicy;
 
@@ -76,10 +74,11 @@ impl TokenError {
     }
 }
 
-impl From<TokenError> for ApiError {
-    fn from(error: TokenError) -> Self {
-        ApiError::new(error.code()).detail(error.to_string())
-    }
+/// What the request looked like, for the token checks (DPoP binds a proof to method and URL).
+pub struct RequestFacts<'a> {
+    pub method: &'a axum::http::Method,
+    pub url: String,
+    pub headers: &'a axum::http::HeaderMap,
 }
 
 /// What the access token must satisfy.
@@ -407,7 +406,7 @@ impl Verifier {
         policy: &TokenPolicy,
         organisation_number: &str,
         request: &RequestFacts<'_>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, TokenError> {
         let authorization = request
             .headers
             .get(contract::HEADER_AUTHORIZATION)
@@ -421,7 +420,7 @@ impl Verifier {
         } else if scheme.eq_ignore_ascii_case(contract::AUTH_SCHEME_BEARER) {
             false
         } else {
-            return Err(TokenError::Missing.into());
+            return Err(TokenError::Missing);
         };
         let token = token.trim();
         let expect = Expectations {
@@ -444,11 +443,10 @@ impl Verifier {
             (false, Some(_)) => {
                 return Err(TokenError::Invalid(
                     "a DPoP-bound token must be sent with the DPoP scheme",
-                )
-                .into());
+                ));
             }
             (true, None) => {
-                return Err(TokenError::Invalid("a DPoP token must carry cnf.jkt").into());
+                return Err(TokenError::Invalid("a DPoP token must carry cnf.jkt"));
             }
             (true, Some(jkt)) => {
                 let proof = request
