@@ -3,12 +3,13 @@
 
 CARGO ?= cargo
 
-.PHONY: help test demo demo-down bench build crds check-crds fmt lint deps controlplane
+.PHONY: help test test-node demo demo-down bench build crds check-crds fmt lint deps controlplane node
 
 help:
 	@echo "make demo       the whole flow on a local control plane and PostgreSQL"
 	@echo "make demo-down  stop what 'make demo' started"
 	@echo "make test       every check and test (formatting, clippy, CRDs, unit, PostgreSQL, end-to-end)"
+	@echo "make test-node  the chart on a real local node: images, pods, NetworkPolicy, failover (root)"
 	@echo "make bench      the benchmarks (figures printed, nothing asserted)"
 	@echo "make crds       regenerate crds/ (and the chart's copy) from the Rust types"
 
@@ -17,6 +18,9 @@ deps:
 
 test: deps
 	hack/test.sh
+
+test-node: deps
+	hack/test-node.sh
 
 demo: deps
 	hack/demo.sh up
@@ -46,3 +50,7 @@ lint:
 
 controlplane:
 	hack/build-controlplane.sh
+
+node:
+	hack/build-controlplane.sh >/dev/null
+	hack/build-node.sh
