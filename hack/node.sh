@@ -54,11 +54,11 @@ stop_pid() { # name: TERM, wait up to 10 s, then KILL
 # Removes the rules and chains that kubelet, kube-proxy, kube-router and the CNI plugins add, in every
 # table of iptables and ip6tables: first the jumps from the built-in chains, then the chains themselves.
 clean_netfilter() {
-  local ipt table chain rule
-  for ipt in iptables ip6tables; do
-    command -v "$ipt" >/dev/null || continue
-    for table in filter nat mangle raw; do
-      "$ipt" -t "$table" -S >/dev/null 2>&1 || continue
+  local ipt table chain rule family
+  # Only the tables that exist (listing one with iptables-nft would create it).
+  while read -r family table; do
+    case "$family" in ip) ipt=iptables ;; ip6) ipt=ip6tables ;; *) continue ;; esac
+    {
       # Rules of built-in chains that jump to our chains (or mention them), deleted one by one.
       while IFS= read -r rule; do
         [ -n "$rule" ] || continue
@@ -70,8 +70,13 @@ clean_netfilter() {
         | { grep -E '^-N (KUBE-|CNI-)' || true; } | cut -d' ' -f2)
       for chain in "${chains[@]}"; do "$ipt" -t "$table" -F "$chain" 2>/dev/null || true; done
       for chain in "${chains[@]}"; do "$ipt" -t "$table" -X "$chain" 2>/dev/null || true; done
-    done
-  done
+      # A table the start found missing goes again once it holds no rule of anyone's.
+      if [ -f "$dir/nft-tables.before" ] && ! grep -qx "table $family $table" "$dir/nft-tables.before" \
+          && [ -z "$("$ipt" -t "$table" -S 2>/dev/null | grep -v '^-P ')" ]; then
+        nft delete table "$family" "$table" 2>/dev/null || true
+      fi
+    }
+  done < <(nft list tables 2>/dev/null | awk '$1 == "table" {print $2, $3}')
   if command -v ipset >/dev/null; then
     local set
     for set in $(ipset list -n 2>/dev/null | { grep -E '^(KUBE-|kube-router|inet6:KUBE-)' || true; }); do
@@ -152,6 +157,11 @@ stop() {
     sysctl -qw net.ipv4.ip_forward="$(cat "$dir/ip_forward.before")" || true
     rm -f "$dir/ip_forward.before"
   fi
+  if [ -f "$dir/bridge-nf.before" ]; then
+    sysctl -qw net.bridge.bridge-nf-call-iptables="$(cat "$dir/bridge-nf.before")" 2>/dev/null || true
+    rm -f "$dir/bridge-nf.before"
+  fi
+  rm -f "$dir/nft-tables.before"
   if [ -f "$dir/outside.created" ]; then
     local path
     while IFS= read -r path; do [ -n "$path" ] && rm -rf "$path"; done <"$dir/outside.created"
@@ -190,7 +200,7 @@ esac
 # --------------------------------------------------------------------------------------------- start
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, cgroups, iptables)"
 for tool in "$runc_bin" "$cni_bin/bridge" "$cni_bin/host-local" "$cni_bin/loopback" "$cni_bin/portmap" \
-    /usr/bin/catatonit /usr/bin/buildah /usr/sbin/iptables /usr/sbin/ipset /usr/sbin/conntrack; do
+    /usr/bin/catatonit /usr/bin/buildah /usr/sbin/iptables /usr/sbin/ipset /usr/sbin/conntrack /usr/sbin/nft; do
   [ -x "$tool" ] || die "$tool is missing: run hack/install-deps.sh"
 done
 [ -d /sys/fs/cgroup/memory ] || die "expected cgroup v1 (see docs/node.md)"
@@ -218,7 +228,9 @@ ip link add "$dummy" type dummy
 ip addr add "$node_ip/32" dev "$dummy"
 ip link set "$dummy" up
 sysctl -n net.ipv4.ip_forward >"$dir/ip_forward.before"
+nft list tables 2>/dev/null >"$dir/nft-tables.before" || true
 modprobe br_netfilter 2>/dev/null || true
+sysctl -n net.bridge.bridge-nf-call-iptables >"$dir/bridge-nf.before" 2>/dev/null || true
 modprobe overlay 2>/dev/null || true
 sysctl -qw net.ipv4.ip_forward=1
 sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
@@ -436,7 +448,8 @@ wait_for kubelet 90 "${kubectl[@]}" wait --for=condition=Ready "node/$node_name"
   >"$dir/kube-router.log" 2>&1 &
 echo $! >"$dir/kube-router.pid"
 # Enforcing once its first full sync of the policy chains is done.
-wait_for kube-router 60 grep -q 'KUBE-ROUTER-FORWARD' <(iptables -S 2>/dev/null)
+router_synced() { iptables -S 2>/dev/null | grep -q -- '-j KUBE-ROUTER-FORWARD'; }
+wait_for kube-router 60 router_synced
 
 cat >"$dir/env" <<ENV
 export KUBECONFIG=$dir/kubeconfig
