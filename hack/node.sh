@@ -10,8 +10,9 @@
 #                            until the node is Ready and NetworkPolicy enforcement has settled
 #   hack/node.sh stop DIR    stops it and removes everything it made outside DIR (idempotent)
 #   hack/node.sh import DIR ARCHIVE...   imports image archives (docker-archive) into the node's containerd
+#   hack/node.sh leftovers DIR           lists what a stopped node left behind; fails if anything
 #
-# It is a machine-wide singleton (root only): the node's address 10.250.0.1 lives on a dummy interface
+# It is a machine-wide singleton (root only): the node's address 10.250.0.1 lives on an empty bridge
 # sfm0, pods get 10.244.0.0/24 on the bridge cni0, Services 10.96.0.0/16, the API server listens on
 # 10.250.0.1:6443. Nothing listens on or sends to any other address.
 set -euo pipefail
@@ -28,12 +29,14 @@ api_service_ip=10.96.0.1
 api_port=6443
 pause_image=localhost/sfm-pause:catatonit
 bridge=cni0
-dummy=sfm0
+node_if=sfm0
 cni_bin=/usr/lib/cni
 runc_bin=/usr/sbin/runc
 # Outside DIR, what the kubelet, containerd and libcni write to fixed paths. `start` notes which of these
 # did not exist before, and `stop` removes only those.
-outside=(/var/lib/kubelet /var/log/pods /var/log/containers /var/lib/cni /run/containerd /run/netns)
+# (buildah, even for images FROM scratch, sets up its network configuration in /etc and /var.)
+outside=(/var/lib/kubelet /var/log/pods /var/log/containers /var/lib/cni /run/containerd /run/netns /run/nri
+         /opt/containerd /etc/cni /etc/containers/networks /var/lib/containers /run/containers)
 
 say() { echo "node: $*" >&2; }
 die() { echo "node: $*" >&2; exit 1; }
@@ -151,7 +154,7 @@ stop() {
   done
   unmount_under "$dir" /run/containerd /var/lib/kubelet
   ip link delete "$bridge" 2>/dev/null || true
-  ip link delete "$dummy" 2>/dev/null || true
+  ip link delete "$node_if" 2>/dev/null || true
   clean_netfilter
   if [ -f "$dir/ip_forward.before" ]; then
     sysctl -qw net.ipv4.ip_forward="$(cat "$dir/ip_forward.before")" || true
@@ -162,14 +165,39 @@ stop() {
     rm -f "$dir/bridge-nf.before"
   fi
   rm -f "$dir/nft-tables.before"
+  # outside.created stays: `leftovers` checks the paths in it are gone.
   if [ -f "$dir/outside.created" ]; then
     local path
     while IFS= read -r path; do [ -n "$path" ] && rm -rf "$path"; done <"$dir/outside.created"
-    rm -f "$dir/outside.created"
   fi
   # Files libcni caches for our network even where /var/lib/cni existed before.
   rm -rf /var/lib/cni/results/sfm-node-* /var/lib/cni/networks/sfm-node 2>/dev/null || true
   return 0
+}
+
+# What a stopped node must not leave: its processes, mounts, network namespaces, links, netfilter chains
+# and sets, cgroups, forwarding, and the paths outside DIR that the start made.
+leftovers() {
+  local found=0 line
+  report() { echo "node: left behind: $*" >&2; found=1; }
+  for line in $(ls /proc | grep -E '^[0-9]+$'); do
+    exe=$(readlink "/proc/$line/exe" 2>/dev/null || true)
+    case "$exe" in "${SFM_CACHE_DIR:-$HOME/.cache/sfm-migration}"/*) report "process $line $exe" ;; esac
+  done
+  while IFS= read -r line; do report "mount $line"; done < <(awk '{print $5}' /proc/self/mountinfo \
+    | { grep -E "^($dir|/run/containerd|/var/lib/kubelet|/run/netns/cni-)" || true; })
+  for line in /run/netns/cni-*; do [ -e "$line" ] && report "network namespace $line"; done
+  for line in "$bridge" "$node_if"; do ip link show "$line" >/dev/null 2>&1 && report "link $line"; done
+  while IFS= read -r line; do report "iptables $line"; done < <({ iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } \
+    | { grep -E '(KUBE-|CNI-)' || true; })
+  while IFS= read -r line; do report "ipset $line"; done < <(ipset list -n 2>/dev/null | { grep -E '^(KUBE-|kube-router)' || true; })
+  for line in /sys/fs/cgroup/*/kubepods; do [ -e "$line" ] && report "cgroup $line"; done
+  if [ -f "$dir/outside.created" ]; then
+    while IFS= read -r line; do [ -n "$line" ] && [ -e "$line" ] && report "path $line"; done <"$dir/outside.created"
+  fi
+  [ -f "$dir/ip_forward.before" ] && report "net.ipv4.ip_forward not restored"
+  for line in $(ls "$dir"/*.pid 2>/dev/null); do report "pid file $line"; done
+  return $found
 }
 
 wait_for() { # name, seconds, command...
@@ -185,6 +213,7 @@ wait_for() { # name, seconds, command...
 
 case "$cmd" in
 stop) stop; exit 0 ;;
+leftovers) [ -d "$dir" ] && dir=$(cd "$dir" && pwd); leftovers; exit $? ;;
 start) ;;
 import)
   shift 2
@@ -204,8 +233,8 @@ for tool in "$runc_bin" "$cni_bin/bridge" "$cni_bin/host-local" "$cni_bin/loopba
   [ -x "$tool" ] || die "$tool is missing: run hack/install-deps.sh"
 done
 [ -d /sys/fs/cgroup/memory ] || die "expected cgroup v1 (see docs/node.md)"
-if ip link show "$dummy" >/dev/null 2>&1 || ip link show "$bridge" >/dev/null 2>&1; then
-  die "$dummy or $bridge exists: another node runs here (or one was not stopped: hack/node.sh stop DIR)"
+if ip link show "$node_if" >/dev/null 2>&1 || ip link show "$bridge" >/dev/null 2>&1; then
+  die "$node_if or $bridge exists: another node runs here (or one was not stopped: hack/node.sh stop DIR)"
 fi
 
 started=$(date +%s)
@@ -224,9 +253,10 @@ echo "$containerd_bin/ctr" >"$dir/ctr-path"
 pki="$dir/pki"
 
 # --- the host's network: the node's address, forwarding, bridged traffic through iptables
-ip link add "$dummy" type dummy
-ip addr add "$node_ip/32" dev "$dummy"
-ip link set "$dummy" up
+# A bridge with no ports: this kernel has no dummy interfaces, and a local address on it stays local.
+ip link add "$node_if" type bridge
+ip addr add "$node_ip/32" dev "$node_if"
+ip link set "$node_if" up
 sysctl -n net.ipv4.ip_forward >"$dir/ip_forward.before"
 nft list tables 2>/dev/null >"$dir/nft-tables.before" || true
 modprobe br_netfilter 2>/dev/null || true
@@ -368,6 +398,8 @@ state = "/run/containerd"
     conf_dir = "$dir/cni/net.d"
 [plugins.'io.containerd.grpc.v1.cri']
   stream_server_address = "127.0.0.1"
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
 TOML
 PATH="$containerd_bin:$PATH" "$containerd_bin/containerd" --config "$dir/containerd/config.toml" \
   >"$dir/containerd.log" 2>&1 &
