@@ -476,11 +476,12 @@ wait_for kubelet 90 "${kubectl[@]}" wait --for=condition=Ready "node/$node_name"
 # --- kube-router: NetworkPolicy only (no routing, no service proxy)
 "$router_bin/kube-router" --kubeconfig "$dir/router.kubeconfig" --hostname-override "$node_name" \
   --run-firewall=true --run-router=false --run-service-proxy=false \
-  --metrics-port 0 --health-port 0 \
+  --metrics-port 0 --health-port 0 -v 1 \
   >"$dir/kube-router.log" 2>&1 &
 echo $! >"$dir/kube-router.pid"
-# Enforcing once its first full sync of the policy chains is done.
-router_synced() { iptables -S 2>/dev/null | grep -q -- '-j KUBE-ROUTER-FORWARD'; }
+# Enforcing once its first full sync of the policy chains is done (-v 1 logs each sync's end; hack/test-node.sh
+# waits for a sync that started after its last change the same way).
+router_synced() { grep -q 'sync iptables took' "$dir/kube-router.log"; }
 wait_for kube-router 60 router_synced
 
 cat >"$dir/env" <<ENV

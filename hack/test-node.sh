@@ -51,12 +51,17 @@ cleanup() {
     say "logs of the pods and the node are in $work (kept)"
   fi
   if [ -z "${SFM_NODE_KEEP:-}" ]; then
+    local stop_start; stop_start=$(date +%s)
     "$root/hack/node.sh" stop "$node_dir"
     "$root/hack/postgres.sh" stop "$work/postgres" >/dev/null 2>&1
+    # The teardown is part of the test: CI runs on this machine right after.
+    if "$root/hack/node.sh" leftovers "$node_dir"; then say "node stopped, nothing left behind, in $(( $(date +%s) - stop_start ))s"
+    else say "FAILED: the stopped node left something behind (above)"; rc=1; fi
     [ $rc -eq 0 ] && [ "$failures" -eq 0 ] && rm -rf "$work"
   else
     say "kept the node: source $node_dir/env; stop with hack/node.sh stop $node_dir"
   fi
+  exit $rc
 }
 trap cleanup EXIT
 
@@ -167,6 +172,27 @@ expect() { # open|blocked WHAT NAMESPACE POD HOST PORT
   [ "$got" = "$want" ] && ok "$what: $got" || wrong "$what is $got, should be $want"
 }
 
+# kube-router rewrites the filter table in a full sync after every pod or policy change; until the sync
+# that follows a change is done the change is not enforced. So before probing: change a marker policy
+# (selecting no pod) and wait until a sync that started after that change has finished.
+policies_settled() {
+  local log="$node_dir/kube-router.log" before
+  before=$(grep -c 'Starting sync of iptables' "$log" || true)
+  kubectl -n default apply -f - >/dev/null <<EOF
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: sync-marker, annotations: {sfm.nhn.no/marker: "$(date +%s%N)"}}
+spec: {podSelector: {matchLabels: {sfm.nhn.no/sync-marker: none}}, policyTypes: [Ingress]}
+EOF
+  for _ in $(seq 300); do
+    if awk -v before="$before" '/Starting sync of iptables/ {n++} n > before && /sync iptables took/ {found=1} END {exit !found}' "$log"; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "kube-router did not finish a policy sync within 30 s"
+}
+
 phase "policy (staging)"
 api_labels="app.kubernetes.io/name=sfm-migration,app.kubernetes.io/instance=$release,app.kubernetes.io/component=api"
 operator_labels="app.kubernetes.io/name=sfm-migration,app.kubernetes.io/instance=$release,app.kubernetes.io/component=operator"
@@ -176,6 +202,7 @@ probe_pod "$organisations" app-nordby sfm.nhn.no/application-database=sykehjem-n
 probe_pod "$organisations" unlabelled run=probe
 probe_pod default outsider run=probe
 probe_pod monitoring scraper run=probe
+policies_settled
 api_pod_ip=$(kubectl -n "$system" get pods -l app.kubernetes.io/component=api -o jsonpath='{.items[0].status.podIP}')
 operator_pod_ip=$(kubectl -n "$system" get pods -l app.kubernetes.io/component=operator -o jsonpath='{.items[0].status.podIP}')
 expect blocked "PostgreSQL from the application pod of legekontoret-fjordby (staging)" "$organisations" app-fjordby "$node_ip" "$pg_port"
@@ -190,6 +217,7 @@ expect open "the operator's metrics from monitoring" monitoring scraper "$operat
 # (the kubelet's port on the node listens, and is reachable from a pod without policy).
 probe_pod "$system" api-probe "$api_labels,sfm.nhn.no/probe=true"
 probe_pod "$system" operator-probe "$operator_labels,sfm.nhn.no/probe=true"
+policies_settled
 for who in api operator; do
   expect open "PostgreSQL from a pod with the $who's labels" "$system" "$who-probe" "$node_ip" "$pg_port"
   expect open "the API server (Service 10.96.0.1:443) from a pod with the $who's labels" "$system" "$who-probe" 10.96.0.1 443
@@ -231,6 +259,7 @@ in_db=$(psql "$app_uri" -Atc 'select count(*) from sfm.patients' 2>&1 || true)
   || wrong "rows in sfm.patients: '$in_db', expected $patients"
 
 phase "policy (operational)"
+policies_settled
 expect open "PostgreSQL from the application pod of legekontoret-fjordby (operational)" "$organisations" app-fjordby "$node_ip" "$pg_port"
 expect blocked "PostgreSQL from an unlabelled pod in $organisations" "$organisations" unlabelled "$node_ip" "$pg_port"
 
@@ -249,6 +278,7 @@ case " $survivor " in
                             || wrong "the Lease is still held by the killed pod $leader" ;;
   *) wrong "the Lease holder $new_holder is not a running operator pod ($survivor)" ;;
 esac
+policies_settled
 expect blocked "PostgreSQL from the application pod of sykehjem-nordby (staging)" "$organisations" app-nordby "$node_ip" "$pg_port"
 
 phase rbac
