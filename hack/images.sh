@@ -115,8 +115,8 @@ check)
   failures=0
   for name in sfm-operator sfm-migration-api; do
     st=${stage[$name]}
-    config=$(buildah "${store[@]}" inspect --type image --format '{{json .OCIv1.Config}}' "docker.io/library/$name:$tag")
-    got() { python3 -c "import json,sys; c=json.loads(sys.argv[1]); print($2)" "$config"; }
+    config=$(buildah "${store[@]}" inspect --type image "docker.io/library/$name:$tag")
+    got() { python3 -c "import json,sys; c=json.loads(sys.argv[1])['OCIv1']['config']; print($2)" "$config"; }
     want_user=$(dockerfile_value "$st" USER)
     want_entry=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]))' "$(dockerfile_value "$st" ENTRYPOINT)")
     want_cmd=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]) if sys.argv[1] else None)' "$(dockerfile_value "$st" CMD)")
@@ -130,8 +130,8 @@ check)
     compare entrypoint "$want_entry" "$(got "$config" "c.get('Entrypoint')")"
     compare command "$want_cmd" "$(got "$config" "c.get('Cmd')")"
     compare environment "$want_env" "$(got "$config" "' '.join(e for e in c.get('Env') or [] if not e.startswith('PATH='))")"
-    compare ports "$( [ -n "$want_ports" ] && echo "$want_ports/tcp" )" \
-      "$(got "$config" "' '.join(sorted(c.get('ExposedPorts') or {}))")"
+    compare ports "$want_ports" \
+      "$(got "$config" "' '.join(sorted(p.removesuffix('/tcp') for p in c.get('ExposedPorts') or {}))")"
     # The binary's libraries are all in the image: it starts and prints its help as user 65532.
   done
   [ "$failures" = 0 ] || { say "$failures difference(s) between the Dockerfile and hack/images.sh"; exit 1; }

@@ -108,6 +108,14 @@ clean_cgroups() {
   done
 }
 
+kill_exe() { # kills every process running the given executable
+  local p
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/exe" 2>/dev/null)" = "$1" ] && kill -9 "${p#/proc/}" 2>/dev/null
+  done
+  return 0
+}
+
 unmount_under() { # unmounts every mount point below the given paths, deepest first
   local mounts=() m prefix
   while IFS= read -r m; do
@@ -144,6 +152,8 @@ stop() {
     fi
   fi
   stop_pid containerd
+  # Shims that outlived their tasks (a pod sandbox keeps its shim): ours, known by their binary's path.
+  kill_exe "$(dirname "$(cat "$dir/ctr-path" 2>/dev/null || echo /nonexistent/ctr)")/containerd-shim-runc-v2"
   clean_cgroups
   for p in kube-apiserver etcd; do stop_pid "$p"; done
   # Network namespaces of the pods (their veths go with them), the bridge, the node's address.
@@ -463,8 +473,8 @@ mode: iptables
 clusterCIDR: "$cluster_cidr"
 hostnameOverride: "$node_name"
 bindAddress: "$node_ip"
-healthzBindAddress: "127.0.0.1:0"
-metricsBindAddress: "127.0.0.1:0"
+healthzBindAddress: "127.0.0.1:$(free_port)"
+metricsBindAddress: "127.0.0.1:$(free_port)"
 nodePortAddresses: ["$node_ip/32"]
 conntrack: {maxPerCore: 0}
 YAML
@@ -472,6 +482,9 @@ YAML
 echo $! >"$dir/kube-proxy.pid"
 
 wait_for kubelet 90 "${kubectl[@]}" wait --for=condition=Ready "node/$node_name" --timeout=1s
+# kube-proxy has programmed the Services once the API server's own one is in the nat table.
+proxy_synced() { iptables -t nat -S KUBE-SERVICES 2>/dev/null | grep -q 'default/kubernetes:https'; }
+wait_for kube-proxy 60 proxy_synced
 
 # --- kube-router: NetworkPolicy only (no routing, no service proxy)
 "$router_bin/kube-router" --kubeconfig "$dir/router.kubeconfig" --hostname-override "$node_name" \
