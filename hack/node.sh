@@ -192,7 +192,10 @@ leftovers() {
   report() { echo "node: left behind: $*" >&2; found=1; }
   for line in $(ls /proc | grep -E '^[0-9]+$'); do
     exe=$(readlink "/proc/$line/exe" 2>/dev/null || true)
-    case "$exe" in "${SFM_CACHE_DIR:-$HOME/.cache/sfm-migration}"/*) report "process $line $exe" ;; esac
+    # Ours: built into the cache and started with a path in DIR (other control planes use the same binaries).
+    case "$exe" in "${SFM_CACHE_DIR:-$HOME/.cache/sfm-migration}"/*)
+      tr '\0' ' ' <"/proc/$line/cmdline" 2>/dev/null | grep -q -- "$dir/" && report "process $line $exe" ;;
+    esac
   done
   while IFS= read -r line; do report "mount $line"; done < <(awk '{print $5}' /proc/self/mountinfo \
     | { grep -E "^($dir|/run/containerd|/var/lib/kubelet|/run/netns/cni-)" || true; })
