@@ -296,7 +296,7 @@ expect blocked "PostgreSQL from the application pod of sykehjem-nordby (staging)
 
 phase rbac
 for pod in $(kubectl -n "$system" get pods -l app.kubernetes.io/instance=$release -o name); do
-  if kubectl -n "$system" logs "$pod" 2>/dev/null | grep -qi forbidden; then
+  if { kubectl -n "$system" logs "$pod"; kubectl -n "$system" logs "$pod" --previous 2>/dev/null; } | grep -qi forbidden; then
     wrong "$pod logged a forbidden request: $(kubectl -n "$system" logs "$pod" | grep -i forbidden | head -2)"
   else ok "no forbidden request in ${pod#pod/}'s log"; fi
 done
