@@ -129,6 +129,9 @@ for component in operator api; do
   for pod in $pods; do
     ready=$(kubectl -n "$system" get pod "$pod" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')
     [ "$ready" = True ] && ok "$pod Ready" || wrong "$pod not Ready"
+    account=$(kubectl -n "$system" get pod "$pod" -o jsonpath='{.spec.serviceAccountName}')
+    [ "$account" = "$release-$component" ] && ok "$pod runs as ServiceAccount $account" \
+      || wrong "$pod runs as ServiceAccount '$account', not the chart's $release-$component"
     id=$(kubectl -n "$system" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].containerID}')
     pid=$("${ctr[@]}" tasks ls | awk -v id="${id#containerd://}" '$1 == id {print $2}')
     uid=$(awk '/^Uid:/{print $2}' "/proc/$pid/status")
