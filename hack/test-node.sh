@@ -16,6 +16,8 @@
 #
 #   hack/test-node.sh          start a node in a temporary directory, run everything, stop it
 #   SFM_NODE_KEEP=1 hack/test-node.sh   leave the node running (hack/node.sh stop DIR stops it)
+#   SFM_NODE_WORK=DIR        work in DIR instead of a temporary directory (make demo-node uses
+#                            /tmp/sfm-demo-node; make demo-node-down stops it)
 #
 # Each phase prints its time. Needs root (the node does) and what hack/install-deps.sh installs.
 set -euo pipefail
@@ -29,7 +31,8 @@ tag=node
 node_port=30080
 patients=${SFM_NODE_PATIENTS:-400}
 
-work=$(mktemp -d /tmp/sfm-node-test.XXXXXX)
+if [ -n "${SFM_NODE_WORK:-}" ]; then work=$SFM_NODE_WORK; rm -rf "$work"; mkdir -p "$work"
+else work=$(mktemp -d /tmp/sfm-node-test.XXXXXX); fi
 chmod 755 "$work"
 node_dir=$work/node
 failures=0
