@@ -249,6 +249,8 @@ for _ in $(seq 600); do
   kill -0 "$client_pid" 2>/dev/null || break
   sleep 0.2
 done
+kill -0 "$client_pid" 2>/dev/null && [ "${stored:-0}" -lt "$patients" ] \
+  || wrong "the upload ended before an API pod could be killed in the middle of it (${stored:-0} stored)"
 victim=$(kubectl -n "$system" get pods -l app.kubernetes.io/component=api -o jsonpath='{.items[0].metadata.name}')
 say "  killing API pod $victim after ${stored:-0} of $patients patients stored"
 kubectl -n "$system" delete pod "$victim" --grace-period=0 --force >/dev/null 2>&1
