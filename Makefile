@@ -3,12 +3,14 @@
 
 CARGO ?= cargo
 
-.PHONY: help test demo demo-down bench build crds check-crds fmt lint deps controlplane reference
+.PHONY: help test test-node demo demo-down demo-node demo-node-down bench build crds check-crds fmt lint deps controlplane node reference
 
 help:
 	@echo "make demo       the whole flow on a local control plane and PostgreSQL"
 	@echo "make demo-down  stop what 'make demo' started"
+	@echo "make demo-node  the same on chart-installed pods on a real local node, left running (root)"
 	@echo "make test       every check and test (formatting, clippy, CRDs, unit, PostgreSQL, end-to-end)"
+	@echo "make test-node  the chart on a real local node: images, pods, NetworkPolicy, failover (root)"
 	@echo "make bench      the benchmarks (figures printed, nothing asserted)"
 	@echo "make crds       regenerate crds/ (and the chart's copy) from the Rust types"
 
@@ -23,11 +25,22 @@ reference:
 test: reference deps
 	hack/test.sh
 
+test-node: deps
+	hack/test-node.sh
+
 demo: deps
 	hack/demo.sh up
 
 demo-down:
 	SFM_DEMO_DIR=$${SFM_DEMO_DIR:-/tmp/sfm-demo} hack/demo.sh down
+
+demo-node: deps
+	SFM_NODE_WORK=/tmp/sfm-demo-node SFM_NODE_KEEP=1 hack/test-node.sh
+
+demo-node-down:
+	hack/node.sh stop /tmp/sfm-demo-node/node
+	hack/postgres.sh stop /tmp/sfm-demo-node/postgres >/dev/null
+	rm -rf /tmp/sfm-demo-node
 
 bench: reference deps
 	hack/bench.sh
@@ -51,3 +64,7 @@ lint:
 
 controlplane:
 	hack/build-controlplane.sh
+
+node:
+	hack/build-controlplane.sh >/dev/null
+	hack/build-node.sh

@@ -10,6 +10,13 @@ for pair in openssl:openssl curl:curl xmllint:libxml2-utils unzip:unzip python3:
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if [ ! -x /usr/lib/postgresql/15/bin/initdb ] && ! command -v initdb >/dev/null; then need+=(postgresql-15); fi
+# The local node (hack/node.sh, make test-node): runc, the CNI plugins, catatonit (the pause image),
+# buildah (the images), iptables and ipset (kube-proxy and kube-router), conntrack.
+for pair in /usr/sbin/runc:runc /usr/lib/cni/bridge:containernetworking-plugins /usr/bin/catatonit:catatonit \
+            /usr/bin/buildah:buildah /usr/sbin/iptables:iptables /usr/sbin/ipset:ipset /usr/sbin/conntrack:conntrack \
+            /usr/sbin/nft:nftables; do
+  [ -x "${pair%%:*}" ] || need+=("${pair#*:}")
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -5,7 +5,7 @@
 #   hack/postgres.sh stop  <dir>          stop it (idempotent: a stopped or missing server is fine)
 #   hack/postgres.sh env   <dir>          print the export line for the running server
 #
-# The server listens on 127.0.0.1 only (default: a free port), keeps its unix socket in <dir>/run and
+# The server listens on 127.0.0.1 only (or SFM_PG_LISTEN; default: a free port), keeps its unix socket in <dir>/run and
 # authenticates everything, TCP and socket, with scram-sha-256; nothing is ever `trust`, not even the
 # initial superuser. The superuser `postgres` gets a random password, written to <dir>/admin-password
 # (mode 600); `<dir>/env` (mode 600, it holds the password) exports SFM_PG_HOST, SFM_PG_PORT and
@@ -14,6 +14,10 @@
 # Environment:
 #   SFM_PG_FAST=1   fsync, synchronous_commit and full_page_writes off. Only for tests: a crash loses
 #                   data. Default 0. The Makefile's test targets set it to 1.
+#   SFM_PG_LISTEN   the one address to listen on instead of 127.0.0.1 (hack/test-node.sh: the local
+#                   node's address, so pods reach the server as an external one). Also in <dir>/env.
+#   SFM_PG_CLIENTS  more client CIDRs admitted (scram-sha-256) when the cluster is initialised, e.g.
+#                   the local node's pod network.
 #
 # PostgreSQL refuses to run as root, so as root the server runs as the `postgres` OS user (created if
 # missing) and <dir> must be reachable by that user: use a path under /tmp (`mktemp -d` is fine, the
@@ -22,6 +26,7 @@
 set -euo pipefail
 
 PG_MAJOR=15
+LISTEN=${SFM_PG_LISTEN:-127.0.0.1}
 
 die() {
     echo "hack/postgres.sh: $*" >&2
@@ -83,7 +88,7 @@ give_to_pg() {
 }
 
 port_in_use() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    (exec 3<>"/dev/tcp/$LISTEN/$1") 2>/dev/null
 }
 
 pick_free_port() {
@@ -95,7 +100,7 @@ pick_free_port() {
             return 0
         fi
     done
-    die "found no free TCP port on 127.0.0.1"
+    die "found no free TCP port on $LISTEN"
 }
 
 # Percent-encodes a string for the userinfo part of a URL (the generated password is hex, but a
@@ -121,7 +126,7 @@ write_settings() {
     local data=$1 run=$2 port=$3 fast=$4
     {
         echo "# Written by hack/postgres.sh on every start; edit the script, not this file."
-        echo "listen_addresses = '127.0.0.1'"
+        echo "listen_addresses = '$LISTEN'"
         echo "port = $port"
         echo "unix_socket_directories = '$run'"
         echo "unix_socket_permissions = 0777"
@@ -152,12 +157,16 @@ write_settings() {
 
 write_hba() {
     local data=$1
-    cat >"$data/pg_hba.conf" <<'EOF'
+    cat >"$data/pg_hba.conf" <<EOF
 # Written by hack/postgres.sh: every connection authenticates with scram-sha-256, never trust.
 # TYPE  DATABASE  USER  ADDRESS        METHOD
 local   all       all                  scram-sha-256
-host    all       all   127.0.0.1/32   scram-sha-256
+host    all       all   $LISTEN/32   scram-sha-256
 EOF
+    local cidr
+    for cidr in ${SFM_PG_CLIENTS:-}; do
+        echo "host    all       all   $cidr   scram-sha-256" >>"$data/pg_hba.conf"
+    done
     give_to_pg "$data/pg_hba.conf"
     chmod 600 "$data/pg_hba.conf"
 }
@@ -167,8 +176,8 @@ write_env() {
     password=$(cat "$dir/admin-password")
     (
         umask 077
-        echo "export SFM_PG_HOST=127.0.0.1 SFM_PG_PORT=$port SFM_PG_SOCKET_DIR=$dir/run" \
-            "SFM_PG_ADMIN_URL=postgres://postgres:$(urlencode "$password")@127.0.0.1:$port/postgres" >"$dir/env"
+        echo "export SFM_PG_HOST=$LISTEN SFM_PG_PORT=$port SFM_PG_SOCKET_DIR=$dir/run" \
+            "SFM_PG_ADMIN_URL=postgres://postgres:$(urlencode "$password")@$LISTEN:$port/postgres" >"$dir/env"
     )
     chmod 600 "$dir/env"
 }
@@ -264,7 +273,7 @@ cmd_start() {
     local password ok=0
     password=$(cat "$dir/admin-password")
     for attempt in $(seq 1 30); do
-        if PGPASSWORD=$password PGCONNECT_TIMEOUT=2 "$BINDIR/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres \
+        if PGPASSWORD=$password PGCONNECT_TIMEOUT=2 "$BINDIR/psql" -X -q -h "$LISTEN" -p "$port" -U postgres \
             -d postgres -Atc 'select 1' >/dev/null 2>&1; then
             ok=1
             break
@@ -277,7 +286,7 @@ cmd_start() {
     local mode="durable"
     [[ $fast == 1 ]] && mode="fast (fsync off, for tests only)"
     cat <<EOF
-PostgreSQL $PG_MAJOR running on 127.0.0.1:$port, $mode
+PostgreSQL $PG_MAJOR running on $LISTEN:$port, $mode
   data:           $data
   socket:         $run
   log:            $log

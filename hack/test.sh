@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: every check and every test. Formatting, clippy, the committed CRDs, then all cargo tests
 # (unit, PostgreSQL integration and end-to-end) against a real PostgreSQL server and a real local
-# control plane. Fails if the end-to-end suite ran no test.
+# control plane, then the chart on a real local node (hack/test-node.sh). Fails if the end-to-end
+# suite ran no test.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -33,9 +34,32 @@ echo "== end-to-end tests: ${e2e:-none ran}"
 read -r total_passed total_failed < <(awk '/^test result:/ {
   for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
   END { print p+0, f+0 }' "$log")
-echo "tests: $total_passed passed, $total_failed failed"
-if [ "$status" -ne 0 ]; then echo "cargo test failed" >&2; exit "$status"; fi
+if [ "$status" -ne 0 ]; then
+  echo "tests: $total_passed passed, $total_failed failed"
+  echo "cargo test failed" >&2
+  exit "$status"
+fi
 if [ -z "$passed" ] || [ "$passed" -eq 0 ]; then
+  echo "tests: $total_passed passed, $total_failed failed"
   echo "the end-to-end suite ran no test: that proves nothing" >&2
   exit 1
 fi
+
+# The chart on a real local node (kubelet, containerd, kube-router's NetworkPolicy firewall): images,
+# pods, probes, the examples, an upload from the host, failover. Needs root, as CI has; every check
+# counts as one test. SFM_TEST_NODE=0 leaves it out (a quick local run; CI never sets it).
+node_passed=0 node_failed=0 node_status=0
+if [ "${SFM_TEST_NODE:-1}" != 0 ]; then
+  node_log=target/test-node.log
+  echo "== the chart on a real local node (hack/test-node.sh; log in $node_log)"
+  set +e
+  hack/test-node.sh 2>&1 | tee "$node_log"
+  node_status=${PIPESTATUS[0]}
+  set -e
+  node_passed=$(grep -c '^test-node:   ok: ' "$node_log" || true)
+  node_failed=$(grep -c '^test-node:   WRONG: ' "$node_log" || true)
+  if [ "$node_status" -ne 0 ] && [ "$node_failed" -eq 0 ]; then node_failed=1; fi
+  echo "== node checks: $node_passed passed, $node_failed failed"
+fi
+echo "tests: $((total_passed + node_passed)) passed, $((total_failed + node_failed)) failed"
+if [ "$node_status" -ne 0 ]; then echo "the node tests failed" >&2; exit "$node_status"; fi
