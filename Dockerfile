@@ -23,7 +23,7 @@ COPY migrations migrations
 COPY docs/openapi.yaml docs/openapi.yaml
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins \
+    cargo build --release --locked --no-default-features --bins \
  && mkdir -p /out \
  && cp target/release/sfm-operator target/release/sfm-migration-api \
        target/release/sfm-migrate target/release/sfm-export /out/

@@ -19,3 +19,4 @@ pub mod names;
 pub mod operator;
 pub mod postgres;
 pub mod telemetry;
+pub mod tls;

@@ -1,14 +1,8 @@
-//! Process-wide set-up shared by the binaries: the rustls crypto provider and structured logging.
+//! Structured logging, set up once per process by the binaries.
 //!
 //! Log lines carry identifiers of Kubernetes objects and uploads only, never personal data or secrets.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
-
-/// Installs aws-lc-rs as the one rustls crypto provider of the process. Call before any TLS client
-/// (kube, sqlx, reqwest) is built; calling it twice is harmless.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
 
 /// Structured logs on stderr: JSON when `SFM_LOG_FORMAT=json` (in a cluster), readable text otherwise.
 /// The level comes from `RUST_LOG` (default `info`).

@@ -271,7 +271,7 @@ fn dpop_replay_wrong_ath_and_wrong_jkt_are_refused() {
 /// token is refused.
 #[test]
 fn client_credentials_with_dpop_nonce_yield_a_token_the_api_accepts() {
-    sfm_migration::telemetry::install_crypto_provider();
+    sfm_migration::tls::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

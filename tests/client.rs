@@ -33,7 +33,7 @@ fn key() -> String {
 }
 
 fn small_export(dir: &Path, patients: usize) -> PathBuf {
-    sfm_migration::telemetry::install_crypto_provider();
+    sfm_migration::tls::install_crypto_provider();
     let pair = generate_demo_key_pair(2048, "SFM migrering").unwrap();
     let certificate = RecipientCertificate::from_pem(pair.certificate_pem.as_bytes()).unwrap();
     let out = dir.join("export");

@@ -125,7 +125,7 @@ async fn token(State(state): State<Arc<Issuer>>, headers: HeaderMap, body: Strin
 
 #[tokio::test]
 async fn login_speaks_private_key_jwt_and_dpop_with_a_nonce() {
-    sfm_migration::telemetry::install_crypto_provider();
+    sfm_migration::tls::install_crypto_provider();
     let client_key = generate_demo_key_pair(2048, "flow-sfm").unwrap();
     // The public key as PEM, from the private key (openssl would do the same).
     let public_pem = {
@@ -209,7 +209,7 @@ async fn sfm_migrate_login_meets_the_local_issuer_and_the_api_verifier() {
         Expectations, ProofContext, ReplayCache, verify_access_token, verify_dpop_proof,
     };
 
-    sfm_migration::telemetry::install_crypto_provider();
+    sfm_migration::tls::install_crypto_provider();
     const SCOPE: &str = "nhn:sfm-migration/upload";
     const AUDIENCE: &str = "nhn:sfm-migration";
     const ORGNR: &str = "974600951";

@@ -100,7 +100,7 @@ fn options(seed: u64, threads: usize) -> ExportOptions {
 
 #[test]
 fn export_decrypts_with_openssl_and_validates_against_nhn_xsd() {
-    sfm_migration::telemetry::install_crypto_provider();
+    sfm_migration::tls::install_crypto_provider();
     let xsd = xsd();
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path();

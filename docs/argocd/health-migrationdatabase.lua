@@ -41,7 +41,7 @@ if phase == "Failed" then
   hs.message = "Failed: " .. message
   return hs
 end
-if ready ~= nil and ready.status == "False" and ready.reason ~= "Provisioning" and ready.reason ~= "Pending" then
+if ready ~= nil and ready.status == "False" and ready.reason ~= "Provisioning" and ready.reason ~= "Pending" and ready.reason ~= "Deleting" then
   hs.status = "Degraded"
   hs.message = (ready.reason or "") .. ": " .. (ready.message or "")
   return hs

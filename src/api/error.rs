@@ -97,7 +97,7 @@ pub fn database(context: &'static str, error: sqlx::Error) -> ApiError {
             .detail("every database connection of this API replica is in use")
             .retry_after(2),
         sqlx::Error::Database(e)
-            if e.code().as_deref() == Some(super::guard::VALIDATED_SQLSTATE) =>
+            if e.code().as_deref() == Some(crate::postgres::provision::VALIDATED_SQLSTATE) =>
         {
             ApiError::new(ProblemCode::MigrationValidated)
         }

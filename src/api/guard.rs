@@ -10,7 +10,7 @@
 //!   counts it, or this write waits for verify and sees its record.
 //!
 //! The backstop below the API: a trigger the operator installs in every staging database refuses
-//! inserts into the data tables once a validation record exists (SQLSTATE [`VALIDATED_SQLSTATE`]).
+//! inserts into the data tables once a validation record exists (SQLSTATE [`crate::postgres::provision::VALIDATED_SQLSTATE`]).
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -18,9 +18,6 @@ use uuid::Uuid;
 use super::ApiError;
 use super::error::database;
 use crate::contract::ProblemCode;
-
-/// The SQLSTATE of the staging database's trigger that refuses data after the validation.
-pub const VALIDATED_SQLSTATE: &str = "SFM01";
 
 /// Takes the write locks every writer takes, in verify's order (`sfm.uploads`, `sfm.stored_files`,
 /// `sfm.rejections`): a writer that took them first makes verify wait for its commit, and no

@@ -17,7 +17,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use sqlx::Row;
 
@@ -31,7 +30,9 @@ use crate::contract::{
     MAX_MISMATCHES_LISTED, MAX_REJECTIONS_LISTED, Manifest, ManifestMismatches, MigrationPhase,
     MigrationStatus, ProblemCode, RejectedFile, Rejection, VerifyResponse,
 };
-use crate::crd::MigrationDatabase;
+use crate::crd::{
+    MigrationDatabase, MigrationDatabaseStatus, MigrationProgress, RecordCounts, apply_status,
+};
 
 async fn session(
     state: &AppState,
@@ -176,7 +177,7 @@ fn status_from_resource(db: &MigrationDatabase) -> MigrationStatus {
         organisation_stored: progress.organisation_stored,
         users: counts(&progress.users),
         patients: counts(&progress.patients),
-        reports: Counts::default(),
+        reports: counts(&progress.reports),
         expected_patients: progress
             .expected_patients
             .and_then(|n| u64::try_from(n).ok()),
@@ -289,30 +290,25 @@ pub async fn read_status(
 }
 
 /// `status.migration` as the CRD has it: counts, no personal data, the key id as the session.
-pub fn migration_block(status: &MigrationStatus, key_id: Option<&str>) -> serde_json::Value {
-    let counts = |c: &Counts| serde_json::json!({"received": c.received, "stored": c.stored, "rejected": c.rejected});
-    let mut block = serde_json::json!({
-        "organisationStored": status.organisation_stored,
-        "users": counts(&status.users),
-        "patients": counts(&status.patients),
-    });
-    if let Some(key_id) = key_id {
-        block["session"] = key_id.into();
+pub fn migration_block(status: &MigrationStatus, key_id: Option<&str>) -> MigrationProgress {
+    let counts = |c: &Counts| RecordCounts {
+        received: c.received as i64,
+        stored: c.stored as i64,
+        rejected: c.rejected as i64,
+    };
+    let at =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    MigrationProgress {
+        session: key_id.map(str::to_owned),
+        organisation_stored: status.organisation_stored,
+        users: counts(&status.users),
+        patients: counts(&status.patients),
+        reports: counts(&status.reports),
+        expected_patients: status.expected_patients.map(|n| n as i64),
+        validated_digest: status.validated_digest.clone(),
+        validated_at: status.validated_at.map(at),
+        activation_requested_at: status.activation_requested_at.map(at),
     }
-    if let Some(expected) = status.expected_patients {
-        block["expectedPatients"] = expected.into();
-    }
-    if let Some(digest) = &status.validated_digest {
-        block["validatedDigest"] = digest.clone().into();
-    }
-    if let Some(at) = status.validated_at {
-        block["validatedAt"] = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
-    }
-    if let Some(at) = status.activation_requested_at {
-        block["activationRequestedAt"] =
-            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
-    }
-    block
 }
 
 /// Writes `status.migration` of one database, recomputed from its staging database.
@@ -323,20 +319,16 @@ pub async fn write_status(
 ) -> Result<(), ApiError> {
     let status = read_status(pool, db).await?;
     let key_id = db.status.as_ref().and_then(|s| s.active_key.clone());
-    let patch = serde_json::json!({
-        "apiVersion": "sfm.nhn.no/v1alpha1",
-        "kind": "MigrationDatabase",
-        "status": {"migration": migration_block(&status, key_id.as_deref())},
-    });
     let api: Api<MigrationDatabase> =
         Api::namespaced(state.kube.clone(), &db.namespace().unwrap_or_default());
-    api.patch_status(
-        &db.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|e| ApiError::internal("write status.migration", e))?;
+    // The API's own part of the status, and nothing else: the operator owns every other field.
+    let status = MigrationDatabaseStatus {
+        migration: Some(migration_block(&status, key_id.as_deref())),
+        ..Default::default()
+    };
+    apply_status(&api, &db.name_any(), FIELD_MANAGER, &status)
+        .await
+        .map_err(|e| ApiError::internal("write status.migration", e))?;
     state.metrics.status_writes.inc();
     Ok(())
 }

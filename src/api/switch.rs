@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 
-use super::directory::database_uid;
 use super::{ApiError, AppState};
 use crate::contract::ProblemCode;
 use crate::crd::{MigrationDatabase, Phase};
@@ -63,7 +62,7 @@ async fn read_again(
         .await
         .ok()
         .flatten()
-        .filter(|fresh| database_uid(fresh) == database_uid(database))
+        .filter(|fresh| fresh.uid() == database.uid())
 }
 
 /// The database read fresh, if writing to it has ended since it was cached: what `status` and

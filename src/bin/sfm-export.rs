@@ -77,7 +77,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    sfm_migration::telemetry::install_crypto_provider();
+    sfm_migration::tls::install_crypto_provider();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

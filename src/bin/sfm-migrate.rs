@@ -183,7 +183,7 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    sfm_migration::telemetry::install_crypto_provider();
+    sfm_migration::tls::install_crypto_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use sfm_migration::api::{self, AppState, Config, Limits};
 use sfm_migration::format::envelope::DecryptionKeys;
-use sfm_migration::{helseid, telemetry};
+use sfm_migration::telemetry;
 
 #[derive(Parser)]
 #[command(version, about = "SFM migration API")]
@@ -60,7 +60,9 @@ enum Command {
         ingest_wait_seconds: u64,
     },
     /// Run a local issuer that behaves like HelseID (discovery, JWKS, client credentials with a
-    /// private_key_jwt client assertion, DPoP with nonces), for the demo. Never for production.
+    /// private_key_jwt client assertion, DPoP with nonces), for the demo. Never for production:
+    /// production builds leave it out (`--no-default-features`).
+    #[cfg(feature = "dev-issuer")]
     DevIssuer {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8090")]
@@ -108,7 +110,7 @@ async fn main() -> Result<()> {
             upload_ttl_hours,
             ingest_wait_seconds,
         } => {
-            telemetry::install_crypto_provider();
+            sfm_migration::tls::install_crypto_provider();
             telemetry::init_logging();
             let keys = DecryptionKeys::from_pem_files(&decryption_keys)
                 .context("the decryption keys cannot be loaded")?;
@@ -135,6 +137,7 @@ async fn main() -> Result<()> {
             );
             api::serve(state, listen).await?;
         }
+        #[cfg(feature = "dev-issuer")]
         Command::DevIssuer {
             listen,
             issuer_url,
@@ -145,7 +148,7 @@ async fn main() -> Result<()> {
             scope,
             token_lifetime_seconds,
         } => {
-            telemetry::install_crypto_provider();
+            sfm_migration::tls::install_crypto_provider();
             telemetry::init_logging();
             let text = std::fs::read_to_string(&client_jwks)
                 .with_context(|| format!("cannot read {}", client_jwks.display()))?;
@@ -155,19 +158,21 @@ async fn main() -> Result<()> {
                         .map(|jwk| jsonwebtoken::jwk::JwkSet { keys: vec![jwk] })
                 })
                 .context("the client key file is neither a JWK nor a JWK set")?;
-            let issuer = helseid::issuer::Issuer::new(helseid::issuer::IssuerConfig {
-                issuer_url: issuer_url.unwrap_or_else(|| format!("http://{listen}")),
-                audience,
-                clients: vec![helseid::issuer::RegisteredClient {
-                    client_id,
-                    jwks,
-                    organisation_number,
-                    child_organisation_number: None,
-                    scopes: scope,
-                }],
-                token_lifetime: Duration::from_secs(token_lifetime_seconds),
-            })?;
-            helseid::issuer::serve(issuer, listen).await?;
+            let issuer = sfm_migration::helseid::issuer::Issuer::new(
+                sfm_migration::helseid::issuer::IssuerConfig {
+                    issuer_url: issuer_url.unwrap_or_else(|| format!("http://{listen}")),
+                    audience,
+                    clients: vec![sfm_migration::helseid::issuer::RegisteredClient {
+                        client_id,
+                        jwks,
+                        organisation_number,
+                        child_organisation_number: None,
+                        scopes: scope,
+                    }],
+                    token_lifetime: Duration::from_secs(token_lifetime_seconds),
+                },
+            )?;
+            sfm_migration::helseid::issuer::serve(issuer, listen).await?;
         }
     }
     Ok(())

@@ -75,7 +75,7 @@ async fn main() -> Result<()> {
             lease_duration_seconds,
             concurrency,
         } => {
-            telemetry::install_crypto_provider();
+            sfm_migration::tls::install_crypto_provider();
             telemetry::init_logging();
             let client = kube::Client::try_default()
                 .await

@@ -6,9 +6,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The lowest data model version the operator knows (the first embedded schema migration).
-pub const MIN_DATA_MODEL_VERSION: i64 = 1;
-
 /// One health organisation's SFM database, provisioned by the operator in staging mode and switched
 /// to operational mode once its migration is validated and activation is requested.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -312,6 +309,9 @@ pub struct MigrationProgress {
     /// Patient files.
     #[serde(default)]
     pub patients: RecordCounts,
+    /// Report files.
+    #[serde(default)]
+    pub reports: RecordCounts,
     /// The counts the client's manifest announced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_patients: Option<i64>,

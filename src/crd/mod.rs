@@ -9,10 +9,12 @@
 //! owns `status.migration` under its own field manager and writes nothing else. Nothing in a spec or a
 //! status may hold a password, a key or personal data.
 
+pub mod apply;
 pub mod conditions;
 pub mod database;
 pub mod key;
 
+pub use apply::apply_status;
 pub use conditions::{ConditionType, set_condition};
 pub use database::{
     Activation, ActivationMode, DatabaseCoordinates, MigrationDatabase, MigrationDatabaseSpec,

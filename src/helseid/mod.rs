@@ -9,6 +9,8 @@
 //!   assertions and DPoP nonces, HelseID's claim names) for tests and the demo; never the network.
 
 pub mod client;
+/// The development issuer: for the demo and the tests only, never in a production build.
+#[cfg(feature = "dev-issuer")]
 pub mod issuer;
 pub mod verify;
 

@@ -16,7 +16,9 @@ use serde_json::json;
 
 use super::{Context, Error, FIELD_MANAGER};
 use crate::contract::MigrationKeyToken;
-use crate::crd::{KeyPhase, MigrationDatabase, MigrationKey, Phase};
+use crate::crd::{
+    KeyPhase, MigrationDatabase, MigrationKey, MigrationKeyStatus, Phase, apply_status,
+};
 use crate::names::{self, LABEL_KEY_ID};
 
 /// The key string's field in the Secret.
@@ -135,7 +137,11 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
         patch_key_status(
             &keys,
             &key,
-            json!({"phase": KeyPhase::Pending, "message": message}),
+            MigrationKeyStatus {
+                phase: Some(KeyPhase::Pending),
+                message: Some(message),
+                ..Default::default()
+            },
         )
         .await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
@@ -190,17 +196,17 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
     patch_key_status(
         &keys,
         &key,
-        json!({
-            "phase": my_phase,
-            "message": phase_message(my_phase),
-            "keyId": token.key_id(),
-            "databaseUid": database_uid,
-            "digest": token.digest_hex(),
-            "secretName": secret_name(&key),
-            "issuedAt": mine.created.to_string(),
-            "expiresAt": mine.expires.to_string(),
-            "observedGeneration": key.metadata.generation,
-        }),
+        MigrationKeyStatus {
+            phase: Some(my_phase),
+            message: Some(phase_message(my_phase).to_owned()),
+            key_id: Some(token.key_id().to_owned()),
+            database_uid: Some(database_uid.clone()),
+            digest: Some(token.digest_hex()),
+            secret_name: Some(secret_name(&key)),
+            issued_at: Some(mine.created.to_string()),
+            expires_at: Some(mine.expires.to_string()),
+            observed_generation: key.metadata.generation,
+        },
     )
     .await?;
 
@@ -234,11 +240,11 @@ pub async fn reconcile(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Acti
 /// The key's whole status with another phase and message. Every status write is a server-side
 /// apply by the operator's field manager, which drops any field it owned and leaves out: a write of
 /// the phase alone would lose the key id, the digest and the database the key is bound to.
-pub fn status_with(key: &MigrationKey, phase: KeyPhase, message: &str) -> serde_json::Value {
+pub fn status_with(key: &MigrationKey, phase: KeyPhase, message: &str) -> MigrationKeyStatus {
     let mut status = key.status.clone().unwrap_or_default();
     status.phase = Some(phase);
     status.message = Some(message.to_owned());
-    serde_json::to_value(status).unwrap_or_default()
+    status
 }
 
 fn phase_message(phase: KeyPhase) -> &'static str {
@@ -330,16 +336,9 @@ async fn create_secret(
 async fn patch_key_status(
     api: &Api<MigrationKey>,
     key: &MigrationKey,
-    status: serde_json::Value,
+    status: MigrationKeyStatus,
 ) -> Result<(), Error> {
-    let patch =
-        json!({"apiVersion": "sfm.nhn.no/v1alpha1", "kind": "MigrationKey", "status": status});
-    api.patch_status(
-        &key.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    apply_status(api, &key.name_any(), FIELD_MANAGER, &status).await?;
     Ok(())
 }
 

@@ -7,11 +7,16 @@
 //! spec, a status, a log line or an Event: passwords live in Secrets and reach PostgreSQL as SCRAM
 //! verifiers only.
 
+pub mod activation;
 pub mod children;
+pub mod cleanup;
+pub mod credentials;
 pub mod database;
 pub mod key;
 pub mod leader;
 pub mod metrics;
+pub mod quiet;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,8 +76,8 @@ pub struct Context {
     /// The key controller's cache of MigrationKeys (the watched namespaces), read by the database
     /// reconcile instead of listing keys on every pass. Writes still go to the API server.
     pub keys: Store<MigrationKey>,
-    /// Databases whose last pass succeeded, with what they looked like: see [`database::QuietPasses`].
-    pub quiet: database::QuietPasses,
+    /// Databases whose last pass succeeded, with what they looked like: see [`quiet::QuietPasses`].
+    pub quiet: quiet::QuietPasses,
 }
 
 /// Errors of one reconcile; each becomes a condition message, an Event and a retry with backoff.

@@ -24,20 +24,3 @@ pub use scram::{
     scram_sha256_verifier, scram_sha256_verifier_matches,
 };
 pub use sql::{SqlError, Statement, quote_ident, quote_literal, sanitise_identifier};
-
-/// Any failure of this layer, for callers that talk to PostgreSQL through it.
-#[derive(Debug, thiserror::Error)]
-pub enum PostgresError {
-    #[error(transparent)]
-    Schema(#[from] SchemaError),
-    #[error(transparent)]
-    Sql(#[from] SqlError),
-    #[error("PostgreSQL refused or failed a statement: {0}")]
-    Database(sqlx::Error),
-}
-
-impl From<sqlx::Error> for PostgresError {
-    fn from(error: sqlx::Error) -> Self {
-        PostgresError::Database(error)
-    }
-}

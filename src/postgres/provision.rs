@@ -107,6 +107,9 @@ impl DatabaseNames {
     }
 }
 
+/// The SQLSTATE of [`REFUSE_AFTER_VALIDATION_FUNCTION`]'s refusal.
+pub const VALIDATED_SQLSTATE: &str = "SFM01";
+
 /// The backstop behind the migration API's own guard: in a staging database whose migration is
 /// validated, no statement inserts into any table of the data (everything in `sfm` but the mode,
 /// the validation record and the rejections). SQLSTATE `SFM01`, which the API answers as

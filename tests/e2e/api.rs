@@ -632,7 +632,7 @@ async fn query_i64(uri: &str, sql: &'static str) -> i64 {
 }
 
 fn http() -> reqwest::Client {
-    sfm_migration::telemetry::install_crypto_provider();
+    sfm_migration::tls::install_crypto_provider();
     reqwest::Client::new()
 }
 

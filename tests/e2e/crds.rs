@@ -146,7 +146,7 @@ fn the_rust_types_read_what_the_server_stores() {
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        sfm_migration::telemetry::install_crypto_provider();
+        sfm_migration::tls::install_crypto_provider();
         let client = Client::try_default().await.unwrap();
         let api: Api<MigrationDatabase> = Api::namespaced(client, &ns.name);
         let db = api.get("typed").await.unwrap();

@@ -648,7 +648,7 @@ fn a_helseid_protected_database_takes_a_dpop_login() {
     const SCOPE: &str = "nhn:sfm-migration/upload";
     const AUDIENCE: &str = "nhn:sfm-migration";
     const SMALL: usize = 24;
-    sfm_migration::telemetry::install_crypto_provider();
+    sfm_migration::tls::install_crypto_provider();
     install_crds();
     let api_namespace = TestNamespace::new("flow-helseid-api");
     let ns = TestNamespace::new("flow-helseid");

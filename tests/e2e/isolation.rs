@@ -315,7 +315,7 @@ fn tenants_whose_names_collide_each_migrate_into_their_own_database() {
     // A key of one tenant on the other's upload: refused, and the upload stays as it was.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        sfm_migration::telemetry::install_crypto_provider();
+        sfm_migration::tls::install_crypto_provider();
         let http = reqwest::Client::new();
         let (first, second) = (&tenants[0], &tenants[1]);
         let organisation_file = std::fs::read(first.export.join("ExportData.dat")).unwrap();
@@ -668,7 +668,7 @@ fn a_key_of_a_deleted_database_never_opens_its_successor() {
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        sfm_migration::telemetry::install_crypto_provider();
+        sfm_migration::tls::install_crypto_provider();
         let http = reqwest::Client::new();
         let create = |key: String| {
             http.post(format!("http://127.0.0.1:{port}/files"))

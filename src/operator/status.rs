@@ -1,0 +1,81 @@
+//! Status and Events of a MigrationDatabase: one typed server-side apply of the operator's part of
+//! the status (never `status.migration`), with conditions merged by type, and Events.
+
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+
+use super::{Context, Error, FIELD_MANAGER};
+use crate::crd::conditions::{ConditionType, set_condition};
+use crate::crd::{
+    DatabaseCoordinates, MigrationDatabase, MigrationDatabaseStatus, Phase, apply_status,
+};
+
+/// One condition to set: type, status, reason, message.
+pub(super) struct Cond(ConditionType, bool, String, String);
+
+pub(super) fn cond(type_: ConditionType, status: bool, reason: &str, message: &str) -> Cond {
+    Cond(type_, status, reason.to_owned(), message.to_owned())
+}
+
+/// One server-side apply of the operator's status fields. Never includes `status.migration`.
+pub(super) async fn patch_status(
+    ctx: &Context,
+    db: &MigrationDatabase,
+    phase: Phase,
+    reason: &str,
+    conditions: Vec<Cond>,
+    coordinates: Option<DatabaseCoordinates>,
+    active_key: Option<String>,
+) -> Result<(), Error> {
+    let now = jiff::Timestamp::now();
+    let mut merged = db
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    for Cond(type_, status, reason, message) in conditions {
+        set_condition(
+            &mut merged,
+            type_,
+            status,
+            &reason,
+            &message,
+            db.metadata.generation,
+            now,
+        );
+    }
+    let previous = db.status.as_ref();
+    let status = MigrationDatabaseStatus {
+        phase: Some(phase),
+        phase_reason: Some(reason.to_owned()),
+        conditions: merged,
+        observed_generation: db.metadata.generation,
+        database: coordinates.or_else(|| previous.and_then(|s| s.database.clone())),
+        active_key,
+        // `status.migration` is the migration API's: never part of the operator's apply.
+        migration: None,
+    };
+    let api: Api<MigrationDatabase> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    apply_status(&api, &db.name_any(), FIELD_MANAGER, &status).await?;
+    Ok(())
+}
+
+pub(super) async fn publish(
+    ctx: &Context,
+    db: &MigrationDatabase,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &db.object_ref(&())).await {
+        tracing::warn!(%error, "could not publish an Event");
+    }
+}
