@@ -6,7 +6,7 @@
 mod samples;
 
 use samples::*;
-use sfm_migration::api::ingest::{Prepared, Rejection, prepare};
+use sfm_migration::api::ingest::{Prepared, Refusal, prepare};
 use sfm_migration::contract::{FileType, ProblemCode};
 use sfm_migration::crd::{
     MigrationDatabase, MigrationDatabaseSpec, Organisation, SchemaCheck, ValidationPolicy,
@@ -58,7 +58,7 @@ fn run(
     file_type: FileType,
     name: &str,
     db: &MigrationDatabase,
-) -> Result<Prepared, Rejection> {
+) -> Result<Prepared, Refusal> {
     let file = envelope::encrypt(zip, &keys.recipient, "zip").unwrap();
     prepare(
         &keys.keys,
@@ -132,7 +132,7 @@ fn data_quality_checks_refuse_with_their_codes() {
     let keys = keys();
     let db = database("100100614", lenient());
     let other_organisation = database("974760673", lenient());
-    let code = |result: Result<Prepared, Rejection>| result.err().map(|r| r.code);
+    let code = |result: Result<Prepared, Refusal>| result.err().map(|r| r.code);
 
     assert_eq!(
         code(run(

@@ -13,6 +13,8 @@
 
 use std::sync::Arc;
 
+use axum::http::{HeaderMap, Method};
+
 use kube::ResourceExt;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -260,5 +262,37 @@ async fn helseid_client(
                 )
                 .await?,
         )),
+    }
+}
+
+/// The base URL clients reach this API at.
+pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+/// What the request looked like, for the token checks: method, the URL as the client saw it, headers.
+pub fn request_facts<'a>(
+    state: &AppState,
+    method: &'a Method,
+    headers: &'a HeaderMap,
+    path: &str,
+) -> RequestFacts<'a> {
+    RequestFacts {
+        method,
+        url: format!("{}{path}", base_url(state, headers)),
+        headers,
     }
 }

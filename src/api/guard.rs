@@ -15,8 +15,10 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::ApiError;
+use super::auth::Session;
 use super::error::database;
+use super::{ApiError, AppState};
+use crate::contract::FileType;
 use crate::contract::ProblemCode;
 
 /// Takes the write locks every writer takes, in verify's order (`sfm.uploads`, `sfm.stored_files`,
@@ -58,4 +60,47 @@ pub async fn writable(tx: &mut PgConnection, database_uid: Uuid) -> Result<(), A
             "the staging database has no metadata row",
         )),
     }
+}
+
+/// Whether the organisation file is stored (patients and reports wait for it).
+pub async fn organisation_stored<'c, E>(executor: E) -> Result<bool, ApiError>
+where
+    E: sqlx::PgExecutor<'c>,
+{
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation')")
+        .fetch_one(executor)
+        .await
+        .map_err(|e| database("check the organisation file", e))
+}
+
+/// What every creation checks first, inside its transaction: the migration is not validated yet, and
+/// anything but the organisation file waits until the organisation and its users are stored.
+pub async fn check_creation(
+    tx: &mut sqlx::PgConnection,
+    state: &AppState,
+    session: &Session,
+    file_type: FileType,
+) -> Result<(), ApiError> {
+    writable(tx, session.uid).await?;
+    if file_type == FileType::ExportData {
+        return Ok(());
+    }
+    // An index lookup. Only when it fails is the (unindexed) look for an organisation upload in
+    // progress made: run for every file, that scan over all uploads took 46 ms at 50,000 patients.
+    if !organisation_stored(&mut *tx).await? {
+        let in_progress: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sfm.uploads WHERE file_type = 'ExportData' AND state IN ('created', 'receiving', 'complete'))",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| database("check the organisation file", e))?;
+        let mut error = ApiError::new(ProblemCode::OrganisationMissing).detail(
+            "upload ExportData.dat first: patients and reports are accepted once the organisation and its users are stored",
+        );
+        if in_progress {
+            error = error.retry_after(state.config.limits.retry_after_seconds);
+        }
+        return Err(error);
+    }
+    Ok(())
 }

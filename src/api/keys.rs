@@ -49,11 +49,7 @@ pub fn check_key_usable(
     if key.spec.revoked {
         return Err(ApiError::new(ProblemCode::KeyRevoked));
     }
-    let expires = status
-        .and_then(|s| s.expires_at.as_deref())
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&chrono::Utc));
-    match expires {
+    match key_expires_at(key) {
         Some(at) if at > now => Ok(()),
         _ => Err(ApiError::new(ProblemCode::KeyExpired)),
     }

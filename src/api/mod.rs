@@ -1,15 +1,21 @@
 //! `sfm-migration-api`: accepts the encrypted FM export over tus 1.0, decrypts, checks and stores each
 //! file in its organisation's staging database, and reports progress in the MigrationDatabase's
 //! `status.migration` (DESIGN sections 3, 5 and 6; the wire contract is [`crate::contract`]).
+//! `docs/architecture.md` draws how a request flows through these files.
 //!
-//! - [`auth`]: the migration key (header or tus `SessionId`), found through the MigrationKey's status,
-//!   and the migrator's connection Secret in the API's own namespace (one bounded pool per database);
-//!   a HelseID token through [`crate::helseid::verify`] when the database asks for one.
-//! - [`tus`]: the protocol at `/files`; upload state lives in the staging database, so any replica
-//!   serves any request and uploads survive restarts.
-//! - [`ingest`]: one completed file in one transaction: decrypt, unzip, parse, check, store.
-//! - [`progress`]: `GET /api/v1/status`, `verify`, `activate`, and the batched `status.migration`
-//!   patches under the field manager [`FIELD_MANAGER`].
+//! - Who: [`auth`] (sessions: the key from the request, its database, the HelseID token), on
+//!   [`keys`] (the key's rules, pure), [`directory`] (the cluster's keys and databases from short
+//!   caches, and one bounded pool per staging database from the migrator's Secret, used only when it
+//!   is labelled for that database) and [`switch`] (the switch window: no writes from `Activating`
+//!   on, one pure decision).
+//! - Upload: [`tus`] speaks the protocol at `/files` ([`tus_request`]: its headers and bodies);
+//!   [`uploads`] stores uploads and chunks in the staging database, so any replica serves any
+//!   request and uploads survive restarts.
+//! - Store: [`ingest`], one completed file in one transaction (decrypt, unzip, parse, check,
+//!   store); [`guard`], what every write checks inside its transaction (the database's owner, no
+//!   validation yet); [`recovery`], uploads left complete after a crash.
+//! - Progress: [`progress`] (key-check, status, the batched `status.migration` under
+//!   [`FIELD_MANAGER`]) and [`verify`] (verify and activate).
 //!
 //! It must never log, count or echo personal data (names, fødselsnummer, HPR numbers), a migration
 //! key, a token or a password: log lines name databases, upload ids, key ids and problem codes only.
@@ -25,7 +31,9 @@ pub mod progress;
 pub mod recovery;
 pub mod switch;
 pub mod tus;
+pub mod tus_request;
 pub mod uploads;
+pub mod verify;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -159,8 +167,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(contract::PATH_PRODUCT_VERSION, get(product_version))
         .route(contract::PATH_KEY_CHECK, post(progress::key_check))
         .route(contract::PATH_STATUS, get(progress::status))
-        .route(contract::PATH_VERIFY, post(progress::verify))
-        .route(contract::PATH_ACTIVATE, post(progress::activate))
+        .route(contract::PATH_VERIFY, post(verify::verify))
+        .route(contract::PATH_ACTIVATE, post(verify::activate))
         .route(contract::PATH_OPENAPI, get(openapi))
         .route(contract::PATH_HEALTHZ, get(healthz))
         .route(contract::PATH_READYZ, get(readyz))

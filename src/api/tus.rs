@@ -15,36 +15,26 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::auth::{self, RequestFacts, Session};
+use super::auth::{self, Session};
 use super::error::database;
+use super::guard::check_creation;
 use super::ingest;
-use super::uploads::{self, NewUpload, UploadRow, UploadState, check_creation};
+use super::tus_request::{
+    content_type_is_offset_stream, echo_metadata, header_u64, parse_checksum, put, read_body,
+    require_tus, tus_headers, verify_checksum,
+};
+use super::uploads::{self, NewUpload, UploadRow, UploadState};
 use super::{ApiError, AppState, guard};
 use super::{keys, switch};
 use crate::contract::{
     self, CreationMetadata, FileType, IngestState, ProblemCode, UploadChecksum, UploadId,
-    decode_upload_metadata, encode_upload_metadata, format_http_date,
+    decode_upload_metadata, format_http_date,
 };
-
-fn tus_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        HeaderName::from_static(contract::HEADER_TUS_RESUMABLE),
-        HeaderValue::from_static(contract::TUS_VERSION),
-    );
-    headers
-}
-
-fn put(headers: &mut HeaderMap, name: &'static str, value: impl AsRef<str>) {
-    if let Ok(value) = HeaderValue::from_str(value.as_ref()) {
-        headers.insert(HeaderName::from_static(name), value);
-    }
-}
 
 /// `OPTIONS /files`: what this server speaks. Public.
 pub async fn options(State(state): State<Arc<AppState>>) -> Response {
@@ -70,97 +60,6 @@ pub async fn options(State(state): State<Arc<AppState>>) -> Response {
         contract::TUS_CHECKSUM_ALGORITHMS,
     );
     (StatusCode::NO_CONTENT, headers).into_response()
-}
-
-fn require_tus(headers: &HeaderMap) -> Result<(), ApiError> {
-    match headers.get(contract::HEADER_TUS_RESUMABLE) {
-        Some(v) if v.as_bytes() == contract::TUS_VERSION.as_bytes() => Ok(()),
-        _ => Err(ApiError::new(ProblemCode::TusVersionUnsupported)
-            .header(contract::HEADER_TUS_VERSION, contract::TUS_VERSION)),
-    }
-}
-
-fn header_u64(headers: &HeaderMap, name: &'static str) -> Result<Option<u64>, ApiError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|v| v.parse().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::new(ProblemCode::HeaderInvalid)
-                    .detail(format!("{name} must be a non-negative decimal integer"))
-            }),
-    }
-}
-
-/// The base URL clients reach this API at.
-pub fn base_url(state: &AppState, headers: &HeaderMap) -> String {
-    if let Some(url) = &state.config.public_url {
-        return url.trim_end_matches('/').to_owned();
-    }
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
-        .unwrap_or("localhost");
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .filter(|p| *p == "https")
-        .unwrap_or("http");
-    format!("{scheme}://{host}")
-}
-
-fn facts<'a>(
-    state: &AppState,
-    method: &'a Method,
-    headers: &'a HeaderMap,
-    path: &str,
-) -> RequestFacts<'a> {
-    RequestFacts {
-        method,
-        url: format!("{}{path}", base_url(state, headers)),
-        headers,
-    }
-}
-
-fn content_type_is_offset_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case(contract::CONTENT_TYPE_OFFSET_OCTET_STREAM)
-        })
-        .unwrap_or(false)
-}
-
-/// Reads a request body of at most `limit` bytes; more is 413 `upload-too-large`.
-async fn read_body(
-    body: Body,
-    headers: &HeaderMap,
-    limit: u64,
-    max_chunk: usize,
-) -> Result<Bytes, ApiError> {
-    if let Some(length) = header_u64(headers, "content-length")?
-        && length > limit
-    {
-        return Err(
-            ApiError::new(ProblemCode::UploadTooLarge).detail("the body goes past Upload-Length")
-        );
-    }
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX).min(max_chunk);
-    axum::body::to_bytes(body, cap).await.map_err(|_| {
-        ApiError::new(ProblemCode::UploadTooLarge).detail(
-            "the body goes past Upload-Length or the largest request this server accepts, or it was cut off",
-        )
-    })
 }
 
 async fn take_request_slot(
@@ -230,7 +129,7 @@ async fn create_upload(
         (None, Some(s)) => s.clone(),
         (None, None) => return Err(ApiError::new(ProblemCode::KeyMissing)),
     };
-    let request = facts(&state, &method, &headers, contract::PATH_FILES);
+    let request = auth::request_facts(&state, &method, &headers, contract::PATH_FILES);
     let session = auth::session_for_token(&state, &token, &request).await?;
     switch::ensure_open(&session.database)?;
     let database = session.database.clone();
@@ -312,7 +211,7 @@ async fn create_in_session(
         contract::HEADER_LOCATION,
         format!(
             "{}{}",
-            base_url(state, headers),
+            auth::base_url(state, headers),
             contract::file_path(&id.to_string())
         ),
     );
@@ -364,29 +263,6 @@ fn metadata_file_type(row: &UploadRow) -> Option<FileType> {
     row.file_type.parse().ok()
 }
 
-fn parse_checksum(headers: &HeaderMap) -> Result<Option<UploadChecksum>, ApiError> {
-    match headers.get(contract::HEADER_UPLOAD_CHECKSUM) {
-        None => Ok(None),
-        Some(v) => {
-            let text = v.to_str().map_err(|_| {
-                ApiError::new(ProblemCode::HeaderInvalid).detail("Upload-Checksum is not ASCII")
-            })?;
-            Ok(Some(UploadChecksum::parse(text)?))
-        }
-    }
-}
-
-fn verify_checksum(checksum: &UploadChecksum, body: &[u8]) -> Result<(), ApiError> {
-    let mut context = checksum.algorithm.context();
-    context.update(body);
-    if checksum.matches(context.finish().as_ref()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(ProblemCode::ChecksumMismatch)
-            .detail("the body does not match Upload-Checksum; nothing of it was kept"))
-    }
-}
-
 /// The session allowed to touch an upload, authenticated before anything of the upload is read:
 /// the key sent with this request (never the upload's URL alone), for the upload's database.
 async fn upload_session(
@@ -400,7 +276,7 @@ async fn upload_session(
         .parse()
         .map_err(|_| ApiError::new(ProblemCode::UploadNotFound))?;
     let path = contract::file_path(&id.to_string());
-    let request = facts(state, method, headers, &path);
+    let request = auth::request_facts(state, method, headers, &path);
     let session = auth::session_for_upload(state, &token, id.database, &request).await?;
     let row = switch::explain(
         state,
@@ -450,18 +326,6 @@ pub async fn head(
     Ok((StatusCode::OK, response).into_response())
 }
 
-fn echo_metadata(metadata: &serde_json::Value) -> String {
-    let pairs: Vec<(&str, &str)> = [
-        contract::METADATA_NAME,
-        contract::METADATA_CONTENT_TYPE,
-        contract::METADATA_FILE_TYPE,
-    ]
-    .into_iter()
-    .filter_map(|key| metadata.get(key).and_then(|v| v.as_str()).map(|v| (key, v)))
-    .collect();
-    encode_upload_metadata(&pairs)
-}
-
 async fn ingest_state_headers(
     session: &Session,
     row: &UploadRow,
@@ -486,7 +350,9 @@ async fn ingest_state_headers(
             put(
                 response,
                 contract::HEADER_REJECTION_CODE,
-                code.replace('_', "-"),
+                ProblemCode::from_reason_code(&code)
+                    .unwrap_or(ProblemCode::Internal)
+                    .as_str(),
             );
         }
     }

@@ -6,9 +6,9 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::ApiError;
 use super::auth::Session;
 use super::error::database;
-use super::{ApiError, AppState, guard};
 use crate::contract::{FileType, ProblemCode};
 
 /// Where an upload stands (`sfm.uploads.state`).
@@ -125,44 +125,6 @@ impl NewUpload {
         .map_err(|e| database("create the upload", e))?;
         Ok(())
     }
-}
-
-/// What every creation checks first, inside its transaction: the migration is not validated yet, and
-/// anything but the organisation file waits until the organisation and its users are stored.
-pub async fn check_creation(
-    tx: &mut sqlx::PgConnection,
-    state: &AppState,
-    session: &Session,
-    file_type: FileType,
-) -> Result<(), ApiError> {
-    guard::writable(tx, session.uid).await?;
-    if file_type == FileType::ExportData {
-        return Ok(());
-    }
-    // An index lookup. Only when it fails is the (unindexed) look for an organisation upload in
-    // progress made: run for every file, that scan over all uploads took 46 ms at 50,000 patients.
-    let stored: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation')",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| database("check the organisation file", e))?;
-    if !stored {
-        let in_progress: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sfm.uploads WHERE file_type = 'ExportData' AND state IN ('created', 'receiving', 'complete'))",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| database("check the organisation file", e))?;
-        let mut error = ApiError::new(ProblemCode::OrganisationMissing).detail(
-            "upload ExportData.dat first: patients and reports are accepted once the organisation and its users are stored",
-        );
-        if in_progress {
-            error = error.retry_after(state.config.limits.retry_after_seconds);
-        }
-        return Err(error);
-    }
-    Ok(())
 }
 
 /// The upload's row.

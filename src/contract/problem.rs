@@ -160,6 +160,17 @@ impl ProblemCode {
     pub fn is_retryable(self) -> bool {
         matches!(self, ProblemCode::Busy | ProblemCode::OrganisationMissing)
     }
+
+    /// The code as the staging database's `sfm.rejections.reason_code` keeps it
+    /// (`envelope_undecryptable` for `envelope-undecryptable`).
+    pub fn reason_code(self) -> String {
+        self.as_str().replace('-', "_")
+    }
+
+    /// The code a stored `reason_code` names, if it names one.
+    pub fn from_reason_code(reason_code: &str) -> Option<ProblemCode> {
+        reason_code.replace('_', "-").parse().ok()
+    }
 }
 
 impl fmt::Display for ProblemCode {

@@ -6,7 +6,11 @@
 //! - [`client`]: `sfm-migrate login` obtains a token by client credentials with a signed client assertion
 //!   (`private_key_jwt`), with a DPoP proof when asked.
 //! - [`issuer`]: a local issuer that behaves like HelseID (discovery, JWKS, token endpoint with client
-//!   assertions and DPoP nonces, HelseID's claim names) for tests and the demo; never the network.
+//!   assertions and DPoP nonces, HelseID's claim names) for tests and the demo; never the network,
+//!   and not in a production build (feature `dev-issuer`).
+//!
+//! A leaf: it knows neither the migration API nor the client that use it (its errors are its own,
+//! [`verify::TokenError`], which the API turns into answers). It must never log a token or a key.
 
 pub mod client;
 /// The development issuer: for the demo and the tests only, never in a production build.

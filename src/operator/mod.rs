@@ -2,6 +2,11 @@
 //! MigrationKeys, and switches a database to operational mode under the activation rule of DESIGN
 //! section 3.
 //!
+//! A database's pass is [`database`] (the reconcile flow), with [`activation`] (the activation rule,
+//! pure), [`quiet`] (which wake-ups need a pass), [`credentials`], [`status`] (status and Events) and
+//! [`cleanup`]; [`key`] issues the keys; [`children`] builds what the operator creates, named by
+//! [`crate::names`]. It never imports the migration API, nor the API it.
+//!
 //! The operator owns every status field except `status.migration` (the migration API's); its status
 //! patches are server-side applies that never include it. It never puts a password or a key into a
 //! spec, a status, a log line or an Event: passwords live in Secrets and reach PostgreSQL as SCRAM

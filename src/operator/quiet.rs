@@ -71,7 +71,7 @@ pub(super) struct QuietPass {
 /// migration API reports that leads to the switch (validated digest, activation request), and the
 /// database's MigrationKeys as the key cache holds them. Not the progress counters, and not the
 /// status the operator writes itself.
-pub(super) fn pass_fingerprint(db: &MigrationDatabase, ctx: &Context) -> u64 {
+pub fn pass_fingerprint(db: &MigrationDatabase, ctx: &Context) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let meta = &db.metadata;

@@ -11,6 +11,7 @@
 //! that is its job. This module must never put any of it, nor a password, verifier or migration key,
 //! into an error message, a log line or Debug output.
 
+pub mod backstop;
 pub mod provision;
 pub mod schema;
 pub mod scram;

@@ -16,6 +16,8 @@ use sqlx::{ConnectOptions as _, Connection, PgConnection, Row};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use super::backstop::VALIDATED_SQLSTATE;
+use super::backstop::{REFUSE_AFTER_VALIDATION_FUNCTION, REFUSE_AFTER_VALIDATION_TRIGGERS};
 use super::schema::{SchemaError, migrate_to};
 use super::scram::new_scram_sha256_verifier;
 use super::sql::{SqlError, Statement, sanitise_identifier};
@@ -106,41 +108,6 @@ impl DatabaseNames {
         }
     }
 }
-
-/// The SQLSTATE of [`REFUSE_AFTER_VALIDATION_FUNCTION`]'s refusal.
-pub const VALIDATED_SQLSTATE: &str = "SFM01";
-
-/// The backstop behind the migration API's own guard: in a staging database whose migration is
-/// validated, no statement inserts into any table of the data (everything in `sfm` but the mode,
-/// the validation record and the rejections). SQLSTATE `SFM01`, which the API answers as
-/// `migration-validated`. Operational databases are not affected (the application writes there).
-const REFUSE_AFTER_VALIDATION_FUNCTION: &str = "CREATE OR REPLACE FUNCTION sfm.refuse_after_validation() RETURNS trigger LANGUAGE plpgsql AS $body$
-BEGIN
-    IF EXISTS (SELECT 1 FROM sfm.validation) AND EXISTS (SELECT 1 FROM sfm.metadata WHERE mode = 'staging') THEN
-        RAISE EXCEPTION 'the migration is validated: nothing more is stored in this staging database'
-            USING ERRCODE = 'SFM01';
-    END IF;
-    RETURN NULL;
-END
-$body$";
-
-/// Attaches [`REFUSE_AFTER_VALIDATION_FUNCTION`] to every data table the schema has at its version
-/// (repeated on every pass, so a table a later migration adds is covered too).
-const REFUSE_AFTER_VALIDATION_TRIGGERS: &str = "DO $body$
-DECLARE
-    data_table text;
-BEGIN
-    FOR data_table IN
-        SELECT tablename FROM pg_tables
-        WHERE schemaname = 'sfm'
-          AND tablename NOT IN ('metadata', 'validation', 'rejections')
-          AND left(tablename, 6) <> '_sqlx_'
-    LOOP
-        EXECUTE format('CREATE OR REPLACE TRIGGER refuse_after_validation BEFORE INSERT ON sfm.%I '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION sfm.refuse_after_validation()', data_table);
-    END LOOP;
-END
-$body$";
 
 /// The current mode, as recorded in the database itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

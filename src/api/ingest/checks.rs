@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::rejection::{Rejection, archive_rejection, envelope_rejection, format_rejection};
+use super::rejection::{Refusal, archive_rejection, envelope_rejection, format_rejection};
 use crate::contract::{FileType, ProblemCode};
 use crate::crd::{MigrationDatabase, SchemaCheck, ValidationPolicy};
 use crate::format::archive::read_archive;
@@ -40,7 +40,7 @@ pub fn prepare(
     file_name: &str,
     limits: &FormatLimits,
     db: &MigrationDatabase,
-) -> Result<Prepared, Rejection> {
+) -> Result<Prepared, Refusal> {
     let plain = keys.decrypt(data).map_err(|e| envelope_rejection(&e))?;
     let policy = &db.spec.validation;
     let prepared = match file_type {
@@ -79,7 +79,7 @@ pub fn prepare(
         patterns.sort();
         patterns.dedup();
         patterns.truncate(5);
-        return Err(Rejection::new(
+        return Err(Refusal::new(
             ProblemCode::XmlSchema,
             format!(
                 "{} departure(s) from NHN's XSD and the database's schema check is Strict; the first: {}; at {}",
@@ -92,17 +92,13 @@ pub fn prepare(
     Ok(prepared)
 }
 
-fn check_person_number(
-    value: &str,
-    policy: &ValidationPolicy,
-    whose: &str,
-) -> Result<(), Rejection> {
+fn check_person_number(value: &str, policy: &ValidationPolicy, whose: &str) -> Result<(), Refusal> {
     match NationalId::parse(value) {
-        Err(_) => Err(Rejection::new(
+        Err(_) => Err(Refusal::new(
             ProblemCode::DataQualityIdentifier,
             format!("{whose}: the national identity number fails its check digits or date"),
         )),
-        Ok(id) if id.synthetic && !policy.allow_synthetic_identities => Err(Rejection::new(
+        Ok(id) if id.synthetic && !policy.allow_synthetic_identities => Err(Refusal::new(
             ProblemCode::DataQualitySyntheticIdentity,
             format!("{whose}: a synthetic test identity, and the database does not allow them"),
         )),
@@ -115,12 +111,12 @@ pub fn check_organisation(
     file: &OrganisationFile,
     policy: &ValidationPolicy,
     organisation_number: &str,
-) -> Result<(), Rejection> {
+) -> Result<(), Refusal> {
     let mut numbers = Vec::new();
     for (index, institution) in file.organisation.institutions.iter().enumerate() {
         if let Some(number) = institution.organisation_number() {
             OrganisationNumber::parse(number).map_err(|_| {
-                Rejection::new(
+                Refusal::new(
                     ProblemCode::DataQualityIdentifier,
                     format!(
                         "Institusjon[{}]: the organisation number fails its check digit",
@@ -132,7 +128,7 @@ pub fn check_organisation(
         }
     }
     if !numbers.contains(&organisation_number) {
-        return Err(Rejection::new(
+        return Err(Refusal::new(
             ProblemCode::DataQualityOrganisationMismatch,
             "no Institusjon of the file carries the database's organisation number",
         ));
@@ -146,7 +142,7 @@ pub fn check_organisation(
         }
         if let Some(hpr) = user.hpr_number() {
             HprNumber::parse(hpr).map_err(|_| {
-                Rejection::new(
+                Refusal::new(
                     ProblemCode::DataQualityIdentifier,
                     format!("{whose}: the HPR number is not 1 to 9 digits"),
                 )
@@ -161,7 +157,7 @@ pub fn check_patient(
     file: &PatientFile,
     policy: &ValidationPolicy,
     file_name: &str,
-) -> Result<(), Rejection> {
+) -> Result<(), Refusal> {
     let patient = &file.patient;
     let stem = file_name
         .rsplit(['\\', '/'])
@@ -171,7 +167,7 @@ pub fn check_patient(
         .map(|(stem, _)| stem)
         .unwrap_or(file_name);
     if Uuid::parse_str(stem).ok() != Some(patient.id) {
-        return Err(Rejection::new(
+        return Err(Refusal::new(
             ProblemCode::DataQualityIdentifier,
             "PasientExport/Id does not match the file name",
         ));
@@ -195,7 +191,7 @@ pub fn check_patient(
             && !doctor.hpr_id.is_empty()
         {
             HprNumber::parse(&doctor.hpr_id).map_err(|_| {
-                Rejection::new(
+                Refusal::new(
                     ProblemCode::DataQualityIdentifier,
                     format!("{path} is not 1 to 9 digits"),
                 )
@@ -204,7 +200,7 @@ pub fn check_patient(
     }
     for hpr in patient.referenced_hpr_numbers() {
         HprNumber::parse(hpr).map_err(|_| {
-            Rejection::new(
+            Refusal::new(
                 ProblemCode::DataQualityIdentifier,
                 "a referenced HPR number is not 1 to 9 digits",
             )

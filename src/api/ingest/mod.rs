@@ -8,7 +8,7 @@
 //! that dies mid-ingest loses its transaction and the lock; the upload is `complete` again and the
 //! recovery loop of any replica takes it.
 //!
-//! Rejection messages name element paths, positions and limits, never values from the file.
+//! Refusal messages name element paths, positions and limits, never values from the file.
 
 mod checks;
 mod file;
@@ -18,7 +18,7 @@ mod store;
 
 pub use checks::{Prepared, check_organisation, check_patient, prepare};
 pub use file::{Claimed, digest};
-pub use rejection::{Rejection, archive_rejection, envelope_rejection, format_rejection};
+pub use rejection::{Refusal, archive_rejection, envelope_rejection, format_rejection};
 pub use store::store;
 
 use std::sync::Arc;
@@ -31,7 +31,8 @@ use axum::body::Bytes;
 
 use super::auth::Session;
 use super::error::database;
-use super::uploads::{NewUpload, UploadState, check_creation};
+use super::guard::check_creation;
+use super::uploads::{NewUpload, UploadState};
 use super::{ApiError, AppState};
 use crate::contract::{FileType, IngestState, ProblemCode};
 
@@ -114,7 +115,7 @@ pub async fn ingest_upload(
 
     // Nothing is stored once the migration is validated: the upload is closed as refused for that.
     let checked = match super::guard::writable(&mut tx, session.uid).await {
-        Err(error) if error.code() == ProblemCode::MigrationValidated => Ok(Err(Rejection::new(
+        Err(error) if error.code() == ProblemCode::MigrationValidated => Ok(Err(Refusal::new(
             ProblemCode::MigrationValidated,
             "the migration was validated before this file was stored; nothing is stored after the validation",
         ))),
@@ -256,7 +257,7 @@ async fn check_and_store(
     upload: Uuid,
     claimed: &Claimed,
     data: Bytes,
-) -> Result<Result<(), Rejection>, ApiError> {
+) -> Result<Result<(), Refusal>, ApiError> {
     let already: Option<i64> =
         sqlx::query_scalar("SELECT id FROM sfm.stored_files WHERE sha256 = $1")
             .bind(&claimed.sha256)
@@ -323,11 +324,11 @@ async fn current_outcome(session: &Session, upload: Uuid) -> Result<Option<Outco
     Ok(row.and_then(|row| {
         let state: String = row.get("state");
         let code: Option<String> = row.get("code");
-        match state.as_str() {
-            "ingested" => Some((IngestState::Stored, None)),
-            "rejected" => Some((
+        match UploadState::of(&state) {
+            UploadState::Ingested => Some((IngestState::Stored, None)),
+            UploadState::Rejected => Some((
                 IngestState::Rejected,
-                code.and_then(|c| c.replace('_', "-").parse().ok()),
+                code.and_then(|c| ProblemCode::from_reason_code(&c)),
             )),
             _ => None,
         }
@@ -335,16 +336,20 @@ async fn current_outcome(session: &Session, upload: Uuid) -> Result<Option<Outco
 }
 
 async fn mark_stored(tx: &mut PgConnection, upload: Uuid, file_name: &str) -> Result<(), ApiError> {
-    close_upload(tx, upload, "ingested").await?;
+    close_upload(tx, upload, UploadState::Ingested).await?;
     resolve_earlier_rejections(tx, file_name).await
 }
 
 /// Marks a claimed upload `ingested` or `rejected` and drops its bytes: they are stored (or refused)
 /// by now.
-async fn close_upload(tx: &mut PgConnection, upload: Uuid, state: &str) -> Result<(), ApiError> {
+async fn close_upload(
+    tx: &mut PgConnection,
+    upload: Uuid,
+    state: UploadState,
+) -> Result<(), ApiError> {
     sqlx::query("UPDATE sfm.uploads SET state = $2, updated_at = now() WHERE id = $1")
         .bind(upload)
-        .bind(state)
+        .bind(state.as_str())
         .execute(&mut *tx)
         .await
         .map_err(|e| database("mark the upload done", e))?;
@@ -373,17 +378,17 @@ async fn record_rejection(
     tx: &mut PgConnection,
     upload: Uuid,
     claimed: &Claimed,
-    rejection: &Rejection,
+    rejection: &Refusal,
 ) -> Result<(), ApiError> {
     insert_rejection(tx, upload, claimed, rejection).await?;
-    close_upload(tx, upload, "rejected").await
+    close_upload(tx, upload, UploadState::Rejected).await
 }
 
 async fn insert_rejection(
     tx: &mut PgConnection,
     upload: Uuid,
     claimed: &Claimed,
-    rejection: &Rejection,
+    rejection: &Refusal,
 ) -> Result<(), ApiError> {
     let message: String = rejection.message.chars().take(2000).collect();
     sqlx::query(
@@ -393,7 +398,7 @@ async fn insert_rejection(
     .bind(upload)
     .bind(&claimed.file_name)
     .bind(&claimed.sha256)
-    .bind(rejection.code.as_str().replace('-', "_"))
+    .bind(rejection.code.reason_code())
     .bind(message)
     .bind(&claimed.migration_key_id)
     .bind(&claimed.helseid_client_id)

@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 
 use super::checks::hpr_key;
 use super::file::{Claimed, digest};
-use super::rejection::Rejection;
+use super::rejection::Refusal;
 use crate::api::ApiError;
 use crate::api::error::database;
 use crate::contract::ProblemCode;
@@ -21,7 +21,7 @@ pub(super) async fn store_patient(
     claimed: &Claimed,
     file: &PatientFile,
     deviations: &mut Vec<(String, Deviation)>,
-) -> Result<Result<(), Rejection>, ApiError> {
+) -> Result<Result<(), Refusal>, ApiError> {
     let patient = &file.patient;
     // Every HPR number the patient names must belong to a user of the organisation file.
     let users: Vec<String> = sqlx::query_scalar("SELECT hpr FROM sfm.users WHERE hpr IS NOT NULL")
@@ -35,7 +35,7 @@ pub(super) async fn store_patient(
         .filter(|hpr| !known.contains(&hpr_key(hpr)))
         .count();
     if unknown > 0 {
-        return Ok(Err(Rejection::new(
+        return Ok(Err(Refusal::new(
             ProblemCode::DataQualityHprUnknown,
             format!(
                 "{unknown} HPR number(s) the patient's prescriptions or multidose doctor name belong to no user of the organisation file"
@@ -262,7 +262,7 @@ struct MessageColumns {
 }
 
 impl PatientRows {
-    fn collect(patient: &crate::model::PatientExport) -> Result<Self, Rejection> {
+    fn collect(patient: &crate::model::PatientExport) -> Result<Self, Refusal> {
         let mut rows = PatientRows::default();
         for ident in &patient.demographics.identifiers {
             if ident.value.is_empty() || ident.type_id.code.is_empty() {
@@ -285,7 +285,7 @@ impl PatientRows {
                 .last_updated
                 .or_else(|| reaction.cave.as_ref().and_then(|c| c.registered_on))
             else {
-                return Err(Rejection::new(
+                return Err(Refusal::new(
                     ProblemCode::DataQualityMissingField,
                     format!(
                         "PasientExport/Legemiddelreaksjon[{}] has no SistOppdatertDato",
@@ -294,7 +294,7 @@ impl PatientRows {
                 ));
             };
             if reaction.id.is_empty() {
-                return Err(Rejection::new(
+                return Err(Refusal::new(
                     ProblemCode::DataQualityMissingField,
                     format!("PasientExport/Legemiddelreaksjon[{}] has no Id", index + 1),
                 ));
@@ -319,7 +319,7 @@ impl PatientRows {
         }
         for (index, treatment) in patient.treatments.iter().enumerate() {
             let Some(started) = treatment.start_date else {
-                return Err(Rejection::new(
+                return Err(Refusal::new(
                     ProblemCode::DataQualityMissingField,
                     format!(
                         "PasientExport/Behandlinger/{}[{}] has no DatoOppstart",
@@ -329,7 +329,7 @@ impl PatientRows {
                 ));
             };
             if treatment.lib_id.is_empty() {
-                return Err(Rejection::new(
+                return Err(Refusal::new(
                     ProblemCode::DataQualityMissingField,
                     format!(
                         "PasientExport/Behandlinger/{}[{}] has no LibId",
@@ -356,7 +356,7 @@ impl PatientRows {
                 continue;
             };
             let Some(generated_at) = message.generated_at else {
-                return Err(Rejection::new(
+                return Err(Refusal::new(
                     ProblemCode::DataQualityMissingField,
                     format!(
                         "PasientExport/Meldinger/Melding[{}] has no GenDate",

@@ -7,16 +7,17 @@ use crate::format::envelope::EnvelopeError;
 use crate::format::patient_file::FormatError;
 use crate::format::xml::XmlError;
 
-/// Why a file's content was refused: a rejection code and a message free of personal data.
+/// Why a file's content was refused: a rejection code and a message free of personal data (recorded
+/// in `sfm.rejections`; the wire's [`crate::contract::Rejection`] is how status shows it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
+pub struct Refusal {
     pub code: ProblemCode,
     pub message: String,
 }
 
-impl Rejection {
+impl Refusal {
     pub fn new(code: ProblemCode, message: impl Into<String>) -> Self {
-        Rejection {
+        Refusal {
             code,
             message: message.into(),
         }
@@ -25,21 +26,21 @@ impl Rejection {
 
 /// The envelope errors as rejections. Bad padding, no matching key and an unreadable archive are
 /// one code (`envelope-undecryptable`) so the API is no padding oracle.
-pub fn envelope_rejection(error: &EnvelopeError) -> Rejection {
+pub fn envelope_rejection(error: &EnvelopeError) -> Refusal {
     let code = match error {
         EnvelopeError::Truncated(_) | EnvelopeError::BadHeader(_) => ProblemCode::EnvelopeMalformed,
         _ => ProblemCode::EnvelopeUndecryptable,
     };
     match code {
-        ProblemCode::EnvelopeMalformed => Rejection::new(code, error.to_string()),
-        _ => Rejection::new(
+        ProblemCode::EnvelopeMalformed => Refusal::new(code, error.to_string()),
+        _ => Refusal::new(
             code,
             "the file cannot be decrypted with the API's keys, or it does not decrypt to a readable archive",
         ),
     }
 }
 
-pub fn archive_rejection(error: &ArchiveError) -> Rejection {
+pub fn archive_rejection(error: &ArchiveError) -> Refusal {
     let code = match error {
         ArchiveError::TooManyEntries { .. }
         | ArchiveError::NameTooLong { .. }
@@ -49,22 +50,22 @@ pub fn archive_rejection(error: &ArchiveError) -> Rejection {
         ArchiveError::UnsafeName { .. } => ProblemCode::ArchivePath,
         // Not readable as a zip: one answer with bad padding (see above).
         _ => {
-            return Rejection::new(
+            return Refusal::new(
                 ProblemCode::EnvelopeUndecryptable,
                 "the file cannot be decrypted with the API's keys, or it does not decrypt to a readable archive",
             );
         }
     };
-    Rejection::new(code, error.to_string())
+    Refusal::new(code, error.to_string())
 }
 
-pub fn format_rejection(error: &FormatError) -> Rejection {
+pub fn format_rejection(error: &FormatError) -> Refusal {
     match error {
         FormatError::Archive(e) => archive_rejection(e),
         FormatError::MissingDocument(_)
         | FormatError::MissingMessageFiles { .. }
         | FormatError::UnexpectedEntries { .. } => {
-            Rejection::new(ProblemCode::ArchiveContent, error.to_string())
+            Refusal::new(ProblemCode::ArchiveContent, error.to_string())
         }
         FormatError::Xml { source, .. } => {
             let code = match source {
@@ -76,7 +77,7 @@ pub fn format_rejection(error: &FormatError) -> Rejection {
                 XmlError::InvalidRequired { .. } => ProblemCode::XmlSchema,
                 _ => ProblemCode::XmlMalformed,
             };
-            Rejection::new(code, error.to_string())
+            Refusal::new(code, error.to_string())
         }
     }
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::checks::Prepared;
 use super::file::Claimed;
 use super::patient_rows::{Documents, digits_or_none, store_patient};
-use super::rejection::Rejection;
+use super::rejection::Refusal;
 use crate::api::ApiError;
 use crate::api::error::database;
 use crate::contract::ProblemCode;
@@ -23,25 +23,17 @@ pub async fn store(
     upload: Option<Uuid>,
     claimed: &Claimed,
     prepared: Prepared,
-) -> Result<Result<(), Rejection>, ApiError> {
+) -> Result<Result<(), Refusal>, ApiError> {
     let kind = match &prepared {
         Prepared::Organisation(_) => "organisation",
         Prepared::Patient(_) => "patient",
         Prepared::Report(_) => "report",
     };
-    if kind != "organisation" {
-        let organisation: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sfm.stored_files WHERE kind = 'organisation')",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| database("check the organisation", e))?;
-        if !organisation {
-            return Ok(Err(Rejection::new(
-                ProblemCode::OrganisationMissing,
-                "the organisation file was not stored before this file",
-            )));
-        }
+    if kind != "organisation" && !crate::api::guard::organisation_stored(&mut *tx).await? {
+        return Ok(Err(Refusal::new(
+            ProblemCode::OrganisationMissing,
+            "the organisation file was not stored before this file",
+        )));
     }
     let stored_file_id: i64 = sqlx::query_scalar(
         "INSERT INTO sfm.stored_files (kind, file_name, size_bytes, sha256, migration_key_id, helseid_client_id, upload_id, received_at)

@@ -1,0 +1,309 @@
+//! The end of a migration: verify (step 33: the validation record, written only for an exact match
+//! of the client's manifest with what is stored, nothing pending) and activate (step 34: the
+//! request the operator's activation rule waits for). Both decide on the database read fresh, and
+//! write `status.migration` at once, since the operator's rule reads `validatedDigest`.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use std::sync::Arc;
+
+use super::auth::Session;
+use super::error::database;
+use super::progress::{count, session, write_status};
+use super::{ApiError, AppState, switch};
+use crate::contract::{
+    self, ActivateResponse, FileType, MAX_MANIFEST_BODY_BYTES, MAX_MISMATCHES_LISTED, Manifest,
+    ManifestMismatches, ProblemCode, RejectedFile, VerifyResponse,
+};
+
+/// `POST /api/v1/verify`: exact manifest match → validation record and `validatedDigest`.
+pub async fn verify(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let session = session(&state, &method, &headers, contract::PATH_VERIFY).await?;
+    switch::ensure_open(&session.database)?;
+    // Decided on the database as it is now, not as cached (a verify is rare, one read is cheap):
+    // once the operator wrote `Activating`, any manifest is answered with the end of the migration.
+    switch::refuse_if_closed(&state, &session.database).await?;
+    let verified = verify_in_session(&state, &session, body).await;
+    switch::explain(&state, &session.database, verified).await
+}
+
+/// The verify once the key and the database are known.
+async fn verify_in_session(
+    state: &AppState,
+    session: &Session,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = axum::body::to_bytes(body, MAX_MANIFEST_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(ProblemCode::UploadTooLarge).detail("the manifest is over 256 MiB")
+        })?;
+    let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(ProblemCode::ManifestInvalid).detail(format!(
+            "the body is not a manifest (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    manifest.validate()?;
+    let digest = manifest.digest();
+
+    let mut tx = session
+        .pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the verify", e))?;
+    // Nothing is stored or uploaded while the comparison runs.
+    sqlx::query("LOCK TABLE sfm.uploads, sfm.stored_files, sfm.rejections IN SHARE MODE")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| database("lock for the verify", e))?;
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT encode(manifest_sha256, 'hex') FROM sfm.validation")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| database("read the validation record", e))?;
+    if let Some(existing) = existing {
+        drop(tx);
+        if existing != digest {
+            return Err(ApiError::new(ProblemCode::MigrationValidated)
+                .detail("the migration is validated with another manifest"));
+        }
+        write_status(state, &session.database, &session.pool).await?;
+        return verify_response(session, &manifest, &digest).await;
+    }
+
+    let stored = sqlx::query(
+        "SELECT DISTINCT ON (lower(file_name)) file_name, kind, size_bytes, encode(sha256, 'hex') AS sha256
+         FROM sfm.stored_files ORDER BY lower(file_name), stored_at DESC",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| database("read the stored files", e))?;
+    let stored: HashMap<String, (String, FileType, u64, String)> = stored
+        .iter()
+        .map(|r| {
+            let name: String = r.get("file_name");
+            let kind: String = r.get("kind");
+            let size: i64 = r.get("size_bytes");
+            (
+                name.to_ascii_lowercase(),
+                (name, kind_file_type(&kind), count(size), r.get("sha256")),
+            )
+        })
+        .collect();
+    let rejected = sqlx::query(
+        "SELECT DISTINCT ON (lower(file_name)) file_name, reason_code FROM sfm.rejections WHERE NOT resolved ORDER BY lower(file_name), id DESC",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| database("read the rejections", e))?;
+    let rejected: HashMap<String, (String, ProblemCode)> = rejected
+        .iter()
+        .map(|r| {
+            let name: String = r.get("file_name");
+            let code: String = r.get("reason_code");
+            (
+                name.to_ascii_lowercase(),
+                (
+                    name,
+                    ProblemCode::from_reason_code(&code).unwrap_or(ProblemCode::Internal),
+                ),
+            )
+        })
+        .collect();
+    let pending: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT file_name FROM sfm.uploads WHERE state = 'complete' OR (state IN ('created', 'receiving') AND expires_at > now())",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| database("read the pending uploads", e))?;
+    // Every upload still open or complete-but-not-ingested is pending, named in the manifest or
+    // not: a validation must never be followed by a file stored after it.
+    let pending: HashMap<String, String> = pending
+        .into_iter()
+        .map(|p| (p.to_ascii_lowercase(), p))
+        .collect();
+
+    let mut mismatches = ManifestMismatches::default();
+    let mut listed = HashSet::new();
+    let push = |list: &mut Vec<String>, path: &str, truncated: &mut bool| {
+        if list.len() < MAX_MISMATCHES_LISTED {
+            list.push(path.to_owned());
+        } else {
+            *truncated = true;
+        }
+    };
+    for file in &manifest.files {
+        let key = file.path.to_ascii_lowercase();
+        listed.insert(key.clone());
+        if pending.contains_key(&key) {
+            push(
+                &mut mismatches.pending,
+                &file.path,
+                &mut mismatches.truncated,
+            );
+        } else if let Some((_, code)) = rejected.get(&key) {
+            if mismatches.rejected.len() < MAX_MISMATCHES_LISTED {
+                mismatches.rejected.push(RejectedFile {
+                    path: file.path.clone(),
+                    code: *code,
+                });
+            } else {
+                mismatches.truncated = true;
+            }
+        } else if let Some((name, file_type, size, sha256)) = stored.get(&key) {
+            if *name != file.path
+                || *file_type != file.file_type
+                || *size != file.size
+                || *sha256 != file.sha256
+            {
+                push(
+                    &mut mismatches.digest_mismatch,
+                    &file.path,
+                    &mut mismatches.truncated,
+                );
+            }
+        } else {
+            push(
+                &mut mismatches.missing,
+                &file.path,
+                &mut mismatches.truncated,
+            );
+        }
+    }
+    for (key, name) in &pending {
+        if !listed.contains(key) {
+            push(&mut mismatches.pending, name, &mut mismatches.truncated);
+        }
+    }
+    for (key, (name, ..)) in &stored {
+        if !listed.contains(key) && !pending.contains_key(key) {
+            push(&mut mismatches.extra, name, &mut mismatches.truncated);
+        }
+    }
+    for (key, (name, code)) in &rejected {
+        if !listed.contains(key) {
+            if mismatches.rejected.len() < MAX_MISMATCHES_LISTED {
+                mismatches.rejected.push(RejectedFile {
+                    path: name.clone(),
+                    code: *code,
+                });
+            } else {
+                mismatches.truncated = true;
+            }
+        }
+    }
+    if !mismatches.is_empty() {
+        drop(tx);
+        let mut error = ApiError::new(ProblemCode::ManifestMismatch).detail(format!(
+            "{} missing, {} extra, {} with another digest, {} rejected, {} pending",
+            mismatches.missing.len(),
+            mismatches.extra.len(),
+            mismatches.digest_mismatch.len(),
+            mismatches.rejected.len(),
+            mismatches.pending.len()
+        ));
+        error.problem.mismatches = Some(mismatches);
+        return Err(error);
+    }
+
+    let patients_expected = manifest
+        .files
+        .iter()
+        .filter(|f| f.file_type == FileType::Patient)
+        .count() as i32;
+    let digest_bytes =
+        hex::decode(&digest).map_err(|e| ApiError::internal("decode the digest", e))?;
+    sqlx::query(
+        "INSERT INTO sfm.validation (manifest_sha256, users_expected, users_stored, patients_expected, patients_stored, files_rejected, migration_key_id, helseid_client_id)
+         SELECT $1, u.n, u.n, $2, (SELECT count(*) FROM sfm.patients)::int, 0, $3, $4 FROM (SELECT count(*)::int AS n FROM sfm.users) u",
+    )
+    .bind(digest_bytes)
+    .bind(patients_expected)
+    .bind(&session.key_id)
+    .bind(&session.helseid_client)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| database("write the validation record", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| database("commit the validation record", e))?;
+    tracing::info!(database = %session.database_name(), %digest, files = manifest.files.len(), "migration validated");
+    write_status(state, &session.database, &session.pool).await?;
+    verify_response(session, &manifest, &digest).await
+}
+
+async fn verify_response(
+    session: &Session,
+    manifest: &Manifest,
+    digest: &str,
+) -> Result<Response, ApiError> {
+    let row = sqlx::query(
+        "SELECT validated_at, users_stored, patients_stored, (SELECT count(*) FROM sfm.stored_files WHERE kind = 'report') AS reports FROM sfm.validation",
+    )
+    .fetch_one(&session.pool)
+    .await
+    .map_err(|e| database("read the validation record", e))?;
+    let validated_at: DateTime<Utc> = row.get("validated_at");
+    Ok(axum::Json(VerifyResponse {
+        validated: true,
+        digest: digest.to_owned(),
+        validated_at,
+        files: manifest.files.len() as u64,
+        users: count(row.get::<i32, _>("users_stored").into()),
+        patients: count(row.get::<i32, _>("patients_stored").into()),
+        reports: count(row.get("reports")),
+    })
+    .into_response())
+}
+
+/// `POST /api/v1/activate`: records the request; the operator switches under its rule.
+pub async fn activate(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let session = session(&state, &method, &headers, contract::PATH_ACTIVATE).await?;
+    // Decided on the database as it is now, not as cached: once the operator wrote `Activating`
+    // the request is recorded and the migrator is being closed.
+    switch::refuse_if_closed(&state, &session.database).await?;
+    let at: Result<Option<DateTime<Utc>>, ApiError> = sqlx::query_scalar(
+        "UPDATE sfm.validation SET activation_requested_at = COALESCE(activation_requested_at, greatest(now(), validated_at)) RETURNING activation_requested_at",
+    )
+    .fetch_optional(&session.pool)
+    .await
+    .map_err(|e| database("record the activation request", e));
+    let at = switch::explain(&state, &session.database, at).await?;
+    let at = at.ok_or_else(|| {
+        ApiError::new(ProblemCode::NotValidated).detail("verify the manifest first")
+    })?;
+    tracing::info!(database = %session.database_name(), "activation requested");
+    write_status(&state, &session.database, &session.pool).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(ActivateResponse {
+            activation_requested_at: at,
+        }),
+    )
+        .into_response())
+}
+
+fn kind_file_type(kind: &str) -> FileType {
+    match kind {
+        "organisation" => FileType::ExportData,
+        "report" => FileType::Report,
+        _ => FileType::Patient,
+    }
+}
