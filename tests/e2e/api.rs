@@ -425,6 +425,39 @@ impl Fixture {
         );
     }
 
+    /// The organisation stored, the sample patient left `complete` by a replica killed in the middle
+    /// of its ingest, and a replica whose decryption key is another one, which has tried the upload
+    /// and left it (the grace): the upload's URL and that replica.
+    fn patient_held_back_by_a_replica_without_the_key(&self) -> (String, Api) {
+        let mut apis = [self.api("api-a", &[])];
+        self.store_organisation(&apis[0], 65536, false);
+        let patient = &self.patient;
+        let url = self.run(async {
+            let url = self
+                .create(&apis[0].base, &patient_name(), "Patient", patient.len())
+                .await;
+            let (first, last) = patient.split_at(patient.len() / 2);
+            assert_eq!(self.patch(&url, 0, first).await.status(), 204);
+            self.kill_mid_ingest(&mut apis, 0, &url, first.len(), last)
+                .await;
+            url
+        });
+        let other = generate_demo_key_pair(2048, "SFM migrering").unwrap();
+        let other_key = self
+            .samples
+            .write("other.key.pem", other.private_key_pem.as_bytes());
+        let keyless = self.api_with(&other_key, free_port(), "api-other-key", &[]);
+        assert!(
+            eventually(PATIENCE, || keyless
+                .process
+                .log_text()
+                .contains("cannot decrypt an upload left complete")),
+            "the replica without the key did not try the upload:\n{}",
+            keyless.process.log_text()
+        );
+        (url, keyless)
+    }
+
     /// Sends the last chunk of an upload to `apis[via]` and kills (SIGKILL) the API process that is
     /// then ingesting the upload, in the middle of its ingest; returns that process's index.
     ///
@@ -1786,33 +1819,7 @@ fn a_replica_killed_mid_ingest_leaves_the_upload_to_the_other() {
 #[test]
 fn a_replica_without_the_key_leaves_an_upload_to_one_that_has_it() {
     let fx = Fixture::new("api-keyless", "Lenient");
-    let mut apis = [fx.api("api-a", &[])];
-    fx.store_organisation(&apis[0], 65536, false);
-    let patient = &fx.patient;
-    let url = fx.run(async {
-        let url = fx
-            .create(&apis[0].base, &patient_name(), "Patient", patient.len())
-            .await;
-        let (first, last) = patient.split_at(patient.len() / 2);
-        assert_eq!(fx.patch(&url, 0, first).await.status(), 204);
-        fx.kill_mid_ingest(&mut apis, 0, &url, first.len(), last)
-            .await;
-        url
-    });
-
-    let other = generate_demo_key_pair(2048, "SFM migrering").unwrap();
-    let other_key = fx
-        .samples
-        .write("other.key.pem", other.private_key_pem.as_bytes());
-    let keyless = fx.api_with(&other_key, free_port(), "api-other-key", &[]);
-    assert!(
-        eventually(PATIENCE, || keyless
-            .process
-            .log_text()
-            .contains("cannot decrypt an upload left complete")),
-        "the replica without the key did not try the upload:\n{}",
-        keyless.process.log_text()
-    );
+    let (url, _keyless) = fx.patient_held_back_by_a_replica_without_the_key();
     fx.run(async {
         // Two more rounds of its recovery loop (every 5 s) change nothing.
         tokio::time::sleep(Duration::from_secs(11)).await;
@@ -2056,32 +2063,7 @@ fn a_file_sent_whole_in_its_post_is_stored_before_the_answer() {
 #[test]
 fn nothing_is_stored_after_the_migration_is_validated() {
     let fx = Fixture::new("api-validated", "Lenient");
-    let mut apis = [fx.api("api-a", &[])];
-    fx.store_organisation(&apis[0], 65536, false);
-    let patient = &fx.patient;
-    let held = fx.run(async {
-        let held = fx
-            .create(&apis[0].base, &patient_name(), "Patient", patient.len())
-            .await;
-        let (first, last) = patient.split_at(patient.len() / 2);
-        assert_eq!(fx.patch(&held, 0, first).await.status(), 204);
-        fx.kill_mid_ingest(&mut apis, 0, &held, first.len(), last)
-            .await;
-        held
-    });
-    let other = generate_demo_key_pair(2048, "SFM migrering").unwrap();
-    let other_key = fx
-        .samples
-        .write("other.key.pem", other.private_key_pem.as_bytes());
-    let keyless = fx.api_with(&other_key, free_port(), "api-other-key", &[]);
-    assert!(
-        eventually(PATIENCE, || keyless
-            .process
-            .log_text()
-            .contains("cannot decrypt an upload left complete")),
-        "the replica without the key did not try the upload:\n{}",
-        keyless.process.log_text()
-    );
+    let (held, keyless) = fx.patient_held_back_by_a_replica_without_the_key();
     let base = keyless.base.clone();
     let organisation = &fx.organisation;
     let open = fx.run(async {

@@ -19,24 +19,6 @@ const ORGANISATION_NUMBER: &str = "974600951";
 const PATIENTS: usize = 300;
 const REPORTS: usize = 2;
 
-fn run(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(binary);
-    command.args(args);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().unwrap_or_else(|e| panic!("{binary}: {e}"))
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// An export written by `sfm-export` under `work`: a fresh "SFM migrering" certificate in
 /// `work/keys`, the export in `work/export`, for [`ORGANISATION_NUMBER`]; `extra` adds arguments.
 fn make_export(work: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {

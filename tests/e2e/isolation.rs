@@ -11,28 +11,9 @@ use super::cluster::*;
 use super::processes::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 const PATIENTS: usize = 4;
-
-fn run(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(binary);
-    command.args(args);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().unwrap_or_else(|e| panic!("{binary}: {e}"))
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// A namespace with exactly this name (the collisions need names of their own making), deleted
 /// when dropped.

@@ -184,3 +184,23 @@ pub fn start_api(
     );
     process
 }
+
+/// Runs one of the package's binaries to the end with arguments and environment; its output.
+pub fn run(binary: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(binary);
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap_or_else(|e| panic!("{binary}: {e}"))
+}
+
+/// A finished process's status and output, for an assertion's message.
+pub fn text(output: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
