@@ -8,6 +8,7 @@
 //! or their scheduling. The content key and IV of each envelope are fresh random values, as they must
 //! be; the plaintext zips are byte-for-byte the same for the same seed.
 
+mod tables;
 pub mod xml;
 
 use std::fs;

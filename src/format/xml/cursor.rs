@@ -12,51 +12,11 @@ use quick_xml::NsReader;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 
+use super::prolog::check_prolog;
 use super::schema::Model;
+use super::values::{parse_date, parse_date_time, shown_label};
 use super::{XmlError, XmlLimits};
 use crate::model::{CodedValue, Deviation, Identifier};
-
-/// Refuses a DOCTYPE (or any other `<!` declaration) in the prolog, before any parser sees the
-/// bytes, and refuses UTF-16 and UTF-32 byte order marks. Comments, processing instructions and
-/// the XML declaration are skipped; the scan stops at the root element.
-pub fn check_prolog(bytes: &[u8]) -> Result<(), XmlError> {
-    if bytes.starts_with(&[0xFE, 0xFF]) || bytes.starts_with(&[0xFF, 0xFE]) {
-        return Err(XmlError::UnsupportedEncoding("UTF-16".into()));
-    }
-    if bytes.starts_with(&[0, 0, 0xFE, 0xFF]) {
-        return Err(XmlError::UnsupportedEncoding("UTF-32".into()));
-    }
-    let mut rest = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    loop {
-        let start = rest
-            .iter()
-            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-            .unwrap_or(rest.len());
-        rest = &rest[start..];
-        if rest.starts_with(b"<?") {
-            rest = after(rest, 2, b"?>").ok_or_else(|| prolog_error(bytes, rest))?;
-        } else if rest.starts_with(b"<!--") {
-            rest = after(rest, 4, b"-->").ok_or_else(|| prolog_error(bytes, rest))?;
-        } else if rest.starts_with(b"<!") {
-            return Err(XmlError::Doctype);
-        } else {
-            return Ok(());
-        }
-    }
-}
-
-/// The slice after the first `end` found from `skip` on.
-fn after<'b>(rest: &'b [u8], skip: usize, end: &[u8]) -> Option<&'b [u8]> {
-    let found = rest[skip..].windows(end.len()).position(|w| w == end)?;
-    Some(&rest[skip + found + end.len()..])
-}
-
-fn prolog_error(whole: &[u8], rest: &[u8]) -> XmlError {
-    XmlError::Malformed {
-        position: (whole.len() - rest.len()) as u64,
-        reason: "unterminated comment or processing instruction before the root element".into(),
-    }
-}
 
 /// An element the cursor stopped at: its local name, whether it is in the document's namespace
 /// (the root's), and its attributes by local name (namespace declarations left out).
@@ -678,46 +638,6 @@ impl<'a> Cursor<'a> {
             _ => None,
         })
     }
-}
-
-fn parse_date(text: &str) -> Option<NaiveDate> {
-    let (date, zone) = text.split_at_checked(10)?;
-    if !is_time_zone(zone) {
-        return None;
-    }
-    NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()
-}
-
-fn parse_date_time(text: &str) -> Option<NaiveDateTime> {
-    let local = if let Some(local) = text.strip_suffix('Z') {
-        local
-    } else if text.len() > 19 && is_time_zone(&text[text.len() - 6..]) {
-        &text[..text.len() - 6]
-    } else {
-        text
-    };
-    local.parse().ok()
-}
-
-/// Empty, `Z` or `±hh:mm`.
-fn is_time_zone(zone: &str) -> bool {
-    let bytes = zone.as_bytes();
-    match bytes {
-        [] | [b'Z'] => true,
-        [sign, h1, h2, b':', m1, m2] => {
-            matches!(sign, b'+' | b'-') && [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit())
-        }
-        _ => false,
-    }
-}
-
-/// An encoding label fit for an error: printable ASCII, at most 40 characters.
-fn shown_label(label: &str) -> String {
-    label
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(40)
-        .collect()
 }
 
 #[cfg(test)]

@@ -19,12 +19,14 @@ mod cursor;
 mod message;
 mod organisation;
 mod patient;
+mod prolog;
 mod schema;
+mod values;
 
-pub use cursor::check_prolog;
 pub use message::{MessageInfo, MessageKind, parse_message};
 pub use organisation::parse_organisation;
 pub use patient::parse_patient;
+pub use prolog::check_prolog;
 
 use crate::model::Deviation;
 
