@@ -4,6 +4,7 @@
 //! [`super::tus`]); every function runs on the caller's connection or transaction.
 
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt as _;
 use uuid::Uuid;
 
 use super::ApiError;
@@ -169,24 +170,30 @@ pub async fn add_chunk(
     Ok(())
 }
 
-/// The last byte arrived: the file's SHA-256 over its chunks, and the upload `complete`.
+/// The last byte arrived: the file's SHA-256 over its chunks, read one at a time, and the upload
+/// `complete`.
 pub async fn complete(
     tx: &mut sqlx::PgConnection,
     upload: Uuid,
     length: u64,
 ) -> Result<(), ApiError> {
-    let chunks: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT data FROM sfm.upload_chunks WHERE upload_id = $1 ORDER BY chunk_offset",
-    )
-    .bind(upload)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(|e| database("read the chunks", e))?;
+    // One chunk in memory at a time: the digest is fed as the rows arrive.
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut total = 0u64;
-    for chunk in &chunks {
-        digest.update(chunk);
-        total += chunk.len() as u64;
+    {
+        let mut chunks = sqlx::query_scalar::<_, Vec<u8>>(
+            "SELECT data FROM sfm.upload_chunks WHERE upload_id = $1 ORDER BY chunk_offset",
+        )
+        .bind(upload)
+        .fetch(&mut *tx);
+        while let Some(chunk) = chunks
+            .try_next()
+            .await
+            .map_err(|e| database("read the chunks", e))?
+        {
+            digest.update(&chunk);
+            total += chunk.len() as u64;
+        }
     }
     if total != length {
         return Err(ApiError::internal(

@@ -1,7 +1,12 @@
-//! The typed values the cursor reads (XSD dates and date-times) and how a label is shown in a
+//! The typed values the cursor reads (strings, booleans, XSD dates and date-times, coded values,
+//! identifiers), each a departure recorded when it does not parse, and how a label is shown in a
 //! deviation, never with text from the document.
 
 use chrono::{NaiveDate, NaiveDateTime};
+
+use super::XmlError;
+use super::cursor::{Cursor, Element};
+use crate::model::{CodedValue, Identifier};
 
 pub(super) fn parse_date(text: &str) -> Option<NaiveDate> {
     let (date, zone) = text.split_at_checked(10)?;
@@ -41,4 +46,91 @@ pub(super) fn shown_label(label: &str) -> String {
         .filter(|c| c.is_ascii_graphic())
         .take(40)
         .collect()
+}
+
+/// The typed leaves of the cursor; each consumes the current element.
+impl Cursor<'_> {
+    /// Trimmed text.
+    pub fn string(&mut self) -> Result<String, XmlError> {
+        Ok(self.text()?.trim().to_owned())
+    }
+
+    /// Trimmed text, `None` when empty.
+    pub fn optional_string(&mut self) -> Result<Option<String>, XmlError> {
+        let text = self.string()?;
+        Ok(if text.is_empty() { None } else { Some(text) })
+    }
+
+    /// An `xs:boolean`; anything else is a deviation and `None`.
+    pub fn boolean(&mut self, element: &Element) -> Result<Option<bool>, XmlError> {
+        self.typed(element, "an xs:boolean", |text| match text {
+            "true" | "1" => Some(true),
+            "false" | "0" => Some(false),
+            _ => None,
+        })
+    }
+
+    /// An `xs:date` (a time zone, if any, is dropped).
+    pub fn date(&mut self, element: &Element) -> Result<Option<NaiveDate>, XmlError> {
+        self.typed(element, "an xs:date", parse_date)
+    }
+
+    /// An `xs:dateTime` as local wall-clock time (FM writes none with an offset; one, if any, is
+    /// dropped).
+    pub fn date_time(&mut self, element: &Element) -> Result<Option<NaiveDateTime>, XmlError> {
+        self.typed(element, "an xs:dateTime", parse_date_time)
+    }
+
+    fn typed<T>(
+        &mut self,
+        element: &Element,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Option<T>, XmlError> {
+        let path = self.path();
+        if element.is_nil() {
+            self.skip()?;
+            return Ok(None);
+        }
+        let text = self.string()?;
+        let value = parse(&text);
+        if value.is_none() {
+            self.record(path, format!("`{}` does not hold {expected}", element.name));
+        }
+        Ok(value)
+    }
+
+    /// A coded value (`CS`/`CV`) from the attributes `V`, `S` and `DN`.
+    pub fn coded(&mut self, element: &Element) -> Result<Option<CodedValue>, XmlError> {
+        let path = self.path();
+        self.skip()?;
+        let Some(code) = element.attribute("V") else {
+            self.record(path, format!("`{}` has no `V` attribute", element.name));
+            return Ok(None);
+        };
+        let display_name = element.attribute("DN").unwrap_or_default();
+        Ok(Some(CodedValue {
+            code: code.trim().to_owned(),
+            system: element.attribute("S").map(|s| s.trim().to_owned()),
+            display_name: display_name.to_owned(),
+        }))
+    }
+
+    /// An `Ident` (`Id` and `TypeId`); `None` (with deviations) when either is missing.
+    pub fn identifier(&mut self) -> Result<Option<Identifier>, XmlError> {
+        self.check_children(super::schema::IDENT);
+        let mut value = None;
+        let mut type_id = None;
+        while let Some(child) = self.next_child()? {
+            match (child.in_namespace, child.name.as_str()) {
+                (true, "Id") => value = Some(self.string()?),
+                (true, "TypeId") => type_id = self.coded(&child)?,
+                _ => self.skip()?,
+            }
+        }
+        Ok(match (value, type_id) {
+            (Some(value), Some(type_id)) => Some(Identifier { value, type_id }),
+            _ => None,
+        })
+    }
 }
