@@ -56,8 +56,8 @@ if [ "${SFM_TEST_NODE:-1}" != 0 ]; then
   hack/test-node.sh 2>&1 | tee "$node_log"
   node_status=${PIPESTATUS[0]}
   set -e
-  node_passed=$(grep -c '^test-node:   ok: ' "$node_log" || true)
-  node_failed=$(grep -c '^test-node:   WRONG: ' "$node_log" || true)
+  node_passed=$(grep -cE '^(test-node|images):   ok: ' "$node_log" || true)
+  node_failed=$(grep -cE '^(test-node|images):   WRONG: ' "$node_log" || true)
   if [ "$node_status" -ne 0 ] && [ "$node_failed" -eq 0 ]; then node_failed=1; fi
   echo "== node checks: $node_passed passed, $node_failed failed"
 fi
