@@ -119,14 +119,14 @@ pub fn database_labels(db: &MigrationDatabase, component: &str) -> BTreeMap<Stri
     ])
 }
 
-/// The labels of a MigrationKey's Secret: the key id, and the database it was issued for (name and,
-/// once bound, UID).
+/// The labels of a MigrationKey's Secret: the key id, and the database it was issued for (name and
+/// UID).
 pub fn key_secret_labels(
     database_name: &str,
-    database_uid: Option<&str>,
+    database_uid: &str,
     key_id: &str,
 ) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::from([
+    BTreeMap::from([
         (LABEL_MANAGED_BY.to_owned(), MANAGER.to_owned()),
         (LABEL_PART_OF.to_owned(), "sfm-migration".to_owned()),
         (
@@ -134,12 +134,9 @@ pub fn key_secret_labels(
             COMPONENT_MIGRATION_KEY.to_owned(),
         ),
         (LABEL_DATABASE.to_owned(), database_name.to_owned()),
+        (LABEL_DATABASE_UID.to_owned(), database_uid.to_owned()),
         (LABEL_KEY_ID.to_owned(), key_id.to_owned()),
-    ]);
-    if let Some(uid) = database_uid {
-        labels.insert(LABEL_DATABASE_UID.to_owned(), uid.to_owned());
-    }
-    labels
+    ])
 }
 
 /// Whether an object was made for the MigrationDatabase with this UID (its

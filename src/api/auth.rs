@@ -171,10 +171,19 @@ pub async fn session_for_token(
     token: &MigrationKeyToken,
     request: &RequestFacts<'_>,
 ) -> Result<Session, ApiError> {
+    let (key, database) = writer(state, token).await?;
+    finish_session(state, database, key_id_of(&key), request).await
+}
+
+/// The key presented for a write, usable, and the database it was issued for.
+async fn writer(
+    state: &AppState,
+    token: &MigrationKeyToken,
+) -> Result<(Arc<MigrationKey>, Arc<MigrationDatabase>), ApiError> {
     let key = matched_key(state, token).await?;
     usable_for_writing(state, &key).await?;
     let database = key_database(state, &key).await?;
-    finish_session(state, database, key_id_of(&key), request).await
+    Ok((key, database))
 }
 
 /// A session for an existing upload of the database with this UID. The upload's URL is no
@@ -186,9 +195,7 @@ pub async fn session_for_upload(
     upload_database: Uuid,
     request: &RequestFacts<'_>,
 ) -> Result<Session, ApiError> {
-    let key = matched_key(state, token).await?;
-    usable_for_writing(state, &key).await?;
-    let database = key_database(state, &key).await?;
+    let (key, database) = writer(state, token).await?;
     if database_uid(&database) != Some(upload_database) {
         // Told apart only for a caller whose key matched: an upload of another database that
         // exists, or none at all.

@@ -298,7 +298,7 @@ async fn create_secret(
             owner_references: key.controller_owner_ref(&()).map(|o| vec![o]),
             labels: Some(names::key_secret_labels(
                 &key.spec.database_ref,
-                Some(database_uid),
+                database_uid,
                 token.key_id(),
             )),
             ..Default::default()
