@@ -43,6 +43,7 @@ fn database() -> MigrationDatabase {
             reclaim_policy: Default::default(),
             network_policy: Default::default(),
             validation: ValidationPolicy::default(),
+            helse_id_uploads: None,
         },
     )
 }

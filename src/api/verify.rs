@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::auth::Session;
 use super::error::database;
-use super::progress::{count, session, write_status};
+use super::progress::{count, kind_file_type, session, write_status};
 use super::{ApiError, AppState, switch};
 use crate::contract::{
     self, ActivateResponse, FileType, MAX_MANIFEST_BODY_BYTES, MAX_MISMATCHES_LISTED, Manifest,
@@ -298,12 +298,4 @@ pub async fn activate(
         }),
     )
         .into_response())
-}
-
-fn kind_file_type(kind: &str) -> FileType {
-    match kind {
-        "organisation" => FileType::ExportData,
-        "report" => FileType::Report,
-        _ => FileType::Patient,
-    }
 }

@@ -40,6 +40,15 @@ enum Command {
         /// The URL clients reach the API at (for `Location`); default: from the Host header.
         #[arg(long, env = "SFM_PUBLIC_URL")]
         public_url: Option<String>,
+        /// HelseID issuers (`iss`) whose tokens may stand in for a migration key, for databases that
+        /// opt in with `spec.helseIdUploads` (NHN's own uploader); repeat or separate with commas.
+        /// Empty: no upload without a key is accepted.
+        #[arg(
+            long = "trusted-issuer",
+            env = "SFM_TRUSTED_ISSUERS",
+            value_delimiter = ','
+        )]
+        trusted_issuers: Vec<String>,
         /// Largest upload in bytes (Tus-Max-Size).
         #[arg(long, env = "SFM_MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
         max_upload_bytes: u64,
@@ -103,6 +112,7 @@ async fn main() -> Result<()> {
             namespace,
             decryption_keys,
             public_url,
+            trusted_issuers,
             max_upload_bytes,
             max_concurrent_ingests,
             max_connections_per_database,
@@ -131,6 +141,7 @@ async fn main() -> Result<()> {
                     namespace,
                     decryption_keys: keys,
                     public_url,
+                    trusted_issuers,
                     limits,
                 },
                 kube,

@@ -178,7 +178,10 @@ pub async fn ingest_whole(
     let started = Instant::now();
     let claimed = Claimed {
         file_name: new.file_name.clone(),
-        file_type: new.file_type.as_str().to_owned(),
+        file_type: new
+            .file_type
+            .map_or(crate::contract::FILE_TYPE_UNKNOWN, FileType::as_str)
+            .to_owned(),
         migration_key_id: session.key_id.clone(),
         helseid_client_id: session.helseid_client.clone(),
         sha256: digest(&data),
@@ -267,7 +270,12 @@ async fn check_and_store(
     if already.is_some() {
         return Ok(Ok(()));
     }
-    let file_type: FileType = claimed.file_type.parse().unwrap_or(FileType::Patient);
+    let Ok(file_type) = claimed.file_type.parse::<FileType>() else {
+        return Ok(Err(Refusal::new(
+            ProblemCode::FileTypeUnknown,
+            "the uploader sent this file as FileType Unknown: it is not ExportData.dat and not in a Patients or Reports folder, so it is not part of an FM export",
+        )));
+    };
     let blocking_state = state.clone();
     let db = session.database.clone();
     let name = claimed.file_name.clone();
