@@ -276,16 +276,16 @@ pub async fn read_status(
     })
 }
 
-/// The API's own manifest of the stored files, once no upload is open or waiting for its ingest
-/// (before that it would change under the reader, and computing it costs a read of every stored
-/// file's row). Every stored file once: the latest under its name, as verify compares them.
+/// The API's own manifest of the stored files: every stored file once, the latest under its name, as
+/// verify compares them. Not while a completed upload waits for its ingest (its ingest marks the
+/// status for another write). Open uploads do not hold it back: they store nothing until they
+/// complete, and an uploader killed after a creation leaves one open that nobody will finish.
 async fn stored_files(pool: &sqlx::PgPool) -> Result<Option<StoredFiles>, ApiError> {
-    let busy: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sfm.uploads WHERE state = 'complete' OR (state IN ('created', 'receiving') AND expires_at > now()))",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(|e| database("look for open uploads", e))?;
+    let busy: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sfm.uploads WHERE state = 'complete')")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| database("look for open uploads", e))?;
     if busy {
         return Ok(None);
     }
