@@ -837,8 +837,8 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         assert_eq!(problem(early).await, (409, "organisation-missing".into()));
     });
 
-    // The organisation file by tuspy with the key in SessionId as well as in the header of every
-    // request, the patient with the header alone; 4 KiB chunks.
+    // The organisation file by tuspy with an upload-session GUID in SessionId (as NHN's uploader
+    // sends) and the key in the header of every request, the patient without SessionId; 4 KiB chunks.
     fx.store_organisation(&api, 4096, true);
     let result = fx.tuspy(&api, patient, &patient_name, "Patient", 4096, false);
     assert_eq!(result["ingestState"], "stored", "{result}");
@@ -1128,8 +1128,8 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             assert_eq!(problem(r).await, (401, expected.into()));
         }
 
-        // Creation requests with exactly these headers: no key, the key in the header and another
-        // in SessionId, tus headers, Upload-Length and Upload-Metadata.
+        // Creation requests with exactly these headers: no key, the key in the header and a key
+        // in SessionId (a GUID goes there, never a key), tus headers, Upload-Length and Upload-Metadata.
         let files = format!("{base}/files");
         let tus_1 = ("tus-resumable", "1.0.0");
         let keyed = ("sfm-migration-key", key.as_str());
@@ -1150,7 +1150,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             ),
             (
                 vec![tus_1, ten, keyed, ("upload-metadata", &session_differs)],
-                (401, "key-wrong"),
+                (400, "metadata-invalid"),
             ),
             (vec![ten, keyed], (412, "tus-version-unsupported")),
             (vec![tus_1, keyed], (400, "header-invalid")),
