@@ -450,6 +450,13 @@ async fn append_in_session(
         state.config.limits.max_chunk_bytes,
     )
     .await?;
+    if UploadState::of(&row.state).is_open()
+        && offset == 0
+        && !body.is_empty()
+        && body.len() as u64 == row.declared_length as u64
+    {
+        return whole_in_one_patch(state, session, &row, body, checksum).await;
+    }
     let outcome = append(state, session, row.id, offset, body, checksum).await?;
     let mut response = tus_headers();
     put(
@@ -473,6 +480,49 @@ async fn append_in_session(
         .await;
     } else if !UploadState::of(&outcome.row.state).is_open() {
         ingest_state_headers(session, &outcome.row, &mut response).await?;
+    }
+    Ok((StatusCode::NO_CONTENT, response).into_response())
+}
+
+/// A `PATCH` with the whole file, from offset 0: ingested in place, no chunk stored
+/// ([`ingest::ingest_in_place`]); answered like any completing `PATCH`.
+async fn whole_in_one_patch(
+    state: &Arc<AppState>,
+    session: &Session,
+    row: &UploadRow,
+    body: Bytes,
+    checksum: Option<UploadChecksum>,
+) -> Result<Response, ApiError> {
+    if let Some(checksum) = &checksum {
+        verify_checksum(checksum, &body)?;
+    }
+    let length = body.len() as u64;
+    let (ingest_state, code) =
+        ingest::ingest_in_place(state.clone(), session.clone(), row.id, body).await?;
+    state.metrics.bytes_received.inc_by(length);
+    state.metrics.uploads_completed.inc();
+    let mut response = tus_headers();
+    put(
+        &mut response,
+        contract::HEADER_UPLOAD_OFFSET,
+        length.to_string(),
+    );
+    put(
+        &mut response,
+        contract::HEADER_UPLOAD_EXPIRES,
+        format_http_date(row.expires_at),
+    );
+    put(
+        &mut response,
+        contract::HEADER_INGEST_STATE,
+        ingest_state.as_str(),
+    );
+    if let Some(code) = code {
+        put(
+            &mut response,
+            contract::HEADER_REJECTION_CODE,
+            code.as_str(),
+        );
     }
     Ok((StatusCode::NO_CONTENT, response).into_response())
 }
