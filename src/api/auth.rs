@@ -358,17 +358,32 @@ async fn helseid_client(
 ) -> Result<Option<String>, ApiError> {
     match &database.spec.validation.helse_id {
         None => Ok(None),
-        Some(policy) => Ok(Some(
-            state
-                .helseid
-                .check_request(
-                    policy,
-                    &database.spec.organisation.organisation_number,
-                    request,
-                )
-                .await?,
-        )),
+        Some(policy) => {
+            trusted_issuer(state, &policy.issuer)?;
+            Ok(Some(
+                state
+                    .helseid
+                    .check_request(
+                        policy,
+                        &database.spec.organisation.organisation_number,
+                        request,
+                    )
+                    .await?,
+            ))
+        }
     }
+}
+
+/// A database may name only an issuer the API's own configuration trusts: otherwise whoever may
+/// edit a MigrationDatabase could point the API at an identity provider of their own (and have it
+/// fetch any URL). Checked before anything is fetched.
+fn trusted_issuer(state: &AppState, issuer: &str) -> Result<(), ApiError> {
+    if state.config.trusted_issuers.iter().any(|t| t == issuer) {
+        return Ok(());
+    }
+    Err(ApiError::new(ProblemCode::TokenInvalid).detail(
+        "the database names a HelseID issuer this migration API does not trust; an NHN operator adds it to the API's trusted issuers (chart value api.trustedIssuers)",
+    ))
 }
 
 /// The base URL clients reach this API at.

@@ -128,12 +128,22 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, kube: kube::Client) -> Arc<Self> {
+        Self::with_metrics(config, kube, metrics::Metrics::new())
+    }
+
+    /// As [`AppState::new`], with metrics made before (the Kubernetes client counts its requests in
+    /// them, [`metrics::counted_kube_client`]). Starts watching the cluster: needs a tokio runtime.
+    pub fn with_metrics(
+        config: Config,
+        kube: kube::Client,
+        metrics: metrics::Metrics,
+    ) -> Arc<Self> {
         let limits = config.limits.clone();
         Arc::new(AppState {
             directory: directory::Directory::new(kube.clone(), &config.namespace, &limits),
             ingest_slots: Arc::new(Semaphore::new(limits.max_concurrent_ingests)),
             request_slots: Arc::new(Semaphore::new(limits.max_inflight_requests)),
-            metrics: metrics::Metrics::new(),
+            metrics,
             helseid: crate::helseid::verify::Verifier::new(),
             dirty: Mutex::new(HashSet::new()),
             config,

@@ -245,7 +245,8 @@ pub enum SchemaCheck {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenPolicy {
-    /// The token issuer (`iss`), e.g. `https://helseid-sts.nhn.no`.
+    /// The token issuer (`iss`), e.g. `https://helseid-sts.nhn.no`: one of the issuers the migration
+    /// API's configuration trusts (chart value `api.trustedIssuers`); any other is refused.
     #[schemars(length(min = 1, max = 500))]
     pub issuer: String,
     /// The audience (`aud`) the token must carry.
@@ -255,6 +256,9 @@ pub struct TokenPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 200))]
     pub required_scope: Option<String>,
+    /// Accept only DPoP-bound tokens sent with a proof (`Authorization: DPoP`), never Bearer.
+    #[serde(default)]
+    pub require_dpop: bool,
 }
 
 /// The life of a MigrationDatabase, in order.

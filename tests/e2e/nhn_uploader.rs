@@ -343,6 +343,7 @@ fn nhn_uploader_fills_a_database_on_its_helseid_token_and_the_migration_ends_ope
         &[
             "--trusted-issuer",
             &issuer_url,
+            "--allow-http-issuers",
             "--ingest-wait-seconds",
             "30",
         ],
