@@ -167,7 +167,10 @@ async fn provisioning_twice_gives_the_same_result_and_staging_admits_only_the_mi
         "DELETE FROM sfm.upload_chunks",
         "DELETE FROM sfm.uploads WHERE state = 'created'",
     ] {
-        sqlx::query(statement).execute(&mut migrator).await.expect(statement);
+        sqlx::query(statement)
+            .execute(&mut migrator)
+            .await
+            .expect(statement);
     }
     migrator.close().await.unwrap();
     cleanup(&names, &uid).await;

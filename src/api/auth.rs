@@ -128,6 +128,7 @@ async fn live_reader(
 ) -> Result<Reader, ApiError> {
     let uid = database_uid(&database)
         .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
+    state.note_activity(uid);
     match state.directory.pool(&database).await {
         Ok(pool) => Ok(Reader::Live {
             session: Session {
@@ -178,6 +179,7 @@ pub async fn session(state: &AppState, request: &RequestFacts<'_>) -> Result<Ses
             let (database, client) = tokenholder(state, request, Purpose::Write).await?;
             let uid = database_uid(&database)
                 .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
+            state.note_activity(uid);
             let pool = state.directory.pool(&database).await?;
             Ok(Session {
                 database,
@@ -339,6 +341,7 @@ async fn finish_session(
     let uid = database_uid(&database)
         .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
     let helseid_client = helseid_client(state, &database, request).await?;
+    state.note_activity(uid);
     let pool = state.directory.pool(&database).await?;
     Ok(Session {
         database,

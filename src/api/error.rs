@@ -143,7 +143,9 @@ impl IntoResponse for ApiError {
 /// The `WWW-Authenticate` challenges for a HelseID token: Bearer and DPoP, with the RFC 6750 error
 /// code when a token came and was refused.
 fn token_challenge(error: Option<&str>) -> String {
-    let error = error.map(|e| format!(", error=\"{e}\"")).unwrap_or_default();
+    let error = error
+        .map(|e| format!(", error=\"{e}\""))
+        .unwrap_or_default();
     format!(
         "{} realm=\"sfm\"{error}, {} realm=\"sfm\"{error}, algs=\"{}\"",
         contract::AUTH_SCHEME_BEARER,

@@ -53,7 +53,11 @@ fn examples_go_from_staging_to_operational_under_the_activation_rule() {
         .map(|(_, v)| v.into_owned())
         .unwrap_or_else(|| "prefer".to_owned());
     for uri in [&migrator_uri, &application_uri] {
-        assert!(uri.ends_with(&format!("?sslmode={admin_ssl_mode}")), "sslmode of {}", uri.split('@').nth(1).unwrap_or_default());
+        assert!(
+            uri.ends_with(&format!("?sslmode={admin_ssl_mode}")),
+            "sslmode of {}",
+            uri.split('@').nth(1).unwrap_or_default()
+        );
     }
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
