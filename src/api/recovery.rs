@@ -3,10 +3,12 @@
 //! unfinished uploads an hour past their expiry are swept.
 //!
 //! Connections are what it must not waste: a database this replica served lately
-//! ([`RECENTLY_ACTIVE`]) is scanned every [`SCAN_EVERY`]; any other staging database only every
-//! [`IDLE_SCAN_EVERY`], at a time of its own (the scans of many idle databases are spread out), and
-//! its connection is closed right after. Pools of databases that left staging or are gone are
-//! closed. A thousand databases waiting for their uploads hold no connection of this replica.
+//! ([`RECENTLY_ACTIVE`]) is scanned every [`SCAN_EVERY`]; any other staging database once when the
+//! replica first sees it (so a replica that starts, or restarts, takes over what a dead one left at
+//! once) and then about every [`IDLE_SCAN_EVERY`], at a time of its own (the scans of many idle
+//! databases are spread out), its connection closed right after. A scan that finds uploads waiting
+//! makes the database one this replica serves. Pools of databases that left staging or are gone
+//! are closed. A thousand databases waiting for their uploads hold no connection of this replica.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -60,16 +62,19 @@ pub async fn recovery_loop(state: Arc<AppState>) {
         for (uid, db) in staging {
             let active = state.recently_active(uid, RECENTLY_ACTIVE);
             if !active {
-                let due = *idle_due
-                    .entry(uid)
-                    .or_insert_with(|| now + spread(uid, IDLE_SCAN_EVERY));
+                let due = *idle_due.entry(uid).or_insert(now);
                 if due > now {
                     continue;
                 }
-                idle_due.insert(uid, now + IDLE_SCAN_EVERY);
+                idle_due.insert(
+                    uid,
+                    now + IDLE_SCAN_EVERY / 2 + spread(uid, IDLE_SCAN_EVERY / 2),
+                );
             }
-            scan(&state, uid, &db).await;
-            if !active {
+            if scan(&state, uid, &db).await {
+                // Uploads were waiting: scanned often until they are taken.
+                state.note_activity(uid);
+            } else if !active {
                 // Nothing keeps the connection of a database nobody sends anything to.
                 state.directory.forget_pool(uid).await;
             }
@@ -84,11 +89,16 @@ fn spread(uid: Uuid, period: Duration) -> Duration {
     period * fraction / 1000
 }
 
-/// One scan of one database: the sweep of expired uploads, then the ingest of what waits.
-async fn scan(state: &Arc<AppState>, uid: Uuid, db: &Arc<MigrationDatabase>) {
+/// One scan of one database: the sweep of expired uploads, then the ingest of what waits. Whether
+/// uploads were waiting.
+async fn scan(state: &Arc<AppState>, uid: Uuid, db: &Arc<MigrationDatabase>) -> bool {
     let Ok(pool) = state.directory.pool(db).await else {
-        return;
+        return false;
     };
+    let _ =
+        sqlx::query("DELETE FROM sfm.dpop_proofs WHERE seen_at < now() - interval '10 minutes'")
+            .execute(&pool)
+            .await;
     let _ = sqlx::query(
         "DELETE FROM sfm.uploads WHERE state IN ('created', 'receiving') AND expires_at < now() - interval '1 hour'",
     )
@@ -102,8 +112,9 @@ async fn scan(state: &Arc<AppState>, uid: Uuid, db: &Arc<MigrationDatabase>) {
     .await
     {
         Ok(rows) => rows,
-        Err(_) => return,
+        Err(_) => return false,
     };
+    let found = !waiting.is_empty();
     for (upload, key_id) in waiting {
         let session = Session {
             database: db.clone(),
@@ -116,6 +127,7 @@ async fn scan(state: &Arc<AppState>, uid: Uuid, db: &Arc<MigrationDatabase>) {
         tracing::debug!(%upload, "ingesting an upload left complete");
         let _ = ingest_upload(state.clone(), session, upload, Ingester::Recovery).await;
     }
+    found
 }
 
 #[cfg(test)]
