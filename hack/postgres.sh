@@ -92,9 +92,12 @@ port_in_use() {
 }
 
 pick_free_port() {
-    local port attempt
+    local port attempt low
+    # Below the kernel's ephemeral range: a port from that range can be taken by an outgoing
+    # connection's local end between this check and the server's bind (seen: "Address already in use").
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
     for attempt in $(seq 1 50); do
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 30000))
+        port=$((10000 + (RANDOM * 32768 + RANDOM) % (low - 10000)))
         if ! port_in_use "$port"; then
             echo "$port"
             return 0

@@ -92,13 +92,27 @@ impl Drop for Process {
     }
 }
 
-/// A TCP port free on the loopback now, for a process the test starts.
+/// A TCP port free on the loopback now, for a process the test starts: below the kernel's ephemeral
+/// range (a port from that range can be given to an outgoing connection's local end before the
+/// process binds it), and never the same twice in this test process (tests run in parallel).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let span = low.saturating_sub(10000).max(1);
+    // A start of its own for each test process, so two processes rarely walk the same ports.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(n < span, "no free port below the ephemeral range");
+        let port = 10000 + (start + n) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
 }
 
 /// The PostgreSQL admin URI of the test server (set by `hack/test-env.sh`).
