@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{ConnectOptions as _, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{ApiError, Limits, keys, switch};
@@ -157,21 +157,7 @@ impl Directory {
         if let Some(pool) = pools.get(&uid) {
             return Ok(pool.clone());
         }
-        let uri = self.migrator_uri(db).await?.ok_or_else(|| {
-            ApiError::new(ProblemCode::MigrationOperational).detail(
-                "the database has no migrator connection: it is not in staging (operational, or not provisioned yet)",
-            )
-        })?;
-        let options = sqlx::postgres::PgConnectOptions::from_str(&uri)
-            .map_err(|_| {
-                ApiError::internal(
-                    "read the migrator Secret",
-                    "the uri is not a PostgreSQL URI",
-                )
-            })?
-            .application_name(super::FIELD_MANAGER)
-            // Statement text stays out of the logs (slow-statement warnings would print it).
-            .disable_statement_logging();
+        let options = self.migrator_options(db).await?;
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .min_connections(0)
@@ -180,6 +166,36 @@ impl Directory {
             .connect_lazy_with(options);
         pools.insert(uid, pool.clone());
         Ok(pool)
+    }
+
+    /// One connection of the database's migrator, of no pool: for a look that must not keep a
+    /// connection open afterwards (the recovery loop's scan of a database this replica does not
+    /// serve). Closed by the caller.
+    pub async fn connect_once(&self, db: &MigrationDatabase) -> Result<PgConnection, ApiError> {
+        switch::ensure_open(db)?;
+        let options = self.migrator_options(db).await?;
+        PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| super::error::database("connect to the staging database", e))
+    }
+
+    /// How to connect as the database's migrator.
+    async fn migrator_options(&self, db: &MigrationDatabase) -> Result<PgConnectOptions, ApiError> {
+        let uri = self.migrator_uri(db).await?.ok_or_else(|| {
+            ApiError::new(ProblemCode::MigrationOperational).detail(
+                "the database has no migrator connection: it is not in staging (operational, or not provisioned yet)",
+            )
+        })?;
+        Ok(PgConnectOptions::from_str(&uri)
+            .map_err(|_| {
+                ApiError::internal(
+                    "read the migrator Secret",
+                    "the uri is not a PostgreSQL URI",
+                )
+            })?
+            .application_name(super::FIELD_MANAGER)
+            // Statement text stays out of the logs (slow-statement warnings would print it).
+            .disable_statement_logging())
     }
 
     /// The migrator's connection URI from its Secret in the API's namespace: under the UID-based

@@ -6,9 +6,10 @@
 //! ([`RECENTLY_ACTIVE`]) is scanned every [`SCAN_EVERY`]; any other staging database once when the
 //! replica first sees it (so a replica that starts, or restarts, takes over what a dead one left at
 //! once) and then about every [`IDLE_SCAN_EVERY`], at a time of its own (the scans of many idle
-//! databases are spread out), its connection closed right after. A scan that finds uploads waiting
-//! makes the database one this replica serves. Pools of databases that left staging or are gone
-//! are closed. A thousand databases waiting for their uploads hold no connection of this replica.
+//! databases are spread out), through one connection of its own, closed right after (never the
+//! pool: requests may be using it). A scan that finds uploads waiting makes the database one this
+//! replica serves. Pools of databases that left staging or are gone are closed. A thousand
+//! databases waiting for their uploads hold no connection of this replica.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -71,12 +72,16 @@ pub async fn recovery_loop(state: Arc<AppState>) {
                     now + IDLE_SCAN_EVERY / 2 + spread(uid, IDLE_SCAN_EVERY / 2),
                 );
             }
+            if !active {
+                if !look(&state, &db).await {
+                    continue;
+                }
+                // Uploads wait for their ingest: scanned often until they are taken.
+                state.note_activity(uid);
+            }
             if scan(&state, uid, &db).await {
                 // Uploads were waiting: scanned often until they are taken.
                 state.note_activity(uid);
-            } else if !active {
-                // Nothing keeps the connection of a database nobody sends anything to.
-                state.directory.forget_pool(uid).await;
             }
         }
     }
@@ -87,6 +92,33 @@ pub async fn recovery_loop(state: Arc<AppState>) {
 fn spread(uid: Uuid, period: Duration) -> Duration {
     let fraction = (uid.as_u128() % 1000) as u32;
     period * fraction / 1000
+}
+
+/// The look at a database this replica does not serve, through a connection of its own closed
+/// right after: the sweep of expired uploads and old DPoP proofs, and whether any upload waits for
+/// its ingest (however recently completed: the scan leaves the newest to their own request a few
+/// seconds, and a database found with one is scanned every few seconds from then on).
+async fn look(state: &AppState, db: &MigrationDatabase) -> bool {
+    use sqlx::Connection as _;
+    let Ok(mut connection) = state.directory.connect_once(db).await else {
+        return false;
+    };
+    let _ = sqlx::query(
+        "DELETE FROM sfm.uploads WHERE state IN ('created', 'receiving') AND expires_at < now() - interval '1 hour'",
+    )
+    .execute(&mut connection)
+    .await;
+    let _ =
+        sqlx::query("DELETE FROM sfm.dpop_proofs WHERE seen_at < now() - interval '10 minutes'")
+            .execute(&mut connection)
+            .await;
+    let waiting: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sfm.uploads WHERE state = 'complete')")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap_or(false);
+    let _ = connection.close().await;
+    waiting
 }
 
 /// One scan of one database: the sweep of expired uploads, then the ingest of what waits. Whether

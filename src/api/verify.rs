@@ -135,11 +135,13 @@ async fn verify_in_session(
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| database("read the pending uploads", e))?;
-    // Every upload still open or complete-but-not-ingested is pending, named in the manifest or
-    // not: a validation must never be followed by a file stored after it. Except a leftover: an
-    // open upload of a file the manifest lists and that is stored exactly as listed (an uploader
-    // killed after its creation and before it wrote down the upload's URL starts that file anew).
-    // It is deleted with the validation, in this transaction, so nothing can come of it.
+    // A validation must never be followed by a file stored after it. An upload complete but not
+    // ingested yet is pending, named in the manifest or not: its ingest may store it. An open
+    // upload is pending when the manifest lists its file and that file is not stored as listed:
+    // the client is still sending it. Any other open upload is a leftover (an uploader killed
+    // after a creation and before it wrote the upload's URL down starts that file anew; or a file
+    // outside the export): it is deleted with the validation, in this transaction, so nothing can
+    // come of it.
     let pending: HashMap<String, (String, bool)> = pending
         .iter()
         .map(|r| {
@@ -210,8 +212,13 @@ async fn verify_in_session(
             );
         }
     }
-    for (key, (name, _)) in &pending {
-        if !listed.contains(key) {
+    for (key, (name, only_open)) in &pending {
+        if listed.contains(key) {
+            continue;
+        }
+        if *only_open {
+            leftovers.push(name.clone());
+        } else {
             push(&mut mismatches.pending, name, &mut mismatches.truncated);
         }
     }
