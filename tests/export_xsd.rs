@@ -289,7 +289,11 @@ fn on_the_corpus_our_verdict_is_xmllints() {
     let tmp = tempfile::tempdir().unwrap();
     let mut documents = vec![
         ("unchanged patient", Kind::Patient, mended_patient_xml()),
-        ("unchanged organisation", Kind::Organisation, organisation_xml()),
+        (
+            "unchanged organisation",
+            Kind::Organisation,
+            organisation_xml(),
+        ),
     ];
     let variants = invalid_variants();
     let reasons: BTreeSet<&str> = variants.iter().map(|v| v.reason).collect();

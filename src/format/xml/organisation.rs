@@ -41,8 +41,7 @@ pub fn parse_organisation(
                 .institutions
                 .push(parse_institution(&mut cursor)?),
             Some("ForskrivningsMaler") => {
-                organisation.prescription_templates +=
-                    count_children(&mut cursor, "Mal")?;
+                organisation.prescription_templates += count_children(&mut cursor, "Mal")?;
             }
             Some("Rapporter") => {
                 while let Some(report) = cursor.next_child()? {
@@ -53,8 +52,7 @@ pub fn parse_organisation(
                 }
             }
             Some("Protokoller") => {
-                organisation.protocols +=
-                    count_children(&mut cursor, "Protokoll")?;
+                organisation.protocols += count_children(&mut cursor, "Protokoll")?;
             }
             Some("LokaltLegemiddel") => {
                 organisation.local_drugs += 1;

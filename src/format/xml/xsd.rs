@@ -264,7 +264,10 @@ impl Validator {
         if self.errors.dropped > 0 {
             departures.push(Deviation {
                 path: "/".into(),
-                message: format!("{} further deviations were not recorded", self.errors.dropped),
+                message: format!(
+                    "{} further deviations were not recorded",
+                    self.errors.dropped
+                ),
             });
         }
         if status != 0 && departures.is_empty() {
