@@ -14,7 +14,7 @@ use sfm_migration::export::{ExportOptions, patient_zip, write_export};
 use sfm_migration::format::envelope::{
     DecryptionKeys, RecipientCertificate, generate_demo_key_pair, parse_header,
 };
-use sfm_migration::format::layout::scan;
+use sfm_migration::format::layout::{reports_never_uploaded, scan};
 use sfm_migration::format::patient_file::{read_organisation_file, read_patient_file};
 use sfm_migration::ident::NationalId;
 
@@ -161,6 +161,30 @@ fn export_decrypts_with_openssl_and_validates_against_nhn_xsd() {
         Some("974600951")
     );
     assert_eq!(org.organisation.reports.len(), 2);
+    // Reports as NHN's sample names them (`RapportFil` `Reports0\<id>.xps`), each travelling as
+    // `Reports0\<id>.rpt`, a zip holding `<id>.xps`: every named report is in a file.
+    let report_files: Vec<String> = layout
+        .reports
+        .iter()
+        .map(|p| {
+            p.strip_prefix(&out)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace('/', "\\")
+        })
+        .collect();
+    for report in &org.organisation.reports {
+        assert_eq!(report.file, format!("Reports0\\{}.xps", report.id));
+        assert!(report_files.contains(&format!("Reports0\\{}.rpt", report.id)));
+    }
+    assert_eq!(
+        reports_never_uploaded(
+            org.organisation.reports.iter().map(|r| r.file.as_str()),
+            report_files.iter().map(String::as_str)
+        ),
+        Vec::<String>::new()
+    );
     let user_hprs: BTreeSet<String> = org
         .organisation
         .users
@@ -213,10 +237,13 @@ fn export_decrypts_with_openssl_and_validates_against_nhn_xsd() {
         .collect();
     args.extend(paths.iter().map(String::as_str));
     run(work, "xmllint", &args);
-    // Reports decrypt too.
+    // Reports decrypt too, each to a zip holding the document its name promises.
     for report in &layout.reports {
         let zip = openssl_decrypt(work, &key_pem, report);
-        assert!(zip.starts_with(b"PK"));
+        let archive =
+            sfm_migration::format::archive::read_archive(&zip, &Default::default()).unwrap();
+        let stem = report.file_stem().unwrap().to_str().unwrap();
+        assert!(archive.get(&format!("{stem}.xps")).is_some());
     }
 
     // Sizes follow the mean and the spread.
