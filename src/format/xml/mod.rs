@@ -149,12 +149,23 @@ pub enum XmlError {
 #[cfg(test)]
 mod tests;
 
-/// libxml2's verdict on a document the parse accepted: not well-formed is an error, every departure
-/// from NHN's XSD a deviation (at most [`XmlLimits::max_deviations`] and one counting the rest).
-fn schema_departures(xml: &[u8], limits: &XmlLimits) -> Result<Vec<Deviation>, XmlError> {
+/// libxml2's verdict under NHN's XSD on a document [`parse_patient`] or [`parse_organisation`]
+/// accepted (they call it; it must not see a document that did not pass [`check_prolog`] and the
+/// parse's bounds): not well-formed is an error, every departure from the XSD a deviation (at most
+/// [`XmlLimits::max_deviations`] and one counting the rest). CPU work: run it on a blocking thread.
+pub fn xsd_departures(xml: &[u8], limits: &XmlLimits) -> Result<Vec<Deviation>, XmlError> {
     match xsd::validate(xml, limits.max_deviations)? {
         xsd::Verdict::Malformed { line, reason } => Err(XmlError::NotWellFormed { line, reason }),
         xsd::Verdict::Departures(departures) => Ok(departures),
+    }
+}
+
+/// libxml2's well-formedness check of a document NHN's XSD does not cover (a KITH message), after
+/// the parse accepted it.
+fn check_well_formed(xml: &[u8]) -> Result<(), XmlError> {
+    match xsd::check_well_formed(xml)? {
+        xsd::Verdict::Malformed { line, reason } => Err(XmlError::NotWellFormed { line, reason }),
+        xsd::Verdict::Departures(_) => Ok(()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `ExportImport` (the organisation file's `ExportData.xml`) into [`OrganisationExport`].
 
 use super::cursor::{Cursor, Element};
-use super::{EXPORT_NAMESPACE, Parsed, XmlError, XmlLimits, schema_departures, shown_name};
+use super::{EXPORT_NAMESPACE, Parsed, XmlError, XmlLimits, shown_name, xsd_departures};
 use crate::model::{Institution, OrganisationExport, Report, User};
 
 const ROOT: &str = "ExportImport";
@@ -73,7 +73,7 @@ pub fn parse_organisation(
         }
     }
     cursor.finish()?;
-    let deviations = schema_departures(xml, limits)?;
+    let deviations = xsd_departures(xml, limits)?;
     if organisation.institutions.is_empty() {
         return Err(XmlError::MissingRequired {
             path: format!("{ROOT}/Institusjon"),

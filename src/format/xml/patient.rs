@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use super::cursor::{Cursor, Element};
-use super::{EXPORT_NAMESPACE, Parsed, XmlError, XmlLimits, schema_departures, shown_name};
+use super::{EXPORT_NAMESPACE, Parsed, XmlError, XmlLimits, shown_name, xsd_departures};
 use crate::model::{
     CareService, Cave, CaveSubstance, Demographics, Doctor, DrugReaction, MessageRef,
     PatientExport, Prescription, PrescriptionUser, ReactionDeletion, Treatment, TreatmentKind,
@@ -56,7 +56,7 @@ pub fn parse_patient(xml: &[u8], limits: &XmlLimits) -> Result<Parsed<PatientExp
         }
     }
     cursor.finish()?;
-    let deviations = schema_departures(xml, limits)?;
+    let deviations = xsd_departures(xml, limits)?;
 
     let id_text = id.ok_or_else(|| XmlError::MissingRequired {
         path: format!("{ROOT}/Id"),

@@ -271,3 +271,21 @@ fn message_ids_come_from_msghead_and_apprec() {
         Err(XmlError::WrongNamespace { .. })
     ));
 }
+
+#[test]
+fn what_libxml2_finds_not_well_formed_is_refused_without_quoting_it() {
+    // An element name may not start with a digit; the streaming parse lets it through.
+    let patient_xml = patient(DEMOGRAPHICS, "<01019912345/>");
+    let message = br#"<MsgHead xmlns="http://www.kith.no/xmlstds/msghead/2006-05-24"><MsgInfo><MsgId>a</MsgId></MsgInfo><01019912345/></MsgHead>"#;
+    for refused in [
+        parse(&patient_xml).map(|_| ()),
+        parse_message(message, &XmlLimits::default()).map(|_| ()),
+    ] {
+        let error = refused.unwrap_err();
+        assert!(
+            matches!(error, XmlError::NotWellFormed { line: 1, .. }),
+            "{error:?}"
+        );
+        assert!(!error.to_string().contains("01019912345"), "{error}");
+    }
+}

@@ -44,6 +44,23 @@ pub(crate) enum Verdict {
 
 /// Parses `document` with libxml2 and validates it against NHN's XSD.
 pub(crate) fn validate(document: &[u8], max_departures: usize) -> Result<Verdict, XmlError> {
+    with_validator(document, |validator, length| {
+        validator.run(document, length, Some(max_departures))
+    })
+}
+
+/// Parses `document` with libxml2 only: a document NHN's XSD does not cover (the KITH messages) is
+/// still refused when libxml2 finds it not well-formed. `Departures` is then always empty.
+pub(crate) fn check_well_formed(document: &[u8]) -> Result<Verdict, XmlError> {
+    with_validator(document, |validator, length| {
+        validator.run(document, length, None)
+    })
+}
+
+fn with_validator(
+    document: &[u8],
+    run: impl FnOnce(&mut Validator, c_int) -> Verdict,
+) -> Result<Verdict, XmlError> {
     let schema = compiled_schema()?;
     let length = c_int::try_from(document.len()).map_err(|_| XmlError::TooLarge)?;
     THREAD_VALIDATOR.with(|cell| {
@@ -52,7 +69,7 @@ pub(crate) fn validate(document: &[u8], max_departures: usize) -> Result<Verdict
             *slot = Some(Validator::new(schema)?);
         }
         let validator = slot.as_mut().expect("created above");
-        Ok(validator.run(document, length, max_departures))
+        Ok(run(validator, length))
     })
 }
 
@@ -220,7 +237,8 @@ impl Validator {
         }
     }
 
-    fn run(&mut self, document: &[u8], length: c_int, max_departures: usize) -> Verdict {
+    /// Parses, then validates unless `max_departures` is `None`.
+    fn run(&mut self, document: &[u8], length: c_int, max_departures: Option<usize>) -> Verdict {
         self.errors.reset(usize::MAX);
         // SAFETY: the buffer and its length are the caller's slice; the document tree lives until
         // xmlFreeDoc below, and the handler reads node pointers only while it is alive.
@@ -245,6 +263,11 @@ impl Validator {
             }
             return Verdict::Malformed { line, reason };
         }
+        let Some(max_departures) = max_departures else {
+            // SAFETY: built by xmlCtxtReadMemory above and not used after.
+            unsafe { xmlFreeDoc(tree) };
+            return Verdict::Departures(Vec::new());
+        };
         self.errors.reset(max_departures);
         // SAFETY: a valid context and the tree built above; freed right after.
         let status = unsafe {
