@@ -273,9 +273,7 @@ fn ingest_path_per_stage() {
     );
     let slowest = stages.iter().max_by_key(|s| s.took).unwrap();
     println!("slowest stage: {}", slowest.name);
-    println!(
-        "\nXSD validation (libxml2, NHN's XSD), milliseconds per 100 KB of PatientData.xml, one core:"
-    );
+    println!("\nXSD validation (libxml2, NHN's XSD), milliseconds per 100 KB of XML, one core:");
     for (what, ms) in xsd {
         println!("  {what:<58} {ms:>8.2}");
     }
@@ -329,13 +327,16 @@ fn xsd_cost(
         }
     });
     let file = envelope::encrypt(&zip, recipient, "zip").unwrap();
+    // prepare reads every document of the file (the patient and its 113 message files): per 100 KB
+    // of them all.
+    let xml_bytes = read_archive(&zip, &limits.archive).unwrap().total_bytes() as usize;
     for (what, check) in [
         (
-            "prepare (decrypt..checks), valid patient, Lenient",
+            "prepare (decrypt..checks), all XML of the file, Lenient",
             SchemaCheck::Lenient,
         ),
         (
-            "prepare (decrypt..checks), valid patient, Strict",
+            "prepare (decrypt..checks), all XML of the file, Strict",
             SchemaCheck::Strict,
         ),
     ] {
@@ -347,7 +348,7 @@ fn xsd_cost(
         for _ in 0..files {
             prepare(keys, &file, FileType::Patient, &name, limits, &db).unwrap();
         }
-        figures.push((what, per_100_kb(start.elapsed(), valid.len() * files)));
+        figures.push((what, per_100_kb(start.elapsed(), xml_bytes * files)));
     }
     figures
 }
