@@ -603,3 +603,29 @@ fn errors_never_quote_document_text() {
         .to_string();
     assert!(!error.contains("09010557876"), "{error}");
 }
+
+/// The XSD check runs on many threads at once (the API's blocking pool): one compiled schema, one
+/// libxml2 context per thread, and every thread's verdict is the one a single thread gives.
+#[test]
+fn threads_validating_at_once_agree_with_one() {
+    let limits = FormatLimits::default();
+    let zip = patient_zip();
+    let expected = read_patient_file(&zip, &limits).unwrap().deviations;
+    assert_eq!(expected.len(), 80);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..6)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..5)
+                        .map(|_| read_patient_file(&zip, &limits).unwrap().deviations)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for worker in workers {
+            for deviations in worker.join().unwrap() {
+                assert_eq!(deviations, expected);
+            }
+        }
+    });
+}
