@@ -110,6 +110,8 @@ const XML_ELEMENT_NODE: c_int = 1;
 const XML_ATTRIBUTE_NODE: c_int = 2;
 /// `XML_ERR_ERROR`: errors and fatal errors; warnings are below.
 const XML_ERR_ERROR: c_int = 2;
+/// Warnings kept while parsing (only the first error decides; the rest is bounded memory).
+const PARSE_MESSAGES_KEPT: usize = 100;
 /// `XML_PARSE_NOERROR | XML_PARSE_NOWARNING | XML_PARSE_NONET`: no output of its own, no network.
 /// Deliberately without `XML_PARSE_NOENT`, `XML_PARSE_DTDLOAD` and `XML_PARSE_HUGE`.
 const PARSE_OPTIONS: c_int = (1 << 5) | (1 << 6) | (1 << 11);
@@ -239,7 +241,7 @@ impl Validator {
 
     /// Parses, then validates unless `max_departures` is `None`.
     fn run(&mut self, document: &[u8], length: c_int, max_departures: Option<usize>) -> Verdict {
-        self.errors.reset(usize::MAX);
+        self.errors.reset(PARSE_MESSAGES_KEPT);
         // SAFETY: the buffer and its length are the caller's slice; the document tree lives until
         // xmlFreeDoc below, and the handler reads node pointers only while it is alive.
         let tree = unsafe {
@@ -252,11 +254,9 @@ impl Validator {
                 PARSE_OPTIONS,
             )
         };
-        let failed = self.errors.found.iter().find(|e| e.level >= XML_ERR_ERROR);
+        let failed = self.errors.first_error.take();
         if tree.is_null() || failed.is_some() {
-            let (line, reason) = failed.map_or((0, "libxml2 built no document".into()), |e| {
-                (e.line, e.reason.clone())
-            });
+            let (line, reason) = failed.unwrap_or((0, "libxml2 built no document".into()));
             if !tree.is_null() {
                 // SAFETY: built by xmlCtxtReadMemory above and not used after.
                 unsafe { xmlFreeDoc(tree) };
@@ -318,8 +318,6 @@ impl Drop for Validator {
 // ---- what libxml2 reports, collected ----
 
 struct Found {
-    level: c_int,
-    line: u32,
     path: String,
     reason: String,
 }
@@ -328,6 +326,8 @@ struct Collector {
     found: Vec<Found>,
     limit: usize,
     dropped: usize,
+    /// The first error (not warning), kept even beyond `limit`: what makes a parse fail.
+    first_error: Option<(u32, String)>,
 }
 
 impl Collector {
@@ -336,6 +336,7 @@ impl Collector {
             found: Vec::new(),
             limit,
             dropped: 0,
+            first_error: None,
         }
     }
 
@@ -343,6 +344,7 @@ impl Collector {
         self.found.clear();
         self.limit = limit;
         self.dropped = 0;
+        self.first_error = None;
     }
 
     fn as_user_data(&mut self) -> *mut c_void {
@@ -359,8 +361,12 @@ unsafe extern "C" fn collect(user_data: *mut c_void, error: *const RawError) {
     // SAFETY: user data is always a live `Collector` (see Validator and compile); libxml2 passes a
     // valid error whose strings are NUL-terminated or null, and whose node is in the live tree.
     let (collector, error) = unsafe { (&mut *user_data.cast::<Collector>(), &*error) };
-    if collector.found.len() >= collector.limit {
+    let is_error = error.level >= XML_ERR_ERROR;
+    let full = collector.found.len() >= collector.limit;
+    if full {
         collector.dropped += 1;
+    }
+    if full && (!is_error || collector.first_error.is_some()) {
         return;
     }
     let message = if error.message.is_null() {
@@ -371,14 +377,17 @@ unsafe extern "C" fn collect(user_data: *mut c_void, error: *const RawError) {
             .to_string_lossy()
             .into_owned()
     };
+    let line = u32::try_from(error.line).unwrap_or(0);
+    let reason = clean_message(&message);
+    if is_error && collector.first_error.is_none() {
+        collector.first_error = Some((line, reason.clone()));
+    }
+    if full {
+        return;
+    }
     // SAFETY: as above.
     let path = unsafe { node_path(error.node.cast()) };
-    collector.found.push(Found {
-        level: error.level,
-        line: u32::try_from(error.line).unwrap_or(0),
-        path,
-        reason: clean_message(&message),
-    });
+    collector.found.push(Found { path, reason });
 }
 
 /// `PasientExport/Behandlinger/Legemiddelbehandling[2]/Prescription/@V`: local names from the root
@@ -479,7 +488,14 @@ pub(crate) fn clean_message(message: &str) -> String {
             .unwrap_or(text);
     }
 
-    const KEPT_AFTER: [&str; 5] = ["Element ", "element ", "attribute ", "type ", "facet "];
+    const KEPT_AFTER: [&str; 6] = [
+        "Element ",
+        "element ",
+        "attribute ",
+        "type ",
+        "facet ",
+        "content type is ",
+    ];
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find('\'') {
