@@ -160,6 +160,12 @@ pub fn xsd_departures(xml: &[u8], limits: &XmlLimits) -> Result<Vec<Deviation>, 
     }
 }
 
+/// Compiles NHN's XSD now (once per process; otherwise the first validation does), so that a
+/// program can fail at start-up rather than at its first file.
+pub fn compile_xsd() -> Result<(), XmlError> {
+    xsd::compile_once()
+}
+
 /// libxml2's well-formedness check of a document NHN's XSD does not cover (a KITH message), after
 /// the parse accepted it.
 fn check_well_formed(xml: &[u8]) -> Result<(), XmlError> {

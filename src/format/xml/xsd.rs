@@ -162,6 +162,11 @@ unsafe impl Send for CompiledSchema {}
 // SAFETY: as above, only read after compilation.
 unsafe impl Sync for CompiledSchema {}
 
+/// Compiles the schema unless done already.
+pub(crate) fn compile_once() -> Result<(), XmlError> {
+    compiled_schema().map(|_| ())
+}
+
 fn compiled_schema() -> Result<&'static CompiledSchema, XmlError> {
     static SCHEMA_ONCE: OnceLock<Result<CompiledSchema, String>> = OnceLock::new();
     SCHEMA_ONCE
