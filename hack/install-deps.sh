@@ -35,5 +35,8 @@ fi
 # tuspy: a tus client nobody here wrote, for the migration API's end-to-end test.
 python3 -c 'import tusclient' 2>/dev/null || python3 -m pip install -q tuspy 2>/dev/null \
   || python3 -m pip install -q --break-system-packages tuspy
+# cryptography: the DPoP proofs (PS256) of the stand-in for NHN's uploader (tests/fixtures/nhn_uploader).
+python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography 2>/dev/null \
+  || python3 -m pip install -q --break-system-packages cryptography
 "$root/hack/build-controlplane.sh" >/dev/null
 "$root/hack/tools.sh" >/dev/null # helm and kubeconform for the chart tests

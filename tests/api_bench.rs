@@ -49,6 +49,7 @@ fn database_with(validation: ValidationPolicy) -> MigrationDatabase {
             reclaim_policy: Default::default(),
             network_policy: Default::default(),
             validation,
+            helse_id_uploads: None,
         },
     )
 }

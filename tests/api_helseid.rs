@@ -331,6 +331,7 @@ fn client_credentials_with_dpop_nonce_yield_a_token_the_api_accepts() {
             issuer: url.clone(),
             audience: AUDIENCE.into(),
             required_scope: Some("nhn:sfm-migration/upload".into()),
+            require_dpop: false,
         };
         let method = Method::PATCH;
         let mut headers = HeaderMap::new();
@@ -355,4 +356,188 @@ fn client_credentials_with_dpop_nonce_yield_a_token_the_api_accepts() {
         let facts = RequestFacts { method: &method, url: API_URL.into(), headers: &empty };
         assert_eq!(verifier.check_request(&policy, ORGNR, &facts).await.unwrap_err().code(), ProblemCode::TokenRequired);
     });
+}
+
+#[test]
+fn a_token_not_valid_yet_is_refused() {
+    let (issuer, token) = claims_with(|claims| {
+        claims["nbf"] = (chrono::Utc::now().timestamp() + 3600).into();
+    });
+    assert_eq!(
+        verify_access_token(&token, &issuer.jwks(), &expect()).unwrap_err(),
+        TokenError::Invalid("it is not valid yet")
+    );
+}
+
+/// The issuer's keys outlive an outage of the issuer (a valid token is still accepted once the
+/// cache has expired), a flood of tokens with unknown `kid`s fetches the keys at most once in the
+/// rate limit's time, and a database that requires DPoP refuses a Bearer token.
+#[test]
+fn keys_outlive_an_issuer_outage_unknown_kids_are_rate_limited_and_dpop_can_be_required() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    sfm_migration::tls::install_crypto_provider();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (_, client_jwk) = es256();
+        let issuer = issuer(&url, &client_jwk);
+        let key_fetches = Arc::new(AtomicUsize::new(0));
+        let counter = key_fetches.clone();
+        let app = sfm_migration::helseid::issuer::router(issuer.clone()).layer(
+            tower::util::MapRequestLayer::new(
+                move |request: axum::http::Request<axum::body::Body>| {
+                    if request.uri().path() == sfm_migration::helseid::issuer::JWKS_PATH {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    request
+                },
+            ),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let policy = TokenPolicy {
+            issuer: url.clone(),
+            audience: AUDIENCE.into(),
+            required_scope: Some("nhn:sfm-migration/upload".into()),
+            require_dpop: false,
+        };
+        let token = issuer.sign(&issuer.claims_for(
+            &client(&client_jwk),
+            &["nhn:sfm-migration/upload".into()],
+            None,
+        ));
+        let method = Method::PATCH;
+        let bearer = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
+            headers
+        };
+        let verifier = Verifier::with_timings(Duration::from_millis(300), Duration::from_secs(30));
+        // Another replica's verifier, whose rate limit lets it try the issuer again soon.
+        let eager = Verifier::with_timings(Duration::from_millis(300), Duration::from_millis(100));
+        let first = headers_of(&token);
+        assert_eq!(
+            eager
+                .check_request(&policy, ORGNR, &facts_of(&method, &first))
+                .await
+                .unwrap(),
+            "sample-sfm"
+        );
+        key_fetches.store(0, Ordering::SeqCst);
+        let headers = bearer(&token);
+        let facts = RequestFacts {
+            method: &method,
+            url: API_URL.into(),
+            headers: &headers,
+        };
+        assert_eq!(
+            verifier
+                .check_request(&policy, ORGNR, &facts)
+                .await
+                .unwrap(),
+            "sample-sfm"
+        );
+        assert_eq!(key_fetches.load(Ordering::SeqCst), 1);
+
+        // Tokens with kids the issuer never published: refused, and no fetch per token.
+        let (stranger, _) = es256();
+        for _ in 0..20 {
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = Some(uuid::Uuid::new_v4().to_string());
+            let forged = encode(
+                &header,
+                &issuer.claims_for(
+                    &client(&client_jwk),
+                    &["nhn:sfm-migration/upload".into()],
+                    None,
+                ),
+                &stranger,
+            )
+            .unwrap();
+            let headers = bearer(&forged);
+            let facts = RequestFacts {
+                method: &method,
+                url: API_URL.into(),
+                headers: &headers,
+            };
+            assert_eq!(
+                verifier
+                    .check_request(&policy, ORGNR, &facts)
+                    .await
+                    .unwrap_err()
+                    .code(),
+                ProblemCode::TokenInvalid
+            );
+        }
+        assert_eq!(
+            key_fetches.load(Ordering::SeqCst),
+            1,
+            "unknown kids fetched the keys again"
+        );
+
+        // The issuer goes away and the cache expires: the fetch fails, the last good keys verify.
+        server.abort();
+        let _ = server.await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            eager
+                .check_request(&policy, ORGNR, &facts_of(&method, &headers_of(&token)))
+                .await
+                .unwrap(),
+            "sample-sfm"
+        );
+        assert_eq!(
+            verifier
+                .check_request(&policy, ORGNR, &facts_of(&method, &headers_of(&token)))
+                .await
+                .unwrap(),
+            "sample-sfm"
+        );
+        // An issuer never reached has no keys to fall back on.
+        let unreachable = TokenPolicy {
+            issuer: "http://127.0.0.1:9".into(),
+            ..policy.clone()
+        };
+        assert_eq!(
+            verifier
+                .check_request(&unreachable, ORGNR, &facts_of(&method, &headers_of(&token)))
+                .await
+                .unwrap_err(),
+            TokenError::Jwks
+        );
+
+        // A database that requires DPoP refuses the same token as Bearer.
+        let strict = TokenPolicy {
+            require_dpop: true,
+            ..policy.clone()
+        };
+        assert_eq!(
+            verifier
+                .check_request(&strict, ORGNR, &facts_of(&method, &headers_of(&token)))
+                .await
+                .unwrap_err(),
+            TokenError::DpopRequired
+        );
+    });
+}
+
+fn headers_of(token: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    headers
+}
+
+fn facts_of<'a>(method: &'a Method, headers: &'a HeaderMap) -> RequestFacts<'a> {
+    RequestFacts {
+        method,
+        url: API_URL.into(),
+        headers,
+    }
 }

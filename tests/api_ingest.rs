@@ -41,6 +41,7 @@ fn database(organisation_number: &str, validation: ValidationPolicy) -> Migratio
             reclaim_policy: Default::default(),
             network_policy: Default::default(),
             validation,
+            helse_id_uploads: None,
         },
     )
 }

@@ -484,7 +484,7 @@ async fn tus_client_resumes_retries_and_never_sends_a_file_twice() {
     server.busy_first.store(true, Ordering::SeqCst);
     server.tear_first_patch.store(true, Ordering::SeqCst);
     let base = start_server(server.clone()).await;
-    let api = ApiClient::new(&base, Auth::new(server.key.clone(), None).unwrap(), 4).unwrap();
+    let api = ApiClient::new(&base, Auth::new(Some(server.key.clone()), None).unwrap(), 4).unwrap();
     let ledger = Ledger::open(&out, "test/db").unwrap();
     let options = UploadOptions {
         workers: 4,
@@ -607,7 +607,7 @@ async fn tus_client_resumes_retries_and_never_sends_a_file_twice() {
     assert_eq!(left, vec!["notes.txt".to_owned(), LEDGER_FILE.to_owned()]);
 
     // A wrong key is one clear failure, not a retry loop.
-    let wrong = ApiClient::new(&base, Auth::new(key(), None).unwrap(), 1).unwrap();
+    let wrong = ApiClient::new(&base, Auth::new(Some(key()), None).unwrap(), 1).unwrap();
     let failure = sfm_migration::client::workflow::key_check(&wrong)
         .await
         .unwrap_err();
@@ -654,6 +654,7 @@ fn migration_status(phase: contract::MigrationPhase) -> contract::MigrationStatu
         validated_digest: None,
         validated_at: None,
         activation_requested_at: None,
+        stored: None,
     }
 }
 
@@ -707,7 +708,7 @@ async fn switch_server(
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let api = ApiClient::new(
         &format!("http://{address}"),
-        Auth::new(key(), None).unwrap(),
+        Auth::new(Some(key()), None).unwrap(),
         1,
     )
     .unwrap();

@@ -291,7 +291,7 @@ fn tus_constants_match_the_document() {
     .unwrap();
     let pairs = contract::decode_upload_metadata(example).unwrap();
     let metadata = contract::CreationMetadata::from_pairs(&pairs).unwrap();
-    assert_eq!(metadata.file_type, FileType::ExportData);
+    assert_eq!(metadata.file_type, Some(FileType::ExportData));
     assert_eq!(metadata.name, "ExportData.dat");
 
     let checksum = at(
@@ -465,6 +465,10 @@ fn json_bodies_have_the_documented_fields() {
         validated_digest: Some("a".repeat(64)),
         validated_at: Some(time()),
         activation_requested_at: Some(time()),
+        stored: Some(contract::StoredFiles {
+            files: 3,
+            digest: "b".repeat(64),
+        }),
     };
     let minimal_status = MigrationStatus {
         phase_reason: None,
@@ -474,9 +478,15 @@ fn json_bodies_have_the_documented_fields() {
         validated_digest: None,
         validated_at: None,
         activation_requested_at: None,
+        stored: None,
         ..full_status.clone()
     };
     assert_shape("MigrationStatus", &full_status, &minimal_status);
+    let stored = contract::StoredFiles {
+        files: 3,
+        digest: "b".repeat(64),
+    };
+    assert_shape("StoredFiles", &stored, &stored);
 
     let file = ManifestFile {
         path: "ExportData.dat".into(),

@@ -15,6 +15,7 @@ mod e2e {
     pub mod crds;
     pub mod flow;
     pub mod isolation;
+    pub mod nhn_uploader;
     pub mod operator;
     pub mod operator_faults;
     pub mod processes;

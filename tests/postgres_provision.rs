@@ -138,6 +138,41 @@ async fn provisioning_twice_gives_the_same_result_and_staging_admits_only_the_mi
     assert!(can_connect(&uri_for(&names, &names.migrator, "migrator-pw-1")).await);
     assert!(!can_connect(&uri_for(&names, &names.application, "app-pw-1")).await);
     assert!(!can_connect(&uri_for(&names, &names.migrator, "wrong")).await);
+
+    // The migrator adds to the audit trail and never takes from it.
+    let mut migrator = PgConnection::connect(&uri_for(&names, &names.migrator, "migrator-pw-1"))
+        .await
+        .unwrap();
+    for statement in [
+        "DELETE FROM sfm.stored_files",
+        "UPDATE sfm.stored_files SET file_name = 'x'",
+        "TRUNCATE sfm.stored_files",
+        "DELETE FROM sfm.rejections",
+        "DELETE FROM sfm.deviations",
+        "DELETE FROM sfm.validation",
+    ] {
+        let error = sqlx::query(statement)
+            .execute(&mut migrator)
+            .await
+            .expect_err(statement);
+        assert_eq!(
+            error.as_database_error().and_then(|e| e.code()).as_deref(),
+            Some("42501"),
+            "{statement}: {error}"
+        );
+    }
+    for statement in [
+        "UPDATE sfm.rejections SET resolved = resolved",
+        "UPDATE sfm.validation SET activation_requested_at = activation_requested_at",
+        "DELETE FROM sfm.upload_chunks",
+        "DELETE FROM sfm.uploads WHERE state = 'created'",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut migrator)
+            .await
+            .expect(statement);
+    }
+    migrator.close().await.unwrap();
     cleanup(&names, &uid).await;
 }
 

@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 use super::directory::database_uid;
 use super::keys::{ReadAnswer, check_key_usable, issued_for, key_id_of, read_answer};
-use super::{ApiError, AppState, switch};
+use super::uploader::{self, Purpose};
+use super::{ApiError, AppState, keys, switch};
 use crate::contract::{MigrationKeyToken, ProblemCode};
 use crate::crd::{MigrationDatabase, MigrationKey};
 
@@ -30,7 +31,7 @@ use crate::crd::{MigrationDatabase, MigrationKey};
 pub struct Session {
     pub database: Arc<MigrationDatabase>,
     pub uid: Uuid,
-    /// The key id (never the key).
+    /// The key id (never the key); [`uploader::NO_KEY`] for a session of a HelseID token alone.
     pub key_id: String,
     /// The HelseID client, when the database required a token.
     pub helseid_client: Option<String>,
@@ -78,11 +79,12 @@ pub enum Reader {
     /// A database in staging: a full session with the migrator's pool.
     Live {
         session: Session,
-        key: Arc<MigrationKey>,
+        /// The key presented; `None` for a HelseID token alone.
+        key: Option<Arc<MigrationKey>>,
     },
     /// A database being switched or operational: the answer comes from its status.
     FromStatus {
-        key: Arc<MigrationKey>,
+        key: Option<Arc<MigrationKey>>,
         database: Arc<MigrationDatabase>,
     },
 }
@@ -107,8 +109,23 @@ pub async fn reader_for_token(
     let answer = read_answer(&key, phase, chrono::Utc::now())?;
     let helseid_client = helseid_client(state, &database, request).await?;
     if answer == ReadAnswer::FromStatus {
-        return Ok(Reader::FromStatus { key, database });
+        return Ok(Reader::FromStatus {
+            key: Some(key),
+            database,
+        });
     }
+    live_reader(state, database, key_id_of(&key), Some(key), helseid_client).await
+}
+
+/// A reader of a database in staging through the migrator's pool, or of its status should the pool
+/// be refused because the database was switched after it was read.
+async fn live_reader(
+    state: &AppState,
+    database: Arc<MigrationDatabase>,
+    key_id: String,
+    key: Option<Arc<MigrationKey>>,
+    helseid_client: Option<String>,
+) -> Result<Reader, ApiError> {
     let uid = database_uid(&database)
         .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
     match state.directory.pool(&database).await {
@@ -116,7 +133,7 @@ pub async fn reader_for_token(
             session: Session {
                 database,
                 uid,
-                key_id: key_id_of(&key),
+                key_id,
                 helseid_client,
                 pool,
             },
@@ -127,6 +144,86 @@ pub async fn reader_for_token(
             None => Err(error),
         },
     }
+}
+
+/// The reader of `status`: by the key sent, else by the HelseID token alone ([`uploader`]).
+pub async fn reader(state: &AppState, request: &RequestFacts<'_>) -> Result<Reader, ApiError> {
+    match keys::header_key(request.headers)? {
+        Some(token) => reader_for_token(state, &token, request).await,
+        None => {
+            let (database, client) = tokenholder(state, request, Purpose::Read).await?;
+            if switch::ensure_open(&database).is_err() {
+                return Ok(Reader::FromStatus {
+                    key: None,
+                    database,
+                });
+            }
+            live_reader(
+                state,
+                database,
+                uploader::NO_KEY.to_owned(),
+                None,
+                Some(client),
+            )
+            .await
+        }
+    }
+}
+
+/// A session from the request: by the key sent, else by the HelseID token alone ([`uploader`]).
+pub async fn session(state: &AppState, request: &RequestFacts<'_>) -> Result<Session, ApiError> {
+    match keys::header_key(request.headers)? {
+        Some(token) => session_for_token(state, &token, request).await,
+        None => {
+            let (database, client) = tokenholder(state, request, Purpose::Write).await?;
+            let uid = database_uid(&database)
+                .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
+            let pool = state.directory.pool(&database).await?;
+            Ok(Session {
+                database,
+                uid,
+                key_id: uploader::NO_KEY.to_owned(),
+                helseid_client: Some(client),
+                pool,
+            })
+        }
+    }
+}
+
+/// The database a request without a key is for, and its HelseID client: chosen by the token's
+/// claims ([`uploader::choose`]), then the token checked in full against that database's policy
+/// (for DPoP this consumes the proof, so it runs once per request).
+async fn tokenholder(
+    state: &AppState,
+    request: &RequestFacts<'_>,
+    purpose: Purpose,
+) -> Result<(Arc<MigrationDatabase>, String), ApiError> {
+    let facts = uploader::token_facts(request.headers)?;
+    let databases = state.directory.databases().await?;
+    let database = uploader::choose(&databases, &facts, &state.config.trusted_issuers, purpose)?;
+    let policy = database.spec.validation.helse_id.as_ref().ok_or_else(|| {
+        ApiError::internal("read the token policy", "a chosen database has no policy")
+    })?;
+    let client = state
+        .helseid
+        .check_request(
+            policy,
+            &database.spec.organisation.organisation_number,
+            request,
+        )
+        .await
+        .inspect_err(|_| {
+            state.metrics.auth_failures.inc();
+        })?;
+    // The claims that chose the database are now verified; the client id is checked again on them.
+    let verified = uploader::TokenFacts {
+        client_id: Some(client.clone()),
+        ..facts
+    };
+    if !uploader::accepts(&database, &verified) {
+        return Err(ApiError::new(ProblemCode::UploaderNoDatabase));
+    }
+    Ok((database, client))
 }
 
 /// The database a key fills: the one of its `databaseRef` whose UID the key was issued for.
@@ -216,7 +313,9 @@ pub async fn check_upload_creator(
     session: &Session,
     creator_key_id: &str,
 ) -> Result<(), ApiError> {
-    if creator_key_id == session.key_id {
+    // An upload made with a HelseID token alone has no key that could stop; the session is already
+    // authenticated for its database.
+    if creator_key_id == session.key_id || creator_key_id == uploader::NO_KEY {
         return Ok(());
     }
     let key = state.directory.key(creator_key_id).await?.ok_or_else(|| {
@@ -259,17 +358,32 @@ async fn helseid_client(
 ) -> Result<Option<String>, ApiError> {
     match &database.spec.validation.helse_id {
         None => Ok(None),
-        Some(policy) => Ok(Some(
-            state
-                .helseid
-                .check_request(
-                    policy,
-                    &database.spec.organisation.organisation_number,
-                    request,
-                )
-                .await?,
-        )),
+        Some(policy) => {
+            trusted_issuer(state, &policy.issuer)?;
+            Ok(Some(
+                state
+                    .helseid
+                    .check_request(
+                        policy,
+                        &database.spec.organisation.organisation_number,
+                        request,
+                    )
+                    .await?,
+            ))
+        }
     }
+}
+
+/// A database may name only an issuer the API's own configuration trusts: otherwise whoever may
+/// edit a MigrationDatabase could point the API at an identity provider of their own (and have it
+/// fetch any URL). Checked before anything is fetched.
+fn trusted_issuer(state: &AppState, issuer: &str) -> Result<(), ApiError> {
+    if state.config.trusted_issuers.iter().any(|t| t == issuer) {
+        return Ok(());
+    }
+    Err(ApiError::new(ProblemCode::TokenInvalid).detail(
+        "the database names a HelseID issuer this migration API does not trust; an NHN operator adds it to the API's trusted issuers (chart value api.trustedIssuers)",
+    ))
 }
 
 /// The base URL clients reach this API at.

@@ -1,15 +1,18 @@
-//! The migration API's view of the cluster: MigrationKeys and MigrationDatabases from short caches,
-//! and one bounded connection pool per staging database, opened from the migrator's Secret in the
-//! API's own namespace. It reads; it never decides who may do what (that is [`super::auth`]) and
-//! never writes to the cluster.
+//! The migration API's view of the cluster: MigrationKeys and MigrationDatabases from watch-backed
+//! stores (one LIST at start, then a WATCH; a lookup is a search in memory, so an unknown key costs
+//! no call to the Kubernetes API server whatever a stranger sends), and one bounded connection pool
+//! per staging database, opened from the migrator's Secret in the API's own namespace. It reads; it
+//! never decides who may do what (that is [`super::auth`]) and never writes to the cluster.
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::ListParams;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions as _, PgPool};
@@ -20,130 +23,98 @@ use crate::contract::ProblemCode;
 use crate::crd::{MigrationDatabase, MigrationKey};
 use crate::names::{self, ChildNames};
 
-/// How long a looked-up key or database list is reused. Short, so a revoked or superseded key stops
-/// working within seconds on every replica.
-const CACHE_FOR: Duration = Duration::from_secs(2);
+/// How long a request waits for the stores' first LIST after the API started before it is told to
+/// come back (503 `busy`).
+const STORES_READY_WITHIN: Duration = Duration::from_secs(10);
 
-/// How old the list of databases must be before a lookup that found nothing takes it again: bounds
-/// the listing that unknown upload ids or keys of deleted databases can cause.
-const MISS_RELIST_AFTER: Duration = Duration::from_millis(200);
-
-/// A looked-up key (or its absence) and when it was looked up.
-type CachedKey = (Instant, Option<Arc<MigrationKey>>);
-
-/// Finds keys, databases and their connection pools, with short caches.
+/// Finds keys, databases and their connection pools.
 pub struct Directory {
     kube: Client,
     namespace: String,
     max_connections: u32,
-    keys: Mutex<HashMap<String, CachedKey>>,
-    databases: tokio::sync::Mutex<Option<(Instant, Vec<Arc<MigrationDatabase>>)>>,
+    keys: Store<MigrationKey>,
+    databases: Store<MigrationDatabase>,
     pools: tokio::sync::Mutex<HashMap<Uuid, PgPool>>,
 }
 
+/// Keeps `writer` in step with every object of `api` (LIST, then WATCH, with backoff on errors),
+/// for as long as the process runs.
+fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let kind = K::kind(&()).to_string();
+    tokio::spawn(async move {
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|event| {
+                if let Err(error) = event {
+                    tracing::warn!(%kind, %error, "watching the cluster failed; retrying");
+                }
+                std::future::ready(())
+            })
+            .await;
+    });
+}
+
 impl Directory {
+    /// Starts watching MigrationKeys and MigrationDatabases (needs a tokio runtime).
     pub fn new(kube: Client, namespace: &str, limits: &Limits) -> Self {
+        let (keys, key_writer) = reflector::store();
+        let (databases, database_writer) = reflector::store();
+        reflect(Api::<MigrationKey>::all(kube.clone()), key_writer);
+        reflect(Api::<MigrationDatabase>::all(kube.clone()), database_writer);
         Directory {
             kube,
             namespace: namespace.to_owned(),
             max_connections: limits.max_connections_per_database,
-            keys: Mutex::new(HashMap::new()),
-            databases: tokio::sync::Mutex::new(None),
+            keys,
+            databases,
             pools: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    /// The MigrationKey with this key id, by the label `sfm.nhn.no/key-id` when the operator set it,
-    /// else by `status.keyId`.
+    /// Waits until both stores hold the cluster's objects (right after start only).
+    async fn ready(&self) -> Result<(), ApiError> {
+        let both = async {
+            self.keys.wait_until_ready().await.is_ok()
+                && self.databases.wait_until_ready().await.is_ok()
+        };
+        match tokio::time::timeout(STORES_READY_WITHIN, both).await {
+            Ok(true) => Ok(()),
+            _ => Err(ApiError::new(ProblemCode::Busy)
+                .detail("the migration API is still reading the cluster's keys and databases")
+                .retry_after(2)),
+        }
+    }
+
+    /// The MigrationKey with this key id (`status.keyId`).
     pub async fn key(&self, key_id: &str) -> Result<Option<Arc<MigrationKey>>, ApiError> {
-        if let Some((at, key)) = self
-            .keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key_id)
-            // An absence is trusted for less long: the key may have been issued a moment ago.
-            && at.elapsed() < if key.is_some() { CACHE_FOR } else { MISS_RELIST_AFTER }
-        {
-            return Ok(key.clone());
-        }
-        let api: Api<MigrationKey> = Api::all(self.kube.clone());
-        let by_label = api
-            .list(&ListParams::default().labels(&format!("{}={key_id}", names::LABEL_KEY_ID)))
-            .await
-            .map_err(|e| ApiError::internal("look up the migration key", e))?;
-        let mut found = by_label
-            .items
-            .into_iter()
-            .find(|k| keys::status_key_id(k) == Some(key_id));
-        if found.is_none() {
-            let all = api
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| ApiError::internal("look up the migration key", e))?;
-            found = all
-                .items
-                .into_iter()
-                .find(|k| keys::status_key_id(k) == Some(key_id));
-        }
-        let found = found.map(Arc::new);
-        self.keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key_id.to_owned(), (Instant::now(), found.clone()));
-        Ok(found)
-    }
-
-    /// Every MigrationDatabase of the cluster (cached briefly).
-    pub async fn databases(&self) -> Result<Vec<Arc<MigrationDatabase>>, ApiError> {
-        self.databases_younger_than(CACHE_FOR).await
-    }
-
-    /// The list of databases, taken again unless the cached one is younger than `age`.
-    async fn databases_younger_than(
-        &self,
-        age: Duration,
-    ) -> Result<Vec<Arc<MigrationDatabase>>, ApiError> {
-        let mut cache = self.databases.lock().await;
-        if let Some((at, list)) = cache.as_ref()
-            && at.elapsed() < age
-        {
-            return Ok(list.clone());
-        }
-        let api: Api<MigrationDatabase> = Api::all(self.kube.clone());
-        let list: Vec<Arc<MigrationDatabase>> = api
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| ApiError::internal("list the migration databases", e))?
-            .items
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        *cache = Some((Instant::now(), list.clone()));
-        Ok(list)
-    }
-
-    /// The first database the cached list has that `wanted` accepts. A miss is not trusted: the
-    /// database may have been created after the list was taken (a key issued a second ago names
-    /// it), so the list is taken again, at most once per [`MISS_RELIST_AFTER`].
-    async fn find_database(
-        &self,
-        wanted: impl Fn(&MigrationDatabase) -> bool,
-    ) -> Result<Option<Arc<MigrationDatabase>>, ApiError> {
-        if let Some(found) = self.databases().await?.into_iter().find(|db| wanted(db)) {
-            return Ok(Some(found));
-        }
+        self.ready().await?;
         Ok(self
-            .databases_younger_than(MISS_RELIST_AFTER)
-            .await?
-            .into_iter()
-            .find(|db| wanted(db)))
+            .keys
+            .find(|key| keys::status_key_id(key) == Some(key_id)))
+    }
+
+    /// Every MigrationDatabase of the cluster.
+    pub async fn databases(&self) -> Result<Vec<Arc<MigrationDatabase>>, ApiError> {
+        self.ready().await?;
+        Ok(self.databases.state())
     }
 
     pub async fn database_by_uid(
         &self,
         uid: Uuid,
     ) -> Result<Option<Arc<MigrationDatabase>>, ApiError> {
-        self.find_database(|db| database_uid(db) == Some(uid)).await
+        self.ready().await?;
+        Ok(self.databases.find(|db| database_uid(db) == Some(uid)))
     }
 
     pub async fn database_by_name(
@@ -151,10 +122,10 @@ impl Directory {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Arc<MigrationDatabase>>, ApiError> {
-        self.find_database(|db| {
-            db.namespace().as_deref() == Some(namespace) && db.name_any() == name
-        })
-        .await
+        self.ready().await?;
+        Ok(self
+            .databases
+            .find(|db| db.namespace().as_deref() == Some(namespace) && db.name_any() == name))
     }
 
     /// One MigrationDatabase read from the API server now, not from the cache: what `status`,
@@ -248,75 +219,4 @@ impl Directory {
 
 pub fn database_uid(db: &MigrationDatabase) -> Option<Uuid> {
     db.uid().and_then(|uid| Uuid::parse_str(&uid).ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A Directory whose API server answers every list with `lists[n]` for the n-th request (the
-    /// last one repeated), counting the requests.
-    fn directory_listing(
-        lists: Vec<Vec<serde_json::Value>>,
-    ) -> (Directory, Arc<std::sync::atomic::AtomicUsize>) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
-        let service = tower::service_fn(move |_: axum::http::Request<kube::client::Body>| {
-            let n = counter.fetch_add(1, Ordering::SeqCst);
-            let items = lists[n.min(lists.len() - 1)].clone();
-            async move {
-                let list = serde_json::json!({
-                    "apiVersion": "sfm.nhn.no/v1alpha1",
-                    "kind": "MigrationDatabaseList",
-                    "metadata": {"resourceVersion": "1"},
-                    "items": items,
-                });
-                let body = kube::client::Body::from(serde_json::to_vec(&list).unwrap());
-                Ok::<_, std::convert::Infallible>(axum::http::Response::new(body))
-            }
-        });
-        let client = Client::new(service, "default");
-        let directory = Directory::new(client, "sfm", &crate::api::Limits::default());
-        (directory, requests)
-    }
-
-    fn example_database(uid: &str) -> serde_json::Value {
-        let mut db: serde_json::Value =
-            serde_yaml::from_str(include_str!("../../examples/10-migrationdatabase.yaml")).unwrap();
-        db["metadata"]["uid"] = uid.into();
-        db
-    }
-
-    /// A database created after the cached list was taken (a key issued a second ago names it) is
-    /// found, not answered `key-unknown` until the cache expires: a miss takes the list again.
-    #[tokio::test]
-    async fn a_database_created_after_the_list_was_cached_is_found() {
-        use std::sync::atomic::Ordering;
-        let uid = "5f0c6c4e-2a7e-4a57-9d7e-0d3f2b8e8c11";
-        let (directory, requests) = directory_listing(vec![vec![], vec![example_database(uid)]]);
-        assert!(directory.databases().await.unwrap().is_empty());
-        // Within the cache's life (2 s), past the bound on listing again after a miss.
-        tokio::time::sleep(MISS_RELIST_AFTER).await;
-        let found = directory
-            .database_by_name("sfm-organisations", "legekontoret-fjordby")
-            .await
-            .unwrap()
-            .expect("found after listing again");
-        assert_eq!(found.name_any(), "legekontoret-fjordby");
-        assert_eq!(requests.load(Ordering::SeqCst), 2);
-        let by_uid = directory
-            .database_by_uid(Uuid::parse_str(uid).unwrap())
-            .await
-            .unwrap();
-        assert!(by_uid.is_some());
-        // A database that does not exist stays unknown.
-        assert!(
-            directory
-                .database_by_name("sfm-organisations", "another")
-                .await
-                .unwrap()
-                .is_none()
-        );
-    }
 }

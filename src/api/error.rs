@@ -25,11 +25,14 @@ impl ApiError {
             | ProblemCode::KeyMalformed
             | ProblemCode::KeyUnknown
             | ProblemCode::KeyWrong => Some(contract::AUTH_SCHEME_MIGRATION_KEY.to_owned()),
-            ProblemCode::TokenRequired | ProblemCode::TokenInvalid => Some(format!(
-                "{} realm=\"sfm\", {} realm=\"sfm\"",
-                contract::AUTH_SCHEME_BEARER,
-                contract::AUTH_SCHEME_DPOP
-            )),
+            // RFC 6750 section 3 and RFC 9449 section 7.1: no error code when no token came.
+            ProblemCode::TokenRequired => Some(token_challenge(None)),
+            ProblemCode::TokenInvalid | ProblemCode::UploaderNoDatabase => {
+                Some(token_challenge(Some("invalid_token")))
+            }
+            ProblemCode::TokenScopeMissing | ProblemCode::TokenOrganisationMismatch => {
+                Some(token_challenge(Some("insufficient_scope")))
+            }
             ProblemCode::DpopNonceRequired => Some(format!(
                 "{} error=\"{}\"",
                 contract::AUTH_SCHEME_DPOP,
@@ -137,9 +140,38 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A refused HelseID token, as the migration API answers it.
+/// The `WWW-Authenticate` challenges for a HelseID token: Bearer and DPoP, with the RFC 6750 error
+/// code when a token came and was refused.
+fn token_challenge(error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!(", error=\"{e}\""))
+        .unwrap_or_default();
+    format!(
+        "{} realm=\"sfm\"{error}, {} realm=\"sfm\"{error}, algs=\"{}\"",
+        contract::AUTH_SCHEME_BEARER,
+        contract::AUTH_SCHEME_DPOP,
+        crate::helseid::verify::DPOP_ALGORITHMS
+    )
+}
+
+/// A refused HelseID token, as the migration API answers it. A refused DPoP proof says so in its
+/// challenge (RFC 9449 `invalid_dpop_proof`).
 impl From<crate::helseid::verify::TokenError> for ApiError {
     fn from(error: crate::helseid::verify::TokenError) -> Self {
-        ApiError::new(error.code()).detail(error.to_string())
+        let mut answer = ApiError::new(error.code()).detail(error.to_string());
+        if matches!(error, crate::helseid::verify::TokenError::InvalidProof(_)) {
+            answer
+                .headers
+                .retain(|(name, _)| *name != contract::HEADER_WWW_AUTHENTICATE);
+            answer.headers.push((
+                contract::HEADER_WWW_AUTHENTICATE,
+                format!(
+                    "{} realm=\"sfm\", error=\"invalid_dpop_proof\", algs=\"{}\"",
+                    contract::AUTH_SCHEME_DPOP,
+                    crate::helseid::verify::DPOP_ALGORITHMS
+                ),
+            ));
+        }
+        answer
     }
 }

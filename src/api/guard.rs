@@ -79,10 +79,11 @@ pub async fn check_creation(
     tx: &mut sqlx::PgConnection,
     state: &AppState,
     session: &Session,
-    file_type: FileType,
+    file_type: Option<FileType>,
 ) -> Result<(), ApiError> {
     writable(tx, session.uid).await?;
-    if file_type == FileType::ExportData {
+    // The organisation file, and a file of no known type (it is never stored, only recorded).
+    if file_type != Some(FileType::Patient) && file_type != Some(FileType::Report) {
         return Ok(());
     }
     // An index lookup. Only when it fails is the (unindexed) look for an organisation upload in

@@ -29,6 +29,9 @@ pub struct Metrics {
     /// Upload requests (tus creation, PATCH) holding one of the replica's request slots; set when
     /// scraped. Next to `busy`, it shows how close a replica is to refusing.
     pub upload_requests_in_flight: Gauge,
+    /// Requests this replica made to the Kubernetes API server (counted by [`counted_kube_client`]):
+    /// what strangers' requests must not drive up.
+    pub kubernetes_requests: Counter,
 }
 
 impl Metrics {
@@ -45,6 +48,7 @@ impl Metrics {
             status_writes: Counter::default(),
             ingest_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             upload_requests_in_flight: Gauge::default(),
+            kubernetes_requests: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -97,6 +101,11 @@ impl Metrics {
             "upload requests holding a request slot (at most --max-inflight-requests)",
             metrics.upload_requests_in_flight.clone(),
         );
+        registry.register(
+            "kubernetes_requests",
+            "requests made to the Kubernetes API server (LIST, WATCH, GET, PATCH)",
+            metrics.kubernetes_requests.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -111,6 +120,20 @@ impl Metrics {
         };
         self.ingest_seconds.observe(took.as_secs_f64());
     }
+}
+
+/// A Kubernetes client whose every request counts in `requests` (the API's
+/// [`Metrics::kubernetes_requests`]).
+pub fn counted_kube_client(config: kube::Config, requests: Counter) -> kube::Result<kube::Client> {
+    let count = tower::util::MapRequestLayer::new(
+        move |request: axum::http::Request<kube::client::Body>| {
+            requests.inc();
+            request
+        },
+    );
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
 }
 
 impl Default for Metrics {

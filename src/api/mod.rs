@@ -8,7 +8,10 @@
 //!   caches, and one bounded pool per staging database from the migrator's Secret, used only when it
 //!   is labelled for that database) and [`switch`] (the switch window: no writes from `Activating`
 //!   on, one pure decision).
-//! - Upload: [`tus`] speaks the protocol at `/files` ([`tus_request`]: its headers and bodies);
+//! - Who, without a key: [`uploader`] (NHN's own uploader sends a HelseID token alone; the one
+//!   database that opted in for its organisation, client and issuer).
+//! - Upload: [`tus`] speaks the protocol at `/files` and `/v2/files` ([`tus_request`]: its headers
+//!   and bodies);
 //!   [`uploads`] stores uploads and chunks in the staging database, so any replica serves any
 //!   request and uploads survive restarts.
 //! - Store: [`ingest`], one completed file in one transaction (decrypt, unzip, parse, check,
@@ -32,6 +35,7 @@ pub mod recovery;
 pub mod switch;
 pub mod tus;
 pub mod tus_request;
+pub mod uploader;
 pub mod uploads;
 pub mod verify;
 
@@ -103,6 +107,9 @@ pub struct Config {
     pub decryption_keys: DecryptionKeys,
     /// The base URL clients reach the API at, for `Location`; without it, taken from `Host`.
     pub public_url: Option<String>,
+    /// The HelseID issuers whose tokens may stand in for a migration key ([`uploader`]); empty, no
+    /// request without a key is accepted.
+    pub trusted_issuers: Vec<String>,
     pub limits: Limits,
 }
 
@@ -121,12 +128,22 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, kube: kube::Client) -> Arc<Self> {
+        Self::with_metrics(config, kube, metrics::Metrics::new())
+    }
+
+    /// As [`AppState::new`], with metrics made before (the Kubernetes client counts its requests in
+    /// them, [`metrics::counted_kube_client`]). Starts watching the cluster: needs a tokio runtime.
+    pub fn with_metrics(
+        config: Config,
+        kube: kube::Client,
+        metrics: metrics::Metrics,
+    ) -> Arc<Self> {
         let limits = config.limits.clone();
         Arc::new(AppState {
             directory: directory::Directory::new(kube.clone(), &config.namespace, &limits),
             ingest_slots: Arc::new(Semaphore::new(limits.max_concurrent_ingests)),
             request_slots: Arc::new(Semaphore::new(limits.max_inflight_requests)),
-            metrics: metrics::Metrics::new(),
+            metrics,
             helseid: crate::helseid::verify::Verifier::new(),
             dirty: Mutex::new(HashSet::new()),
             config,
@@ -164,6 +181,16 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .patch(tus::patch)
                 .delete(tus::terminate),
         )
+        .route(
+            contract::PATH_FILES_V2,
+            post(tus::create).options(tus::options),
+        )
+        .route(
+            contract::PATH_FILE_V2,
+            axum::routing::head(tus::head)
+                .patch(tus::patch)
+                .delete(tus::terminate),
+        )
         .route(contract::PATH_PRODUCT_VERSION, get(product_version))
         .route(contract::PATH_KEY_CHECK, post(progress::key_check))
         .route(contract::PATH_STATUS, get(progress::status))
@@ -177,8 +204,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn product_version() -> Response {
-    axum::Json(ProductVersion::new(env!("CARGO_PKG_VERSION"))).into_response()
+/// `GET /api/sfmProductVersion`: JSON for a client that asks for it (`Accept: application/json`,
+/// as `sfm-migrate` does), else the plain version text: NHN's uploader shows the body as it is in its
+/// window title ("Sentral forskrivningsmodul - <body>").
+async fn product_version(headers: axum::http::HeaderMap) -> Response {
+    let version = ProductVersion::new(env!("CARGO_PKG_VERSION"));
+    let wants_json = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("application/json"));
+    if wants_json {
+        axum::Json(version).into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            version.product_version,
+        )
+            .into_response()
+    }
 }
 
 async fn openapi() -> Response {
@@ -220,10 +267,35 @@ pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> anyhow::Result<(
     tokio::spawn(recovery::recovery_loop(state.clone()));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, namespace = %state.config.namespace, keys = state.config.decryption_keys.len(), "migration API listening");
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await?;
-    Ok(())
+    serve_router(listener, router(state)).await
+}
+
+/// Serves `app` on every connection of `listener`, HTTP/1.1 or HTTP/2. On HTTP/1.1 header names
+/// are written title-cased (`Upload-Offset`, `Tus-Resumable`, `Location`): HTTP says they are
+/// case-insensitive, but NHN's uploader looks `Upload-Offset` up case-sensitively and takes a
+/// lower-case `upload-offset` for a failed upload. (`axum::serve` offers no such setting.)
+pub async fn serve_router(listener: tokio::net::TcpListener, app: Router) -> anyhow::Result<()> {
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().title_case_headers(true);
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait a moment rather than spin.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let builder = builder.clone();
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
 }

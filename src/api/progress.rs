@@ -23,22 +23,24 @@ use super::error::database;
 use super::{ApiError, AppState, FIELD_MANAGER};
 use super::{guard, keys, switch};
 use crate::contract::{
-    self, Counts, FileType, KeyCheckResponse, MAX_REJECTIONS_LISTED, MigrationPhase,
-    MigrationStatus, ProblemCode, Rejection,
+    self, Counts, FileType, KeyCheckResponse, MAX_REJECTIONS_LISTED, Manifest, ManifestFile,
+    MigrationPhase, MigrationStatus, ProblemCode, Rejection, StoredFiles,
 };
 use crate::crd::{
-    MigrationDatabase, MigrationDatabaseStatus, MigrationProgress, RecordCounts, apply_status,
+    MigrationDatabase, MigrationDatabaseStatus, MigrationProgress, RecordCounts, StoredManifest,
+    apply_status,
 };
 
+/// The session of verify and activate: by the key sent, or by a HelseID token alone for a database
+/// that accepts uploads without a key.
 pub(super) async fn session(
     state: &AppState,
     method: &Method,
     headers: &HeaderMap,
     path: &str,
 ) -> Result<Session, ApiError> {
-    let token = keys::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
     let request = auth::request_facts(state, method, headers, path);
-    auth::session_for_token(state, &token, &request).await
+    auth::session(state, &request).await
 }
 
 fn phase_of(db: &MigrationDatabase) -> MigrationPhase {
@@ -49,15 +51,21 @@ fn phase_of(db: &MigrationDatabase) -> MigrationPhase {
         .unwrap_or(MigrationPhase::Pending)
 }
 
-async fn reader(
+/// The reader of key-check: the key is what it checks.
+async fn key_reader(
     state: &AppState,
     method: &Method,
     headers: &HeaderMap,
     path: &str,
-) -> Result<Reader, ApiError> {
+) -> Result<(Reader, Arc<crate::crd::MigrationKey>), ApiError> {
     let token = keys::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
     let request = auth::request_facts(state, method, headers, path);
-    auth::reader_for_token(state, &token, &request).await
+    let reader = auth::reader_for_token(state, &token, &request).await?;
+    let key = match &reader {
+        Reader::Live { key, .. } | Reader::FromStatus { key, .. } => key.clone(),
+    }
+    .ok_or_else(|| ApiError::internal("read the key", "a key reader without its key"))?;
+    Ok((reader, key))
 }
 
 /// `POST /api/v1/key-check`. In staging the organisation flag comes from the staging database; while
@@ -68,26 +76,26 @@ pub async fn key_check(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (key, db, organisation_stored) =
-        match reader(&state, &method, &headers, contract::PATH_KEY_CHECK).await? {
-            Reader::FromStatus { key, database: db } => {
-                let stored = organisation_stored_in_status(&db);
-                (key, db, stored)
+    let (reader, key) = key_reader(&state, &method, &headers, contract::PATH_KEY_CHECK).await?;
+    let (db, organisation_stored) = match reader {
+        Reader::FromStatus { database: db, .. } => {
+            let stored = organisation_stored_in_status(&db);
+            (db, stored)
+        }
+        Reader::Live { session, .. } => {
+            let stored = guard::organisation_stored(&session.pool).await;
+            match stored {
+                Ok(stored) => (session.database, stored),
+                Err(error) => match switch::closed_meanwhile(&state, &session.database).await {
+                    Some(db) => {
+                        let stored = organisation_stored_in_status(&db);
+                        (db, stored)
+                    }
+                    None => return Err(error),
+                },
             }
-            Reader::Live { session, key } => {
-                let stored = guard::organisation_stored(&session.pool).await;
-                match stored {
-                    Ok(stored) => (key, session.database, stored),
-                    Err(error) => match switch::closed_meanwhile(&state, &session.database).await {
-                        Some(db) => {
-                            let stored = organisation_stored_in_status(&db);
-                            (key, db, stored)
-                        }
-                        None => return Err(error),
-                    },
-                }
-            }
-        };
+        }
+    };
     Ok(axum::Json(KeyCheckResponse {
         key_id: key
             .status
@@ -119,7 +127,8 @@ pub async fn status(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = match reader(&state, &method, &headers, contract::PATH_STATUS).await? {
+    let request = auth::request_facts(&state, &method, &headers, contract::PATH_STATUS);
+    let session = match auth::reader(&state, &request).await? {
         Reader::FromStatus { database, .. } => {
             return Ok(axum::Json(status_from_resource(&database)).into_response());
         }
@@ -170,6 +179,10 @@ fn status_from_resource(db: &MigrationDatabase) -> MigrationStatus {
         validated_digest: progress.validated_digest.clone(),
         validated_at: time(&progress.validated_at),
         activation_requested_at: time(&progress.activation_requested_at),
+        stored: progress.stored.as_ref().map(|s| StoredFiles {
+            files: u64::try_from(s.files).unwrap_or(0),
+            digest: s.digest.clone(),
+        }),
     }
 }
 
@@ -259,7 +272,56 @@ pub async fn read_status(
         activation_requested_at: validation
             .as_ref()
             .and_then(|v| v.get("activation_requested_at")),
+        stored: stored_files(pool).await?,
     })
+}
+
+/// The API's own manifest of the stored files: every stored file once, the latest under its name, as
+/// verify compares them. Not while a completed upload waits for its ingest (its ingest marks the
+/// status for another write). Open uploads do not hold it back: they store nothing until they
+/// complete, and an uploader killed after a creation leaves one open that nobody will finish.
+async fn stored_files(pool: &sqlx::PgPool) -> Result<Option<StoredFiles>, ApiError> {
+    let busy: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sfm.uploads WHERE state = 'complete')")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| database("look for open uploads", e))?;
+    if busy {
+        return Ok(None);
+    }
+    let rows = sqlx::query(
+        "SELECT DISTINCT ON (lower(file_name)) file_name, kind, size_bytes, encode(sha256, 'hex') AS sha256
+         FROM sfm.stored_files ORDER BY lower(file_name), stored_at DESC",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| database("read the stored files", e))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let files: Vec<ManifestFile> = rows
+        .iter()
+        .map(|r| ManifestFile {
+            path: r.get("file_name"),
+            file_type: kind_file_type(r.get("kind")),
+            size: count(r.get("size_bytes")),
+            sha256: r.get("sha256"),
+        })
+        .collect();
+    let manifest = Manifest::new(files);
+    Ok(Some(StoredFiles {
+        files: manifest.files.len() as u64,
+        digest: manifest.digest(),
+    }))
+}
+
+/// The file type of a `sfm.stored_files.kind`.
+pub(super) fn kind_file_type(kind: &str) -> FileType {
+    match kind {
+        "organisation" => FileType::ExportData,
+        "report" => FileType::Report,
+        _ => FileType::Patient,
+    }
 }
 
 /// `status.migration` as the CRD has it: counts, no personal data, the key id as the session.
@@ -281,6 +343,10 @@ pub fn migration_block(status: &MigrationStatus, key_id: Option<&str>) -> Migrat
         validated_digest: status.validated_digest.clone(),
         validated_at: status.validated_at.map(at),
         activation_requested_at: status.activation_requested_at.map(at),
+        stored: status.stored.as_ref().map(|s| StoredManifest {
+            files: s.files as i64,
+            digest: s.digest.clone(),
+        }),
     }
 }
 

@@ -1,4 +1,10 @@
-//! tus 1.0 at `/files`: core, creation, creation-with-upload, termination, checksum and expiration.
+//! tus 1.0 at `/files` and `/v2/files` (where NHN's 2026 uploader sends DPoP uploads): core,
+//! creation, creation-with-upload, termination, checksum and expiration. NHN's uploader is served
+//! unchanged (`../shared/sfm-format/nhn-uploader.md`): a HelseID token without a key
+//! ([`super::uploader`]), its `FileType` names, a `SessionId` GUID recorded with each upload,
+//! zero-length files completed by their `POST`, `Location` under the collection the upload was made
+//! at, and the tus headers spelled in their canonical case (the server writes HTTP/1.1 header names
+//! title-cased, [`super::serve`]).
 //!
 //! The protocol handler keeps no state of its own: every upload is a row of `sfm.uploads` in its
 //! organisation's staging database with its bytes in `sfm.upload_chunks`. A `PATCH` checks the offset
@@ -15,7 +21,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use uuid::Uuid;
@@ -24,13 +30,13 @@ use super::auth::{self, Session};
 use super::error::database;
 use super::guard::check_creation;
 use super::ingest;
+use super::switch;
 use super::tus_request::{
     content_type_is_offset_stream, echo_metadata, header_u64, parse_checksum, put, read_body,
     require_tus, tus_headers, verify_checksum,
 };
 use super::uploads::{self, NewUpload, UploadRow, UploadState};
-use super::{ApiError, AppState, guard};
-use super::{keys, switch};
+use super::{ApiError, AppState, guard, keys};
 use crate::contract::{
     self, CreationMetadata, FileType, IngestState, ProblemCode, UploadChecksum, UploadId,
     decode_upload_metadata, format_http_date,
@@ -82,15 +88,17 @@ fn close_on_error(result: Result<Response, ApiError>) -> Result<Response, ApiErr
 pub async fn create(
     state: State<Arc<AppState>>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    close_on_error(create_upload(state, method, headers, body).await)
+    close_on_error(create_upload(state, method, uri, headers, body).await)
 }
 
 async fn create_upload(
     State(state): State<Arc<AppState>>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -114,26 +122,16 @@ async fn create_upload(
     };
     let pairs = decode_upload_metadata(metadata_header)?;
     let metadata = CreationMetadata::from_pairs(&pairs)?;
-    if FileType::from_path(&metadata.name) != Some(metadata.file_type) {
-        return Err(ApiError::new(ProblemCode::MetadataInvalid)
-            .detail("the name's extension does not match FileType (.dat ExportData, .pat Patient, .rpt Report)"));
-    }
 
-    let header_token = keys::header_key(&headers)?;
-    let token = match (&header_token, &metadata.session_key) {
-        (Some(h), Some(s)) if h != s => {
-            return Err(ApiError::new(ProblemCode::KeyWrong)
-                .detail("Sfm-Migration-Key and the SessionId metadata name different keys"));
-        }
-        (Some(h), _) => h.clone(),
-        (None, Some(s)) => s.clone(),
-        (None, None) => return Err(ApiError::new(ProblemCode::KeyMissing)),
-    };
-    let request = auth::request_facts(&state, &method, &headers, contract::PATH_FILES);
-    let session = auth::session_for_token(&state, &token, &request).await?;
+    let collection = contract::files_collection(uri.path());
+    let request = auth::request_facts(&state, &method, &headers, collection);
+    let session = auth::session(&state, &request).await?;
     switch::ensure_open(&session.database)?;
     let database = session.database.clone();
-    let created = create_in_session(&state, &headers, session, metadata, length, body).await;
+    let created = create_in_session(
+        &state, &headers, collection, session, metadata, length, body,
+    )
+    .await;
     switch::explain(&state, &database, created).await
 }
 
@@ -142,6 +140,7 @@ async fn create_upload(
 async fn create_in_session(
     state: &Arc<AppState>,
     headers: &HeaderMap,
+    collection: &str,
     session: Session,
     metadata: CreationMetadata,
     length: u64,
@@ -158,19 +157,24 @@ async fn create_in_session(
     let expires_at = Utc::now()
         + chrono::Duration::from_std(state.config.limits.upload_ttl)
             .unwrap_or(chrono::Duration::hours(24));
+    let mut kept = serde_json::json!({
+        contract::METADATA_NAME: metadata.name,
+        contract::METADATA_FILE_TYPE: file_type_text(metadata.file_type),
+        contract::METADATA_CONTENT_TYPE: contract::CONTENT_TYPE_OCTET_STREAM,
+    });
+    if let Some(upload_session) = metadata.session {
+        kept[uploads::METADATA_UPLOAD_SESSION] = upload_session.to_string().into();
+    }
     let new = NewUpload {
         id: Uuid::new_v4(),
         file_name: metadata.name.clone(),
         file_type: metadata.file_type,
         length,
         expires_at,
-        metadata: serde_json::json!({
-            contract::METADATA_NAME: metadata.name,
-            contract::METADATA_FILE_TYPE: metadata.file_type.as_str(),
-            contract::METADATA_CONTENT_TYPE: contract::CONTENT_TYPE_OCTET_STREAM,
-        }),
+        metadata: kept,
     };
     let upload = new.id;
+    // NHN's uploader never sends data with its creation: a zero-length file is complete with it.
     let whole = has_body && initial.len() as u64 == length && length > 0;
     if whole && let Some(checksum) = &checksum {
         verify_checksum(checksum, &initial)?;
@@ -198,7 +202,7 @@ async fn create_in_session(
     state.mark_dirty(session.uid);
     // The upload's id stays out of info-level lines: with the database's UID it makes the upload's
     // URL (which alone opens nothing, but is nobody's business).
-    tracing::info!(database = %session.database_name(), file_type = %metadata.file_type, key_id = %session.key_id, "upload created");
+    tracing::info!(database = %session.database_name(), file_type = %file_type_text(metadata.file_type), key_id = %session.key_id, "upload created");
     tracing::debug!(%upload, "upload created");
 
     let id = UploadId {
@@ -209,11 +213,7 @@ async fn create_in_session(
     put(
         &mut response_headers,
         contract::HEADER_LOCATION,
-        format!(
-            "{}{}",
-            auth::base_url(state, headers),
-            contract::file_path(&id.to_string())
-        ),
+        format!("{}{collection}/{id}", auth::base_url(state, headers)),
     );
     put(
         &mut response_headers,
@@ -237,7 +237,7 @@ async fn create_in_session(
                 code.as_str(),
             );
         }
-    } else if has_body && (!initial.is_empty() || length == 0) {
+    } else if (has_body && !initial.is_empty()) || length == 0 {
         let outcome = append(state, &session, upload, 0, initial, checksum).await?;
         offset = outcome.offset;
         if outcome.completed {
@@ -263,21 +263,38 @@ fn metadata_file_type(row: &UploadRow) -> Option<FileType> {
     row.file_type.parse().ok()
 }
 
-/// The session allowed to touch an upload, authenticated before anything of the upload is read:
-/// the key sent with this request (never the upload's URL alone), for the upload's database.
+/// The `FileType` as kept with the upload: ours, or NHN's `Unknown`.
+fn file_type_text(file_type: Option<FileType>) -> &'static str {
+    file_type.map_or(contract::FILE_TYPE_UNKNOWN, FileType::as_str)
+}
+
+/// The session allowed to touch an upload, authenticated before anything of the upload is read: the
+/// key sent with this request, or the HelseID token alone for a database that accepts that (never
+/// the upload's URL alone), for the upload's database.
 async fn upload_session(
     state: &AppState,
     id: &str,
     method: &Method,
+    uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<(Session, UploadRow), ApiError> {
-    let token = keys::header_key(headers)?.ok_or_else(|| ApiError::new(ProblemCode::KeyMissing))?;
     let id: UploadId = id
         .parse()
         .map_err(|_| ApiError::new(ProblemCode::UploadNotFound))?;
-    let path = contract::file_path(&id.to_string());
+    let path = format!("{}/{id}", contract::files_collection(uri.path()));
     let request = auth::request_facts(state, method, headers, &path);
-    let session = auth::session_for_upload(state, &token, id.database, &request).await?;
+    let session = match keys::header_key(headers)? {
+        Some(token) => auth::session_for_upload(state, &token, id.database, &request).await?,
+        None => {
+            let session = auth::session(state, &request).await?;
+            // The token's database, and no other: an upload of another database is as good as
+            // none to this caller.
+            if session.uid != id.database {
+                return Err(ApiError::new(ProblemCode::UploadNotFound));
+            }
+            session
+        }
+    };
     let row = switch::explain(
         state,
         &session.database,
@@ -293,10 +310,11 @@ pub async fn head(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_tus(&headers)?;
-    let (session, row) = upload_session(&state, &id, &method, &headers).await?;
+    let (session, row) = upload_session(&state, &id, &method, &uri, &headers).await?;
     if UploadState::of(&row.state).is_open() && row.expires_at <= Utc::now() {
         return Err(ApiError::new(ProblemCode::UploadExpired));
     }
@@ -364,16 +382,18 @@ pub async fn patch(
     state: State<Arc<AppState>>,
     id: Path<String>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    close_on_error(append_request(state, id, method, headers, body).await)
+    close_on_error(append_request(state, id, method, uri, headers, body).await)
 }
 
 async fn append_request(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -387,7 +407,7 @@ async fn append_request(
     })?;
     let checksum = parse_checksum(&headers)?;
     let _slot = take_request_slot(&state).await?;
-    let (session, row) = upload_session(&state, &id, &method, &headers).await?;
+    let (session, row) = upload_session(&state, &id, &method, &uri, &headers).await?;
     switch::ensure_open(&session.database)?;
     let database = session.database.clone();
     let appended = append_in_session(&state, &headers, &session, row, offset, checksum, body).await;
@@ -430,6 +450,13 @@ async fn append_in_session(
         state.config.limits.max_chunk_bytes,
     )
     .await?;
+    if UploadState::of(&row.state).is_open()
+        && offset == 0
+        && !body.is_empty()
+        && body.len() as u64 == row.declared_length as u64
+    {
+        return whole_in_one_patch(state, session, &row, body, checksum).await;
+    }
     let outcome = append(state, session, row.id, offset, body, checksum).await?;
     let mut response = tus_headers();
     put(
@@ -453,6 +480,49 @@ async fn append_in_session(
         .await;
     } else if !UploadState::of(&outcome.row.state).is_open() {
         ingest_state_headers(session, &outcome.row, &mut response).await?;
+    }
+    Ok((StatusCode::NO_CONTENT, response).into_response())
+}
+
+/// A `PATCH` with the whole file, from offset 0: ingested in place, no chunk stored
+/// ([`ingest::ingest_in_place`]); answered like any completing `PATCH`.
+async fn whole_in_one_patch(
+    state: &Arc<AppState>,
+    session: &Session,
+    row: &UploadRow,
+    body: Bytes,
+    checksum: Option<UploadChecksum>,
+) -> Result<Response, ApiError> {
+    if let Some(checksum) = &checksum {
+        verify_checksum(checksum, &body)?;
+    }
+    let length = body.len() as u64;
+    let (ingest_state, code) =
+        ingest::ingest_in_place(state.clone(), session.clone(), row.id, body).await?;
+    state.metrics.bytes_received.inc_by(length);
+    state.metrics.uploads_completed.inc();
+    let mut response = tus_headers();
+    put(
+        &mut response,
+        contract::HEADER_UPLOAD_OFFSET,
+        length.to_string(),
+    );
+    put(
+        &mut response,
+        contract::HEADER_UPLOAD_EXPIRES,
+        format_http_date(row.expires_at),
+    );
+    put(
+        &mut response,
+        contract::HEADER_INGEST_STATE,
+        ingest_state.as_str(),
+    );
+    if let Some(code) = code {
+        put(
+            &mut response,
+            contract::HEADER_REJECTION_CODE,
+            code.as_str(),
+        );
     }
     Ok((StatusCode::NO_CONTENT, response).into_response())
 }
@@ -589,10 +659,11 @@ pub async fn terminate(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_tus(&headers)?;
-    let (session, row) = upload_session(&state, &id, &method, &headers).await?;
+    let (session, row) = upload_session(&state, &id, &method, &uri, &headers).await?;
     let terminated = terminate_in_session(&state, &session, &row).await;
     switch::explain(&state, &session.database, terminated).await
 }

@@ -80,14 +80,20 @@ macro_rules! select_upload {
     };
 }
 
+/// The metadata key under which an upload keeps NHN's uploader's `SessionId` (a GUID), the audit
+/// trail's link between the files of one export folder. Not `SessionId` itself: the schema refuses
+/// that key in `metadata`, from when it could carry a migration key.
+pub const METADATA_UPLOAD_SESSION: &str = "uploadSession";
+
 /// An upload about to be created: its row in `sfm.uploads`.
 pub struct NewUpload {
     pub id: Uuid,
     pub file_name: String,
-    pub file_type: FileType,
+    /// `None` for NHN's `Unknown` (recorded as rejected once complete).
+    pub file_type: Option<FileType>,
     pub length: u64,
     pub expires_at: DateTime<Utc>,
-    /// The tus metadata kept (never `SessionId`: the key is not stored).
+    /// The tus metadata kept: `name`, `FileType`, `contentType` and the upload session.
     pub metadata: serde_json::Value,
 }
 
@@ -112,7 +118,10 @@ impl NewUpload {
         )
         .bind(self.id)
         .bind(&self.file_name)
-        .bind(self.file_type.as_str())
+        .bind(
+            self.file_type
+                .map_or(crate::contract::FILE_TYPE_UNKNOWN, FileType::as_str),
+        )
         .bind(length)
         .bind(&self.metadata)
         .bind(&session.key_id)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::auth::Session;
 use super::error::database;
-use super::progress::{count, session, write_status};
+use super::progress::{count, kind_file_type, session, write_status};
 use super::{ApiError, AppState, switch};
 use crate::contract::{
     self, ActivateResponse, FileType, MAX_MANIFEST_BODY_BYTES, MAX_MISMATCHES_LISTED, Manifest,
@@ -125,18 +125,27 @@ async fn verify_in_session(
             )
         })
         .collect();
-    let pending: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT file_name FROM sfm.uploads WHERE state = 'complete' OR (state IN ('created', 'receiving') AND expires_at > now())",
+    let pending = sqlx::query(
+        "SELECT file_name, bool_and(state <> 'complete') AS only_open FROM sfm.uploads
+         WHERE state = 'complete' OR (state IN ('created', 'receiving') AND expires_at > now())
+         GROUP BY file_name",
     )
     .fetch_all(&mut *tx)
     .await
     .map_err(|e| database("read the pending uploads", e))?;
     // Every upload still open or complete-but-not-ingested is pending, named in the manifest or
-    // not: a validation must never be followed by a file stored after it.
-    let pending: HashMap<String, String> = pending
-        .into_iter()
-        .map(|p| (p.to_ascii_lowercase(), p))
+    // not: a validation must never be followed by a file stored after it. Except a leftover: an
+    // open upload of a file the manifest lists and that is stored exactly as listed (an uploader
+    // killed after its creation and before it wrote down the upload's URL starts that file anew).
+    // It is deleted with the validation, in this transaction, so nothing can come of it.
+    let pending: HashMap<String, (String, bool)> = pending
+        .iter()
+        .map(|r| {
+            let name: String = r.get("file_name");
+            (name.to_ascii_lowercase(), (name, r.get("only_open")))
+        })
         .collect();
+    let mut leftovers: Vec<String> = Vec::new();
 
     let mut mismatches = ManifestMismatches::default();
     let mut listed = HashSet::new();
@@ -147,10 +156,24 @@ async fn verify_in_session(
             *truncated = true;
         }
     };
+    let stored_as_listed = |key: &str, file: &contract::ManifestFile| {
+        stored
+            .get(key)
+            .is_some_and(|(name, file_type, size, sha256)| {
+                *name == file.path
+                    && *file_type == file.file_type
+                    && *size == file.size
+                    && *sha256 == file.sha256
+            })
+    };
     for file in &manifest.files {
         let key = file.path.to_ascii_lowercase();
         listed.insert(key.clone());
-        if pending.contains_key(&key) {
+        if let Some((name, true)) = pending.get(&key)
+            && stored_as_listed(&key, file)
+        {
+            leftovers.push(name.clone());
+        } else if pending.contains_key(&key) {
             push(
                 &mut mismatches.pending,
                 &file.path,
@@ -190,7 +213,7 @@ async fn verify_in_session(
     for path in reports_not_stored(&mut tx, xml_limits).await? {
         push(&mut mismatches.missing, &path, &mut mismatches.truncated);
     }
-    for (key, name) in &pending {
+    for (key, (name, _)) in &pending {
         if !listed.contains(key) {
             push(&mut mismatches.pending, name, &mut mismatches.truncated);
         }
@@ -201,7 +224,9 @@ async fn verify_in_session(
         }
     }
     for (key, (name, code)) in &rejected {
-        if !listed.contains(key) {
+        // A file NHN's uploader sent as `Unknown` (outside the export's folders) that the manifest
+        // does not name was never part of the export: it neither blocks nor counts.
+        if !listed.contains(key) && *code != ProblemCode::FileTypeUnknown {
             if mismatches.rejected.len() < MAX_MISMATCHES_LISTED {
                 mismatches.rejected.push(RejectedFile {
                     path: name.clone(),
@@ -226,6 +251,16 @@ async fn verify_in_session(
         return Err(error);
     }
 
+    sqlx::query(
+        "DELETE FROM sfm.uploads WHERE state IN ('created', 'receiving') AND file_name = ANY($1)",
+    )
+    .bind(&leftovers)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| database("delete the leftover uploads", e))?;
+    if !leftovers.is_empty() {
+        tracing::info!(database = %session.database_name(), leftovers = leftovers.len(), "open uploads of files stored as listed deleted with the validation");
+    }
     let patients_expected = manifest
         .files
         .iter()
@@ -342,12 +377,4 @@ pub async fn activate(
         }),
     )
         .into_response())
-}
-
-fn kind_file_type(kind: &str) -> FileType {
-    match kind {
-        "organisation" => FileType::ExportData,
-        "report" => FileType::Report,
-        _ => FileType::Patient,
-    }
 }

@@ -40,6 +40,19 @@ enum Command {
         /// The URL clients reach the API at (for `Location`); default: from the Host header.
         #[arg(long, env = "SFM_PUBLIC_URL")]
         public_url: Option<String>,
+        /// HelseID issuers (`iss`) this API trusts: the only ones a MigrationDatabase's
+        /// `validation.helseId.issuer` may name, and whose tokens may stand in for a migration key
+        /// for databases that opt in with `spec.helseIdUploads` (NHN's own uploader); repeat or
+        /// separate with commas. `https://` only (see --allow-http-issuers).
+        #[arg(
+            long = "trusted-issuer",
+            env = "SFM_TRUSTED_ISSUERS",
+            value_delimiter = ','
+        )]
+        trusted_issuers: Vec<String>,
+        /// Development and tests only: accept `http://` trusted issuers (a local issuer).
+        #[arg(long, env = "SFM_ALLOW_HTTP_ISSUERS")]
+        allow_http_issuers: bool,
         /// Largest upload in bytes (Tus-Max-Size).
         #[arg(long, env = "SFM_MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
         max_upload_bytes: u64,
@@ -103,6 +116,8 @@ async fn main() -> Result<()> {
             namespace,
             decryption_keys,
             public_url,
+            trusted_issuers,
+            allow_http_issuers,
             max_upload_bytes,
             max_concurrent_ingests,
             max_connections_per_database,
@@ -112,11 +127,23 @@ async fn main() -> Result<()> {
         } => {
             sfm_migration::tls::install_crypto_provider();
             telemetry::init_logging();
+            if let Some(plain) = trusted_issuers
+                .iter()
+                .find(|i| !i.starts_with("https://") && !allow_http_issuers)
+            {
+                anyhow::bail!(
+                    "the trusted issuer {plain} is not https://: tokens would be checked against keys fetched in the clear (--allow-http-issuers is for development only)"
+                );
+            }
             let keys = DecryptionKeys::from_pem_files(&decryption_keys)
                 .context("the decryption keys cannot be loaded")?;
-            let kube = kube::Client::try_default()
+            let metrics = api::metrics::Metrics::new();
+            let kube_config = kube::Config::infer()
                 .await
                 .context("no Kubernetes configuration found")?;
+            let kube =
+                api::metrics::counted_kube_client(kube_config, metrics.kubernetes_requests.clone())
+                    .context("the Kubernetes client cannot be made")?;
             let limits = Limits {
                 max_upload_bytes,
                 max_concurrent_ingests: max_concurrent_ingests.max(1),
@@ -126,14 +153,16 @@ async fn main() -> Result<()> {
                 ingest_wait: Duration::from_secs(ingest_wait_seconds),
                 ..Limits::default()
             };
-            let state = AppState::new(
+            let state = AppState::with_metrics(
                 Config {
                     namespace,
                     decryption_keys: keys,
                     public_url,
+                    trusted_issuers,
                     limits,
                 },
                 kube,
+                metrics,
             );
             api::serve(state, listen).await?;
         }

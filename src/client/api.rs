@@ -20,17 +20,18 @@ use crate::contract::{
 };
 use crate::helseid::client::DpopKey;
 
-/// How the client authenticates: the migration key always, a HelseID token when logged in.
+/// How the client authenticates: the migration key, and a HelseID token when logged in. Without a
+/// key, the token alone (a database that accepts uploads without a key: NHN's uploader's way).
 pub struct Auth {
-    key: String,
+    key: Option<String>,
     token: Option<StoredToken>,
     dpop: Option<DpopKey>,
     nonce: Mutex<Option<String>>,
 }
 
 impl Auth {
-    /// `key` is the whole migration key; `token` the stored HelseID token, if any.
-    pub fn new(key: String, token: Option<StoredToken>) -> Outcome<Self> {
+    /// `key` is the whole migration key, if any; `token` the stored HelseID token, if any.
+    pub fn new(key: Option<String>, token: Option<StoredToken>) -> Outcome<Self> {
         let dpop = match token.as_ref().and_then(|t| t.dpop_key_pem.as_deref()) {
             Some(pem) => Some(DpopKey::from_pem(pem).map_err(|e| {
                 Failure::new(
@@ -61,8 +62,16 @@ impl Auth {
         self.token.is_some()
     }
 
+    /// Whether a migration key is configured.
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+
     fn apply(&self, request: RequestBuilder, method: &Method, url: &Url) -> RequestBuilder {
-        let mut request = request.header(contract::HEADER_MIGRATION_KEY, &self.key);
+        let mut request = request;
+        if let Some(key) = &self.key {
+            request = request.header(contract::HEADER_MIGRATION_KEY, key);
+        }
         if let Some(token) = &self.token {
             match &self.dpop {
                 Some(dpop) if token.token_type.eq_ignore_ascii_case("dpop") => {
@@ -387,7 +396,13 @@ impl ApiClient {
     /// `GET /api/sfmProductVersion`.
     pub async fn product_version(&self) -> Result<ProductVersion, ApiError> {
         let url = self.url(contract::PATH_PRODUCT_VERSION);
-        Self::json(self.send(Method::GET, &url, false, |r| r).await?).await
+        Self::json(
+            self.send(Method::GET, &url, false, |r| {
+                r.header(reqwest::header::ACCEPT, "application/json")
+            })
+            .await?,
+        )
+        .await
     }
 
     /// `POST /api/v1/key-check`.

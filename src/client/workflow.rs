@@ -44,6 +44,11 @@ impl ApiClient {
     pub fn auth_has_no_token(&self) -> bool {
         !self.auth.has_token()
     }
+
+    /// Whether a migration key is configured.
+    pub fn has_key(&self) -> bool {
+        self.auth.has_key()
+    }
 }
 
 /// The manifest of the export: every file with its size and SHA-256, from the ledger when the file
@@ -71,6 +76,28 @@ pub fn manifest(report: &CheckReport, ledger: Option<&Ledger>) -> Outcome<Manife
         });
     }
     Ok(Manifest::new(files))
+}
+
+/// The manifest with each path as NHN's uploader names the file in its `name` metadata: the file
+/// name alone, after the last `\\`. Two files of the same name in different folders cannot be told
+/// apart that way: that is refused.
+pub fn as_named_by_nhn_uploader(manifest: &Manifest) -> Outcome<Manifest> {
+    let files: Vec<ManifestFile> = manifest
+        .files
+        .iter()
+        .map(|f| ManifestFile {
+            path: f.path.rsplit('\\').next().unwrap_or(&f.path).to_owned(),
+            ..f.clone()
+        })
+        .collect();
+    let named = Manifest::new(files);
+    named.validate().map_err(|e| {
+        Failure::new(
+            format!("The export cannot be compared by file names alone ({e})."),
+            "check that no two files of the export share a name",
+        )
+    })?;
+    Ok(named)
 }
 
 /// Sends the manifest. A mismatch that is only files still being ingested is asked again for up to

@@ -89,7 +89,7 @@ impl Manifest {
     /// Checks what the canonical form relies on and what the API must not accept: version 1; 1 to
     /// [`MAX_MANIFEST_FILES`] files; safe relative paths with backslashes (no `/`, `:`, control
     /// characters, empty, `.` or `..` components), each once ignoring ASCII case (Windows folders
-    /// are case-insensitive); a file type matching the extension; sha256 as 64 lowercase hex digits;
+    /// are case-insensitive); a file type the name fits ([`FileType::accepts_name`]); sha256 as 64 lowercase hex digits;
     /// exactly one organisation file, `ExportData.dat`.
     pub fn validate(&self) -> Result<(), ContractError> {
         if self.manifest_version != MANIFEST_VERSION {
@@ -113,7 +113,7 @@ impl Manifest {
             if !seen.insert(file.path.to_ascii_lowercase()) {
                 return Err(ContractError::ManifestDuplicatePath { index });
             }
-            if FileType::from_path(&file.path) != Some(file.file_type) {
+            if !file.file_type.accepts_name(&file.path) {
                 return Err(ContractError::ManifestFileTypeMismatch { index });
             }
             if file.file_type == FileType::ExportData {
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn validation_rejects_what_would_make_the_digest_ambiguous_or_unsafe() {
-        let broken: [Breakage; 15] = [
+        let broken: [Breakage; 16] = [
             ("version", |m| m.manifest_version = 2),
             ("empty", |m| m.files.clear()),
             ("tab in path", |m| {
@@ -308,7 +308,12 @@ mod tests {
             ("double sep", |m| {
                 m.files[1].path = "Patients0\\\\a.pat".into()
             }),
-            ("type vs ext", |m| m.files[1].file_type = FileType::Report),
+            ("type vs ext", |m| {
+                m.files[1].file_type = FileType::ExportData
+            }),
+            ("patient named as report", |m| {
+                m.files[1].path = "Patients0\\a.rpt".into()
+            }),
             ("uppercase hex", |m| m.files[1].sha256 = "B".repeat(64)),
             ("short hex", |m| m.files[1].sha256 = "b".repeat(63)),
             ("duplicate ignoring case", |m| {

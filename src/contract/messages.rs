@@ -201,6 +201,21 @@ pub struct MigrationStatus {
     /// When the client asked for operational mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_requested_at: Option<DateTime<Utc>>,
+    /// The API's own manifest of what the staging database holds, once no upload is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredFiles>,
+}
+
+/// The manifest the API computes from the files it stored: every stored file once (the latest
+/// under its name), as `name` was uploaded, in the manifest's canonical form ([`super::Manifest`]).
+/// It equals the digest of a verify that matched, when the client's paths are the names uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredFiles {
+    /// Files stored.
+    pub files: u64,
+    /// Lowercase hex SHA-256 of the canonical text.
+    pub digest: String,
 }
 
 /// The 202 body of `POST /api/v1/activate`. Asking again returns the first request's time.

@@ -22,12 +22,12 @@ pub use manifest::{
 };
 pub use messages::{
     API_VERSION, ActivateResponse, Counts, KeyCheckResponse, MAX_REJECTIONS_LISTED, MigrationPhase,
-    MigrationStatus, ProductVersion, Rejection,
+    MigrationStatus, ProductVersion, Rejection, StoredFiles,
 };
 pub use problem::{PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX, Problem, ProblemCode};
 pub use tus::{
     CONTENT_TYPE_OCTET_STREAM, CONTENT_TYPE_OFFSET_OCTET_STREAM, ChecksumAlgorithm,
-    CreationMetadata, FileType, IngestState, MAX_UPLOAD_METADATA_BYTES,
+    CreationMetadata, FILE_TYPE_UNKNOWN, FileType, IngestState, MAX_UPLOAD_METADATA_BYTES,
     MAX_UPLOAD_METADATA_KEY_BYTES, MAX_UPLOAD_METADATA_PAIRS, MAX_UPLOAD_NAME_BYTES,
     METADATA_CONTENT_TYPE, METADATA_FILE_TYPE, METADATA_KEYS, METADATA_NAME, METADATA_SESSION_ID,
     TUS_CHECKSUM_ALGORITHMS, TUS_EXTENSIONS, TUS_VERSION, UploadChecksum, UploadId,
@@ -47,6 +47,10 @@ pub const OPENAPI_YAML: &str = include_str!("../../docs/openapi.yaml");
 pub const PATH_FILES: &str = "/files";
 /// One tus upload: `HEAD` (offset), `PATCH` (append), `DELETE` (termination).
 pub const PATH_FILE: &str = "/files/{id}";
+/// The same tus endpoint where NHN's 2026 uploader sends DPoP uploads (`UploadV2API`).
+pub const PATH_FILES_V2: &str = "/v2/files";
+/// One tus upload under [`PATH_FILES_V2`].
+pub const PATH_FILE_V2: &str = "/v2/files/{id}";
 /// Asked first by NHN's own uploader; unauthenticated.
 pub const PATH_PRODUCT_VERSION: &str = "/api/sfmProductVersion";
 /// Step 11: the client checks its migration key.
@@ -70,6 +74,8 @@ pub const PATH_METRICS: &str = "/metrics";
 pub const PATHS: &[&str] = &[
     PATH_FILES,
     PATH_FILE,
+    PATH_FILES_V2,
+    PATH_FILE_V2,
     PATH_PRODUCT_VERSION,
     PATH_KEY_CHECK,
     PATH_STATUS,
@@ -84,6 +90,16 @@ pub const PATHS: &[&str] = &[
 /// Fills the `{id}` of [`PATH_FILE`]; upload ids contain only URL-safe characters.
 pub fn file_path(upload_id: &str) -> String {
     format!("{PATH_FILES}/{upload_id}")
+}
+
+/// The tus collection a request path is under: [`PATH_FILES_V2`] for `/v2/files...`, else
+/// [`PATH_FILES`]. An upload's `Location` stays under the collection it was created at.
+pub fn files_collection(request_path: &str) -> &'static str {
+    if request_path.starts_with(PATH_FILES_V2) {
+        PATH_FILES_V2
+    } else {
+        PATH_FILES
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -195,7 +211,9 @@ pub enum ContractError {
         key: &'static str,
         reason: &'static str,
     },
-    #[error("unknown FileType: expected ExportData, Patient or Report")]
+    #[error(
+        "unknown FileType: expected OrganizationFile, PatientFile, ReportFile or Unknown (or ExportData, Patient, Report)"
+    )]
     FileTypeUnknown,
     #[error("Upload-Checksum must read `<algorithm> <base64 digest>`")]
     ChecksumMalformed,

@@ -49,14 +49,14 @@ macro_rules! problem_codes {
 }
 
 problem_codes! {
-    /// Neither `Sfm-Migration-Key` nor the tus `SessionId` metadata carried a key.
+    /// No `Sfm-Migration-Key` was sent, and no HelseID token either (the credential of a database
+    /// that accepts uploads without a key).
     KeyMissing = "key-missing", 401, "No migration key was sent";
     /// The key does not read `sfmk_<keyId>_<secret>`.
     KeyMalformed = "key-malformed", 401, "The migration key is malformed";
     /// No MigrationKey has this key id.
     KeyUnknown = "key-unknown", 401, "The migration key is unknown";
-    /// The key id exists but the secret does not match its digest (or the header and `SessionId`
-    /// disagree).
+    /// The key id exists but the secret does not match its digest.
     KeyWrong = "key-wrong", 401, "The migration key is wrong";
     /// The key has passed its time to live.
     KeyExpired = "key-expired", 403, "The migration key has expired";
@@ -72,6 +72,12 @@ problem_codes! {
     TokenInvalid = "token-invalid", 401, "The HelseID access token is not valid";
     /// The DPoP proof must carry the nonce sent in `DPoP-Nonce` (RFC 9449 `use_dpop_nonce`).
     DpopNonceRequired = "dpop-nonce-required", 401, "The DPoP proof must carry the server's nonce";
+    /// A request without a migration key whose HelseID token no database accepts uploads from: none
+    /// opted in for the token's organisation, client and issuer, or that database is not writable.
+    UploaderNoDatabase = "uploader-no-database", 401, "No database accepts uploads with this HelseID token";
+    /// A request without a migration key whose HelseID token more than one writable database accepts:
+    /// the API does not guess which organisation database the files belong to.
+    UploaderAmbiguous = "uploader-ambiguous", 409, "More than one database accepts uploads with this HelseID token";
     /// The token lacks the scope the migration API requires.
     TokenScopeMissing = "token-scope-missing", 403, "The HelseID access token lacks the required scope";
     /// The token's organisation number differs from the database's organisation.
@@ -145,6 +151,9 @@ problem_codes! {
     DataQualityHprUnknown = "data-quality-hpr-unknown", 422, "A referenced health professional is not a user of the organisation";
     /// The organisation file names another organisation than the database.
     DataQualityOrganisationMismatch = "data-quality-organisation-mismatch", 422, "The file belongs to another organisation";
+    /// NHN's uploader sent the file as `FileType` `Unknown` (not `ExportData.dat`, not under
+    /// `Patients*` or `Reports*`): not part of an FM export, so not stored.
+    FileTypeUnknown = "file-type-unknown", 422, "The file is not part of an FM export";
     /// A value the import needs is missing or empty.
     DataQualityMissingField = "data-quality-missing-field", 422, "A required value is missing";
 }

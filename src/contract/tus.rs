@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::ContractError;
-use super::key::MigrationKeyToken;
 
 /// The one tus protocol version spoken (`Tus-Resumable`, `Tus-Version`).
 pub const TUS_VERSION: &str = "1.0.0";
@@ -33,9 +32,13 @@ pub const METADATA_NAME: &str = "name";
 pub const METADATA_CONTENT_TYPE: &str = "contentType";
 /// Metadata key: the [`FileType`].
 pub const METADATA_FILE_TYPE: &str = "FileType";
-/// Metadata key: the migration key, for NHN's unchanged uploader that cannot send `Sfm-Migration-Key`.
-/// A secret: the API never stores, logs or echoes it.
+/// Metadata key: NHN's uploader's upload session, one random GUID per export folder (the same for every
+/// file and every resumed run). Not a credential: the API records it in the audit trail of each file.
 pub const METADATA_SESSION_ID: &str = "SessionId";
+/// The `FileType` value NHN's uploader gives a file that is neither the organisation file nor under a
+/// `Patients*` or `Reports*` folder. Such a file is accepted and recorded as rejected
+/// (`file-type-unknown`): it is not part of an FM export the API can store.
+pub const FILE_TYPE_UNKNOWN: &str = "Unknown";
 /// Every metadata key the API reads; others are ignored.
 pub const METADATA_KEYS: &[&str] = &[
     METADATA_NAME,
@@ -54,8 +57,9 @@ pub const MAX_UPLOAD_METADATA_KEY_BYTES: usize = 64;
 pub const MAX_UPLOAD_NAME_BYTES: usize = 1024;
 
 /// What a file of the export is, sent as the `FileType` metadata value and as `fileType` in the
-/// manifest. Values are compared ignoring ASCII case; any other value is refused with 400
-/// `metadata-invalid`.
+/// manifest. Our names (`ExportData`, `Patient`, `Report`) and NHN's uploader's enum names
+/// (`OrganizationFile`, `PatientFile`, `ReportFile`) are both accepted, ignoring ASCII case; any other
+/// value is refused with 400 `metadata-invalid` (NHN's `Unknown` is read by [`CreationMetadata`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FileType {
     /// The organisation file `ExportData.dat` (`ExportImport`: institution, users, local drugs).
@@ -76,6 +80,31 @@ impl FileType {
             FileType::ExportData => "ExportData",
             FileType::Patient => "Patient",
             FileType::Report => "Report",
+        }
+    }
+
+    /// The name NHN's uploader (`SFM.Importer`) sends for this type.
+    pub fn nhn_name(self) -> &'static str {
+        match self {
+            FileType::ExportData => "OrganizationFile",
+            FileType::Patient => "PatientFile",
+            FileType::Report => "ReportFile",
+        }
+    }
+
+    /// Whether an upload's `name` fits this type: the organisation file is a `.dat`, a patient a
+    /// `.pat`; a report is any file NHN's uploader sends from a `Reports*` folder (`.rpt`, `.dat`,
+    /// `.pat`) or that `ExportData.xml` names (`.xps`). The name is a relative path (our client) or a
+    /// bare file name (NHN's uploader).
+    pub fn accepts_name(self, name: &str) -> bool {
+        let Some((_, extension)) = name.rsplit_once('.') else {
+            return false;
+        };
+        let fits = |wanted: &[&str]| wanted.iter().any(|w| extension.eq_ignore_ascii_case(w));
+        match self {
+            FileType::ExportData => fits(&["dat"]),
+            FileType::Patient => fits(&["pat"]),
+            FileType::Report => fits(&["rpt", "dat", "pat", "xps"]),
         }
     }
 
@@ -109,7 +138,7 @@ impl FromStr for FileType {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         FileType::ALL
             .into_iter()
-            .find(|t| s.eq_ignore_ascii_case(t.as_str()))
+            .find(|t| s.eq_ignore_ascii_case(t.as_str()) || s.eq_ignore_ascii_case(t.nhn_name()))
             .ok_or(ContractError::FileTypeUnknown)
     }
 }
@@ -192,23 +221,22 @@ pub fn decode_upload_metadata(header: &str) -> Result<Vec<(String, Vec<u8>)>, Co
 }
 
 /// What the API needs from the metadata of a creation `POST /files`, checked.
-///
-/// `Debug` shows whether a session key was present, never the key.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreationMetadata {
-    /// The `name` value (the path as `Index.txt` writes it).
+    /// The `name` value: the path as `Index.txt` writes it (our client) or the bare file name (NHN's
+    /// uploader).
     pub name: String,
-    /// The `FileType` value.
-    pub file_type: FileType,
-    /// The `SessionId` value, parsed as a migration key, when present.
-    pub session_key: Option<MigrationKeyToken>,
+    /// The `FileType` value; `None` for NHN's `Unknown`.
+    pub file_type: Option<FileType>,
+    /// The `SessionId` value (NHN's uploader's upload session), when present.
+    pub session: Option<Uuid>,
 }
 
 impl CreationMetadata {
     /// Reads decoded metadata pairs: `name` (non-empty UTF-8 of at most [`MAX_UPLOAD_NAME_BYTES`]
     /// without control characters) and `FileType` are required; `contentType`, when present, must be
-    /// `application/octet-stream`; `SessionId`, when present, must be a well-formed migration key.
-    /// Other keys are ignored.
+    /// `application/octet-stream`; `SessionId`, when present, must be a GUID (a migration key there
+    /// is refused and not kept: keys travel in `Sfm-Migration-Key`). Other keys are ignored.
     pub fn from_pairs(pairs: &[(String, Vec<u8>)]) -> Result<Self, ContractError> {
         let get = |key: &str| {
             pairs
@@ -247,8 +275,19 @@ impl CreationMetadata {
             get(METADATA_FILE_TYPE).ok_or(ContractError::MetadataMissing {
                 key: METADATA_FILE_TYPE,
             })?,
-        )?
-        .parse::<FileType>()?;
+        )?;
+        let file_type = if file_type.eq_ignore_ascii_case(FILE_TYPE_UNKNOWN) {
+            None
+        } else {
+            let file_type = file_type.parse::<FileType>()?;
+            if !file_type.accepts_name(&name) {
+                return Err(ContractError::MetadataValue {
+                    key: METADATA_NAME,
+                    reason: "its extension does not fit FileType (.dat for the organisation file, .pat for a patient, .rpt, .dat, .pat or .xps for a report)",
+                });
+            }
+            Some(file_type)
+        };
 
         if let Some(content_type) = get(METADATA_CONTENT_TYPE)
             && content_type != CONTENT_TYPE_OCTET_STREAM.as_bytes()
@@ -259,29 +298,24 @@ impl CreationMetadata {
             });
         }
 
-        let session_key = match get(METADATA_SESSION_ID) {
+        let session = match get(METADATA_SESSION_ID) {
             None => None,
-            Some(value) => Some(text(METADATA_SESSION_ID, value)?.parse::<MigrationKeyToken>()?),
+            Some(value) => Some(
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| Uuid::parse_str(v).ok())
+                    .ok_or(ContractError::MetadataValue {
+                        key: METADATA_SESSION_ID,
+                        reason: "must be the upload session's GUID (a migration key travels in Sfm-Migration-Key, never in metadata)",
+                    })?,
+            ),
         };
 
         Ok(CreationMetadata {
             name,
             file_type,
-            session_key,
+            session,
         })
-    }
-}
-
-impl fmt::Debug for CreationMetadata {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CreationMetadata")
-            .field("name", &self.name)
-            .field("file_type", &self.file_type)
-            .field(
-                "session_key",
-                &self.session_key.as_ref().map(|_| "<present>"),
-            )
-            .finish()
     }
 }
 

@@ -28,12 +28,12 @@ fn metadata_as_nhn_uploader_sends_it() {
     );
     let pairs = decode_upload_metadata(&header).unwrap();
     let metadata = CreationMetadata::from_pairs(&pairs).unwrap();
-    assert_eq!(metadata.file_type, FileType::Patient);
+    assert_eq!(metadata.file_type, Some(FileType::Patient));
     assert_eq!(
         metadata.name,
         "Patients0\\0e7bfd89-ff43-4c5a-a9e2-1af46ae33672.pat"
     );
-    assert!(metadata.session_key.is_none());
+    assert!(metadata.session.is_none());
 }
 
 #[test]
@@ -138,30 +138,64 @@ fn creation_metadata_requires_name_and_a_known_file_type() {
     assert!(CreationMetadata::from_pairs(&control).is_err());
 }
 
+/// NHN's uploader's metadata, byte for byte as `../shared/sfm-format/nhn-uploader.md` has it: four
+/// keys in this order, its `FileType` enum names, the file name alone, a session GUID.
 #[test]
-fn session_id_carries_the_key_and_debug_hides_it() {
-    let token = MigrationKeyToken::generate().unwrap();
-    let secret_text = token.expose();
-    let header = encode_upload_metadata(&[
-        (METADATA_NAME, "ExportData.dat"),
-        (METADATA_FILE_TYPE, "exportdata"),
-        (METADATA_SESSION_ID, &secret_text),
-    ]);
-    let metadata = CreationMetadata::from_pairs(&decode_upload_metadata(&header).unwrap()).unwrap();
-    assert_eq!(metadata.file_type, FileType::ExportData);
-    assert_eq!(metadata.session_key.as_ref(), Some(&token));
-    let debug = format!("{metadata:?}");
-    let secret_part = secret_text.rsplit_once('_').unwrap().1;
-    assert!(!debug.contains(secret_part), "{debug}");
+fn nhn_uploader_metadata_is_read_with_its_file_types_and_session_guid() {
+    let session = "3f2b8c4e-5d6a-4b7c-9e8f-0a1b2c3d4e5f";
+    let cases = [
+        (
+            "ExportData.dat",
+            "OrganizationFile",
+            Some(FileType::ExportData),
+        ),
+        (
+            "0e7bfd89-ff43-4c5a-a9e2-1af46ae33672.pat",
+            "PatientFile",
+            Some(FileType::Patient),
+        ),
+        ("rapport1.rpt", "ReportFile", Some(FileType::Report)),
+        ("rapport2.dat", "ReportFile", Some(FileType::Report)),
+        ("stray.pat", "Unknown", None),
+    ];
+    for (name, file_type, expected) in cases {
+        let header = encode_upload_metadata(&[
+            (METADATA_NAME, name),
+            (METADATA_CONTENT_TYPE, CONTENT_TYPE_OCTET_STREAM),
+            (METADATA_FILE_TYPE, file_type),
+            (METADATA_SESSION_ID, session),
+        ]);
+        assert!(!header.contains(", "), "comma-separated without spaces");
+        let metadata =
+            CreationMetadata::from_pairs(&decode_upload_metadata(&header).unwrap()).unwrap();
+        assert_eq!(metadata.file_type, expected, "{name}");
+        assert_eq!(metadata.name, name);
+        assert_eq!(metadata.session.unwrap().to_string(), session);
+    }
+}
 
-    let bad_key = encode_upload_metadata(&[
-        (METADATA_NAME, "ExportData.dat"),
-        (METADATA_FILE_TYPE, "ExportData"),
-        (METADATA_SESSION_ID, "not-a-key"),
+/// `SessionId` is a GUID, never a key: a key there is refused (and so never stored).
+#[test]
+fn a_session_id_that_is_no_guid_is_refused() {
+    let key = crate::contract::MigrationKeyToken::generate()
+        .unwrap()
+        .expose();
+    for bad in [key.as_str(), "not-a-guid", ""] {
+        let header = encode_upload_metadata(&[
+            (METADATA_NAME, "ExportData.dat"),
+            (METADATA_FILE_TYPE, "OrganizationFile"),
+            (METADATA_SESSION_ID, bad),
+        ]);
+        let error =
+            CreationMetadata::from_pairs(&decode_upload_metadata(&header).unwrap()).unwrap_err();
+        assert_eq!(error.problem_code().as_str(), "metadata-invalid", "{bad:?}");
+    }
+    // A name that does not fit its type is refused as well.
+    let header = encode_upload_metadata(&[
+        (METADATA_NAME, "x.pat"),
+        (METADATA_FILE_TYPE, "OrganizationFile"),
     ]);
-    let error =
-        CreationMetadata::from_pairs(&decode_upload_metadata(&bad_key).unwrap()).unwrap_err();
-    assert_eq!(error.problem_code().as_str(), "key-malformed");
+    assert!(CreationMetadata::from_pairs(&decode_upload_metadata(&header).unwrap()).is_err());
 }
 
 #[test]
@@ -169,7 +203,9 @@ fn file_types_parse_ignoring_case_and_follow_extensions() {
     for t in FileType::ALL {
         assert_eq!(t.as_str().parse::<FileType>().unwrap(), t);
         assert_eq!(t.as_str().to_uppercase().parse::<FileType>().unwrap(), t);
+        assert_eq!(t.nhn_name().parse::<FileType>().unwrap(), t);
     }
+    assert!("Unknown".parse::<FileType>().is_err());
     assert!("Patients".parse::<FileType>().is_err());
     assert!("".parse::<FileType>().is_err());
     assert_eq!(

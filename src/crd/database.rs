@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Patients","type":"integer","jsonPath":".status.migration.patients.stored"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.phaseReason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new("size(self.metadata.name) <= 63").message("a MigrationDatabase name is at most 63 characters: its children and the SFM application's pods carry it as a label value")
+    validation = Rule::new("size(self.metadata.name) <= 63").message("a MigrationDatabase name is at most 63 characters: its children and the SFM application's pods carry it as a label value"),
+    validation = Rule::new("!has(self.spec.helseIdUploads) || (has(self.spec.validation) && has(self.spec.validation.helseId))").message("helseIdUploads needs validation.helseId: the issuer, audience and scope a token without a migration key must satisfy"),
+    validation = Rule::new("!has(self.spec.helseIdUploads) || (has(self.spec.activation) && has(self.spec.activation.mode) && self.spec.activation.mode == 'Manual')").message("helseIdUploads needs activation.mode Manual: nobody holding a migration key vouches for such a migration, so an NHN operator approves its digest")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationDatabaseSpec {
@@ -59,6 +61,32 @@ pub struct MigrationDatabaseSpec {
     /// How strictly the migration API checks what is uploaded into this database.
     #[serde(default)]
     pub validation: ValidationPolicy,
+
+    /// Uploads with a HelseID access token and no migration key: what NHN's own uploader
+    /// (`SFM.Importer`) sends. Absent (the default), every upload needs the database's migration key.
+    /// Present, the migration API takes a request without a key for this database when the token
+    /// passes `validation.helseId`, comes from an issuer the API itself trusts, names this
+    /// organisation's number and, when `clientId` is set, that client; and this is the only writable
+    /// database that accepts such a token. Requires `validation.helseId` and `activation.mode: Manual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helse_id_uploads: Option<HelseIdUploads>,
+}
+
+/// Who may upload without a migration key.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HelseIdUploads {
+    /// The HelseID client that may upload (the EPJ's export client, which is not necessarily
+    /// `organisation.helseIdClientId`, the client that gets access once operational). Empty: any
+    /// client whose token names this organisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[A-Za-z0-9._:/-]+$"))]
+    pub client_id: Option<String>,
+
+    /// Accept `Authorization: Bearer` tokens too (the uploader's 2022 and 2024 versions send no
+    /// other). Off by default: only DPoP-bound tokens with a proof per request.
+    #[serde(default)]
+    pub allow_bearer: bool,
 }
 
 /// The health organisation (dataansvarlig) the database belongs to.
@@ -219,7 +247,8 @@ pub enum SchemaCheck {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenPolicy {
-    /// The token issuer (`iss`), e.g. `https://helseid-sts.nhn.no`.
+    /// The token issuer (`iss`), e.g. `https://helseid-sts.nhn.no`: one of the issuers the migration
+    /// API's configuration trusts (chart value `api.trustedIssuers`); any other is refused.
     #[schemars(length(min = 1, max = 500))]
     pub issuer: String,
     /// The audience (`aud`) the token must carry.
@@ -229,6 +258,9 @@ pub struct TokenPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 200))]
     pub required_scope: Option<String>,
+    /// Accept only DPoP-bound tokens sent with a proof (`Authorization: DPoP`), never Bearer.
+    #[serde(default)]
+    pub require_dpop: bool,
 }
 
 /// The life of a MigrationDatabase, in order.
@@ -325,6 +357,22 @@ pub struct MigrationProgress {
     /// When the client asked for operational mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_requested_at: Option<String>,
+    /// What the staging database holds, as a manifest the API computed itself (one line per stored
+    /// file: name as uploaded, type, size, SHA-256; the manifest's canonical form). Shown once no
+    /// upload is open; `sfm-migrate verify --against-index` compares it with the export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredManifest>,
+}
+
+/// The API's own manifest of the stored files.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredManifest {
+    /// Stored files (the organisation file, patients and reports).
+    pub files: i64,
+    /// SHA-256 of the manifest's canonical text, lowercase hex: the digest an NHN operator approves
+    /// in `spec.activation.approvedDigest` once verify confirmed it.
+    pub digest: String,
 }
 
 /// Counts of one kind of record.

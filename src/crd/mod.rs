@@ -17,10 +17,10 @@ pub mod key;
 pub use apply::apply_status;
 pub use conditions::{ConditionType, set_condition};
 pub use database::{
-    Activation, ActivationMode, DatabaseCoordinates, MigrationDatabase, MigrationDatabaseSpec,
-    MigrationDatabaseStatus, MigrationProgress, NetworkPolicySettings, Organisation, Phase,
-    ReclaimPolicy, RecordCounts, SchemaCheck, SecretKeyRef, ServerRef, TokenPolicy,
-    ValidationPolicy,
+    Activation, ActivationMode, DatabaseCoordinates, HelseIdUploads, MigrationDatabase,
+    MigrationDatabaseSpec, MigrationDatabaseStatus, MigrationProgress, NetworkPolicySettings,
+    Organisation, Phase, ReclaimPolicy, RecordCounts, SchemaCheck, SecretKeyRef, ServerRef,
+    StoredManifest, TokenPolicy, ValidationPolicy,
 };
 pub use key::{KeyPhase, MigrationKey, MigrationKeySpec, MigrationKeyStatus};
 

@@ -295,11 +295,16 @@ fn network(url: &str, error: &reqwest::Error) -> LoginError {
     }
 }
 
-/// HelseID's token endpoint from its discovery document.
-pub async fn discover_token_endpoint(
-    http: &reqwest::Client,
-    issuer: &str,
-) -> Result<String, LoginError> {
+/// What a client needs of HelseID's discovery document.
+pub struct Discovered {
+    /// The issuer as HelseID names itself (`issuer`): the `aud` of a client assertion, which HelseID
+    /// compares exactly (a trailing slash on `--issuer` must not change it).
+    pub issuer: String,
+    pub token_endpoint: String,
+}
+
+/// HelseID's token endpoint and issuer name from its discovery document.
+pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Discovered, LoginError> {
     let url = format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
@@ -323,7 +328,12 @@ pub async fn discover_token_endpoint(
             reason: "it names another issuer".into(),
         });
     }
-    Ok(document.token_endpoint)
+    Ok(Discovered {
+        issuer: document
+            .issuer
+            .unwrap_or_else(|| issuer.trim_end_matches('/').to_owned()),
+        token_endpoint: document.token_endpoint,
+    })
 }
 
 /// The client credentials grant with a client assertion, DPoP-bound when `config.dpop`.
@@ -331,7 +341,8 @@ pub async fn client_credentials(
     http: &reqwest::Client,
     config: &ClientCredentials,
 ) -> Result<AccessToken, LoginError> {
-    let token_endpoint = discover_token_endpoint(http, &config.issuer).await?;
+    let discovered = discover(http, &config.issuer).await?;
+    let token_endpoint = discovered.token_endpoint;
     let dpop_key = if config.dpop {
         Some(DpopKey::generate()?)
     } else {
@@ -340,7 +351,7 @@ pub async fn client_credentials(
     let mut nonce: Option<String> = None;
     for attempt in 0..2 {
         // A fresh assertion each time: its jti must not be replayed.
-        let assertion = client_assertion(&config.key, &config.client_id, &config.issuer)?;
+        let assertion = client_assertion(&config.key, &config.client_id, &discovered.issuer)?;
         let form = [
             ("grant_type", "client_credentials"),
             ("client_id", config.client_id.as_str()),

@@ -37,12 +37,17 @@ pub const ALLOWED_ALGORITHMS: &[Algorithm] = &[
     Algorithm::ES256,
     Algorithm::ES384,
 ];
+/// [`ALLOWED_ALGORITHMS`] as the `algs` parameter of a DPoP challenge (RFC 9449 section 7.1).
+pub const DPOP_ALGORITHMS: &str = "RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384";
 /// Clock leeway for `exp`/`nbf`, seconds.
 pub const LEEWAY_SECONDS: u64 = 30;
 /// How far a DPoP proof's `iat` may be from now, seconds.
 pub const DPOP_IAT_WINDOW_SECONDS: i64 = 60;
 /// How long a JWKS is reused before it is fetched again.
 const JWKS_CACHE_FOR: Duration = Duration::from_secs(300);
+/// The least time between two fetches of one issuer's keys: a token with an unknown `kid` (anyone can
+/// make one) makes at most one fetch per issuer in this time.
+const JWKS_REFETCH_AFTER: Duration = Duration::from_secs(30);
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,15 +64,18 @@ pub enum TokenError {
     Organisation,
     #[error("the issuer's keys cannot be fetched")]
     Jwks,
+    #[error("this database accepts DPoP-bound tokens only (Authorization: DPoP with a proof)")]
+    DpopRequired,
 }
 
 impl TokenError {
     pub fn code(&self) -> ProblemCode {
         match self {
             TokenError::Missing => ProblemCode::TokenRequired,
-            TokenError::Invalid(_) | TokenError::InvalidProof(_) | TokenError::Jwks => {
-                ProblemCode::TokenInvalid
-            }
+            TokenError::Invalid(_)
+            | TokenError::InvalidProof(_)
+            | TokenError::Jwks
+            | TokenError::DpopRequired => ProblemCode::TokenInvalid,
             TokenError::Scope => ProblemCode::TokenScopeMissing,
             TokenError::Organisation => ProblemCode::TokenOrganisationMismatch,
         }
@@ -177,6 +185,7 @@ pub fn verify_access_token(
     validation.leeway = LEEWAY_SECONDS;
     validation.set_issuer(&[expect.issuer]);
     validation.set_audience(&[expect.audience]);
+    validation.validate_nbf = true;
     validation.set_required_spec_claims(&["exp", "iss", "aud"]);
     let data = decode::<AccessClaims>(token, &key, &validation).map_err(|e| {
         use jsonwebtoken::errors::ErrorKind;
@@ -344,10 +353,26 @@ struct Discovery {
     jwks_uri: String,
 }
 
+/// One issuer's keys as last fetched.
+#[derive(Clone)]
+struct CachedKeys {
+    /// When the keys were last fetched successfully.
+    fetched: Instant,
+    /// When a fetch was last tried (successful or not): the rate limit.
+    tried: Instant,
+    set: JwkSet,
+}
+
 /// Verifies tokens for the API: fetches and caches each issuer's JWKS, remembers DPoP `jti`s.
+///
+/// Keys are kept through an issuer outage: when a fetch fails, the last good keys go on verifying
+/// (tokens signed before the outage are as good as before). A fetch for an unknown `kid` happens at
+/// most once per [`JWKS_REFETCH_AFTER`] per issuer, and no check waits on the lock during a fetch.
 pub struct Verifier {
     http: reqwest::Client,
-    jwks: tokio::sync::Mutex<HashMap<String, (Instant, JwkSet)>>,
+    jwks: Mutex<HashMap<String, CachedKeys>>,
+    cache_for: Duration,
+    refetch_after: Duration,
     pub replay: ReplayCache,
 }
 
@@ -358,20 +383,70 @@ impl Verifier {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
-            jwks: tokio::sync::Mutex::new(HashMap::new()),
+            jwks: Mutex::new(HashMap::new()),
+            cache_for: JWKS_CACHE_FOR,
+            refetch_after: JWKS_REFETCH_AFTER,
             replay: ReplayCache::default(),
         }
     }
 
-    /// The issuer's JWKS, from its discovery document (cached; fetched again on an unknown kid).
-    pub async fn jwks(&self, issuer: &str, refresh: bool) -> Result<JwkSet, TokenError> {
-        let mut cache = self.jwks.lock().await;
-        if !refresh
-            && let Some((at, set)) = cache.get(issuer)
-            && at.elapsed() < JWKS_CACHE_FOR
-        {
-            return Ok(set.clone());
+    /// A verifier that reuses keys for `cache_for` instead of [`JWKS_CACHE_FOR`] and fetches them
+    /// again at most once per `refetch_after` instead of [`JWKS_REFETCH_AFTER`] (tests).
+    pub fn with_timings(cache_for: Duration, refetch_after: Duration) -> Self {
+        Verifier {
+            cache_for,
+            refetch_after,
+            ..Verifier::new()
         }
+    }
+
+    /// The issuer's JWKS, from its discovery document: cached for [`JWKS_CACHE_FOR`]; with
+    /// `refresh` (an unknown `kid`) fetched again unless a fetch was tried within
+    /// [`JWKS_REFETCH_AFTER`]; the last good keys when a fetch fails.
+    pub async fn jwks(&self, issuer: &str, refresh: bool) -> Result<JwkSet, TokenError> {
+        let cached = self
+            .jwks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(issuer)
+            .cloned();
+        if let Some(cached) = &cached {
+            let fresh = cached.fetched.elapsed() < self.cache_for;
+            let tried_lately = cached.tried.elapsed() < self.refetch_after;
+            if (fresh && !refresh) || tried_lately {
+                return Ok(cached.set.clone());
+            }
+        }
+        // Mark the try first, so concurrent checks do not all fetch.
+        if let Some(entry) = self
+            .jwks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(issuer)
+        {
+            entry.tried = Instant::now();
+        }
+        match self.fetch_jwks(issuer).await {
+            Ok(set) => {
+                let now = Instant::now();
+                self.jwks.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    issuer.to_owned(),
+                    CachedKeys {
+                        fetched: now,
+                        tried: now,
+                        set: set.clone(),
+                    },
+                );
+                Ok(set)
+            }
+            Err(error) => match cached {
+                Some(cached) => Ok(cached.set),
+                None => Err(error),
+            },
+        }
+    }
+
+    async fn fetch_jwks(&self, issuer: &str) -> Result<JwkSet, TokenError> {
         let discovery_url = format!(
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
@@ -386,8 +461,7 @@ impl Verifier {
             .json()
             .await
             .map_err(|_| TokenError::Jwks)?;
-        let set: JwkSet = self
-            .http
+        self.http
             .get(&discovery.jwks_uri)
             .send()
             .await
@@ -395,9 +469,7 @@ impl Verifier {
             .map_err(|_| TokenError::Jwks)?
             .json()
             .await
-            .map_err(|_| TokenError::Jwks)?;
-        cache.insert(issuer.to_owned(), (Instant::now(), set.clone()));
-        Ok(set)
+            .map_err(|_| TokenError::Jwks)
     }
 
     /// Checks the request's token against the database's policy; returns the HelseID client id.
@@ -423,6 +495,9 @@ impl Verifier {
             return Err(TokenError::Missing);
         };
         let token = token.trim();
+        if policy.require_dpop && !dpop {
+            return Err(TokenError::DpopRequired);
+        }
         let expect = Expectations {
             issuer: &policy.issuer,
             audience: &policy.audience,

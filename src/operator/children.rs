@@ -30,6 +30,8 @@ pub struct Credentials<'a> {
     pub host: &'a str,
     pub port: u16,
     pub database: &'a str,
+    /// libpq's `sslmode`, as the admin URI has it.
+    pub ssl_mode: &'a str,
 }
 
 pub fn credentials_secret(
@@ -40,12 +42,13 @@ pub fn credentials_secret(
     credentials: &Credentials,
 ) -> Secret {
     let uri = format!(
-        "postgres://{}:{}@{}:{}/{}",
+        "postgres://{}:{}@{}:{}/{}?sslmode={}",
         credentials.username,
         credentials.password,
         credentials.host,
         credentials.port,
-        credentials.database
+        credentials.database,
+        credentials.ssl_mode
     );
     let data = BTreeMap::from([
         ("username".to_owned(), credentials.username.to_owned()),
@@ -56,6 +59,7 @@ pub fn credentials_secret(
         ("host".to_owned(), credentials.host.to_owned()),
         ("port".to_owned(), credentials.port.to_string()),
         ("dbname".to_owned(), credentials.database.to_owned()),
+        ("sslmode".to_owned(), credentials.ssl_mode.to_owned()),
         (names::SECRET_FIELD_URI.to_owned(), uri),
     ]);
     Secret {

@@ -150,6 +150,7 @@ async fn provision_and_observe(
 
     let mut session = AdminSession::open(&admin, names.clone(), &uid).await?;
     let (host, port) = session.server();
+    let ssl_mode = session.ssl_mode();
     let local_secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let api_secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.api_namespace);
     let app_name = child.application_secret.clone();
@@ -167,6 +168,7 @@ async fn provision_and_observe(
             host: &host,
             port,
             database: &names.database,
+            ssl_mode,
         },
     );
     let application_password =
@@ -192,6 +194,7 @@ async fn provision_and_observe(
                 host: &host,
                 port,
                 database: &names.database,
+                ssl_mode,
             },
         );
         let password =

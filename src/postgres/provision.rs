@@ -194,6 +194,21 @@ impl AdminSession {
         (self.options.get_host().to_owned(), self.options.get_port())
     }
 
+    /// The admin URI's `sslmode` in libpq's spelling (`prefer` when it names none): every URI the
+    /// operator writes for this server carries it, so a server reached with `verify-full` is not
+    /// reached in the clear by the migrator or the application.
+    pub fn ssl_mode(&self) -> &'static str {
+        use sqlx::postgres::PgSslMode;
+        match self.options.get_ssl_mode() {
+            PgSslMode::Disable => "disable",
+            PgSslMode::Allow => "allow",
+            PgSslMode::Prefer => "prefer",
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            PgSslMode::VerifyFull => "verify-full",
+        }
+    }
+
     /// Releases the lock and closes the session.
     pub async fn close(mut self) -> Result<(), ProvisionError> {
         sqlx::query("SELECT pg_advisory_unlock_all()")
@@ -277,6 +292,11 @@ impl AdminSession {
             Statement::new("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA sfm TO ").ident(&names.migrator)?,
             // The mode is the operator's: the migrator may read it, never change it.
             Statement::new("REVOKE INSERT, UPDATE, DELETE ON sfm.metadata FROM ").ident(&names.migrator)?,
+            // The audit trail is append-only for the migrator: what was stored, who sent it and why a
+            // file was refused can be added to (a rejection resolved, an activation requested) but
+            // never taken away or rewritten.
+            Statement::new("REVOKE UPDATE, DELETE, TRUNCATE ON sfm.stored_files, sfm.deviations FROM ").ident(&names.migrator)?,
+            Statement::new("REVOKE DELETE, TRUNCATE ON sfm.rejections, sfm.validation FROM ").ident(&names.migrator)?,
             Statement::new("REVOKE ALL ON ALL TABLES IN SCHEMA sfm FROM ").ident(&names.application)?,
             Statement::new(REFUSE_AFTER_VALIDATION_FUNCTION),
             Statement::new(REFUSE_AFTER_VALIDATION_TRIGGERS),

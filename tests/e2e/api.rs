@@ -837,8 +837,8 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         assert_eq!(problem(early).await, (409, "organisation-missing".into()));
     });
 
-    // The organisation file by tuspy with the key in SessionId as well as in the header of every
-    // request, the patient with the header alone; 4 KiB chunks.
+    // The organisation file by tuspy with an upload-session GUID in SessionId (as NHN's uploader
+    // sends) and the key in the header of every request, the patient without SessionId; 4 KiB chunks.
     fx.store_organisation(&api, 4096, true);
     let result = fx.tuspy(&api, patient, &patient_name, "Patient", 4096, false);
     assert_eq!(result["ingestState"], "stored", "{result}");
@@ -1163,8 +1163,8 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             assert_eq!(problem(r).await, (401, expected.into()));
         }
 
-        // Creation requests with exactly these headers: no key, the key in the header and another
-        // in SessionId, tus headers, Upload-Length and Upload-Metadata.
+        // Creation requests with exactly these headers: no key, the key in the header and a key
+        // in SessionId (a GUID goes there, never a key), tus headers, Upload-Length and Upload-Metadata.
         let files = format!("{base}/files");
         let tus_1 = ("tus-resumable", "1.0.0");
         let keyed = ("sfm-migration-key", key.as_str());
@@ -1185,7 +1185,7 @@ fn bad_input_gets_a_clear_problem_and_stores_nothing() {
             ),
             (
                 vec![tus_1, ten, keyed, ("upload-metadata", &session_differs)],
-                (401, "key-wrong"),
+                (400, "metadata-invalid"),
             ),
             (vec![ten, keyed], (412, "tus-version-unsupported")),
             (vec![tus_1, keyed], (400, "header-invalid")),
@@ -1657,7 +1657,10 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
         .await
         .unwrap()
     });
-    let api = fx.api("api", &[]);
+    let api = fx.api(
+        "api",
+        &["--trusted-issuer", &issuer_url, "--allow-http-issuers"],
+    );
     let key_check = format!("{}{}", api.base, contract::PATH_KEY_CHECK);
     let key = fx.key.clone();
 
@@ -1665,7 +1668,9 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
         let http = http();
         let r = http.post(&key_check).header("sfm-migration-key", &key).send().await.unwrap();
         assert_eq!(r.status(), 401);
-        assert!(r.headers().contains_key("www-authenticate"));
+        // RFC 6750 section 3: without a token, the challenge names no error.
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.starts_with("Bearer realm=\"sfm\", DPoP realm=\"sfm\""), "{challenge}");
         assert!(r.text().await.unwrap().contains("token-required"));
 
         let (dpop_key, dpop_jwk) = es256();
@@ -1693,7 +1698,15 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
         assert_eq!(r.status(), 200, "{:?}", r.text().await);
         let r = http.post(&key_check).header("sfm-migration-key", &key).header("authorization", format!("DPoP {token}")).header("dpop", &request_proof).send().await.unwrap();
         assert_eq!(r.status(), 401, "a replayed proof must be refused");
+        // RFC 9449 section 7.1: a refused proof says so in the challenge.
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.contains("error=\"invalid_dpop_proof\""), "{challenge}");
         assert!(r.text().await.unwrap().contains("token-invalid"));
+        // A token as Bearer where it is bound to a DPoP key: invalid_token.
+        let r = http.post(&key_check).header("sfm-migration-key", &key).header("authorization", format!("Bearer {token}")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.contains("Bearer realm=\"sfm\", error=\"invalid_token\""), "{challenge}");
     });
 }
 
@@ -2190,5 +2203,102 @@ fn nothing_is_stored_after_the_migration_is_validated() {
             .and_then(|e| e.code())
             .map(|c| c.into_owned());
         assert_eq!(code.as_deref(), Some("SFM01"), "{refused}");
+    });
+}
+
+/// The API's own count of requests it made to the Kubernetes API server.
+async fn kubernetes_requests(client: &reqwest::Client, base: &str) -> u64 {
+    let text = client
+        .get(format!("{base}{}", contract::PATH_METRICS))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("sfm_api_kubernetes_requests_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("sfm_api_kubernetes_requests_total is exported")
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 1,000 requests with random, well-formed keys of ids nobody issued (creations and key checks)
+/// cost no call to the Kubernetes API server: keys and databases come from watch-backed stores. The
+/// API's memory does not grow with them, and the real key still works afterwards.
+#[test]
+fn unknown_keys_cost_no_call_to_the_kubernetes_api_server() {
+    let fx = Fixture::new("api-unknown-keys", "Lenient");
+    let api = fx.api("api", &[]);
+    let base = api.base.clone();
+    let client = &fx.client;
+    fx.run(async {
+        // The stores are filled (one LIST and one WATCH each) by the first request.
+        let warm = client
+            .post(format!("{base}{}", contract::PATH_KEY_CHECK))
+            .header(contract::HEADER_MIGRATION_KEY, &fx.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(warm.status().as_u16(), 200);
+        let before = kubernetes_requests(client, &base).await;
+        let memory_before = resident_kib(api.process.child.id());
+        let refused = futures::stream::iter(0..1000)
+            .map(|i| {
+                let base = base.clone();
+                async move {
+                    let key = contract::MigrationKeyToken::generate().unwrap().expose();
+                    let response = if i % 2 == 0 {
+                        create_upload(client, &base, &key, "ExportData.dat", "ExportData", 10).await
+                    } else {
+                        client
+                            .post(format!("{base}{}", contract::PATH_KEY_CHECK))
+                            .header(contract::HEADER_MIGRATION_KEY, key)
+                            .send()
+                            .await
+                            .unwrap()
+                    };
+                    problem(response).await
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        assert!(
+            refused
+                .iter()
+                .all(|answer| *answer == (401, "key-unknown".to_owned())),
+            "{:?}",
+            refused
+                .iter()
+                .find(|a| **a != (401, "key-unknown".to_owned()))
+        );
+        let after = kubernetes_requests(client, &base).await;
+        // Nothing of the 1,000; a status flush or a watch reconnect of the API's own may fall in.
+        assert!(
+            after - before <= 3,
+            "{} Kubernetes requests",
+            after - before
+        );
+        let memory_after = resident_kib(api.process.child.id());
+        assert!(
+            memory_after < memory_before + 32 * 1024,
+            "resident memory grew from {memory_before} KiB to {memory_after} KiB"
+        );
+        let again = client
+            .post(format!("{base}{}", contract::PATH_KEY_CHECK))
+            .header(contract::HEADER_MIGRATION_KEY, &fx.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status().as_u16(), 200);
     });
 }

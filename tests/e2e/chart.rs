@@ -1236,6 +1236,7 @@ fn the_operator_under_the_charts_identity_brings_the_examples_to_ready_and_a_man
         "05-postgres-admin-secret.yaml",
         "10-migrationdatabase.yaml",
         "11-migrationdatabase-manual.yaml",
+        "12-migrationdatabase-nhn-uploader.yaml",
         "20-migrationkey.yaml",
         "21-migrationkey-manual.yaml",
     ] {
@@ -1252,6 +1253,7 @@ fn the_operator_under_the_charts_identity_brings_the_examples_to_ready_and_a_man
             "--for=condition=Ready",
             "mdb/legekontoret-fjordby",
             MANUAL,
+            "mdb/legesenter-sorvik",
             WAIT_TIMEOUT,
         ],
         None,

@@ -45,13 +45,23 @@ fn make_export(work: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
 
 /// The test's migration API (in its own namespace, with the export's decryption key) and its URL.
 fn start_flow_api(api_namespace: &str, keys: &Path, ns_name: &str) -> (Process, String) {
+    start_flow_api_with(api_namespace, keys, ns_name, &[])
+}
+
+/// As [`start_flow_api`], with `extra` flags.
+fn start_flow_api_with(
+    api_namespace: &str,
+    keys: &Path,
+    ns_name: &str,
+    extra: &[&str],
+) -> (Process, String) {
     let port = free_port();
     let api = start_api(
         api_namespace,
         &keys.join("private_key.pem"),
         port,
         &format!("api-flow-{ns_name}"),
-        &[],
+        extra,
     );
     (api, format!("http://127.0.0.1:{port}"))
 }
@@ -684,7 +694,12 @@ fn a_helseid_protected_database_takes_a_dpop_login() {
 
     let small = SMALL.to_string();
     let (keys, export) = make_export(work.path(), &["--patients", &small, "--size-kb", "20"]);
-    let (_api, api_url) = start_flow_api(&api_namespace.name, &keys, &ns_name);
+    let (_api, api_url) = start_flow_api_with(
+        &api_namespace.name,
+        &keys,
+        &ns_name,
+        &["--trusted-issuer", &issuer_url, "--allow-http-issuers"],
+    );
 
     let client = env!("CARGO_BIN_EXE_sfm-migrate");
     let config = work.path().join("config");

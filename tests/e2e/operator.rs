@@ -45,6 +45,20 @@ fn examples_go_from_staging_to_operational_under_the_activation_rule() {
         secret_field(NS, "fjordby-key-1-key", "key"),
     ];
     assert!(migrator_uri.starts_with("postgres://"));
+    // The admin URI's TLS setting is carried into every URI the operator writes.
+    let admin_ssl_mode = url::Url::parse(&admin_url())
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "sslmode")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| "prefer".to_owned());
+    for uri in [&migrator_uri, &application_uri] {
+        assert!(
+            uri.ends_with(&format!("?sslmode={admin_ssl_mode}")),
+            "sslmode of {}",
+            uri.split('@').nth(1).unwrap_or_default()
+        );
+    }
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

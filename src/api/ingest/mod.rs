@@ -178,7 +178,10 @@ pub async fn ingest_whole(
     let started = Instant::now();
     let claimed = Claimed {
         file_name: new.file_name.clone(),
-        file_type: new.file_type.as_str().to_owned(),
+        file_type: new
+            .file_type
+            .map_or(crate::contract::FILE_TYPE_UNKNOWN, FileType::as_str)
+            .to_owned(),
         migration_key_id: session.key_id.clone(),
         helseid_client_id: session.helseid_client.clone(),
         sha256: digest(&data),
@@ -219,6 +222,98 @@ pub async fn ingest_whole(
         .map_err(|e| database("commit the ingest", e))?;
     ingested(&state, &session, new.id, &claimed, outcome, started);
     Ok(outcome)
+}
+
+/// A `PATCH` that brings a whole file at once, from offset 0 to its length (NHN's uploader sends
+/// every file of up to 512 KiB that way, after its creation and a `HEAD`): the file is ingested in
+/// the transaction that would have stored it as a chunk, and the upload closed with its outcome. No
+/// chunk is written, read back and deleted. Nothing is acknowledged before the commit: if this
+/// replica dies mid-way the upload is still open at offset 0, and the client's `HEAD` and `PATCH`
+/// send the file again.
+pub async fn ingest_in_place(
+    state: Arc<AppState>,
+    session: Session,
+    upload: Uuid,
+    data: Bytes,
+) -> Result<Outcome, ApiError> {
+    let _slot = ingest_slot(&state).await?;
+    let started = Instant::now();
+    let mut tx = session
+        .pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the ingest", e))?;
+    let row = open_at_start(&mut tx, upload, data.len()).await?;
+    super::guard::writable(&mut tx, session.uid).await?;
+    let claimed = Claimed {
+        file_name: row.file_name.clone(),
+        file_type: row.file_type.clone(),
+        migration_key_id: row.migration_key_id.clone(),
+        helseid_client_id: session.helseid_client.clone(),
+        sha256: digest(&data),
+        size: data.len() as i64,
+        completed_at: chrono::Utc::now(),
+    };
+    let outcome = match check_and_store(&state, &session, &mut tx, upload, &claimed, data).await? {
+        Ok(()) => {
+            finish_in_place(&mut tx, upload, &claimed, UploadState::Ingested).await?;
+            resolve_earlier_rejections(&mut tx, &claimed.file_name).await?;
+            (IngestState::Stored, None)
+        }
+        Err(rejection) => {
+            tx = start_over(tx, &session).await?;
+            open_at_start(&mut tx, upload, claimed.size as usize).await?;
+            finish_in_place(&mut tx, upload, &claimed, UploadState::Rejected).await?;
+            insert_rejection(&mut tx, upload, &claimed, &rejection).await?;
+            (IngestState::Rejected, Some(rejection.code))
+        }
+    };
+    tx.commit()
+        .await
+        .map_err(|e| database("commit the ingest", e))?;
+    ingested(&state, &session, upload, &claimed, outcome, started);
+    Ok(outcome)
+}
+
+/// The upload's row under its lock, if it is still open at offset 0 for a body of `length` bytes
+/// that completes it; `upload-offset-mismatch` otherwise (another request got there first).
+async fn open_at_start(
+    tx: &mut PgConnection,
+    upload: Uuid,
+    length: usize,
+) -> Result<super::uploads::UploadRow, ApiError> {
+    let row = super::uploads::lock(tx, upload).await?;
+    if !UploadState::of(&row.state).is_open()
+        || row.upload_offset != 0
+        || row.declared_length != length as i64
+    {
+        return Err(ApiError::new(ProblemCode::UploadOffsetMismatch)
+            .detail("the upload moved on meanwhile; HEAD and resume from there")
+            .header(
+                crate::contract::HEADER_UPLOAD_OFFSET,
+                row.upload_offset.to_string(),
+            ));
+    }
+    Ok(row)
+}
+
+/// Closes an upload ingested in place: all of it received, its digest, its outcome.
+async fn finish_in_place(
+    tx: &mut PgConnection,
+    upload: Uuid,
+    claimed: &Claimed,
+    outcome: UploadState,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE sfm.uploads SET upload_offset = declared_length, state = $2, sha256 = $3, completed_at = now(), updated_at = now() WHERE id = $1",
+    )
+    .bind(upload)
+    .bind(outcome.as_str())
+    .bind(&claimed.sha256)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| database("close the upload", e))?;
+    Ok(())
 }
 
 /// Ingests are CPU work and hold a database connection: a bounded number run at once.
@@ -267,7 +362,12 @@ async fn check_and_store(
     if already.is_some() {
         return Ok(Ok(()));
     }
-    let file_type: FileType = claimed.file_type.parse().unwrap_or(FileType::Patient);
+    let Ok(file_type) = claimed.file_type.parse::<FileType>() else {
+        return Ok(Err(Refusal::new(
+            ProblemCode::FileTypeUnknown,
+            "the uploader sent this file as FileType Unknown: it is not ExportData.dat and not in a Patients or Reports folder, so it is not part of an FM export",
+        )));
+    };
     let blocking_state = state.clone();
     let db = session.database.clone();
     let name = claimed.file_name.clone();

@@ -14,7 +14,7 @@ use sfm_migration::client::config::{KeyStore, StoredToken, config_dir};
 use sfm_migration::client::ledger::Ledger;
 use sfm_migration::client::upload::{UploadOptions, settle_pending, upload};
 use sfm_migration::client::workflow::{
-    activate_and_wait, delete_export, key_check, manifest, verify,
+    activate_and_wait, as_named_by_nhn_uploader, delete_export, key_check, manifest, verify,
 };
 use sfm_migration::client::{Failure, Outcome};
 use sfm_migration::format::envelope::RecipientCertificate;
@@ -57,7 +57,7 @@ enum Command {
     /// Send the export: the organisation file first, then patients in parallel; resumable.
     Upload(UploadArgs),
     /// Send the manifest of every file and its digest; the API confirms it holds exactly those.
-    Verify(FolderArgs),
+    Verify(VerifyArgs),
     /// Ask for operational mode, wait for it, then delete the export's files (unless --keep).
     Activate(ActivateArgs),
     /// check, upload, verify and activate in one go.
@@ -116,9 +116,14 @@ struct LoginArgs {
 }
 
 #[derive(Args)]
-struct FolderArgs {
+struct VerifyArgs {
     /// The export folder (holds ExportData.dat and Index.txt).
     folder: PathBuf,
+    /// For an export NHN's own uploader sent: every file `Index.txt` names (and ExportData.dat),
+    /// read and hashed here, by the name that uploader gives it (the file name alone), against the
+    /// API's manifest of what it stored. Prints the digest an NHN operator approves.
+    #[arg(long)]
+    against_index: bool,
 }
 
 #[derive(Args)]
@@ -213,15 +218,21 @@ struct Context {
 impl Context {
     fn api(&self, workers: usize) -> Outcome<ApiClient> {
         let store = KeyStore::load(&self.dir)?;
-        let key = store.active_key()?;
-        let base = self.api_flag.clone().or_else(|| key.api.clone()).ok_or_else(|| {
+        let token = StoredToken::load(&self.dir)?;
+        let (key, key_api) = match store.active_key() {
+            Ok(key) => (Some(key.token()?.expose()), key.api.clone()),
+            // No key but a HelseID login: enough for a database that accepts uploads without a key
+            // (the way NHN's own uploader works).
+            Err(_) if token.is_some() => (None, None),
+            Err(failure) => return Err(failure),
+        };
+        let base = self.api_flag.clone().or(key_api).ok_or_else(|| {
             Failure::new(
                 "The client does not know the migration API's address.",
                 "give it with --api https://... (or store it with `sfm-migrate key add --for-api`)",
             )
         })?;
-        let token = StoredToken::load(&self.dir)?;
-        let auth = Auth::new(key.token()?.expose(), token)?;
+        let auth = Auth::new(key, token)?;
         ApiClient::new(&base, auth, workers)
     }
 }
@@ -307,13 +318,17 @@ async fn run(cli: Cli) -> Outcome<ExitCode> {
         Command::Verify(args) => {
             let report = checked(&args.folder)?;
             let api = ctx.api(1)?;
-            let (_, check) = key_check(&api).await?;
-            do_verify(&api, &args.folder, &report, &check.database).await?;
+            if args.against_index {
+                verify_against_index(&api, &report).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let database = database_of(&api).await?;
+            do_verify(&api, &args.folder, &report, &database).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Activate(args) => {
             let api = ctx.api(1)?;
-            key_check(&api).await?;
+            database_of(&api).await?;
             let report =
                 sfm_migration::client::check::check_export(&args.folder, &CheckOptions::default())?;
             do_activate(&api, &args.folder, &report, args.keep, args.timeout_secs).await?;
@@ -434,6 +449,47 @@ async fn do_upload(
         );
     }
     Ok(true)
+}
+
+/// The database this client's credentials reach: by the key check when it has a key, else by the
+/// status a HelseID token alone may read.
+async fn database_of(api: &ApiClient) -> Outcome<String> {
+    if api.has_key() {
+        let (_, check) = key_check(api).await?;
+        return Ok(check.database);
+    }
+    let status = api.status().await.map_err(|e| e.failure())?;
+    Ok(status.database)
+}
+
+/// `verify --against-index`: the export as `Index.txt` names it, by the names NHN's uploader gives
+/// the files, against what the API stored.
+async fn verify_against_index(api: &ApiClient, report: &CheckReport) -> Outcome<()> {
+    let manifest = as_named_by_nhn_uploader(&manifest(report, None)?)?;
+    let digest = manifest.digest();
+    eprintln!(
+        "Verifying {} files named by Index.txt (manifest digest {digest})",
+        manifest.files.len()
+    );
+    if let Ok(status) = api.status().await
+        && let Some(stored) = status.stored
+        && stored.digest != digest
+    {
+        eprintln!(
+            "The API's manifest of what it stored ({} files, digest {}) differs; verify lists how.",
+            stored.files, stored.digest
+        );
+    }
+    let answer = verify(api, &manifest, Duration::from_secs(600)).await?;
+    println!(
+        "Verified: the API holds exactly the files Index.txt names ({} files: {} users, {} patients, {} reports).",
+        answer.files, answer.users, answer.patients, answer.reports
+    );
+    println!(
+        "Digest to approve: {} (spec.activation.approvedDigest of the MigrationDatabase; an NHN operator sets it).",
+        answer.digest
+    );
+    Ok(())
 }
 
 async fn do_verify(
