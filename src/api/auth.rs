@@ -107,14 +107,57 @@ pub async fn reader_for_token(
     let database = issued_for(&key, database)?;
     let phase = database.status.as_ref().and_then(|s| s.phase);
     let answer = read_answer(&key, phase, chrono::Utc::now())?;
-    let helseid_client = helseid_client(state, &database, request).await?;
+    let token = checked_token(state, &database, request).await?;
     if answer == ReadAnswer::FromStatus {
         return Ok(Reader::FromStatus {
             key: Some(key),
             database,
         });
     }
-    live_reader(state, database, key_id_of(&key), Some(key), helseid_client).await
+    live_reader(state, database, key_id_of(&key), Some(key), token).await
+}
+
+/// A checked HelseID token: its client, and the `jti` of its DPoP proof.
+struct CheckedToken {
+    client: String,
+    proof: Option<String>,
+}
+
+/// The pool of a database this request is served for (which counts as this replica's activity),
+/// with the request's DPoP proof recorded in that database, where every replica sees it: a proof
+/// used before, here or at another replica, is refused.
+async fn request_pool(
+    state: &AppState,
+    database: &MigrationDatabase,
+    uid: Uuid,
+    token: Option<&CheckedToken>,
+) -> Result<PgPool, ApiError> {
+    state.note_activity(uid);
+    let pool = state.directory.pool(database).await?;
+    if let Some(jti) = token.and_then(|t| t.proof.as_deref()) {
+        record_proof(&pool, jti).await?;
+    }
+    Ok(pool)
+}
+
+/// Records a DPoP proof's `jti` in the staging database; a `jti` recorded before is a replay.
+async fn record_proof(pool: &PgPool, jti: &str) -> Result<(), ApiError> {
+    let recorded =
+        sqlx::query("INSERT INTO sfm.dpop_proofs (jti) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(jti)
+            .execute(pool)
+            .await;
+    match recorded {
+        Ok(done) if done.rows_affected() == 1 => Ok(()),
+        Ok(_) => Err(crate::helseid::verify::TokenError::InvalidProof(
+            "it was used before (jti replay)",
+        )
+        .into()),
+        // A database the operator has not passed since the table came (it makes it on every
+        // pass): this replica's own memory of proofs still refuses a replay at it.
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P01") => Ok(()),
+        Err(error) => Err(super::error::database("record the DPoP proof", error)),
+    }
 }
 
 /// A reader of a database in staging through the migrator's pool, or of its status should the pool
@@ -124,21 +167,22 @@ async fn live_reader(
     database: Arc<MigrationDatabase>,
     key_id: String,
     key: Option<Arc<MigrationKey>>,
-    helseid_client: Option<String>,
+    token: Option<CheckedToken>,
 ) -> Result<Reader, ApiError> {
     let uid = database_uid(&database)
         .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
-    match state.directory.pool(&database).await {
+    match request_pool(state, &database, uid, token.as_ref()).await {
         Ok(pool) => Ok(Reader::Live {
             session: Session {
                 database,
                 uid,
                 key_id,
-                helseid_client,
+                helseid_client: token.map(|t| t.client),
                 pool,
             },
             key,
         }),
+        Err(error) if error.code() == ProblemCode::TokenInvalid => Err(error),
         Err(error) => match switch::closed_meanwhile(state, &database).await {
             Some(database) => Ok(Reader::FromStatus { key, database }),
             None => Err(error),
@@ -151,7 +195,7 @@ pub async fn reader(state: &AppState, request: &RequestFacts<'_>) -> Result<Read
     match keys::header_key(request.headers)? {
         Some(token) => reader_for_token(state, &token, request).await,
         None => {
-            let (database, client) = tokenholder(state, request, Purpose::Read).await?;
+            let (database, token) = tokenholder(state, request, Purpose::Read).await?;
             if switch::ensure_open(&database).is_err() {
                 return Ok(Reader::FromStatus {
                     key: None,
@@ -163,7 +207,7 @@ pub async fn reader(state: &AppState, request: &RequestFacts<'_>) -> Result<Read
                 database,
                 uploader::NO_KEY.to_owned(),
                 None,
-                Some(client),
+                Some(token),
             )
             .await
         }
@@ -175,15 +219,15 @@ pub async fn session(state: &AppState, request: &RequestFacts<'_>) -> Result<Ses
     match keys::header_key(request.headers)? {
         Some(token) => session_for_token(state, &token, request).await,
         None => {
-            let (database, client) = tokenholder(state, request, Purpose::Write).await?;
+            let (database, token) = tokenholder(state, request, Purpose::Write).await?;
             let uid = database_uid(&database)
                 .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
-            let pool = state.directory.pool(&database).await?;
+            let pool = request_pool(state, &database, uid, Some(&token)).await?;
             Ok(Session {
                 database,
                 uid,
                 key_id: uploader::NO_KEY.to_owned(),
-                helseid_client: Some(client),
+                helseid_client: Some(token.client),
                 pool,
             })
         }
@@ -197,16 +241,16 @@ async fn tokenholder(
     state: &AppState,
     request: &RequestFacts<'_>,
     purpose: Purpose,
-) -> Result<(Arc<MigrationDatabase>, String), ApiError> {
+) -> Result<(Arc<MigrationDatabase>, CheckedToken), ApiError> {
     let facts = uploader::token_facts(request.headers)?;
     let databases = state.directory.databases().await?;
     let database = uploader::choose(&databases, &facts, &state.config.trusted_issuers, purpose)?;
     let policy = database.spec.validation.helse_id.as_ref().ok_or_else(|| {
         ApiError::internal("read the token policy", "a chosen database has no policy")
     })?;
-    let client = state
+    let (client, proof) = state
         .helseid
-        .check_request(
+        .check_request_with_proof(
             policy,
             &database.spec.organisation.organisation_number,
             request,
@@ -223,7 +267,7 @@ async fn tokenholder(
     if !uploader::accepts(&database, &verified) {
         return Err(ApiError::new(ProblemCode::UploaderNoDatabase));
     }
-    Ok((database, client))
+    Ok((database, CheckedToken { client, proof }))
 }
 
 /// The database a key fills: the one of its `databaseRef` whose UID the key was issued for.
@@ -338,38 +382,37 @@ async fn finish_session(
 ) -> Result<Session, ApiError> {
     let uid = database_uid(&database)
         .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
-    let helseid_client = helseid_client(state, &database, request).await?;
-    let pool = state.directory.pool(&database).await?;
+    let token = checked_token(state, &database, request).await?;
+    let pool = request_pool(state, &database, uid, token.as_ref()).await?;
     Ok(Session {
         database,
         uid,
         key_id,
-        helseid_client,
+        helseid_client: token.map(|t| t.client),
         pool,
     })
 }
 
-/// The HelseID client of the request's token, when the database requires one (checked here; for
-/// DPoP this consumes the proof, so it runs once per request).
-async fn helseid_client(
+/// The request's HelseID token, checked when the database requires one (for DPoP this consumes the
+/// proof, so it runs once per request).
+async fn checked_token(
     state: &AppState,
     database: &MigrationDatabase,
     request: &RequestFacts<'_>,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<CheckedToken>, ApiError> {
     match &database.spec.validation.helse_id {
         None => Ok(None),
         Some(policy) => {
             trusted_issuer(state, &policy.issuer)?;
-            Ok(Some(
-                state
-                    .helseid
-                    .check_request(
-                        policy,
-                        &database.spec.organisation.organisation_number,
-                        request,
-                    )
-                    .await?,
-            ))
+            let (client, proof) = state
+                .helseid
+                .check_request_with_proof(
+                    policy,
+                    &database.spec.organisation.organisation_number,
+                    request,
+                )
+                .await?;
+            Ok(Some(CheckedToken { client, proof }))
         }
     }
 }

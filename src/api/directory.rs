@@ -209,6 +209,22 @@ impl Directory {
         Ok(None)
     }
 
+    /// Closes the pools of every database not in `keep` (it left staging, or is gone).
+    pub async fn forget_pools_except(&self, keep: &std::collections::HashSet<Uuid>) {
+        let dropped: Vec<PgPool> = {
+            let mut pools = self.pools.lock().await;
+            let gone: Vec<Uuid> = pools
+                .keys()
+                .filter(|uid| !keep.contains(uid))
+                .copied()
+                .collect();
+            gone.iter().filter_map(|uid| pools.remove(uid)).collect()
+        };
+        for pool in dropped {
+            pool.close().await;
+        }
+    }
+
     /// Forgets a database's pool (its migrator was closed or its password changed).
     pub async fn forget_pool(&self, uid: Uuid) {
         if let Some(pool) = self.pools.lock().await.remove(&uid) {

@@ -5,9 +5,9 @@
 //!   MigrationDatabase's UID; a pool that reaches any other database (a Secret mixed up, a name that
 //!   collided) is refused, and nothing is written. This is the last line of tenant isolation.
 //! - **Nothing is written after the migration was validated.** Verify takes `SHARE` on
-//!   `sfm.uploads`, `sfm.stored_files` and `sfm.rejections`; the guard takes `ROW EXCLUSIVE` on
-//!   them, in the same order, and only then reads the validation record. So either verify waits for this write and
-//!   counts it, or this write waits for verify and sees its record.
+//!   `sfm.uploads` and `sfm.rejections`; the guard takes `ROW EXCLUSIVE` on them and on
+//!   `sfm.stored_files`, uploads first, and only then reads the validation record. So either verify
+//!   waits for this write and counts it, or this write waits for verify and sees its record.
 //!
 //! The backstop below the API: a trigger the operator installs in every staging database refuses
 //! inserts into the data tables once a validation record exists (SQLSTATE [`crate::postgres::provision::VALIDATED_SQLSTATE`]).

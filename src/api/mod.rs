@@ -83,6 +83,41 @@ pub struct Limits {
     pub format: FormatLimits,
 }
 
+impl Limits {
+    /// These limits fitted to a replica's memory: every file is held whole while it is ingested
+    /// (its bytes, the decrypted archive, the unpacked XML), by up to `max_concurrent_ingests` at
+    /// once, so a file larger than its share could take the process down, and a recovery loop
+    /// retrying it would take it down again. Each ingest may use an eighth of the memory divided
+    /// among the ingests for its upload and a quarter for the unpacked archive; the limits given are
+    /// kept where they are lower.
+    pub fn fitted_to_memory(mut self, memory_bytes: u64) -> Self {
+        let share = memory_bytes / self.max_concurrent_ingests.max(1) as u64;
+        let upload = (share / 8).max(1024 * 1024);
+        self.max_upload_bytes = self.max_upload_bytes.min(upload);
+        self.max_chunk_bytes = self
+            .max_chunk_bytes
+            .min(usize::try_from(self.max_upload_bytes).unwrap_or(usize::MAX));
+        let unpacked = (share / 4).max(4 * 1024 * 1024);
+        let archive = &mut self.format.archive;
+        archive.max_total_bytes = archive.max_total_bytes.min(unpacked);
+        archive.max_entry_bytes = archive.max_entry_bytes.min(unpacked);
+        self
+    }
+}
+
+/// The memory this process may use: its cgroup's limit (v2, then v1), when it has one.
+pub fn cgroup_memory_limit() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .filter_map(|text| text.trim().parse::<u64>().ok())
+    // "max" does not parse; v1 says "no limit" with a number near 2^63.
+    .find(|limit| *limit < (1 << 60))
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -124,6 +159,9 @@ pub struct AppState {
     pub helseid: crate::helseid::verify::Verifier,
     /// Databases (UIDs) whose `status.migration` must be written at the next flush.
     pub dirty: Mutex<HashSet<uuid::Uuid>>,
+    /// When this replica last served a request for each database: the recovery loop scans those
+    /// often and the others rarely ([`recovery`]).
+    pub activity: Mutex<std::collections::HashMap<uuid::Uuid, std::time::Instant>>,
 }
 
 impl AppState {
@@ -146,6 +184,7 @@ impl AppState {
             metrics,
             helseid: crate::helseid::verify::Verifier::new(),
             dirty: Mutex::new(HashSet::new()),
+            activity: Mutex::new(std::collections::HashMap::new()),
             config,
             kube,
         })
@@ -153,10 +192,27 @@ impl AppState {
 
     /// Marks a database's status for the next batched write.
     pub fn mark_dirty(&self, database: uuid::Uuid) {
+        self.note_activity(database);
         self.dirty
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(database);
+    }
+
+    /// Records that this replica serves a request for the database now.
+    pub fn note_activity(&self, database: uuid::Uuid) {
+        self.activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(database, std::time::Instant::now());
+    }
+
+    /// Whether this replica served a request for the database within `within`; forgets databases
+    /// idle for longer.
+    pub fn recently_active(&self, database: uuid::Uuid, within: Duration) -> bool {
+        let mut activity = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+        activity.retain(|_, at| at.elapsed() < within);
+        activity.contains_key(&database)
     }
 
     /// A `busy` problem with the configured `Retry-After`.
@@ -297,5 +353,23 @@ pub async fn serve_router(listener: tokio::net::TcpListener, app: Router) -> any
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    #[test]
+    fn limits_are_fitted_to_the_memory_of_the_chart() {
+        let limits = super::Limits::default().fitted_to_memory(1 << 30);
+        // 1 GiB among 4 ingests: 32 MiB uploads, 64 MiB unpacked per file.
+        assert_eq!(limits.max_upload_bytes, 32 << 20);
+        assert_eq!(limits.max_chunk_bytes, 32 << 20);
+        assert_eq!(limits.format.archive.max_total_bytes, 64 << 20);
+        // A generous machine keeps the configured limits.
+        let big = super::Limits::default().fitted_to_memory(64 << 30);
+        assert_eq!(
+            big.max_upload_bytes,
+            super::Limits::default().max_upload_bytes
+        );
     }
 }

@@ -75,12 +75,25 @@ pub(super) async fn read_body(
         );
     }
     let cap = usize::try_from(limit).unwrap_or(usize::MAX).min(max_chunk);
-    axum::body::to_bytes(body, cap).await.map_err(|_| {
-        ApiError::new(ProblemCode::UploadTooLarge).detail(
-            "the body goes past Upload-Length or the largest request this server accepts, or it was cut off",
-        )
-    })
+    // A body that trickles in would hold its request slot (and its memory) for as long as the
+    // sender likes.
+    tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, cap))
+        .await
+        .map_err(|_| {
+            ApiError::new(ProblemCode::RequestTimeout).detail(format!(
+                "the body did not arrive within {} seconds; send smaller chunks",
+                BODY_READ_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|_| {
+            ApiError::new(ProblemCode::UploadTooLarge).detail(
+                "the body goes past Upload-Length or the largest request this server accepts, or it was cut off",
+            )
+        })
 }
+
+/// The longest a request body may take to arrive.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub(super) fn parse_checksum(headers: &HeaderMap) -> Result<Option<UploadChecksum>, ApiError> {
     match headers.get(contract::HEADER_UPLOAD_CHECKSUM) {

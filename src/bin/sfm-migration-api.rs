@@ -71,6 +71,11 @@ enum Command {
         /// Seconds a completing PATCH waits for its ingest before answering `pending`.
         #[arg(long, env = "SFM_INGEST_WAIT_SECONDS", default_value_t = 60)]
         ingest_wait_seconds: u64,
+        /// The memory this process may use, in bytes (the chart passes the container's limit);
+        /// default: its cgroup's limit. The largest upload and the unpacked archive of each file
+        /// are fitted to it, so no file can exhaust it.
+        #[arg(long, env = "SFM_MEMORY_LIMIT_BYTES")]
+        memory_limit_bytes: Option<u64>,
     },
     /// Run a local issuer that behaves like HelseID (discovery, JWKS, client credentials with a
     /// private_key_jwt client assertion, DPoP with nonces), for the demo. Never for production:
@@ -124,6 +129,7 @@ async fn main() -> Result<()> {
             max_inflight_requests,
             upload_ttl_hours,
             ingest_wait_seconds,
+            memory_limit_bytes,
         } => {
             sfm_migration::tls::install_crypto_provider();
             telemetry::init_logging();
@@ -152,6 +158,19 @@ async fn main() -> Result<()> {
                 upload_ttl: Duration::from_secs(upload_ttl_hours.max(1) * 3600),
                 ingest_wait: Duration::from_secs(ingest_wait_seconds),
                 ..Limits::default()
+            };
+            let limits = match memory_limit_bytes.or_else(api::cgroup_memory_limit) {
+                Some(memory) => {
+                    let fitted = limits.fitted_to_memory(memory);
+                    tracing::info!(
+                        memory,
+                        max_upload_bytes = fitted.max_upload_bytes,
+                        max_unpacked_bytes = fitted.format.archive.max_total_bytes,
+                        "limits fitted to the memory limit"
+                    );
+                    fitted
+                }
+                None => limits,
             };
             let state = AppState::with_metrics(
                 Config {

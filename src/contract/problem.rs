@@ -117,6 +117,9 @@ problem_codes! {
     ManifestMismatch = "manifest-mismatch", 409, "The stored files do not match the manifest";
     /// Activation asked for before a successful verify.
     NotValidated = "not-validated", 409, "The migration has not been validated";
+    /// A request body did not arrive within the server's time (a body that trickles in would hold
+    /// its request slot as long as the sender likes); send smaller chunks.
+    RequestTimeout = "request-timeout", 408, "The request body did not arrive in time";
     /// The API is at its limit; retry after `Retry-After` seconds.
     Busy = "busy", 503, "The server is busy, retry later";
     /// No such path.

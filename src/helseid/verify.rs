@@ -347,6 +347,12 @@ pub fn verify_dpop_proof(
     Ok((jkt, claims.nonce))
 }
 
+/// The `jti` of a DPoP proof [`verify_dpop_proof`] accepted.
+fn proof_jti(proof: &str) -> Option<String> {
+    let payload = URL_SAFE_NO_PAD.decode(proof.split('.').nth(1)?).ok()?;
+    serde_json::from_slice::<ProofClaims>(&payload).ok()?.jti
+}
+
 /// The issuer's discovery document, as far as the API needs it.
 #[derive(Deserialize)]
 struct Discovery {
@@ -479,6 +485,20 @@ impl Verifier {
         organisation_number: &str,
         request: &RequestFacts<'_>,
     ) -> Result<String, TokenError> {
+        self.check_request_with_proof(policy, organisation_number, request)
+            .await
+            .map(|(client, _)| client)
+    }
+
+    /// As [`Verifier::check_request`], also returning the `jti` of the DPoP proof checked, if any:
+    /// this verifier refuses a `jti` it saw before, and the caller records it where every replica
+    /// sees it (one replica's memory does not stop a proof replayed at another).
+    pub async fn check_request_with_proof(
+        &self,
+        policy: &TokenPolicy,
+        organisation_number: &str,
+        request: &RequestFacts<'_>,
+    ) -> Result<(String, Option<String>), TokenError> {
         let authorization = request
             .headers
             .get(contract::HEADER_AUTHORIZATION)
@@ -537,10 +557,11 @@ impl Verifier {
                     now: chrono::Utc::now().timestamp(),
                 };
                 verify_dpop_proof(proof, &context, &self.replay)?;
+                return Ok((claims.client_id.unwrap_or_default(), proof_jti(proof)));
             }
             (false, None) => {}
         }
-        Ok(claims.client_id.unwrap_or_default())
+        Ok((claims.client_id.unwrap_or_default(), None))
     }
 }
 

@@ -76,7 +76,7 @@ async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, 
         Err(error) => {
             ctx.quiet.forget(&uid);
             let message = error.to_string();
-            let reason = error.reason();
+            let reason = failure_reason(&error, reached);
             publish(ctx, db, EventType::Warning, reason, &message).await;
             let phase = match &error {
                 Error::Provision(crate::postgres::provision::ProvisionError::NameCollision {
@@ -101,6 +101,27 @@ async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, 
             .await?;
             Err(error)
         }
+    }
+}
+
+/// The reason a failed pass reports: the error's, except that a database already provisioned (in
+/// staging or later) did not fail its provisioning: what failed is the pass (`ReconcileFailed`).
+pub fn failure_reason(error: &Error, reached: Option<Phase>) -> &'static str {
+    let reason = error.reason();
+    let provisioned = matches!(
+        reached,
+        Some(
+            Phase::Staging
+                | Phase::Migrating
+                | Phase::Validated
+                | Phase::Activating
+                | Phase::Operational
+        )
+    );
+    if provisioned && reason == "ProvisioningFailed" {
+        "ReconcileFailed"
+    } else {
+        reason
     }
 }
 

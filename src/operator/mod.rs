@@ -117,6 +117,34 @@ impl Error {
             Error::NameCollision { .. } => "NameCollision",
         }
     }
+
+    /// Whether the failure is a busy or unreachable server (or API server), not the object.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Provision(e) => e.is_transient(),
+            Error::Kube(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The longest wait before the next pass after a transient failure, or of a database in the middle
+/// of its switch: a database must not sit `Activating` for minutes because PostgreSQL refused
+/// connections during a busy moment.
+pub const TRANSIENT_BACKOFF_CAP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The wait before the next pass after `error`: the object's exponential backoff, capped at
+/// [`TRANSIENT_BACKOFF_CAP`] when the server was only busy or the switch is half done.
+pub fn next_pass_after(
+    backoff: std::time::Duration,
+    transient: bool,
+    phase: Option<crate::crd::Phase>,
+) -> std::time::Duration {
+    if transient || phase == Some(crate::crd::Phase::Activating) {
+        backoff.min(TRANSIENT_BACKOFF_CAP)
+    } else {
+        backoff
+    }
 }
 
 /// Serves metrics and health, waits for the leader Lease (when elected), then runs both controllers
@@ -242,7 +270,17 @@ fn database_error_policy(
     ctx: Arc<Context>,
 ) -> Action {
     tracing::warn!(database = %db.name_any(), namespace = ?db.namespace(), %error, "reconcile failed");
-    Action::requeue(ctx.metrics.backoff(&object_key(db.as_ref())))
+    let transient = match error {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_transient(),
+        _ => true,
+    };
+    let phase = db.status.as_ref().and_then(|s| s.phase);
+    Action::requeue(next_pass_after(
+        ctx.metrics.backoff(&object_key(db.as_ref())),
+        transient,
+        phase,
+    ))
 }
 
 async fn reconcile_key(key: Arc<MigrationKey>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -418,6 +456,52 @@ impl DatabaseChanges {
 mod tests {
     use super::*;
     use crate::crd::{MigrationDatabaseStatus, Phase};
+
+    /// A busy server (the onboarding wave's "too many clients") is retried within half a minute, as
+    /// is a database half-way through its switch; any other failure backs off as it grows. A
+    /// validated database that meets a busy server is not `ProvisioningFailed`.
+    #[test]
+    fn busy_servers_and_half_done_switches_are_retried_soon_and_named_for_what_they_are() {
+        use crate::postgres::provision::{ProvisionError, server_busy};
+        use std::time::Duration;
+        let long = Duration::from_secs(256);
+        let table = [
+            (true, Some(Phase::Staging), Duration::from_secs(30)),
+            (false, Some(Phase::Activating), Duration::from_secs(30)),
+            (false, Some(Phase::Staging), long),
+            (false, None, long),
+        ];
+        for (transient, phase, expected) in table {
+            assert_eq!(
+                next_pass_after(long, transient, phase),
+                expected,
+                "{transient} {phase:?}"
+            );
+        }
+        assert_eq!(
+            next_pass_after(Duration::from_secs(4), true, None),
+            Duration::from_secs(4)
+        );
+        for busy in ["53300", "53200", "57P03", "08006"] {
+            assert!(server_busy(busy), "{busy}");
+        }
+        for not_busy in ["42501", "23505", "28P01", "57P01"] {
+            assert!(!server_busy(not_busy), "{not_busy}");
+        }
+        let busy = Error::Provision(ProvisionError::ServerBusy("too many clients".into()));
+        assert!(busy.is_transient());
+        assert_eq!(busy.reason(), "ServerBusy");
+        let refused = Error::Provision(ProvisionError::Database("permission denied".into()));
+        assert!(!refused.is_transient());
+        assert_eq!(
+            database::failure_reason(&refused, Some(Phase::Validated)),
+            "ReconcileFailed"
+        );
+        assert_eq!(
+            database::failure_reason(&refused, Some(Phase::Provisioning)),
+            "ProvisioningFailed"
+        );
+    }
 
     fn database(uid: &str, phase: Option<Phase>, finalised: bool) -> MigrationDatabase {
         let spec = serde_json::from_value(serde_json::json!({

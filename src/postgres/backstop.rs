@@ -28,7 +28,7 @@ BEGIN
     FOR data_table IN
         SELECT tablename FROM pg_tables
         WHERE schemaname = 'sfm'
-          AND tablename NOT IN ('metadata', 'validation', 'rejections')
+          AND tablename NOT IN ('metadata', 'validation', 'rejections', 'dpop_proofs')
           AND left(tablename, 6) <> '_sqlx_'
     LOOP
         EXECUTE format('CREATE OR REPLACE TRIGGER refuse_after_validation BEFORE INSERT ON sfm.%I '
@@ -36,3 +36,11 @@ BEGIN
     END LOOP;
 END
 $body$";
+
+/// The DPoP proofs the migration API has seen for this database (`jti`, when): every replica records
+/// each proof here, so a proof replayed at another replica is refused. Not data of the SFM
+/// application; outside the versioned schema, made on every pass like the backstop.
+pub const DPOP_PROOFS_TABLE: &str = "CREATE TABLE IF NOT EXISTS sfm.dpop_proofs (
+    jti     text        PRIMARY KEY CHECK (length(jti) <= 256),
+    seen_at timestamptz NOT NULL DEFAULT now()
+)";

@@ -17,7 +17,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use super::backstop::VALIDATED_SQLSTATE;
-use super::backstop::{REFUSE_AFTER_VALIDATION_FUNCTION, REFUSE_AFTER_VALIDATION_TRIGGERS};
+use super::backstop::{
+    DPOP_PROOFS_TABLE, REFUSE_AFTER_VALIDATION_FUNCTION, REFUSE_AFTER_VALIDATION_TRIGGERS,
+};
 use super::schema::{SchemaError, migrate_to};
 use super::scram::new_scram_sha256_verifier;
 use super::sql::{SqlError, Statement, sanitise_identifier};
@@ -44,6 +46,17 @@ pub enum ProvisionError {
     Sql(#[from] SqlError),
     #[error("PostgreSQL refused a provisioning statement: {0}")]
     Database(String),
+    /// The server is there but takes no more work now (too many connections, starting up or
+    /// shutting down, out of resources): retried soon, nothing is wrong with the object.
+    #[error("the PostgreSQL server is busy: {0}")]
+    ServerBusy(String),
+}
+
+/// Whether a PostgreSQL error says the server is busy rather than that the request is wrong: class
+/// 53 (insufficient resources, with `too_many_connections`), 57P03 (`cannot_connect_now`), class 08
+/// (connection exceptions).
+pub fn server_busy(sqlstate: &str) -> bool {
+    sqlstate.starts_with("53") || sqlstate == "57P03" || sqlstate.starts_with("08")
 }
 
 impl From<sqlx::Error> for ProvisionError {
@@ -51,6 +64,9 @@ impl From<sqlx::Error> for ProvisionError {
         match &error {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("28P01") => {
                 ProvisionError::AdminAuthentication
+            }
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(server_busy) => {
+                ProvisionError::ServerBusy(error.to_string())
             }
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
                 ProvisionError::Unreachable(error.to_string())
@@ -74,7 +90,17 @@ impl ProvisionError {
             ProvisionError::Schema(_) => "SchemaMigrationFailed",
             ProvisionError::Sql(_) => "InvalidName",
             ProvisionError::Database(_) => "ProvisioningFailed",
+            ProvisionError::ServerBusy(_) => "ServerBusy",
         }
+    }
+
+    /// Whether the next pass should come soon whatever the backoff says: the server was busy or
+    /// out of reach for a moment.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ProvisionError::ServerBusy(_) | ProvisionError::Unreachable(_)
+        )
     }
 }
 
@@ -287,6 +313,8 @@ impl AdminSession {
 
         let uid = self.tag.trim_start_matches(TAG_PREFIX).to_owned();
         self.in_database(vec![
+            Statement::new(DPOP_PROOFS_TABLE),
+            Statement::new("ALTER TABLE sfm.dpop_proofs OWNER TO ").ident(&names.owner)?,
             Statement::new("GRANT USAGE ON SCHEMA sfm TO ").ident(&names.migrator)?,
             Statement::new("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA sfm TO ").ident(&names.migrator)?,
             Statement::new("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA sfm TO ").ident(&names.migrator)?,

@@ -2302,3 +2302,172 @@ fn unknown_keys_cost_no_call_to_the_kubernetes_api_server() {
         assert_eq!(again.status().as_u16(), 200);
     });
 }
+
+/// A memory cgroup of `bytes` holding `pid`, for as long as the value lives (best effort: `None`
+/// where the machine gives no writable cgroup v1 memory controller).
+struct MemoryCgroup {
+    path: PathBuf,
+}
+
+impl MemoryCgroup {
+    fn holding(pid: u32, bytes: u64) -> Option<MemoryCgroup> {
+        let path = PathBuf::from(format!("/sys/fs/cgroup/memory/sfm-e2e-{pid}"));
+        std::fs::create_dir(&path).ok()?;
+        let cgroup = MemoryCgroup { path };
+        std::fs::write(cgroup.path.join("memory.limit_in_bytes"), bytes.to_string()).ok()?;
+        std::fs::write(cgroup.path.join("cgroup.procs"), pid.to_string()).ok()?;
+        Some(cgroup)
+    }
+
+    fn times_at_limit(&self) -> u64 {
+        std::fs::read_to_string(self.path.join("memory.failcnt"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Its process is gone by now (the API is dropped first); an empty cgroup can be removed.
+        for _ in 0..20 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// An API given the chart's memory limit (1 GiB, as the chart passes it from the container's
+/// resources; the process also runs in a memory cgroup of that size where the machine has one)
+/// fits its largest upload to it: a 500 MiB upload is refused at its creation with a clear answer,
+/// nothing of it is kept, and the process serves on with little memory; an upload of the largest
+/// size it accepts is created.
+#[test]
+fn a_500_mib_upload_is_refused_by_an_api_fitted_to_its_memory_limit() {
+    const GIB: u64 = 1 << 30;
+    let fx = Fixture::new("api-memory", "Lenient");
+    let api = fx.api("api", &["--memory-limit-bytes", &GIB.to_string()]);
+    let cgroup = MemoryCgroup::holding(api.process.child.id(), GIB);
+    if cgroup.is_none() {
+        eprintln!("no writable memory cgroup here: the limit is only the one given to the API");
+    }
+    let base = api.base.clone();
+    fx.run(async {
+        let huge = create_upload(
+            &fx.client,
+            &base,
+            &fx.key,
+            "ExportData.dat",
+            "ExportData",
+            500 << 20,
+        )
+        .await;
+        let (status, code) = problem(huge).await;
+        assert_eq!((status, code.as_str()), (413, "upload-too-large"));
+        // 1 GiB among 4 ingests: 32 MiB is the largest upload.
+        let over = create_upload(
+            &fx.client,
+            &base,
+            &fx.key,
+            "ExportData.dat",
+            "ExportData",
+            (32 << 20) + 1,
+        )
+        .await;
+        assert_eq!(problem(over).await.0, 413);
+        let largest = create_upload(
+            &fx.client,
+            &base,
+            &fx.key,
+            "ExportData.dat",
+            "ExportData",
+            32 << 20,
+        )
+        .await;
+        assert_eq!(largest.status().as_u16(), 201);
+        let options = fx
+            .client
+            .request(Method::OPTIONS, format!("{base}/files"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&options, "tus-max-size"), (32u64 << 20).to_string());
+        assert_eq!(
+            fx.count("SELECT count(*) FROM sfm.uploads WHERE declared_length > 33554432")
+                .await,
+            0
+        );
+        let health = fx
+            .client
+            .get(format!("{base}{}", contract::PATH_HEALTHZ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status().as_u16(), 200);
+    });
+    assert!(resident_kib(api.process.child.id()) < 256 * 1024);
+    if let Some(cgroup) = &cgroup {
+        assert_eq!(cgroup.times_at_limit(), 0, "the API met its memory limit");
+    }
+    drop(api);
+    drop(cgroup);
+}
+
+/// Staging databases waiting for their uploads hold no connection of an API replica: with 20 of
+/// them Ready and nothing pending, the replica's connections to them stay at a handful (its
+/// recovery loop scans a database it does not serve rarely, spread out, and closes the connection
+/// after), where one pool per database used to keep one connection each.
+#[test]
+fn idle_staging_databases_hold_no_connections_of_the_api() {
+    const DATABASES: usize = 20;
+    let fx = Fixture::new("api-idle", "Lenient");
+    let names: Vec<String> = (1..DATABASES).map(|i| format!("idle-{i}")).collect();
+    for name in &names {
+        kubectl_ok(
+            &["apply", "-f", "-"],
+            Some(&database_yaml(fx.ns(), name, "Lenient")),
+        );
+    }
+    let mut databases = vec![jsonpath(
+        fx.ns(),
+        &format!("mdb/{DB}"),
+        "{.status.database.name}",
+    )];
+    for name in &names {
+        kubectl_ok(
+            &[
+                "-n",
+                fx.ns(),
+                "wait",
+                "--for=condition=Ready",
+                &format!("mdb/{name}"),
+                WAIT_TIMEOUT,
+            ],
+            None,
+        );
+        databases.push(jsonpath(
+            fx.ns(),
+            &format!("mdb/{name}"),
+            "{.status.database.name}",
+        ));
+    }
+    let _api = fx.api("api", &[]);
+    // Three scan periods of the recovery loop.
+    std::thread::sleep(Duration::from_secs(16));
+    let connections = fx.run(async {
+        let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sfm-migration-api' AND datname = ANY($1)",
+        )
+        .bind(&databases)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+    });
+    assert!(
+        connections <= 3,
+        "{connections} connections of the API to {DATABASES} idle staging databases"
+    );
+}

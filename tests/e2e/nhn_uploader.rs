@@ -325,6 +325,8 @@ fn nhn_uploader_fills_a_database_on_its_helseid_token_and_the_migration_ends_ope
         b"not part of the export",
     )
     .unwrap();
+    // A zero-length file: created and completed by its POST alone.
+    std::fs::write(export.join("Backup").join("empty.dat"), b"").unwrap();
     let recipient = RecipientCertificate::from_pem(
         std::fs::read_to_string(keys.join("certificate.pem"))
             .unwrap()
@@ -333,20 +335,32 @@ fn nhn_uploader_fills_a_database_on_its_helseid_token_and_the_migration_ends_ope
     .unwrap();
     let samples = sample_export(work.path(), &recipient);
 
+    // Two replicas behind one public URL (as behind the chart's Service): DPoP proofs name it.
     let port = free_port();
     let api_url = format!("http://127.0.0.1:{port}");
+    let replica_args = [
+        "--trusted-issuer",
+        &issuer_url,
+        "--allow-http-issuers",
+        "--public-url",
+        &api_url,
+        "--ingest-wait-seconds",
+        "30",
+    ];
     let _api = start_api(
         &api_namespace.name,
         &keys.join("private_key.pem"),
         port,
         &format!("api-{ns_name}"),
-        &[
-            "--trusted-issuer",
-            &issuer_url,
-            "--allow-http-issuers",
-            "--ingest-wait-seconds",
-            "30",
-        ],
+        &replica_args,
+    );
+    let other_port = free_port();
+    let _other_replica = start_api(
+        &api_namespace.name,
+        &keys.join("private_key.pem"),
+        other_port,
+        &format!("api-b-{ns_name}"),
+        &replica_args,
     );
 
     // Refused, each with its reason, and nothing stored anywhere.
@@ -441,6 +455,52 @@ fn nhn_uploader_fills_a_database_on_its_helseid_token_and_the_migration_ends_ope
     let sampled = run_importer("Bearer", &sample_token, &bearer_settings, &samples, &[]);
     assert!(sampled.status.success(), "{}", text(&sampled));
 
+    // A DPoP proof used at one replica is refused at the other: the replicas share what they saw
+    // through PostgreSQL. (A zero-length `Unknown` file: accepted, recorded, never stored.)
+    let proof = Command::new("python3")
+        .args([
+            importer().as_str(),
+            "proof",
+            dpop_settings.to_str().unwrap(),
+            "POST",
+        ])
+        .arg(format!("{api_url}/v2/files"))
+        .arg(&dpop_token)
+        .output()
+        .unwrap();
+    assert!(proof.status.success(), "{}", text(&proof));
+    let proof = String::from_utf8(proof.stdout).unwrap().trim().to_owned();
+    let with_proof = |base: String| {
+        let (proof, dpop_token) = (proof.clone(), dpop_token.clone());
+        async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v2/files"))
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Length", "0")
+                .header("Authorization", format!("DPoP {dpop_token}"))
+                .header("DPoP", proof)
+                .header(
+                    "Upload-Metadata",
+                    contract::encode_upload_metadata(&[
+                        ("name", "probe.dat"),
+                        ("FileType", "Unknown"),
+                    ]),
+                )
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = runtime.block_on(with_proof(api_url.clone()));
+    assert_eq!(first.status().as_u16(), 201);
+    let replayed = runtime.block_on(with_proof(format!("http://127.0.0.1:{other_port}")));
+    assert_eq!(replayed.status().as_u16(), 401);
+    let challenge = replayed.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(challenge.contains("invalid_dpop_proof"), "{challenge}");
+
     // Every file stored once, with the uploader's session in the audit trail.
     let mine = &uris[0].1;
     let session_id = ledger["sessionId"].as_str().unwrap().to_owned();
@@ -490,7 +550,16 @@ fn nhn_uploader_fills_a_database_on_its_helseid_token_and_the_migration_ends_ope
             mine,
             "SELECT count(*) FROM sfm.rejections WHERE reason_code = 'file_type_unknown'"
         ),
-        1
+        3
+    );
+    assert_eq!(
+        query_i64(
+            &runtime,
+            mine,
+            "SELECT count(*) FROM sfm.uploads WHERE declared_length = 0 AND state = 'rejected'"
+        ),
+        2,
+        "the zero-length files were completed by their POST"
     );
     let sample_uri = &uris[1].1;
     assert_eq!(
@@ -532,9 +601,39 @@ fn nhn_uploader_fills_a_database_on_its_helseid_token_and_the_migration_ends_ope
         ("SFM_MIGRATE_API", api_url.as_str()),
     ];
     let verifier_token = token(&issuer, EXPORT_CLIENT, ORGANISATION, None);
-    // The stray file the uploader sent as `Unknown` is no part of the export: `sfm-migrate check`
-    // names it, and the data controller takes it away.
+    // The stray files the uploader sent as `Unknown` are no part of the export: `sfm-migrate check`
+    // names them, and the data controller takes them away.
     std::fs::remove_dir_all(export.join("Backup")).unwrap();
+    // An uploader killed between a creation and writing its URL down leaves an upload nobody will
+    // finish: one made here by hand for a file that is stored. The validation deletes it.
+    let stored_name = std::fs::read_dir(export.join("Patients0"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name()
+        .into_string()
+        .unwrap();
+    let leftover = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{api_url}/files"))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", "1000")
+            .header("Authorization", format!("Bearer {verifier_token}"))
+            .header(
+                "Upload-Metadata",
+                contract::encode_upload_metadata(&[
+                    ("name", &stored_name),
+                    ("FileType", "PatientFile"),
+                ]),
+            )
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(leftover, 201);
     let login = run(
         client,
         &[
@@ -561,6 +660,15 @@ fn nhn_uploader_fills_a_database_on_its_helseid_token_and_the_migration_ends_ope
     assert!(eventually(PATIENCE, || status(
         "{.status.migration.validatedDigest}"
     ) == stored_digest));
+    assert_eq!(
+        query_i64(
+            &runtime,
+            mine,
+            "SELECT count(*) FROM sfm.uploads WHERE state IN ('created', 'receiving')"
+        ),
+        0,
+        "the leftover upload went with the validation"
+    );
 
     // Activation waits for the NHN operator's approval of exactly that digest.
     let activate = Command::new(client)
