@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a bare Debian machine (idempotent; quick when present):
-# Debian packages (lua5.4 runs the Argo CD health checks in the chart tests), the Rust components, and the
+# Debian packages (lua5.4 runs the Argo CD health checks in the chart tests, libxml2-dev is what the
+# migration API links for NHN's XSD, xmllint the tests' second opinion), the Rust components, and the
 # control-plane binaries, helm and kubeconform built from Go modules.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,6 +11,8 @@ for pair in openssl:openssl curl:curl xmllint:libxml2-utils unzip:unzip python3:
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if [ ! -x /usr/lib/postgresql/15/bin/initdb ] && ! command -v initdb >/dev/null; then need+=(postgresql-15); fi
+# The migration API links Debian's libxml2 (the XSD check): libxml2-dev to link against it.
+pkg-config --exists libxml-2.0 2>/dev/null || need+=(libxml2-dev)
 # The local node (hack/node.sh, make test-node): runc, the CNI plugins, catatonit (the pause image),
 # buildah (the images), iptables and ipset (kube-proxy and kube-router), conntrack.
 for pair in /usr/sbin/runc:runc /usr/lib/cni/bridge:containernetworking-plugins /usr/bin/catatonit:catatonit \

@@ -10,6 +10,8 @@
 mod postgres;
 #[path = "common/samples.rs"]
 mod samples;
+#[path = "common/xsd_corpus.rs"]
+mod xsd_corpus;
 
 use samples::*;
 
@@ -18,16 +20,20 @@ use std::time::{Duration, Instant};
 use sfm_migration::api::ingest::{Claimed, check_patient, prepare, store};
 use sfm_migration::contract::FileType;
 use sfm_migration::crd::{
-    MigrationDatabase, MigrationDatabaseSpec, Organisation, ValidationPolicy,
+    MigrationDatabase, MigrationDatabaseSpec, Organisation, SchemaCheck, ValidationPolicy,
 };
 use sfm_migration::format::archive::read_archive;
 use sfm_migration::format::envelope::{
     self, DecryptionKeys, RecipientCertificate, decrypt_content, generate_demo_key_pair,
 };
 use sfm_migration::format::patient_file::{FormatLimits, PATIENT_DOCUMENT, read_patient_file};
-use sfm_migration::format::xml::{parse_message, parse_patient};
+use sfm_migration::format::xml::{parse_message, parse_patient, xsd_departures};
 
 fn database() -> MigrationDatabase {
+    database_with(ValidationPolicy::default())
+}
+
+fn database_with(validation: ValidationPolicy) -> MigrationDatabase {
     MigrationDatabase::new(
         "bench",
         MigrationDatabaseSpec {
@@ -42,7 +48,7 @@ fn database() -> MigrationDatabase {
             activation: Default::default(),
             reclaim_policy: Default::default(),
             network_policy: Default::default(),
-            validation: ValidationPolicy::default(),
+            validation,
             helse_id_uploads: None,
         },
     )
@@ -151,6 +157,8 @@ fn ingest_path_per_stage() {
         name: "parse and check",
         took: start.elapsed(),
     });
+
+    let xsd = xsd_cost(files.min(100), &keys, &recipient, &limits);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (insert, whole) = runtime.block_on(async {
@@ -266,4 +274,82 @@ fn ingest_path_per_stage() {
     );
     let slowest = stages.iter().max_by_key(|s| s.took).unwrap();
     println!("slowest stage: {}", slowest.name);
+    println!("\nXSD validation (libxml2, NHN's XSD), milliseconds per 100 KB of XML, one core:");
+    for (what, ms) in xsd {
+        println!("  {what:<58} {ms:>8.2}");
+    }
+}
+
+/// The validator's cost per 100 KB patient: alone on a valid patient (the mended NHN sample) and on
+/// NHN's 2021 sample as it is (80 departures, each recorded), and `prepare` (decrypt to data-quality
+/// checks) of the valid patient under a Lenient and a Strict database.
+fn xsd_cost(
+    files: usize,
+    keys: &DecryptionKeys,
+    recipient: &RecipientCertificate,
+    limits: &FormatLimits,
+) -> Vec<(&'static str, f64)> {
+    let valid = xsd_corpus::mended_patient_xml().into_bytes();
+    let drifted = read_archive(&patient_zip(), &limits.archive)
+        .unwrap()
+        .get(PATIENT_DOCUMENT)
+        .unwrap()
+        .data
+        .clone();
+    let per_100_kb = |took: Duration, bytes: usize| took.as_secs_f64() * 1e3 / (bytes as f64 / 1e5);
+    let mut figures = Vec::new();
+    for (what, xml) in [
+        ("validation alone, a valid patient", &valid),
+        (
+            "validation alone, the 2021 sample (80 departures)",
+            &drifted,
+        ),
+    ] {
+        assert_eq!(
+            xsd_departures(xml, &limits.xml).unwrap().is_empty(),
+            xml == &valid
+        );
+        let start = Instant::now();
+        for _ in 0..files {
+            xsd_departures(xml, &limits.xml).unwrap();
+        }
+        figures.push((what, per_100_kb(start.elapsed(), xml.len() * files)));
+    }
+    let guid = uuid::Uuid::new_v4().to_string();
+    let name = format!("Patients0\\{guid}.pat");
+    let zip = patient_zip_with(|entries| {
+        for (entry, data) in entries.iter_mut() {
+            if entry == PATIENT_DOCUMENT {
+                *data = String::from_utf8(valid.clone())
+                    .unwrap()
+                    .replace(PATIENT_GUID, &guid)
+                    .into_bytes();
+            }
+        }
+    });
+    let file = envelope::encrypt(&zip, recipient, "zip").unwrap();
+    // prepare reads every document of the file (the patient and its 113 message files): per 100 KB
+    // of them all.
+    let xml_bytes = read_archive(&zip, &limits.archive).unwrap().total_bytes() as usize;
+    for (what, check) in [
+        (
+            "prepare (decrypt..checks), all XML of the file, Lenient",
+            SchemaCheck::Lenient,
+        ),
+        (
+            "prepare (decrypt..checks), all XML of the file, Strict",
+            SchemaCheck::Strict,
+        ),
+    ] {
+        let db = database_with(ValidationPolicy {
+            schema_check: check,
+            ..ValidationPolicy::default()
+        });
+        let start = Instant::now();
+        for _ in 0..files {
+            prepare(keys, &file, FileType::Patient, &name, limits, &db).unwrap();
+        }
+        figures.push((what, per_100_kb(start.elapsed(), xml_bytes * files)));
+    }
+    figures
 }

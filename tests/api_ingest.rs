@@ -1,12 +1,18 @@
-//! The API's per-file pipeline without a database: NHN's samples in the envelope through
-//! `ingest::prepare` (decrypt, unzip, parse, the data quality checks that need no database) under
-//! lenient and strict policies, and each check's refusal with its code.
+//! The API's per-file pipeline: NHN's samples in the envelope through `ingest::prepare` (decrypt,
+//! unzip, parse, the XSD check, the data quality checks that need no database) under lenient and
+//! strict policies, each check's refusal with its code, and (against a real PostgreSQL, as
+//! `hack/postgres.sh` starts it) the XSD corpus of issue #16 through `prepare` and `store`, the two
+//! steps of the API's ingest.
 
+#[path = "common/postgres.rs"]
+mod postgres;
 #[path = "common/samples.rs"]
 mod samples;
+#[path = "common/xsd_corpus.rs"]
+mod xsd_corpus;
 
 use samples::*;
-use sfm_migration::api::ingest::{Prepared, Refusal, prepare};
+use sfm_migration::api::ingest::{Claimed, Prepared, Refusal, digest, prepare, store};
 use sfm_migration::contract::{FileType, ProblemCode};
 use sfm_migration::crd::{
     MigrationDatabase, MigrationDatabaseSpec, Organisation, SchemaCheck, ValidationPolicy,
@@ -126,6 +132,19 @@ fn the_samples_pass_lenient_and_the_patient_fails_strict_naming_brukere() {
         rejection.message
     );
     assert!(!rejection.message.contains(PATIENT_FNR));
+    // Every kind of departure, where and why (libxml2's reason), with how often it occurs.
+    for kind in [
+        "13 x PasientExport/Meldinger/Melding/Korrespondance: This element is not expected. Expected is ( Id ).",
+        "66 x PasientExport/Behandlinger/Legemiddelbehandling/Prescription/Brukere: This element is not expected. Expected is ( InVib ).",
+        "; PasientExport/Behandlinger/VaksineBehandling/Prescription/Brukere: This element is not expected. Expected is ( InVib ).",
+    ] {
+        assert!(rejection.message.contains(kind), "{}", rejection.message);
+    }
+    assert!(
+        rejection
+            .message
+            .starts_with("80 departure(s) from NHN's XSD")
+    );
 }
 
 #[test]
@@ -235,4 +254,280 @@ fn data_quality_checks_refuse_with_their_codes() {
         .map(|r| r.code),
         Some(ProblemCode::EnvelopeUndecryptable)
     );
+}
+
+fn strict() -> ValidationPolicy {
+    ValidationPolicy {
+        schema_check: SchemaCheck::Strict,
+        ..lenient()
+    }
+}
+
+/// The sample patient's files with `PatientData.xml` replaced by `xml` under the Id `guid`.
+fn patient_zip_of(xml: &str, guid: &str) -> Vec<u8> {
+    let xml = xml.replace(PATIENT_GUID, guid);
+    patient_zip_with(|entries| {
+        for (name, data) in entries.iter_mut() {
+            if name == PATIENT_DOCUMENT {
+                *data = xml.clone().into_bytes();
+            }
+        }
+    })
+}
+
+/// Values the corpus plants and names and numbers of the sample: none may reach a refusal.
+const PLANTED: &[&str] = &[
+    "three",
+    "99999999999",
+    "1,5",
+    "nei",
+    "2021-02-30",
+    "yesterday",
+    "kanskje",
+    "Helskog",
+    "Sunniva",
+    PATIENT_FNR,
+];
+
+fn claimed(name: &str, file_type: FileType, data: &[u8]) -> Claimed {
+    Claimed {
+        file_name: name.to_owned(),
+        file_type: file_type.as_str().to_owned(),
+        migration_key_id: "key1".into(),
+        helseid_client_id: None,
+        sha256: digest(data),
+        size: data.len() as i64,
+        completed_at: chrono::Utc::now(),
+    }
+}
+
+/// `prepare` and `store` in one transaction, as the API's ingest runs them; the deviations recorded
+/// for the file.
+async fn ingest(
+    pool: &sqlx::PgPool,
+    keys: &Keys,
+    db: &MigrationDatabase,
+    file_type: FileType,
+    name: &str,
+    zip: &[u8],
+) -> Result<i64, Refusal> {
+    let file = envelope::encrypt(zip, &keys.recipient, "zip").unwrap();
+    let prepared = prepare(
+        &keys.keys,
+        &file,
+        file_type,
+        name,
+        &FormatLimits::default(),
+        db,
+    )?;
+    let mut tx = pool.begin().await.unwrap();
+    store(
+        &mut tx,
+        db,
+        None,
+        &claimed(name, file_type, &file),
+        prepared,
+    )
+    .await
+    .unwrap()?;
+    tx.commit().await.unwrap();
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM sfm.deviations d JOIN sfm.stored_files f ON f.id = d.stored_file_id
+          WHERE f.file_name = $1",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .unwrap())
+}
+
+fn assert_strict_refusal(refusal: &Refusal, reason: &str, root: &str) {
+    assert_eq!(
+        refusal.code,
+        ProblemCode::XmlSchema,
+        "{reason}: {refusal:?}"
+    );
+    assert!(
+        refusal.message.contains(&format!("{root}/")),
+        "{reason}: the refusal names a path: {}",
+        refusal.message
+    );
+    for value in PLANTED {
+        assert!(
+            !refusal.message.contains(value),
+            "{reason}: `{value}` leaked into {}",
+            refusal.message
+        );
+    }
+}
+
+/// Issue #16: every variant of the corpus (each rejected by `xmllint --schema` for its own reason,
+/// see tests/export_xsd.rs) is refused by a Strict database, naming where and why, and stored with
+/// its deviations by a Lenient one; the unchanged files are stored by both without deviations.
+#[test]
+fn xsd_departures_are_refused_strict_and_stored_lenient() {
+    let keys = keys();
+    let lenient_db = database(SAMPLE_ORGANISATION_NUMBER, lenient());
+    let strict_db = database(SAMPLE_ORGANISATION_NUMBER, strict());
+    let variants = xsd_corpus::invalid_variants();
+    let patient = xsd_corpus::mended_patient_xml();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // Patients: one database per policy; each file under its own Id.
+        for db in [&lenient_db, &strict_db] {
+            let (keys, variants, patient) = (&keys, &variants, &patient);
+            postgres::with_database(|test| async move {
+                sfm_migration::postgres::migrate_to(
+                    &test.pool,
+                    sfm_migration::postgres::latest_version(),
+                )
+                .await
+                .unwrap();
+                let org = ingest(
+                    &test.pool,
+                    keys,
+                    db,
+                    FileType::ExportData,
+                    "ExportData.dat",
+                    &organisation_zip(),
+                )
+                .await;
+                assert_eq!(org, Ok(0), "the organisation file validates");
+                let guid = uuid::Uuid::new_v4().to_string();
+                let name = format!("Patients0\\{guid}.pat");
+                let unchanged = ingest(
+                    &test.pool,
+                    keys,
+                    db,
+                    FileType::Patient,
+                    &name,
+                    &patient_zip_of(patient, &guid),
+                )
+                .await;
+                assert_eq!(
+                    unchanged,
+                    Ok(0),
+                    "the unchanged patient is stored without deviations"
+                );
+                let strict = db.spec.validation.schema_check == SchemaCheck::Strict;
+                let mut stored = 1;
+                for variant in variants
+                    .iter()
+                    .filter(|v| v.kind == xsd_corpus::Kind::Patient)
+                {
+                    let guid = uuid::Uuid::new_v4().to_string();
+                    let name = format!("Patients0\\{guid}.pat");
+                    let outcome = ingest(
+                        &test.pool,
+                        keys,
+                        db,
+                        FileType::Patient,
+                        &name,
+                        &patient_zip_of(&variant.xml, &guid),
+                    )
+                    .await;
+                    if strict {
+                        assert_strict_refusal(
+                            &outcome.unwrap_err(),
+                            variant.reason,
+                            "PasientExport",
+                        );
+                    } else {
+                        let deviations =
+                            outcome.unwrap_or_else(|r| panic!("{}: {r:?}", variant.reason));
+                        assert!(
+                            deviations > 0,
+                            "{}: stored with its deviations",
+                            variant.reason
+                        );
+                        stored += 1;
+                    }
+                }
+                let patients: i64 = sqlx::query_scalar("SELECT count(*) FROM sfm.patients")
+                    .fetch_one(&test.pool)
+                    .await
+                    .unwrap();
+                assert_eq!(patients, stored);
+            })
+            .await;
+        }
+        // Organisation files: each in a database of its own.
+        for variant in variants
+            .iter()
+            .filter(|v| v.kind == xsd_corpus::Kind::Organisation)
+        {
+            let zip = zip_entries(&[("ExportData.xml".into(), variant.xml.clone().into_bytes())]);
+            for db in [&lenient_db, &strict_db] {
+                let (keys, zip) = (&keys, &zip);
+                postgres::with_database(|test| async move {
+                    sfm_migration::postgres::migrate_to(
+                        &test.pool,
+                        sfm_migration::postgres::latest_version(),
+                    )
+                    .await
+                    .unwrap();
+                    let outcome = ingest(
+                        &test.pool,
+                        keys,
+                        db,
+                        FileType::ExportData,
+                        "ExportData.dat",
+                        zip,
+                    )
+                    .await;
+                    if db.spec.validation.schema_check == SchemaCheck::Strict {
+                        assert_strict_refusal(
+                            &outcome.unwrap_err(),
+                            variant.reason,
+                            "ExportImport",
+                        );
+                    } else {
+                        assert!(
+                            outcome.unwrap() > 0,
+                            "{}: stored with its deviations",
+                            variant.reason
+                        );
+                    }
+                })
+                .await;
+            }
+        }
+    });
+}
+
+/// Not well-formed XML is refused whatever the policy: an element name that starts with a digit
+/// (which the streaming parser let through) is refused by libxml2, without quoting it.
+#[test]
+fn not_well_formed_xml_is_refused_in_both_modes() {
+    let keys = keys();
+    let guid = uuid::Uuid::new_v4().to_string();
+    let xml = xsd_corpus::mended_patient_xml().replacen(
+        "<Behandlinger>",
+        "<01019912345/><Behandlinger>",
+        1,
+    );
+    let zip = patient_zip_of(&xml, &guid);
+    for policy in [lenient(), strict()] {
+        let db = database(SAMPLE_ORGANISATION_NUMBER, policy);
+        let refusal = run(
+            &keys,
+            &zip,
+            FileType::Patient,
+            &format!("Patients0\\{guid}.pat"),
+            &db,
+        )
+        .err()
+        .expect("refused");
+        assert_eq!(refusal.code, ProblemCode::XmlMalformed, "{refusal:?}");
+        assert!(
+            refusal.message.contains("not well-formed"),
+            "{}",
+            refusal.message
+        );
+        assert!(
+            !refusal.message.contains("01019912345"),
+            "{}",
+            refusal.message
+        );
+    }
 }

@@ -186,7 +186,7 @@ fn check_reports_every_problem_of_a_broken_export() {
         good.files[0].name, "ExportData.dat",
         "organisation file first"
     );
-    assert!(good.files.iter().any(|f| f.name.starts_with("Reports\\")));
+    assert!(good.files.iter().any(|f| f.name.starts_with("Reports0\\")));
 
     // Right certificate size passes, another fails with a clear line.
     let wrong_size = CheckOptions {

@@ -14,7 +14,7 @@ use sfm_migration::export::{ExportOptions, patient_zip, write_export};
 use sfm_migration::format::envelope::{
     DecryptionKeys, RecipientCertificate, generate_demo_key_pair, parse_header,
 };
-use sfm_migration::format::layout::scan;
+use sfm_migration::format::layout::{reports_never_uploaded, scan};
 use sfm_migration::format::patient_file::{read_organisation_file, read_patient_file};
 use sfm_migration::ident::NationalId;
 
@@ -161,6 +161,30 @@ fn export_decrypts_with_openssl_and_validates_against_nhn_xsd() {
         Some("974600951")
     );
     assert_eq!(org.organisation.reports.len(), 2);
+    // Reports as NHN's sample names them (`RapportFil` `Reports0\<id>.xps`), each travelling as
+    // `Reports0\<id>.rpt`, a zip holding `<id>.xps`: every named report is in a file.
+    let report_files: Vec<String> = layout
+        .reports
+        .iter()
+        .map(|p| {
+            p.strip_prefix(&out)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace('/', "\\")
+        })
+        .collect();
+    for report in &org.organisation.reports {
+        assert_eq!(report.file, format!("Reports0\\{}.xps", report.id));
+        assert!(report_files.contains(&format!("Reports0\\{}.rpt", report.id)));
+    }
+    assert_eq!(
+        reports_never_uploaded(
+            org.organisation.reports.iter().map(|r| r.file.as_str()),
+            report_files.iter().map(String::as_str)
+        ),
+        Vec::<String>::new()
+    );
     let user_hprs: BTreeSet<String> = org
         .organisation
         .users
@@ -213,10 +237,13 @@ fn export_decrypts_with_openssl_and_validates_against_nhn_xsd() {
         .collect();
     args.extend(paths.iter().map(String::as_str));
     run(work, "xmllint", &args);
-    // Reports decrypt too.
+    // Reports decrypt too, each to a zip holding the document its name promises.
     for report in &layout.reports {
         let zip = openssl_decrypt(work, &key_pem, report);
-        assert!(zip.starts_with(b"PK"));
+        let archive =
+            sfm_migration::format::archive::read_archive(&zip, &Default::default()).unwrap();
+        let stem = report.file_stem().unwrap().to_str().unwrap();
+        assert!(archive.get(&format!("{stem}.xps")).is_some());
     }
 
     // Sizes follow the mean and the spread.
@@ -262,4 +289,113 @@ fn export_decrypts_with_openssl_and_validates_against_nhn_xsd() {
     let before = std::fs::read(out.join("Index.txt")).unwrap();
     assert!(write_export(&opts, &certificate, &out, &|_| {}).is_err());
     assert_eq!(before, std::fs::read(out.join("Index.txt")).unwrap());
+}
+
+#[path = "common/xsd_corpus.rs"]
+mod xsd_corpus;
+
+/// Our verdict on a document: libxml2 under NHN's XSD through the parsers the API runs. `true`
+/// where it validates (no deviation).
+fn our_verdict(kind: xsd_corpus::Kind, xml: &[u8]) -> bool {
+    use sfm_migration::format::xml::{XmlLimits, parse_organisation, parse_patient};
+    let limits = XmlLimits::default();
+    match kind {
+        xsd_corpus::Kind::Patient => parse_patient(xml, &limits).unwrap().deviations.is_empty(),
+        xsd_corpus::Kind::Organisation => parse_organisation(xml, &limits)
+            .unwrap()
+            .deviations
+            .is_empty(),
+    }
+}
+
+/// The corpus of issue #16: the mended sample patient and NHN's organisation file validate, every
+/// variant departs for its own reason, and on each our verdict is xmllint's.
+#[test]
+fn on_the_corpus_our_verdict_is_xmllints() {
+    use xsd_corpus::{Kind, invalid_variants, mended_patient_xml, organisation_xml};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut documents = vec![
+        ("unchanged patient", Kind::Patient, mended_patient_xml()),
+        (
+            "unchanged organisation",
+            Kind::Organisation,
+            organisation_xml(),
+        ),
+    ];
+    let variants = invalid_variants();
+    let reasons: BTreeSet<&str> = variants.iter().map(|v| v.reason).collect();
+    assert_eq!(reasons.len(), variants.len(), "one reason per variant");
+    assert!(variants.len() >= 16);
+    documents.extend(variants.into_iter().map(|v| (v.reason, v.kind, v.xml)));
+    let files: Vec<PathBuf> = documents
+        .iter()
+        .enumerate()
+        .map(|(n, (_, _, xml))| {
+            let path = tmp.path().join(format!("document{n}.xml"));
+            std::fs::write(&path, xml).unwrap();
+            path
+        })
+        .collect();
+    let xmllint = xsd_corpus::xmllint_verdicts(&xsd(), &files);
+    for ((reason, kind, xml), xmllint) in documents.iter().zip(xmllint) {
+        let expected = reason.starts_with("unchanged");
+        assert_eq!(xmllint, expected, "xmllint on {reason}");
+        assert_eq!(our_verdict(*kind, xml.as_bytes()), xmllint, "{reason}");
+    }
+}
+
+/// Every document NHN's XSD covers in an export of 200 patients: our verdict is xmllint's (both
+/// accept them all).
+#[test]
+fn on_an_export_of_200_patients_our_verdict_is_xmllints() {
+    sfm_migration::tls::install_crypto_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let pair = generate_demo_key_pair(2048, "SFM migrering").unwrap();
+    let certificate = RecipientCertificate::from_pem(pair.certificate_pem.as_bytes()).unwrap();
+    let keys = DecryptionKeys::from_pkcs8_pem(&[pair.private_key_pem.as_bytes()]).unwrap();
+    let out = tmp.path().join("export");
+    let opts = ExportOptions {
+        patients: 200,
+        patients_per_folder: 100,
+        mean_patient_bytes: 12 * 1024,
+        ..options(7, 2)
+    };
+    write_export(&opts, &certificate, &out, &|_| {}).unwrap();
+    let layout = scan(&out).unwrap();
+    assert_eq!(layout.patients.len(), 200);
+    let mut documents = Vec::new();
+    let plain = |path: &Path| keys.decrypt(&std::fs::read(path).unwrap()).unwrap().content;
+    let read = |zip: &[u8], name: &str| {
+        sfm_migration::format::archive::read_archive(zip, &Default::default())
+            .unwrap()
+            .get(name)
+            .unwrap()
+            .data
+            .clone()
+    };
+    documents.push((
+        xsd_corpus::Kind::Organisation,
+        read(&plain(&out.join("ExportData.dat")), "ExportData.xml"),
+    ));
+    for patient in &layout.patients {
+        documents.push((
+            xsd_corpus::Kind::Patient,
+            read(&plain(&patient.path), "PatientData.xml"),
+        ));
+    }
+    let files: Vec<PathBuf> = documents
+        .iter()
+        .enumerate()
+        .map(|(n, (_, xml))| {
+            let path = tmp.path().join(format!("document{n}.xml"));
+            std::fs::write(&path, xml).unwrap();
+            path
+        })
+        .collect();
+    let xmllint = xsd_corpus::xmllint_verdicts(&xsd(), &files);
+    assert_eq!(xmllint.len(), 201);
+    for ((kind, xml), xmllint) in documents.iter().zip(xmllint) {
+        assert!(xmllint, "xmllint accepts what sfm-export writes");
+        assert_eq!(our_verdict(*kind, xml), xmllint);
+    }
 }

@@ -129,3 +129,14 @@ fn the_pinned_files_are_found_in_sfm_format_dir_and_in_the_shared_folder() {
             .ends_with("shared/sfm-format")
     );
 }
+
+/// The migration API validates against the XSD compiled into it (`format::xml::SCHEMA`, kept beside
+/// its code so the binary needs no file at run time): it is NHN's, byte for byte.
+#[test]
+fn the_xsd_the_api_compiles_in_is_nhns() {
+    assert!(
+        sfm_migration::format::xml::SCHEMA
+            == samples::sample("FmSfmExportImportFormatDefinition.xsd").as_slice(),
+        "src/format/xml/FmSfmExportImportFormatDefinition.xsd differs from NHN's pinned XSD"
+    );
+}

@@ -317,6 +317,8 @@ async fn not_found() -> ApiError {
 /// Serves the API on `listen` until the process is stopped, with the background work: batched status
 /// writes, recovery of completed-but-not-ingested uploads after a crash, and the expiry sweep.
 pub async fn serve(state: Arc<AppState>, listen: SocketAddr) -> anyhow::Result<()> {
+    // NHN's XSD compiled before the first upload: a libxml2 missing from the image fails here.
+    tokio::task::spawn_blocking(crate::format::xml::compile_xsd).await??;
     tokio::spawn(progress::flush_loop(state.clone()));
     tokio::spawn(recovery::recovery_loop(state.clone()));
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -21,6 +21,8 @@ use crate::contract::{
     self, ActivateResponse, FileType, MAX_MANIFEST_BODY_BYTES, MAX_MISMATCHES_LISTED, Manifest,
     ManifestMismatches, ProblemCode, RejectedFile, VerifyResponse,
 };
+use crate::format::layout::reports_never_uploaded;
+use crate::format::xml::{XmlLimits, parse_organisation};
 
 /// `POST /api/v1/verify`: exact manifest match → validation record and `validatedDigest`.
 pub async fn verify(
@@ -212,6 +214,11 @@ async fn verify_in_session(
             );
         }
     }
+    // A report `ExportData.xml` names (`RapportFil`) but no stored file holds is missing as well.
+    let xml_limits = state.config.limits.format.xml.clone();
+    for path in reports_not_stored(&mut tx, xml_limits).await? {
+        push(&mut mismatches.missing, &path, &mut mismatches.truncated);
+    }
     for (key, (name, only_open)) in &pending {
         if listed.contains(key) {
             continue;
@@ -289,6 +296,43 @@ async fn verify_in_session(
     tracing::info!(database = %session.database_name(), %digest, files = manifest.files.len(), "migration validated");
     write_status(state, &session.database, &session.pool).await?;
     verify_response(session, &manifest, &digest).await
+}
+
+/// The `RapportFil` paths of the stored organisation file whose report no stored report file holds
+/// (matched by id, see [`reports_never_uploaded`]).
+async fn reports_not_stored(
+    tx: &mut sqlx::PgConnection,
+    limits: XmlLimits,
+) -> Result<Vec<String>, ApiError> {
+    let organisation: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT content FROM sfm.documents WHERE kind = 'organisation_data' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| database("read the organisation file", e))?;
+    let Some(organisation) = organisation else {
+        return Ok(Vec::new());
+    };
+    let uploaded: Vec<String> = sqlx::query_scalar(
+        "SELECT file_name FROM sfm.stored_files WHERE kind = 'report'
+         UNION SELECT entry_name FROM sfm.documents WHERE kind = 'report'",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(|e| database("read the stored reports", e))?;
+    // The stored document parses as it did at ingest; XML work runs on a blocking thread.
+    let named = tokio::task::spawn_blocking(move || {
+        parse_organisation(&organisation, &limits)
+            .map(|parsed| parsed.value.reports.into_iter().map(|r| r.file).collect())
+    })
+    .await
+    .map_err(|e| ApiError::internal("read the organisation file", e))?
+    .map_err(|e| ApiError::internal("read the organisation file", e))?;
+    let named: Vec<String> = named;
+    Ok(reports_never_uploaded(
+        named.iter().map(String::as_str),
+        uploaded.iter().map(String::as_str),
+    ))
 }
 
 async fn verify_response(

@@ -223,8 +223,10 @@ pub struct ValidationPolicy {
     #[serde(default)]
     pub allow_synthetic_identities: bool,
 
-    /// `Lenient` stores files that depart from NHN's XSD and records each deviation; `Strict`
-    /// rejects them.
+    /// `Lenient` stores files that depart from NHN's XSD (FmSfmExportImportFormatDefinition.xsd,
+    /// applied by libxml2 to every ExportData.xml and PatientData.xml) and records each deviation;
+    /// `Strict` rejects them, naming each kind of departure. XML that is not well-formed is
+    /// rejected in both.
     #[serde(default)]
     pub schema_check: SchemaCheck,
 

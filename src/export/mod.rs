@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::format::archive::write_archive;
 use crate::format::envelope::{self, DEFAULT_EXTENSION, RecipientCertificate};
 use crate::format::index::{INDEX_FILE_NAME, IndexEntry, ORGANISATION_FILE_NAME, write_index};
-use crate::format::layout::{MAX_PATIENTS_PER_FOLDER, PATIENT_FOLDER_PREFIX, REPORT_FOLDER};
+use crate::format::layout::{MAX_PATIENTS_PER_FOLDER, PATIENT_FOLDER_PREFIX, report_location};
 use crate::format::patient_file::{ORGANISATION_DOCUMENT, PATIENT_DOCUMENT};
 
 use self::xml::{SyntheticOrganisation, SyntheticReport};
@@ -291,17 +291,19 @@ pub fn write_export(
     }
     let report_list = reports(options, &org);
     if !report_list.is_empty() {
-        let folder = out.join(REPORT_FOLDER);
-        fs::create_dir_all(&folder).map_err(io_error(&folder))?;
         let mut rng = StdRng::seed_from_u64(mix(options.seed, 4, 0));
         for report in &report_list {
+            // `Reports0\<id>.rpt`, a zip holding the document `RapportFil` names, `<id>.xps`.
+            let (folder, file_name) = report_location(&report.id.to_string());
+            let folder = out.join(folder);
+            fs::create_dir_all(&folder).map_err(io_error(&folder))?;
             let content = xml::report_content(&mut rng, report);
             let name = format!("{}.xps", report.id);
             let zip = write_archive(&[(name.as_str(), &content)])
                 .map_err(|e| ExportError::Format(e.to_string()))?;
             let file = encrypt(&zip, certificate)?;
             file_bytes += file.len() as u64;
-            write_file(&folder.join(format!("{}.rpt", report.id)), &file)?;
+            write_file(&folder.join(file_name), &file)?;
         }
     }
 

@@ -14,6 +14,7 @@ use super::tables::{
     CITIES, DRUGS, Drug, FAMILY_NAMES, GIVEN_NAMES_F, GIVEN_NAMES_M, OID_ORG_ID, OID_PERSON_ID,
     STREETS,
 };
+use crate::format::layout::report_document;
 use crate::format::xml::EXPORT_NAMESPACE;
 
 /// A user of the organisation (a `Helseperson` in `Brukere`).
@@ -210,8 +211,8 @@ pub fn organisation_xml(org: &SyntheticOrganisation, reports: &[SyntheticReport]
             }
             let _ = write!(
                 out,
-                "<Tidspunkt>2024-05-02T10:15:00</Tidspunkt><RapportFil>Reports\\{}.rpt</RapportFil></Rapport>",
-                report.id
+                "<Tidspunkt>2024-05-02T10:15:00</Tidspunkt><RapportFil>{}</RapportFil></Rapport>",
+                report_document(&report.id.to_string())
             );
         }
         out.push_str("</Rapporter>");

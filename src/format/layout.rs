@@ -1,5 +1,14 @@
 //! The export folder's layout: `ExportData.dat` (organisation), `Index.txt`, `Patients0` ..
-//! `Patients<k>` with at most 16,000 `.pat` files each, and `Reports` with `.rpt` files.
+//! `Patients<k>` with at most 16,000 `.pat` files each, and `Reports0` (or `Reports`, `Reports<N>`)
+//! with the report files.
+//!
+//! Reports, from what NHN publishes: `ExportData.xml` names each report's document in `RapportFil`
+//! as `Reports0\<id>.xps` (NHN's sample); NHN's uploader sends only `.dat`, `.pat` and `.rpt` files,
+//! those under a folder starting with `Reports` as `ReportFile`, and names each by its file name
+//! alone. So a report travels as `Reports0\<id>.rpt`, an envelope around a zip holding `<id>.xps`
+//! (every file of an export is a zip in the envelope), and a report file and its `RapportFil` are
+//! matched by the id, [`report_id`]. A `Reports` folder may hold `.rpt`, and also `.dat`, `.pat`
+//! or `.xps` files, which the API takes as reports too.
 //!
 //! [`scan`] lists what is there and checks the layout rules, collecting every problem instead of
 //! stopping at the first, so `sfm-migrate check` can show a data controller the whole picture. It
@@ -24,8 +33,47 @@ use super::index::{
 pub const MAX_PATIENTS_PER_FOLDER: usize = 16_000;
 /// Prefix of the patient folders.
 pub const PATIENT_FOLDER_PREFIX: &str = "Patients";
-/// The reports folder (numbered variants `Reports<N>` are accepted too).
+/// The reports folder's prefix: `Reports`, `Reports0`, `Reports<N>` are report folders.
 pub const REPORT_FOLDER: &str = "Reports";
+/// The report folder NHN's `RapportFil` names and the exporter writes.
+pub const FIRST_REPORT_FOLDER: &str = "Reports0";
+/// The extensions of report files in a report folder: `.rpt` as exporters write them, and what else
+/// NHN's uploader sends from there (`.dat`, `.pat`) or the API takes as a report (`.xps`).
+pub const REPORT_EXTENSIONS: [&str; 4] = ["rpt", "dat", "pat", "xps"];
+
+/// The file a report with this id travels in: `Reports0\<id>.rpt` (folder, file).
+pub fn report_location(id: &str) -> (String, String) {
+    (FIRST_REPORT_FOLDER.to_owned(), format!("{id}.rpt"))
+}
+
+/// What `RapportFil` names for a report with this id: its document, `Reports0\<id>.xps`, which the
+/// report file's zip holds as `<id>.xps`.
+pub fn report_document(id: &str) -> String {
+    format!("{FIRST_REPORT_FOLDER}\\{id}.xps")
+}
+
+/// The report a path names, by the id both sides share: the file name after the last `\` or `/`,
+/// without its extension, lower-cased. `Reports0\ABC.xps`, `abc.rpt` and `Reports\abc.dat` name
+/// the same report.
+pub fn report_id(path: &str) -> String {
+    let file = path.rsplit(['\\', '/']).next().unwrap_or(path);
+    let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
+    stem.to_lowercase()
+}
+
+/// The `RapportFil` paths among `named` whose report is in none of `uploaded` (report file names or
+/// the names of the documents they held), in the order given.
+pub fn reports_never_uploaded<'a>(
+    named: impl IntoIterator<Item = &'a str>,
+    uploaded: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let uploaded: HashSet<String> = uploaded.into_iter().map(report_id).collect();
+    named
+        .into_iter()
+        .filter(|path| !uploaded.contains(&report_id(path)))
+        .map(str::to_owned)
+        .collect()
+}
 /// Largest `Index.txt` read (about a million lines; a real one has one line per patient).
 pub const MAX_INDEX_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -104,7 +152,7 @@ pub struct ExportLayout {
     pub index: Option<Index>,
     /// Patient files, ordered by folder number, then name.
     pub patients: Vec<PatientFileRef>,
-    /// Report files (`.rpt`), ordered by path.
+    /// Report files (see [`REPORT_EXTENSIONS`]), ordered by path.
     pub reports: Vec<PathBuf>,
     /// Every rule the folder breaks; empty when the layout is valid.
     pub problems: Vec<LayoutProblem>,
@@ -451,7 +499,7 @@ fn scan_report_folder(root: &Path, path: &Path, layout: &mut ExportLayout) {
     for (name, file_path, kind) in entries {
         let shown = format!("{folder_name}\\{name}");
         match kind {
-            EntryKind::File if name.len() > 4 && name.ends_with(".rpt") => {
+            EntryKind::File if is_report_file(&name) => {
                 layout.reports.push(file_path);
             }
             EntryKind::Other => layout
@@ -462,6 +510,15 @@ fn scan_report_folder(root: &Path, path: &Path, layout: &mut ExportLayout) {
                 .push(LayoutProblem::UnexpectedEntry { path: shown }),
         }
     }
+}
+
+fn is_report_file(name: &str) -> bool {
+    name.rsplit_once('.').is_some_and(|(stem, extension)| {
+        !stem.is_empty()
+            && REPORT_EXTENSIONS
+                .iter()
+                .any(|e| extension.eq_ignore_ascii_case(e))
+    })
 }
 
 fn read_index(path: &Path) -> Result<Index, Vec<LayoutProblem>> {

@@ -144,3 +144,49 @@ fn symbolic_links_are_not_followed() {
         path: "Patients1".into()
     }));
 }
+
+#[test]
+fn report_folders_hold_what_nhns_uploader_sends_from_them() {
+    let dir = export_folder(&[(0, id(1))]);
+    let reports = dir.path().join("Reports0");
+    fs::create_dir(&reports).unwrap();
+    for name in ["a.rpt", "b.dat", "c.pat", "d.XPS"] {
+        fs::write(reports.join(name), b"x").unwrap();
+    }
+    fs::write(reports.join("notes.txt"), b"x").unwrap();
+    fs::write(reports.join(".rpt"), b"x").unwrap();
+    let layout = scan(dir.path()).unwrap();
+    assert_eq!(layout.reports.len(), 4);
+    assert_eq!(
+        layout.problems,
+        [
+            LayoutProblem::UnexpectedEntry {
+                path: "Reports0\\.rpt".into()
+            },
+            LayoutProblem::UnexpectedEntry {
+                path: "Reports0\\notes.txt".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_report_and_its_rapportfil_meet_by_id() {
+    let id = "d86e6322-9c1b-42d9-aebc-1d03207c8942";
+    let (folder, file) = report_location(id);
+    assert_eq!(format!("{folder}\\{file}"), format!("Reports0\\{id}.rpt"));
+    // NHN's sample names its one report so.
+    assert_eq!(report_document(id), format!("Reports0\\{id}.xps"));
+    assert_eq!(report_id(&report_document(id)), report_id(&file));
+    assert_eq!(report_id("Reports\\D86E6322.dat"), "d86e6322");
+    let named = [
+        "Reports0\\a.xps",
+        "Reports0\\b.xps",
+        "Reports0\\c.xps",
+        "Reports1\\d.xps",
+    ];
+    // Uploaded by NHN's uploader (file name only), by our client (a path), or found by the
+    // document the zip held.
+    let uploaded = ["a.rpt", "Reports0\\B.rpt", "c.xps"];
+    assert_eq!(reports_never_uploaded(named, uploaded), ["Reports1\\d.xps"]);
+}

@@ -875,6 +875,40 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
     );
     assert!(managers.contains("\"manager\": \"sfm-migration-api\""));
 
+    // NHN's organisation file names one report (`RapportFil` `Reports0\<id>.xps`): until a report
+    // file holding it is stored, verify lists it as missing, though the manifest matches what is
+    // stored. It travels as `Reports0\<id>.rpt`, a zip holding `<id>.xps`.
+    let report_id = "d86e6322-9c1b-42d9-aebc-1d03207c8942";
+    let report_name = format!("Reports0\\{report_id}.rpt");
+    let report = fx.samples.encrypt(&raw_zip(&[(
+        &format!("{report_id}.xps"),
+        b"PK synthetic XPS".as_slice(),
+    )]));
+    fx.run(async {
+        let manifest = Manifest::new(vec![
+            manifest_entry(
+                "ExportData.dat",
+                contract::FileType::ExportData,
+                organisation,
+            ),
+            manifest_entry(&patient_name, contract::FileType::Patient, patient),
+        ]);
+        let response = fx
+            .with_key(Method::POST, format!("{base}{}", contract::PATH_VERIFY))
+            .json(&manifest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 409);
+        let mismatch: contract::Problem = response.json().await.unwrap();
+        assert_eq!(
+            mismatch.mismatches.unwrap().missing,
+            vec![format!("Reports0\\{report_id}.xps")]
+        );
+    });
+    let result = fx.tuspy(&api, &report, &report_name, "Report", 65536, false);
+    assert_eq!(result["ingestState"], "stored", "{result}");
+
     fx.run(async {
         let verify = format!("{base}{}", contract::PATH_VERIFY);
         let activate = format!("{base}{}", contract::PATH_ACTIVATE);
@@ -886,6 +920,7 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
                     organisation,
                 ),
                 manifest_entry(&patient_name, contract::FileType::Patient, patient_file),
+                manifest_entry(&report_name, contract::FileType::Report, &report),
             ])
         };
         // A manifest that lacks nothing but names another digest is a mismatch; the right one validates.

@@ -68,28 +68,51 @@ pub fn prepare(
             )
         }
     };
-    if policy.schema_check == SchemaCheck::Strict
-        && let Some(first) = prepared.deviations().first()
-    {
-        let mut patterns: Vec<String> = prepared
-            .deviations()
-            .iter()
-            .map(|d| d.path_pattern())
-            .collect();
-        patterns.sort();
-        patterns.dedup();
-        patterns.truncate(5);
+    if policy.schema_check == SchemaCheck::Strict && !prepared.deviations().is_empty() {
         return Err(Refusal::new(
             ProblemCode::XmlSchema,
-            format!(
-                "{} departure(s) from NHN's XSD and the database's schema check is Strict; the first: {}; at {}",
-                prepared.deviations().len(),
-                first.message,
-                patterns.join(", ")
-            ),
+            strict_refusal(prepared.deviations()),
         ));
     }
     Ok(prepared)
+}
+
+/// Most kinds of departure a Strict refusal names one by one.
+const NAMED_DEPARTURES: usize = 20;
+
+/// A Strict refusal's text: every kind of departure (libxml2's reason at a path pattern) with how
+/// often it occurs, in document order. Deviations carry no document content (see `format::xml`).
+fn strict_refusal(deviations: &[Deviation]) -> String {
+    let mut kinds: Vec<(String, &str, usize)> = Vec::new();
+    for deviation in deviations {
+        let pattern = deviation.path_pattern();
+        match kinds
+            .iter_mut()
+            .find(|(p, m, _)| *p == pattern && *m == deviation.message)
+        {
+            Some((_, _, count)) => *count += 1,
+            None => kinds.push((pattern, &deviation.message, 1)),
+        }
+    }
+    let mut named: Vec<String> = kinds
+        .iter()
+        .take(NAMED_DEPARTURES)
+        .map(|(pattern, message, count)| match count {
+            1 => format!("{pattern}: {message}"),
+            n => format!("{n} x {pattern}: {message}"),
+        })
+        .collect();
+    if kinds.len() > NAMED_DEPARTURES {
+        named.push(format!(
+            "and {} other kinds",
+            kinds.len() - NAMED_DEPARTURES
+        ));
+    }
+    format!(
+        "{} departure(s) from NHN's XSD and the database's schema check is Strict: {}",
+        deviations.len(),
+        named.join("; ")
+    )
 }
 
 fn check_person_number(value: &str, policy: &ValidationPolicy, whose: &str) -> Result<(), Refusal> {

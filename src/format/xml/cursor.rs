@@ -2,20 +2,16 @@
 //! `next_child` until `None`, `text` for leaves, `skip` for what is not modelled.
 //!
 //! It is where the defences live: the prolog scan, the UTF-8 check, the depth and element-count
-//! bounds (counted for skipped subtrees too), and the content-model check that turns drift into
-//! deviations. It never copies text into an error or a deviation.
-
-use std::collections::HashMap;
+//! bounds (counted for skipped subtrees too). Departures from the XSD are not its business: libxml2
+//! validates the whole document afterwards (`super::xsd`). It never copies text into an error.
 
 use quick_xml::NsReader;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 
 use super::prolog::check_prolog;
-use super::schema::Model;
 use super::values::shown_label;
 use super::{XmlError, XmlLimits};
-use crate::model::Deviation;
 
 /// An element the cursor stopped at: its local name, whether it is in the document's namespace
 /// (the root's), and its attributes by local name (namespace declarations left out).
@@ -40,32 +36,16 @@ impl Element {
     }
 }
 
-/// One open element.
-struct Frame {
-    /// Path segment, `Name` or `Name[n]`.
-    segment: String,
-    /// Content model to check children against, if the element is modelled.
-    model: Option<&'static Model>,
-    /// Sequence position in `model` and how often that particle has matched.
-    position: usize,
-    count: u32,
-    /// Children seen so far by name, for positions in paths.
-    seen: HashMap<String, u32>,
-    /// Stray text was already reported for this element.
-    text_reported: bool,
-}
-
 pub(crate) struct Cursor<'a> {
     reader: NsReader<&'a [u8]>,
     limits: XmlLimits,
     /// The root element's namespace; children in it are "ours".
     namespace: Vec<u8>,
     elements: usize,
-    frames: Vec<Frame>,
+    /// Elements open, the root included.
+    depth: usize,
     /// The element last returned was self-closing: it has no content and no end event.
     pending_empty: bool,
-    deviations: Vec<Deviation>,
-    dropped_deviations: usize,
 }
 
 /// How an element's namespace relates to the document's.
@@ -90,10 +70,8 @@ impl<'a> Cursor<'a> {
             limits: limits.clone(),
             namespace: Vec::new(),
             elements: 0,
-            frames: Vec::new(),
+            depth: 0,
             pending_empty: false,
-            deviations: Vec::new(),
-            dropped_deviations: 0,
         })
     }
 
@@ -166,13 +144,6 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Checks the current element's children against `model` from here on.
-    pub fn check_children(&mut self, model: &'static Model) {
-        if let Some(frame) = self.frames.last_mut() {
-            frame.model = Some(model);
-        }
-    }
-
     /// The next child of the current element (which it enters), or `None` at the current
     /// element's end (which it leaves).
     pub fn next_child(&mut self) -> Result<Option<Element>, XmlError> {
@@ -195,12 +166,9 @@ impl<'a> Cursor<'a> {
                     return Ok(None);
                 }
                 Event::Text(text) => {
-                    let text = text.unescape().map_err(|e| self.parse_error(&e))?;
-                    if !text.trim().is_empty() {
-                        self.stray_text();
-                    }
+                    text.unescape().map_err(|e| self.parse_error(&e))?;
                 }
-                Event::CData(_) => self.stray_text(),
+                Event::CData(_) => {}
                 Event::Comment(_) | Event::PI(_) => {}
                 Event::Decl(_) => {
                     return Err(self.malformed("an XML declaration inside the document"));
@@ -211,8 +179,8 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// The text of the current element (a leaf), which it leaves. Child elements are skipped and
-    /// reported as deviations.
+    /// The text of the current element (a leaf), which it leaves. Child elements are skipped (the
+    /// XSD check reports them).
     pub fn text(&mut self) -> Result<String, XmlError> {
         if self.pending_empty {
             self.pending_empty = false;
@@ -235,19 +203,11 @@ impl<'a> Cursor<'a> {
                     content.push_str(data);
                 }
                 Event::Start(start) => {
-                    let child = self.open_child(&start, ours, false)?;
-                    self.record_here(format!(
-                        "element `{}` inside a text-only element",
-                        child.name
-                    ));
+                    self.open_child(&start, ours, false)?;
                     self.skip()?;
                 }
                 Event::Empty(start) => {
-                    let child = self.open_child(&start, ours, true)?;
-                    self.record_here(format!(
-                        "element `{}` inside a text-only element",
-                        child.name
-                    ));
+                    self.open_child(&start, ours, true)?;
                     self.skip()?;
                 }
                 Event::End(_) => {
@@ -310,8 +270,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// After the root element: only comments, processing instructions and blanks may follow.
-    /// Returns the deviations, with a closing one counting those beyond the limit.
-    pub fn finish(mut self) -> Result<Vec<crate::model::Deviation>, XmlError> {
+    pub fn finish(mut self) -> Result<(), XmlError> {
         loop {
             let event = match self.reader.read_event() {
                 Ok(event) => event,
@@ -330,57 +289,11 @@ impl<'a> Cursor<'a> {
                 _ => return Err(self.malformed("content after the root element")),
             }
         }
-        if self.dropped_deviations > 0 {
-            self.deviations.push(Deviation {
-                path: "/".into(),
-                message: format!(
-                    "{} further deviations were not recorded",
-                    self.dropped_deviations
-                ),
-            });
-        }
-        Ok(self.deviations)
-    }
-
-    /// The path of the current element.
-    pub fn path(&self) -> String {
-        let mut path = String::new();
-        for (i, frame) in self.frames.iter().enumerate() {
-            if i > 0 {
-                path.push('/');
-            }
-            path.push_str(&frame.segment);
-        }
-        path
-    }
-
-    /// Records a deviation at `path`.
-    pub fn record(&mut self, path: String, message: String) {
-        if self.deviations.len() < self.limits.max_deviations {
-            self.deviations.push(Deviation { path, message });
-        } else {
-            self.dropped_deviations += 1;
-        }
-    }
-
-    /// Records a deviation at the current element.
-    fn record_here(&mut self, message: String) {
-        let path = self.path();
-        self.record(path, message);
-    }
-
-    fn stray_text(&mut self) {
-        let already = self.frames.last().is_none_or(|f| f.text_reported);
-        if !already {
-            if let Some(frame) = self.frames.last_mut() {
-                frame.text_reported = true;
-            }
-            self.record_here("text where only elements are expected".into());
-        }
+        Ok(())
     }
 
     fn count_element(&mut self, depth_below_current: usize) -> Result<(), XmlError> {
-        if self.frames.len() + depth_below_current > self.limits.max_depth {
+        if self.depth + depth_below_current > self.limits.max_depth {
             return Err(XmlError::TooDeep {
                 limit: self.limits.max_depth,
             });
@@ -420,7 +333,7 @@ impl<'a> Cursor<'a> {
         self.open(start, ours, empty)
     }
 
-    /// Enters an element: bounds, attributes, content-model check against the parent, frame.
+    /// Enters an element: bounds, attributes, frame.
     fn open(&mut self, start: &BytesStart, ours: bool, empty: bool) -> Result<Element, XmlError> {
         self.count_element(1)?;
         let name = std::str::from_utf8(start.local_name().as_ref())
@@ -442,15 +355,7 @@ impl<'a> Cursor<'a> {
                 .into_owned();
             attributes.push((local, value));
         }
-        let segment = self.child_segment(&name, ours);
-        self.frames.push(Frame {
-            segment,
-            model: None,
-            position: 0,
-            count: 0,
-            seen: HashMap::new(),
-            text_reported: false,
-        });
+        self.depth += 1;
         self.pending_empty = empty;
         Ok(Element {
             name,
@@ -459,97 +364,9 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    /// The path segment for a new child of the current element, after checking it against the
-    /// current element's content model.
-    fn child_segment(&mut self, name: &str, ours: bool) -> String {
-        let Some(parent) = self.frames.last_mut() else {
-            return name.to_owned();
-        };
-        let seen = parent.seen.entry(name.to_owned()).or_insert(0);
-        *seen += 1;
-        let indexed = format!("{name}[{seen}]");
-        let Some(model) = parent.model else {
-            return indexed;
-        };
-        if !ours {
-            let path = format!("{}/{indexed}", self.path());
-            self.record(
-                path,
-                format!("`{name}` is in another namespace than the document"),
-            );
-            return indexed;
-        }
-        let (position, count) = (parent.position, parent.count);
-        let (message, repeatable) = if position < model.len() && model[position].matches(name) {
-            let particle = &model[position];
-            if count < particle.max {
-                parent.count += 1;
-                (None, particle.repeatable())
-            } else {
-                (
-                    Some(format!("more than {} `{name}` element(s)", particle.max)),
-                    particle.repeatable(),
-                )
-            }
-        } else if let Some(offset) = model
-            .get(position + 1..)
-            .and_then(|rest| rest.iter().position(|p| p.matches(name)))
-        {
-            let target = position + 1 + offset;
-            let missing = (position..target).find(|&i| {
-                let matched = if i == position { count } else { 0 };
-                matched < model[i].min
-            });
-            parent.position = target;
-            parent.count = 1;
-            (
-                missing
-                    .map(|i| format!("`{name}` found where {} was expected", model[i].describe())),
-                model[target].repeatable(),
-            )
-        } else if let Some(particle) = model.iter().find(|p| p.matches(name)) {
-            (
-                Some(format!("`{name}` is out of order")),
-                particle.repeatable(),
-            )
-        } else {
-            (
-                Some(format!("`{name}` is not part of the format here")),
-                true,
-            )
-        };
-        let segment = if repeatable { indexed } else { name.to_owned() };
-        if let Some(message) = message {
-            let path = format!("{}/{segment}", self.path());
-            self.record(path, message);
-        }
-        segment
-    }
-
-    /// Leaves the current element, reporting required children that never came.
+    /// Leaves the current element.
     fn close(&mut self) {
-        let Some(frame) = self.frames.last() else {
-            return;
-        };
-        if let Some(model) = frame.model {
-            let missing: Vec<String> = (frame.position..model.len())
-                .filter(|&i| {
-                    let matched = if i == frame.position { frame.count } else { 0 };
-                    matched < model[i].min
-                })
-                .map(|i| model[i].describe())
-                .collect();
-            if !missing.is_empty() {
-                let path = self.path();
-                for particle in missing {
-                    self.record(
-                        path.clone(),
-                        format!("required element {particle} is missing"),
-                    );
-                }
-            }
-        }
-        self.frames.pop();
+        self.depth = self.depth.saturating_sub(1);
     }
 }
 

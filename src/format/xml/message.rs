@@ -3,7 +3,7 @@
 //! for their message id. Their content is stored as it is.
 
 use super::cursor::Cursor;
-use super::{XmlError, XmlLimits, shown_name};
+use super::{XmlError, XmlLimits, check_well_formed, shown_name};
 
 /// Every KITH standard's namespace starts with this.
 pub const KITH_NAMESPACE_PREFIX: &str = "http://www.kith.no/xmlstds/";
@@ -78,6 +78,7 @@ pub fn parse_message(xml: &[u8], limits: &XmlLimits) -> Result<MessageInfo, XmlE
         }
     }
     cursor.finish()?;
+    check_well_formed(xml)?;
     let msg_id = msg_id.ok_or_else(|| XmlError::MissingRequired {
         path: match kind {
             MessageKind::MsgHead => "MsgHead/MsgInfo/MsgId".into(),

@@ -7,10 +7,11 @@
 //! and the parser bounds nesting depth and element count as it goes, so hostile input costs at
 //! most one pass over its bytes.
 //!
-//! Real exports drift from NHN's XSD, so the content models of the modelled elements are checked
-//! as the parse goes and every departure becomes a [`Deviation`] rather than an error; whether
-//! deviations are acceptable is the caller's policy. Only what the API cannot do without (the
-//! patient's id and at least one identifier, an institution) is an error.
+//! After the parse, libxml2 parses the document again and validates it against NHN's XSD
+//! ([`xsd`]): what libxml2 finds not well-formed is an error, and every departure from the XSD is
+//! a [`Deviation`]; real exports drift from the XSD, and whether deviations are acceptable is the
+//! caller's policy. Only what the API cannot do without (the patient's id and at least one
+//! identifier, an institution) is an error of the parse itself.
 //!
 //! Errors and deviations name elements and positions, never values: nothing from the document's
 //! text reaches a message.
@@ -20,13 +21,14 @@ mod message;
 mod organisation;
 mod patient;
 mod prolog;
-mod schema;
 mod values;
+mod xsd;
 
 pub use message::{MessageInfo, MessageKind, parse_message};
 pub use organisation::parse_organisation;
 pub use patient::parse_patient;
 pub use prolog::check_prolog;
+pub use xsd::SCHEMA;
 
 use crate::model::Deviation;
 
@@ -107,6 +109,21 @@ pub enum XmlError {
         /// The local name found.
         found: String,
     },
+    /// libxml2 finds the document not well-formed (after the parse here accepted it: libxml2 also
+    /// checks names, characters and namespaces to the letter).
+    #[error("the document is not well-formed XML at line {line}: {reason}")]
+    NotWellFormed {
+        /// The line libxml2 stopped at.
+        line: u32,
+        /// libxml2's reason, without document content.
+        reason: String,
+    },
+    /// Larger than libxml2 can take in one call (2 GiB).
+    #[error("the document is too large for the XML validator")]
+    TooLarge,
+    /// NHN's XSD could not be compiled: a fault of this program, not of the file.
+    #[error("the XSD validator is unavailable: {0}")]
+    SchemaUnavailable(String),
     /// The root element is in the wrong namespace.
     #[error("the root element is not in the namespace {expected}")]
     WrongNamespace {
@@ -131,6 +148,32 @@ pub enum XmlError {
 
 #[cfg(test)]
 mod tests;
+
+/// libxml2's verdict under NHN's XSD on a document [`parse_patient`] or [`parse_organisation`]
+/// accepted (they call it; it must not see a document that did not pass [`check_prolog`] and the
+/// parse's bounds): not well-formed is an error, every departure from the XSD a deviation (at most
+/// [`XmlLimits::max_deviations`] and one counting the rest). CPU work: run it on a blocking thread.
+pub fn xsd_departures(xml: &[u8], limits: &XmlLimits) -> Result<Vec<Deviation>, XmlError> {
+    match xsd::validate(xml, limits.max_deviations)? {
+        xsd::Verdict::Malformed { line, reason } => Err(XmlError::NotWellFormed { line, reason }),
+        xsd::Verdict::Departures(departures) => Ok(departures),
+    }
+}
+
+/// Compiles NHN's XSD now (once per process; otherwise the first validation does), so that a
+/// program can fail at start-up rather than at its first file.
+pub fn compile_xsd() -> Result<(), XmlError> {
+    xsd::compile_once()
+}
+
+/// libxml2's well-formedness check of a document NHN's XSD does not cover (a KITH message), after
+/// the parse accepted it.
+fn check_well_formed(xml: &[u8]) -> Result<(), XmlError> {
+    match xsd::check_well_formed(xml)? {
+        xsd::Verdict::Malformed { line, reason } => Err(XmlError::NotWellFormed { line, reason }),
+        xsd::Verdict::Departures(_) => Ok(()),
+    }
+}
 
 /// An element name fit for an error: printable, at most 60 characters.
 fn shown_name(name: &str) -> String {

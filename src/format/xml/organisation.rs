@@ -1,8 +1,7 @@
 //! `ExportImport` (the organisation file's `ExportData.xml`) into [`OrganisationExport`].
 
 use super::cursor::{Cursor, Element};
-use super::schema::{self, Model};
-use super::{EXPORT_NAMESPACE, Parsed, XmlError, XmlLimits, shown_name};
+use super::{EXPORT_NAMESPACE, Parsed, XmlError, XmlLimits, shown_name, xsd_departures};
 use crate::model::{Institution, OrganisationExport, Report, User};
 
 const ROOT: &str = "ExportImport";
@@ -26,13 +25,11 @@ pub fn parse_organisation(
             expected: EXPORT_NAMESPACE,
         });
     }
-    cursor.check_children(schema::EXPORT_IMPORT);
 
     let mut organisation = OrganisationExport::default();
     while let Some(child) = cursor.next_child()? {
         match ours(&child) {
             Some("Brukere") => {
-                cursor.check_children(schema::ORGANISATION_BRUKERE);
                 while let Some(user) = cursor.next_child()? {
                     match ours(&user) {
                         Some("Helseperson") => organisation.users.push(parse_user(&mut cursor)?),
@@ -44,11 +41,9 @@ pub fn parse_organisation(
                 .institutions
                 .push(parse_institution(&mut cursor)?),
             Some("ForskrivningsMaler") => {
-                organisation.prescription_templates +=
-                    count_children(&mut cursor, schema::FORSKRIVNINGS_MALER, "Mal")?;
+                organisation.prescription_templates += count_children(&mut cursor, "Mal")?;
             }
             Some("Rapporter") => {
-                cursor.check_children(schema::RAPPORTER);
                 while let Some(report) = cursor.next_child()? {
                     match ours(&report) {
                         Some("Rapport") => organisation.reports.push(parse_report(&mut cursor)?),
@@ -57,8 +52,7 @@ pub fn parse_organisation(
                 }
             }
             Some("Protokoller") => {
-                organisation.protocols +=
-                    count_children(&mut cursor, schema::PROTOKOLLER, "Protokoll")?;
+                organisation.protocols += count_children(&mut cursor, "Protokoll")?;
             }
             Some("LokaltLegemiddel") => {
                 organisation.local_drugs += 1;
@@ -73,12 +67,13 @@ pub fn parse_organisation(
                 cursor.skip()?;
             }
             Some("Inboks") => {
-                organisation.inbox_items += count_children(&mut cursor, schema::INBOKS, "Melding")?;
+                organisation.inbox_items += count_children(&mut cursor, "Melding")?;
             }
             _ => cursor.skip()?,
         }
     }
-    let deviations = cursor.finish()?;
+    cursor.finish()?;
+    let deviations = xsd_departures(xml, limits)?;
     if organisation.institutions.is_empty() {
         return Err(XmlError::MissingRequired {
             path: format!("{ROOT}/Institusjon"),
@@ -94,14 +89,8 @@ fn ours(child: &Element) -> Option<&str> {
     child.in_namespace.then_some(child.name.as_str())
 }
 
-/// Counts the current element's `name` children (skipping their content) after checking them
-/// against `model`.
-fn count_children(
-    cursor: &mut Cursor,
-    model: &'static Model,
-    name: &str,
-) -> Result<usize, XmlError> {
-    cursor.check_children(model);
+/// Counts the current element's `name` children, skipping their content.
+fn count_children(cursor: &mut Cursor, name: &str) -> Result<usize, XmlError> {
     let mut count = 0;
     while let Some(child) = cursor.next_child()? {
         if ours(&child) == Some(name) {
@@ -113,7 +102,6 @@ fn count_children(
 }
 
 fn parse_user(cursor: &mut Cursor) -> Result<User, XmlError> {
-    cursor.check_children(schema::HELSEPERSON);
     let mut user = User::default();
     while let Some(child) = cursor.next_child()? {
         match ours(&child) {
@@ -136,7 +124,6 @@ fn parse_user(cursor: &mut Cursor) -> Result<User, XmlError> {
 }
 
 fn parse_institution(cursor: &mut Cursor) -> Result<Institution, XmlError> {
-    cursor.check_children(schema::INSTITUSJON);
     let mut institution = Institution::default();
     while let Some(child) = cursor.next_child()? {
         match ours(&child) {
@@ -150,7 +137,6 @@ fn parse_institution(cursor: &mut Cursor) -> Result<Institution, XmlError> {
 }
 
 fn parse_report(cursor: &mut Cursor) -> Result<Report, XmlError> {
-    cursor.check_children(schema::RAPPORT);
     let mut report = Report::default();
     while let Some(child) = cursor.next_child()? {
         match ours(&child) {

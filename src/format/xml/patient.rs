@@ -3,8 +3,7 @@
 use uuid::Uuid;
 
 use super::cursor::{Cursor, Element};
-use super::schema;
-use super::{EXPORT_NAMESPACE, Parsed, XmlError, XmlLimits, shown_name};
+use super::{EXPORT_NAMESPACE, Parsed, XmlError, XmlLimits, shown_name, xsd_departures};
 use crate::model::{
     CareService, Cave, CaveSubstance, Demographics, Doctor, DrugReaction, MessageRef,
     PatientExport, Prescription, PrescriptionUser, ReactionDeletion, Treatment, TreatmentKind,
@@ -28,9 +27,8 @@ pub fn parse_patient(xml: &[u8], limits: &XmlLimits) -> Result<Parsed<PatientExp
             expected: EXPORT_NAMESPACE,
         });
     }
-    cursor.check_children(schema::PASIENT_EXPORT);
 
-    let mut id: Option<(String, String)> = None;
+    let mut id: Option<String> = None;
     let mut demographics: Option<Demographics> = None;
     let mut general_practitioner = None;
     let mut multidose_doctor = None;
@@ -44,10 +42,7 @@ pub fn parse_patient(xml: &[u8], limits: &XmlLimits) -> Result<Parsed<PatientExp
             continue;
         }
         match child.name.as_str() {
-            "Id" if id.is_none() => {
-                let path = cursor.path();
-                id = Some((path, cursor.string()?));
-            }
+            "Id" if id.is_none() => id = Some(cursor.string()?),
             "DemografiskInfo" if demographics.is_none() => {
                 demographics = Some(parse_demographics(&mut cursor)?);
             }
@@ -60,13 +55,14 @@ pub fn parse_patient(xml: &[u8], limits: &XmlLimits) -> Result<Parsed<PatientExp
             _ => cursor.skip()?,
         }
     }
-    let deviations = cursor.finish()?;
+    cursor.finish()?;
+    let deviations = xsd_departures(xml, limits)?;
 
-    let (id_path, id_text) = id.ok_or_else(|| XmlError::MissingRequired {
+    let id_text = id.ok_or_else(|| XmlError::MissingRequired {
         path: format!("{ROOT}/Id"),
     })?;
     let id = Uuid::try_parse(&id_text).map_err(|_| XmlError::InvalidRequired {
-        path: id_path,
+        path: format!("{ROOT}/Id"),
         expected: "a GUID",
     })?;
     let demographics = demographics
@@ -95,7 +91,6 @@ fn ours(child: &Element) -> Option<&str> {
 }
 
 fn parse_demographics(cursor: &mut Cursor) -> Result<Demographics, XmlError> {
-    cursor.check_children(schema::DEMOGRAFISK_INFO);
     let mut demographics = Demographics::default();
     while let Some(child) = cursor.next_child()? {
         match ours(&child) {
@@ -112,7 +107,6 @@ fn parse_demographics(cursor: &mut Cursor) -> Result<Demographics, XmlError> {
 }
 
 fn parse_doctor(cursor: &mut Cursor) -> Result<Option<Doctor>, XmlError> {
-    cursor.check_children(schema::DOCTOR);
     let mut hpr_id = None;
     let mut name = None;
     while let Some(child) = cursor.next_child()? {
@@ -126,7 +120,6 @@ fn parse_doctor(cursor: &mut Cursor) -> Result<Option<Doctor>, XmlError> {
 }
 
 fn parse_care_service(cursor: &mut Cursor) -> Result<Option<CareService>, XmlError> {
-    cursor.check_children(schema::PLO_INFORMASJON);
     let mut her_id = None;
     let mut name = None;
     let mut municipality = None;
@@ -146,7 +139,6 @@ fn parse_care_service(cursor: &mut Cursor) -> Result<Option<CareService>, XmlErr
 }
 
 fn parse_messages(cursor: &mut Cursor, messages: &mut Vec<MessageRef>) -> Result<(), XmlError> {
-    cursor.check_children(schema::MELDINGER);
     while let Some(child) = cursor.next_child()? {
         match ours(&child) {
             Some("Melding") => messages.push(parse_message_ref(cursor)?),
@@ -157,7 +149,6 @@ fn parse_messages(cursor: &mut Cursor, messages: &mut Vec<MessageRef>) -> Result
 }
 
 fn parse_message_ref(cursor: &mut Cursor) -> Result<MessageRef, XmlError> {
-    cursor.check_children(schema::MELDING);
     let mut message = MessageRef::default();
     while let Some(child) = cursor.next_child()? {
         match ours(&child) {
@@ -176,7 +167,6 @@ fn parse_message_ref(cursor: &mut Cursor) -> Result<MessageRef, XmlError> {
 }
 
 fn parse_reaction(cursor: &mut Cursor) -> Result<DrugReaction, XmlError> {
-    cursor.check_children(schema::LEGEMIDDELREAKSJON);
     let mut reaction = DrugReaction::default();
     while let Some(child) = cursor.next_child()? {
         match ours(&child) {
@@ -195,7 +185,6 @@ fn parse_reaction(cursor: &mut Cursor) -> Result<DrugReaction, XmlError> {
 }
 
 fn parse_cave(cursor: &mut Cursor) -> Result<Cave, XmlError> {
-    cursor.check_children(schema::CAVE);
     let mut cave = Cave::default();
     while let Some(child) = cursor.next_child()? {
         match ours(&child) {
@@ -258,7 +247,6 @@ fn id_and_name(
 }
 
 fn parse_reaction_deletion(cursor: &mut Cursor) -> Result<ReactionDeletion, XmlError> {
-    cursor.check_children(schema::REACTION_DELETED);
     let mut deletion = ReactionDeletion::default();
     while let Some(child) = cursor.next_child()? {
         match ours(&child) {
@@ -271,7 +259,6 @@ fn parse_reaction_deletion(cursor: &mut Cursor) -> Result<ReactionDeletion, XmlE
 }
 
 fn parse_treatments(cursor: &mut Cursor, treatments: &mut Vec<Treatment>) -> Result<(), XmlError> {
-    cursor.check_children(schema::BEHANDLINGER);
     while let Some(child) = cursor.next_child()? {
         let kind = match ours(&child) {
             Some("Legemiddelbehandling") => TreatmentKind::Drug,
@@ -289,11 +276,6 @@ fn parse_treatments(cursor: &mut Cursor, treatments: &mut Vec<Treatment>) -> Res
 }
 
 fn parse_treatment(cursor: &mut Cursor, kind: TreatmentKind) -> Result<Treatment, XmlError> {
-    cursor.check_children(match kind {
-        TreatmentKind::Drug => schema::LEGEMIDDELBEHANDLING,
-        TreatmentKind::Nutrition | TreatmentKind::Consumable => schema::HANDELSVARE_BEHANDLING,
-        TreatmentKind::Vaccine => schema::VAKSINE_BEHANDLING,
-    });
     let mut treatment = Treatment {
         kind,
         lib_id: String::new(),
@@ -329,7 +311,6 @@ fn parse_treatment(cursor: &mut Cursor, kind: TreatmentKind) -> Result<Treatment
 }
 
 fn parse_prescription(cursor: &mut Cursor) -> Result<Prescription, XmlError> {
-    cursor.check_children(schema::PRESCRIPTION);
     let mut prescription = Prescription::default();
     while let Some(child) = cursor.next_child()? {
         let Some(name) = ours(&child) else {
@@ -369,13 +350,11 @@ fn parse_prescription_users(
     cursor: &mut Cursor,
     users: &mut Vec<PrescriptionUser>,
 ) -> Result<(), XmlError> {
-    cursor.check_children(schema::PRESCRIPTION_BRUKERE);
     while let Some(child) = cursor.next_child()? {
         if ours(&child) != Some("Bruker") {
             cursor.skip()?;
             continue;
         }
-        cursor.check_children(schema::PRESCRIPTION_BRUKER);
         let mut user = PrescriptionUser::default();
         while let Some(field) = cursor.next_child()? {
             match ours(&field) {

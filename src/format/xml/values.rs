@@ -1,6 +1,6 @@
 //! The typed values the cursor reads (strings, booleans, XSD dates and date-times, coded values,
-//! identifiers), each a departure recorded when it does not parse, and how a label is shown in a
-//! deviation, never with text from the document.
+//! identifiers), `None` when a value does not parse (the XSD check reports the departure), and how
+//! a label is shown in an error, never with text from the document.
 
 use chrono::{NaiveDate, NaiveDateTime};
 
@@ -61,9 +61,9 @@ impl Cursor<'_> {
         Ok(if text.is_empty() { None } else { Some(text) })
     }
 
-    /// An `xs:boolean`; anything else is a deviation and `None`.
+    /// An `xs:boolean`; anything else is `None`.
     pub fn boolean(&mut self, element: &Element) -> Result<Option<bool>, XmlError> {
-        self.typed(element, "an xs:boolean", |text| match text {
+        self.typed(element, |text| match text {
             "true" | "1" => Some(true),
             "false" | "0" => Some(false),
             _ => None,
@@ -72,40 +72,31 @@ impl Cursor<'_> {
 
     /// An `xs:date` (a time zone, if any, is dropped).
     pub fn date(&mut self, element: &Element) -> Result<Option<NaiveDate>, XmlError> {
-        self.typed(element, "an xs:date", parse_date)
+        self.typed(element, parse_date)
     }
 
     /// An `xs:dateTime` as local wall-clock time (FM writes none with an offset; one, if any, is
     /// dropped).
     pub fn date_time(&mut self, element: &Element) -> Result<Option<NaiveDateTime>, XmlError> {
-        self.typed(element, "an xs:dateTime", parse_date_time)
+        self.typed(element, parse_date_time)
     }
 
     fn typed<T>(
         &mut self,
         element: &Element,
-        expected: &str,
         parse: impl FnOnce(&str) -> Option<T>,
     ) -> Result<Option<T>, XmlError> {
-        let path = self.path();
         if element.is_nil() {
             self.skip()?;
             return Ok(None);
         }
-        let text = self.string()?;
-        let value = parse(&text);
-        if value.is_none() {
-            self.record(path, format!("`{}` does not hold {expected}", element.name));
-        }
-        Ok(value)
+        Ok(parse(&self.string()?))
     }
 
     /// A coded value (`CS`/`CV`) from the attributes `V`, `S` and `DN`.
     pub fn coded(&mut self, element: &Element) -> Result<Option<CodedValue>, XmlError> {
-        let path = self.path();
         self.skip()?;
         let Some(code) = element.attribute("V") else {
-            self.record(path, format!("`{}` has no `V` attribute", element.name));
             return Ok(None);
         };
         let display_name = element.attribute("DN").unwrap_or_default();
@@ -116,9 +107,8 @@ impl Cursor<'_> {
         }))
     }
 
-    /// An `Ident` (`Id` and `TypeId`); `None` (with deviations) when either is missing.
+    /// An `Ident` (`Id` and `TypeId`); `None` when either is missing.
     pub fn identifier(&mut self) -> Result<Option<Identifier>, XmlError> {
-        self.check_children(super::schema::IDENT);
         let mut value = None;
         let mut type_id = None;
         while let Some(child) = self.next_child()? {
