@@ -85,22 +85,7 @@ postgres_cpu() {
   done
   echo "$total"
 }
-free_port() {
-  # A port below the kernel's ephemeral range: one taken from that range (bind to port 0) can be
-  # given to an outgoing connection's local end between this check and the server's bind.
-  python3 -c 'import random, socket
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-for _ in range(200):
-    port = random.randrange(10000, low)
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    s.close()
-    print(port)
-    break'
-}
+free_port() { "$root/hack/free-port"; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "n/a" }'; }

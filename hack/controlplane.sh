@@ -11,22 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-}; dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
 
-free_port() {
-  # A port below the kernel's ephemeral range: one taken from that range (bind to port 0) can be
-  # given to an outgoing connection's local end between this check and the server's bind.
-  python3 -c 'import random, socket
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-for _ in range(200):
-    port = random.randrange(10000, low)
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    s.close()
-    print(port)
-    break'
-}
+free_port() { "$root/hack/free-port"; }
 
 stop() {
   for p in kube-controller-manager kube-apiserver etcd; do

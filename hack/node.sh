@@ -323,22 +323,7 @@ for c in admin kubelet controller-manager scheduler proxy router; do kubeconfig 
 cp "$dir/admin.kubeconfig" "$dir/kubeconfig"
 
 # --- control plane
-free_port() {
-  # A port below the kernel's ephemeral range: one taken from that range (bind to port 0) can be
-  # given to an outgoing connection's local end between this check and the server's bind.
-  python3 -c 'import random, socket
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-for _ in range(200):
-    port = random.randrange(10000, low)
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    s.close()
-    print(port)
-    break'
-}
+free_port() { "$root/hack/free-port"; }
 etcd_port=$(free_port); etcd_peer=$(free_port)
 "$cp_bin/etcd" --name sfm --data-dir "$dir/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
