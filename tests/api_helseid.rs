@@ -479,13 +479,20 @@ fn keys_outlive_an_issuer_outage_unknown_kids_are_rate_limited_and_dpop_can_be_r
             "unknown kids fetched the keys again"
         );
 
-        // The issuer goes away and the cache expires: the fetch fails, the last good keys verify.
+        // The issuer goes away and the cache expires: the fetch fails, the last good keys verify a
+        // token never seen before (one seen before is not checked again until its `exp`).
         server.abort();
         let _ = server.await;
         tokio::time::sleep(Duration::from_millis(400)).await;
+        let fresh = issuer.sign(&issuer.claims_for(
+            &client(&client_jwk),
+            &["nhn:sfm-migration/upload".into()],
+            None,
+        ));
+        assert_ne!(fresh, token);
         assert_eq!(
             eager
-                .check_request(&policy, ORGNR, &facts_of(&method, &headers_of(&token)))
+                .check_request(&policy, ORGNR, &facts_of(&method, &headers_of(&fresh)))
                 .await
                 .unwrap(),
             "sample-sfm"

@@ -100,6 +100,10 @@ pub struct Expectations<'a> {
 /// The claims the API reads from an access token.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AccessClaims {
+    /// Expiry, seconds since the epoch (checked by `jsonwebtoken`; kept for the cache of checked
+    /// tokens).
+    #[serde(default)]
+    pub exp: Option<i64>,
     #[serde(default)]
     pub scope: Option<ScopeClaim>,
     #[serde(rename = "client_id", default)]
@@ -359,6 +363,62 @@ struct Discovery {
     jwks_uri: String,
 }
 
+/// Access tokens whose signature and claims passed, with the expectations they passed (NHN's
+/// uploader sends the same token with each of a file's three requests, a client with every
+/// request): the signature is checked once per token and policy, not once per request. An entry is
+/// used only until the token's `exp`; the DPoP proof is checked on every request regardless.
+#[derive(Default)]
+struct CheckedTokens {
+    entries: Mutex<HashMap<[u8; 32], (AccessClaims, i64)>>,
+}
+
+/// Most tokens kept checked; past it, the expired ones go, and if that is not enough, all.
+const CHECKED_TOKENS_KEPT: usize = 10_000;
+
+impl CheckedTokens {
+    /// The cache key: the token and every expectation it was checked against.
+    fn key(token: &str, expect: &Expectations<'_>) -> [u8; 32] {
+        let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for part in [
+            token,
+            expect.issuer,
+            expect.audience,
+            expect.required_scope.unwrap_or(""),
+            expect.organisation_number,
+        ] {
+            context.update(&(part.len() as u64).to_be_bytes());
+            context.update(part.as_bytes());
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(context.finish().as_ref());
+        key
+    }
+
+    fn get(&self, token: &str, expect: &Expectations<'_>) -> Option<AccessClaims> {
+        let now = chrono::Utc::now().timestamp();
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(&Self::key(token, expect))
+            .filter(|(_, exp)| *exp > now)
+            .map(|(claims, _)| claims.clone())
+    }
+
+    fn put(&self, token: &str, expect: &Expectations<'_>, claims: &AccessClaims) {
+        let Some(exp) = claims.exp else {
+            return;
+        };
+        let now = chrono::Utc::now().timestamp();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= CHECKED_TOKENS_KEPT {
+            entries.retain(|_, (_, exp)| *exp > now);
+            if entries.len() >= CHECKED_TOKENS_KEPT {
+                entries.clear();
+            }
+        }
+        entries.insert(Self::key(token, expect), (claims.clone(), exp));
+    }
+}
+
 /// One issuer's keys as last fetched.
 #[derive(Clone)]
 struct CachedKeys {
@@ -377,6 +437,7 @@ struct CachedKeys {
 pub struct Verifier {
     http: reqwest::Client,
     jwks: Mutex<HashMap<String, CachedKeys>>,
+    checked: CheckedTokens,
     cache_for: Duration,
     refetch_after: Duration,
     pub replay: ReplayCache,
@@ -390,6 +451,7 @@ impl Verifier {
                 .build()
                 .unwrap_or_default(),
             jwks: Mutex::new(HashMap::new()),
+            checked: CheckedTokens::default(),
             cache_for: JWKS_CACHE_FOR,
             refetch_after: JWKS_REFETCH_AFTER,
             replay: ReplayCache::default(),
@@ -524,15 +586,22 @@ impl Verifier {
             required_scope: policy.required_scope.as_deref(),
             organisation_number,
         };
-        let mut jwks = self.jwks(&policy.issuer, false).await?;
-        let kid_known = decode_header(token)
-            .ok()
-            .and_then(|h| h.kid)
-            .is_none_or(|kid| jwks.find(&kid).is_some());
-        if !kid_known {
-            jwks = self.jwks(&policy.issuer, true).await?;
-        }
-        let claims = verify_access_token(token, &jwks, &expect)?;
+        let claims = match self.checked.get(token, &expect) {
+            Some(claims) => claims,
+            None => {
+                let mut jwks = self.jwks(&policy.issuer, false).await?;
+                let kid_known = decode_header(token)
+                    .ok()
+                    .and_then(|h| h.kid)
+                    .is_none_or(|kid| jwks.find(&kid).is_some());
+                if !kid_known {
+                    jwks = self.jwks(&policy.issuer, true).await?;
+                }
+                let claims = verify_access_token(token, &jwks, &expect)?;
+                self.checked.put(token, &expect, &claims);
+                claims
+            }
+        };
         let jkt = claims.cnf.as_ref().and_then(|c| c.jkt.as_deref());
         match (dpop, jkt) {
             (false, Some(_)) => {
