@@ -27,7 +27,11 @@ fn script_in(root: &Path, env: &[(&str, &str)]) -> Output {
         &script,
     )
     .unwrap();
-    let mut command = Command::new(&script);
+    // Run by bash, not executed itself: a file just written can be held open for writing by a
+    // child another test thread forks at that moment, and exec then fails with "Text file busy"
+    // (seen in CI).
+    let mut command = Command::new("bash");
+    command.arg(&script);
     command
         .env_remove("SFM_FORMAT_DIR")
         .env_remove("SFM_REFERENCE_OFFLINE")
