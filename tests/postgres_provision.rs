@@ -290,6 +290,169 @@ async fn a_switch_interrupted_after_recording_the_mode_is_finished_and_never_reo
     cleanup(&names, &uid).await;
 }
 
+/// Everything inside the database that the schema decides: objects with their owners, columns,
+/// indexes, constraints, triggers, functions and the applied migrations.
+async fn schema_of(names: &DatabaseNames) -> Vec<String> {
+    let mut options: sqlx::postgres::PgConnectOptions = admin_url().parse().unwrap();
+    options = options.database(&names.database);
+    let mut db = PgConnection::connect_with(&options).await.unwrap();
+    let facts: Vec<String> = sqlx::query_scalar(
+        "SELECT 'relation ' || c.relkind::text || ' ' || n.nspname || '.' || c.relname || ' owner=' || pg_get_userbyid(c.relowner) || ' acl=' || coalesce(c.relacl::text, '')
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('sfm', 'public')
+         UNION ALL SELECT 'schema ' || nspname || ' owner=' || pg_get_userbyid(nspowner) || ' acl=' || coalesce(nspacl::text, '')
+         FROM pg_namespace WHERE nspname IN ('sfm', 'public')
+         UNION ALL SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, '')
+         FROM information_schema.columns WHERE table_schema = 'sfm'
+         UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'sfm'
+         UNION ALL SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE connamespace = 'sfm'::regnamespace
+         UNION ALL SELECT 'trigger ' || pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal
+         UNION ALL SELECT 'function ' || proname || ' owner=' || pg_get_userbyid(proowner) FROM pg_proc WHERE pronamespace = 'sfm'::regnamespace
+         UNION ALL SELECT 'migration ' || version || ' ' || success || ' ' || encode(checksum, 'hex') FROM _sqlx_migrations
+         ORDER BY 1",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    facts
+}
+
+async fn admin_query<T>(sql: &str, bind: &str) -> Option<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    let value = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(bind)
+        .fetch_optional(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    value
+}
+
+async fn template_oid() -> Option<sqlx::postgres::types::Oid> {
+    admin_query(
+        "SELECT oid FROM pg_database WHERE datname = $1",
+        &sfm_migration::postgres::provision::template_name(4),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_database_copied_from_the_template_is_the_one_replaying_the_migrations_makes() {
+    let (copied, copied_uid) = provisioned("m", "a").await;
+    let (replayed, replayed_uid) = fresh();
+    let mut session = open(&replayed, &replayed_uid).await.without_template();
+    session.ensure_staging(4, "m", "a").await.unwrap();
+    session.close().await.unwrap();
+
+    assert_eq!(
+        normalise(schema_of(&copied).await, &copied, &copied_uid),
+        normalise(schema_of(&replayed).await, &replayed, &replayed_uid),
+        "the copy differs from a database built by the migrations"
+    );
+    assert_eq!(
+        normalise(snapshot(&copied).await, &copied, &copied_uid),
+        normalise(snapshot(&replayed).await, &replayed, &replayed_uid),
+    );
+    assert!(
+        !schema_of(&copied)
+            .await
+            .iter()
+            .any(|fact| fact.contains(sfm_migration::postgres::provision::TEMPLATE_OWNER)),
+        "the copy still holds objects of the template owner"
+    );
+    // The template: tagged with this build's migrations, a template, and closed to everyone.
+    let template = sfm_migration::postgres::provision::template_name(4);
+    let described: Option<String> = admin_query(
+        "SELECT shobj_description(oid, 'pg_database') || ' ' || datistemplate || ' ' || datallowconn FROM pg_database WHERE datname = $1",
+        &template,
+    )
+    .await;
+    assert_eq!(
+        described,
+        Some(format!(
+            "{} true false",
+            sfm_migration::postgres::provision::template_tag(4)
+        ))
+    );
+    let mut options: sqlx::postgres::PgConnectOptions = admin_url().parse().unwrap();
+    options = options.database(&template);
+    assert!(
+        PgConnection::connect_with(&options).await.is_err(),
+        "the template accepts connections"
+    );
+    cleanup(&copied, &copied_uid).await;
+    cleanup(&replayed, &replayed_uid).await;
+}
+
+/// The lock the operator takes to build or replace a template (copies take it shared).
+async fn holding_the_template_lock(work: &str) {
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    let template = sfm_migration::postgres::provision::template_name(4);
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("sfm-operator:template:{template}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    // One statement at a time: several in one string run as one transaction, and DROP DATABASE
+    // refuses that.
+    for statement in work.split("; ") {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(
+            statement.replace("{template}", &template),
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+    admin.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_template_is_rebuilt_and_a_foreign_one_is_never_used() {
+    let (names, uid) = provisioned("m", "a").await;
+    let reference = normalise(schema_of(&names).await, &names, &uid);
+    cleanup(&names, &uid).await;
+
+    // Built from other migrations (an edited file, an older release): replaced, then copied.
+    let before = template_oid().await.expect("the template exists");
+    holding_the_template_lock(
+        "COMMENT ON DATABASE \"{template}\" IS 'sfm.nhn.no/template=v4;migrations=00'",
+    )
+    .await;
+    let (names, uid) = provisioned("m", "a").await;
+    let after = template_oid().await.expect("the template exists");
+    assert_ne!(before, after, "the stale template was not rebuilt");
+    assert_eq!(normalise(schema_of(&names).await, &names, &uid), reference);
+    cleanup(&names, &uid).await;
+
+    // A database of the template's name that the operator did not make: new databases are built by
+    // the migrations, and that database is neither copied nor changed.
+    holding_the_template_lock(
+        "ALTER DATABASE \"{template}\" IS_TEMPLATE false; DROP DATABASE \"{template}\"; CREATE DATABASE \"{template}\"",
+    )
+    .await;
+    let foreign = template_oid().await.expect("the foreign database exists");
+    let (names, uid) = provisioned("m", "a").await;
+    assert_eq!(normalise(schema_of(&names).await, &names, &uid), reference);
+    let described: Option<String> = admin_query(
+        "SELECT coalesce(shobj_description(oid, 'pg_database'), 'untagged') || ' ' || datistemplate || ' ' || datallowconn FROM pg_database WHERE datname = $1",
+        &sfm_migration::postgres::provision::template_name(4),
+    )
+    .await;
+    assert_eq!(described.as_deref(), Some("untagged false true"));
+    assert_eq!(template_oid().await, Some(foreign));
+    cleanup(&names, &uid).await;
+
+    // Once it is gone, the next database builds the template again.
+    holding_the_template_lock("DROP DATABASE \"{template}\"").await;
+    let (names, uid) = provisioned("m", "a").await;
+    assert!(template_oid().await.is_some_and(|oid| oid != foreign));
+    assert_eq!(normalise(schema_of(&names).await, &names, &uid), reference);
+    cleanup(&names, &uid).await;
+}
+
 #[tokio::test]
 async fn delete_drops_only_what_is_tagged_and_twice_is_harmless() {
     let (names, uid) = provisioned("m", "a").await;

@@ -20,9 +20,12 @@ pub use super::backstop::VALIDATED_SQLSTATE;
 use super::backstop::{
     DPOP_PROOFS_TABLE, REFUSE_AFTER_VALIDATION_FUNCTION, REFUSE_AFTER_VALIDATION_TRIGGERS,
 };
-use super::schema::{SchemaError, migrate_to};
+use super::schema::{MIGRATIONS_TABLE, MIGRATOR, SchemaError, migrate_to};
 use super::scram::new_scram_sha256_verifier;
 use super::sql::{SqlError, Statement, sanitise_identifier};
+
+mod template;
+pub use template::{TEMPLATE_OWNER, template_name, template_tag};
 
 /// The tag the operator writes on every database and role it creates: it never adopts one without it.
 const TAG_PREFIX: &str = "sfm.nhn.no/migration-database-uid=";
@@ -171,11 +174,28 @@ async fn connect(options: &PgConnectOptions) -> Result<PgConnection, ProvisionEr
 }
 
 /// An admin session on one server, holding the advisory lock of one database while it lives.
+///
+/// Besides the session on the server it keeps at most one admin session inside the database, opened
+/// when first needed and used for everything the pass does there: a pass costs the server two
+/// sessions, not one per step.
 pub struct AdminSession {
     connection: PgConnection,
     options: PgConnectOptions,
     names: DatabaseNames,
     tag: String,
+    inside: Option<PgConnection>,
+    from_template: bool,
+}
+
+/// How [`AdminSession::ensure_database`] found or made the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Created {
+    /// It was there already.
+    Existing,
+    /// Copied from the template of the requested version: the schema is complete.
+    FromTemplate,
+    /// Created empty: the migrations must run.
+    Empty,
 }
 
 impl AdminSession {
@@ -208,7 +228,16 @@ impl AdminSession {
             options,
             names,
             tag: format!("{TAG_PREFIX}{uid}"),
+            inside: None,
+            from_template: true,
         })
+    }
+
+    /// New databases are created empty and migrated, as before templates: for comparing the two
+    /// (tests, benchmarks), never needed to operate.
+    pub fn without_template(mut self) -> Self {
+        self.from_template = false;
+        self
     }
 
     pub fn names(&self) -> &DatabaseNames {
@@ -237,6 +266,9 @@ impl AdminSession {
 
     /// Releases the lock and closes the session.
     pub async fn close(mut self) -> Result<(), ProvisionError> {
+        if let Some(inside) = self.inside.take() {
+            inside.close().await?;
+        }
         sqlx::query("SELECT pg_advisory_unlock_all()")
             .execute(&mut self.connection)
             .await?;
@@ -268,12 +300,15 @@ impl AdminSession {
                 .push(" TO CURRENT_USER"),
         )
         .await?;
-        self.ensure_database().await?;
+        let created = self.ensure_database(data_model_version).await?;
 
-        let mut db = self.connect_database().await?;
-        let mode = read_mode(&mut db).await?;
-        db.close().await?;
-        self.migrate(data_model_version).await?;
+        let db = self.inside().await?;
+        let mode = read_mode(db).await?;
+        let current =
+            created == Created::FromTemplate || schema_is_at(db, data_model_version).await?;
+        if !current {
+            migrate_as(self.database_options(), &names.owner, data_model_version).await?;
+        }
         if mode == Some(Mode::Operational) {
             return Ok(Mode::Operational);
         }
@@ -342,12 +377,12 @@ impl AdminSession {
     pub async fn observe(
         &mut self,
     ) -> Result<(Option<Mode>, Option<ValidationRecord>), ProvisionError> {
-        let mut db = self.connect_database().await?;
-        let mode = read_mode(&mut db).await?;
+        let db = self.inside().await?;
+        let mode = read_mode(db).await?;
         let validation = match sqlx::query(
             "SELECT encode(manifest_sha256, 'hex') AS digest, activation_requested_at IS NOT NULL AS requested FROM sfm.validation",
         )
-        .fetch_optional(&mut db)
+        .fetch_optional(db)
         .await
         {
             Ok(row) => row.map(|row| ValidationRecord {
@@ -357,7 +392,6 @@ impl AdminSession {
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => None,
             Err(e) => return Err(e.into()),
         };
-        db.close().await?;
         Ok((mode, validation))
     }
 
@@ -439,6 +473,9 @@ impl AdminSession {
     /// MigrationDatabase's tag. Idempotent.
     pub async fn drop_everything(&mut self) -> Result<(), ProvisionError> {
         let names = self.names.clone();
+        if let Some(inside) = self.inside.take() {
+            inside.close().await?;
+        }
         if let Some(tag) = self.database_tag().await? {
             if tag != self.tag {
                 return Err(ProvisionError::NameCollision {
@@ -544,112 +581,173 @@ impl AdminSession {
         Ok(row.map(|(tag,)| tag.unwrap_or_default()))
     }
 
-    async fn ensure_database(&mut self) -> Result<(), ProvisionError> {
+    async fn ensure_database(&mut self, version: i64) -> Result<Created, ProvisionError> {
         let names = self.names.clone();
         match self.database_tag().await? {
-            Some(tag) if tag == self.tag => {}
+            Some(tag) if tag == self.tag => return Ok(Created::Existing),
             Some(_) => {
                 return Err(ProvisionError::NameCollision {
                     kind: "database",
                     name: names.database,
                 });
             }
-            None => {
-                // CREATE DATABASE cannot run in a transaction; a crash right after it leaves an untagged
-                // database, which the next pass would call a collision. So it is created under a
-                // temporary name, tagged, and renamed: the real name only ever appears tagged.
-                let temporary = sanitise_identifier(&names.database, "tmp_", "");
-                self.exec(Statement::new("DROP DATABASE IF EXISTS ").ident(&temporary)?)
-                    .await?;
-                self.exec(
-                    Statement::new("CREATE DATABASE ")
-                        .ident(&temporary)?
-                        .push(" OWNER ")
-                        .ident(&names.owner)?,
-                )
-                .await?;
-                let tag = self.tag.clone();
-                self.exec(
-                    Statement::new("COMMENT ON DATABASE ")
-                        .ident(&temporary)?
-                        .push(" IS ")
-                        .literal(&tag)?,
-                )
-                .await?;
-                self.exec(
-                    Statement::new("REVOKE ALL ON DATABASE ")
-                        .ident(&temporary)?
-                        .push(" FROM PUBLIC"),
-                )
-                .await?;
-                self.exec(
-                    Statement::new("ALTER DATABASE ")
-                        .ident(&temporary)?
-                        .push(" RENAME TO ")
-                        .ident(&names.database)?,
-                )
-                .await?;
-            }
+            None => {}
         }
-        Ok(())
+        // CREATE DATABASE cannot run in a transaction; a crash right after it leaves an untagged
+        // database, which the next pass would call a collision. So it is created under a temporary
+        // name, made complete and tagged, and renamed: the real name only ever appears tagged.
+        let temporary = sanitise_identifier(&names.database, "tmp_", "");
+        self.exec(Statement::new("DROP DATABASE IF EXISTS ").ident(&temporary)?)
+            .await?;
+        let copied = self.from_template
+            && self
+                .create_from_template(&temporary, &names.owner, version)
+                .await?;
+        if copied {
+            // Everything inside the copy belongs to the template owner: hand it to this database's
+            // owner, as if the owner had run the migrations.
+            self.exec(
+                Statement::new("GRANT ")
+                    .ident(TEMPLATE_OWNER)?
+                    .push(" TO CURRENT_USER"),
+            )
+            .await?;
+            let mut copy = connect(&self.options.clone().database(&temporary)).await?;
+            sqlx::query(
+                Statement::new("REASSIGN OWNED BY ")
+                    .ident(TEMPLATE_OWNER)?
+                    .push(" TO ")
+                    .ident(&names.owner)?,
+            )
+            .execute(&mut copy)
+            .await?;
+            copy.close().await?;
+        } else {
+            self.exec(
+                Statement::new("CREATE DATABASE ")
+                    .ident(&temporary)?
+                    .push(" OWNER ")
+                    .ident(&names.owner)?,
+            )
+            .await?;
+        }
+        let tag = self.tag.clone();
+        self.exec(
+            Statement::new("COMMENT ON DATABASE ")
+                .ident(&temporary)?
+                .push(" IS ")
+                .literal(&tag)?,
+        )
+        .await?;
+        self.exec(
+            Statement::new("REVOKE ALL ON DATABASE ")
+                .ident(&temporary)?
+                .push(" FROM PUBLIC"),
+        )
+        .await?;
+        // Renaming waits (up to 5 s, in PostgreSQL) for the session that reassigned to end.
+        self.exec(
+            Statement::new("ALTER DATABASE ")
+                .ident(&temporary)?
+                .push(" RENAME TO ")
+                .ident(&names.database)?,
+        )
+        .await?;
+        Ok(if copied {
+            Created::FromTemplate
+        } else {
+            Created::Empty
+        })
     }
 
     fn database_options(&self) -> PgConnectOptions {
         self.options.clone().database(&self.names.database)
     }
 
-    async fn connect_database(&self) -> Result<PgConnection, ProvisionError> {
-        connect(&self.database_options()).await
+    /// The admin session inside the database, opened on first use.
+    async fn inside(&mut self) -> Result<&mut PgConnection, ProvisionError> {
+        if self.inside.is_none() {
+            self.inside = Some(connect(&self.database_options()).await?);
+        }
+        Ok(self.inside.as_mut().expect("opened above"))
     }
 
     /// Runs statements inside the database as its owner, so everything created belongs to the owner.
     async fn in_database(&mut self, statements: Vec<Statement>) -> Result<(), ProvisionError> {
-        let mut db = self.connect_database().await?;
-        sqlx::query(Statement::new("SET ROLE ").ident(&self.names.owner)?)
-            .execute(&mut db)
+        let owner = self.names.owner.clone();
+        let db = self.inside().await?;
+        sqlx::query(Statement::new("SET ROLE ").ident(&owner)?)
+            .execute(&mut *db)
             .await?;
         for statement in statements {
-            sqlx::query(statement).execute(&mut db).await?;
+            sqlx::query(statement).execute(&mut *db).await?;
         }
-        db.close().await?;
+        sqlx::query("RESET ROLE").execute(&mut *db).await?;
         Ok(())
     }
+}
 
-    /// Applies the embedded migrations up to the requested version, as the owner.
-    ///
-    /// sqlx's migrator future is not `Send` (its generic `Acquire` lifetimes), so the migration runs
-    /// on a blocking thread with a small runtime of its own, keeping the reconcile future `Send`.
-    async fn migrate(&mut self, data_model_version: i64) -> Result<(), ProvisionError> {
-        let owner = quote(&self.names.owner)?;
-        let options = self.database_options();
-        let run = move || -> Result<(), ProvisionError> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| ProvisionError::Database(e.to_string()))?;
-            runtime.block_on(async move {
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .after_connect(move |connection, _| {
-                        let set_role = format!("SET ROLE {owner}");
-                        Box::pin(async move {
-                            sqlx::query(sqlx::AssertSqlSafe(set_role))
-                                .execute(&mut *connection)
-                                .await?;
-                            Ok(())
-                        })
+/// Applies the embedded migrations up to `version` to the database `options` names, as `role`, so
+/// everything they create belongs to that role.
+///
+/// sqlx's migrator future is not `Send` (its generic `Acquire` lifetimes), so the migration runs on
+/// a blocking thread with a small runtime of its own, keeping the reconcile future `Send`.
+async fn migrate_as(
+    options: PgConnectOptions,
+    role: &str,
+    version: i64,
+) -> Result<(), ProvisionError> {
+    let set_role = format!("SET ROLE {}", quote(role)?);
+    let run = move || -> Result<(), ProvisionError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ProvisionError::Database(e.to_string()))?;
+        runtime.block_on(async move {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .after_connect(move |connection, _| {
+                    let set_role = set_role.clone();
+                    Box::pin(async move {
+                        sqlx::query(sqlx::AssertSqlSafe(set_role))
+                            .execute(&mut *connection)
+                            .await?;
+                        Ok(())
                     })
-                    .connect_with(options)
-                    .await?;
-                let result = migrate_to(&pool, data_model_version).await;
-                pool.close().await;
-                Ok(result?)
-            })
-        };
-        tokio::task::spawn_blocking(run).await.map_err(|e| {
-            ProvisionError::Database(format!("the schema migration task failed: {e}"))
-        })?
+                })
+                .connect_with(options)
+                .await?;
+            let result = migrate_to(&pool, version).await;
+            pool.close().await;
+            Ok(result?)
+        })
+    };
+    tokio::task::spawn_blocking(run)
+        .await
+        .map_err(|e| ProvisionError::Database(format!("the schema migration task failed: {e}")))?
+}
+
+/// Whether the database holds exactly the embedded migrations up to `version`, each applied with
+/// this build's checksum: then there is nothing to migrate, and the migrator is not started. Any
+/// other state (behind, ahead, edited, dirty) goes to [`migrate_to`], which moves it or says why not.
+async fn schema_is_at(db: &mut PgConnection, version: i64) -> Result<bool, ProvisionError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(MIGRATIONS_TABLE)
+        .fetch_one(&mut *db)
+        .await?;
+    if !exists {
+        return Ok(false);
     }
+    let applied: Vec<(i64, Vec<u8>, bool)> =
+        sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut *db)
+            .await?;
+    let embedded: Vec<(i64, Vec<u8>, bool)> = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && m.version <= version)
+        .map(|m| (m.version, m.checksum.to_vec(), true))
+        .collect();
+    Ok(applied == embedded)
 }
 
 fn quote(name: &str) -> Result<String, ProvisionError> {
