@@ -34,6 +34,10 @@ pub struct Directory {
     max_connections: u32,
     keys: Store<MigrationKey>,
     databases: Store<MigrationDatabase>,
+    /// True once both stores hold the cluster's objects. Requests wait on this, not on the stores'
+    /// own `wait_until_ready`, which wakes only the last of several waiters: of the requests that
+    /// arrived together right after a start, all but one waited out the timeout.
+    listed: tokio::sync::watch::Receiver<bool>,
     pools: tokio::sync::Mutex<HashMap<Uuid, PgPool>>,
 }
 
@@ -71,24 +75,31 @@ impl Directory {
         let (databases, database_writer) = reflector::store();
         reflect(Api::<MigrationKey>::all(kube.clone()), key_writer);
         reflect(Api::<MigrationDatabase>::all(kube.clone()), database_writer);
+        let (announce, listed) = tokio::sync::watch::channel(false);
+        let (key_store, database_store) = (keys.clone(), databases.clone());
+        tokio::spawn(async move {
+            if key_store.wait_until_ready().await.is_ok()
+                && database_store.wait_until_ready().await.is_ok()
+            {
+                announce.send_replace(true);
+            }
+        });
         Directory {
             kube,
             namespace: namespace.to_owned(),
             max_connections: limits.max_connections_per_database,
             keys,
             databases,
+            listed,
             pools: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
     /// Waits until both stores hold the cluster's objects (right after start only).
     async fn ready(&self) -> Result<(), ApiError> {
-        let both = async {
-            self.keys.wait_until_ready().await.is_ok()
-                && self.databases.wait_until_ready().await.is_ok()
-        };
-        match tokio::time::timeout(STORES_READY_WITHIN, both).await {
-            Ok(true) => Ok(()),
+        let mut listed = self.listed.clone();
+        match tokio::time::timeout(STORES_READY_WITHIN, listed.wait_for(|listed| *listed)).await {
+            Ok(Ok(_)) => Ok(()),
             _ => Err(ApiError::new(ProblemCode::Busy)
                 .detail("the migration API is still reading the cluster's keys and databases")
                 .retry_after(2)),

@@ -306,6 +306,22 @@ pub struct MigrationDatabaseStatus {
     /// Migration progress. Written by the migration API only, never by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationProgress>,
+    /// The operator's last full pass that succeeded. Operator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pass: Option<LastPass>,
+}
+
+/// What the operator's last successful full pass depended on, and when it ended: a restarted
+/// operator does not repeat a pass that would find nothing to do (each costs PostgreSQL sessions)
+/// until the resync is due.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LastPass {
+    /// A digest of the spec, metadata, keys and migration facts the pass acted on, and of the
+    /// operator's build.
+    #[schemars(length(max = 64))]
+    pub digest: String,
+    pub at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 /// Where the database is and the Secrets that reach it (never the passwords themselves).

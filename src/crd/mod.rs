@@ -17,7 +17,7 @@ pub mod key;
 pub use apply::apply_status;
 pub use conditions::{ConditionType, set_condition};
 pub use database::{
-    Activation, ActivationMode, DatabaseCoordinates, HelseIdUploads, MigrationDatabase,
+    Activation, ActivationMode, DatabaseCoordinates, HelseIdUploads, LastPass, MigrationDatabase,
     MigrationDatabaseSpec, MigrationDatabaseStatus, MigrationProgress, NetworkPolicySettings,
     Organisation, Phase, ReclaimPolicy, RecordCounts, SchemaCheck, SecretKeyRef, ServerRef,
     StoredManifest, TokenPolicy, ValidationPolicy,

@@ -48,6 +48,7 @@ pub(super) async fn cleanup(
             )],
             None,
             None,
+            None,
         )
         .await?;
     }

@@ -17,15 +17,16 @@ use super::cleanup::cleanup;
 use super::credentials::{
     admin_uri, delete_owned_secret, ensure_password, legacy_migrator_password,
 };
-use super::quiet::pass_fingerprint;
+use super::quiet::{fingerprint_text, pass_fingerprint};
 use super::status::{cond, patch_status, publish};
 use super::{Context, Error, FIELD_MANAGER, FINALIZER};
 use crate::crd::conditions::ConditionType;
-use crate::crd::{DatabaseCoordinates, MigrationDatabase, Phase, apply_status};
+use crate::crd::{DatabaseCoordinates, LastPass, MigrationDatabase, Phase, apply_status};
 use crate::names::{self, ChildNames};
 use crate::postgres::provision::{AdminSession, Mode};
 use crate::postgres::schema::data_model_versions;
 use crate::postgres::scram::generate_password;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 pub async fn reconcile(
     db: Arc<MigrationDatabase>,
@@ -59,22 +60,25 @@ pub async fn reconcile(
 async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (db, ctx) = (db.as_ref(), ctx.as_ref());
     let uid = db.uid().unwrap_or_default();
+    // The fingerprint covers the database's keys: not before the key cache holds them all.
+    wait_for_keys(ctx).await?;
     let fingerprint = pass_fingerprint(db, ctx);
     let version = db.metadata.resource_version.as_deref();
     if let Some(wait) = ctx
         .quiet
         .remaining(&uid, fingerprint, version, ctx.config.resync)
+        .or_else(|| restored(db, ctx, fingerprint))
     {
         return Ok(Action::requeue(wait));
     }
     let mut reached = current_phase(db);
-    match provision_and_observe(db, ctx, &mut reached).await {
+    match provision_and_observe(db, ctx, &mut reached, fingerprint).await {
         Ok(action) => {
             ctx.quiet.record(&uid, fingerprint, version);
             Ok(action)
         }
         Err(error) => {
-            ctx.quiet.forget(&uid);
+            ctx.quiet.failed(&uid);
             let message = error.to_string();
             let reason = failure_reason(&error, reached);
             publish(ctx, db, EventType::Warning, reason, &message).await;
@@ -97,11 +101,34 @@ async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, 
                 vec![cond(ConditionType::Ready, false, reason, &message)],
                 None,
                 None,
+                None,
             )
             .await?;
             Err(error)
         }
     }
+}
+
+/// After a restart: the wait until the resync when the status records a successful pass with this
+/// fingerprint that this process has not seen (see [`super::quiet::QuietPasses::restore`]).
+fn restored(
+    db: &MigrationDatabase,
+    ctx: &Context,
+    fingerprint: u64,
+) -> Option<std::time::Duration> {
+    let last = db.status.as_ref()?.last_pass.as_ref()?;
+    if last.digest != fingerprint_text(fingerprint) {
+        return None;
+    }
+    let ago = jiff::Timestamp::now().duration_since(last.at.0);
+    let ago = std::time::Duration::try_from(ago).ok()?;
+    ctx.quiet.restore(
+        &db.uid().unwrap_or_default(),
+        fingerprint,
+        db.metadata.resource_version.as_deref(),
+        ago,
+        ctx.config.resync,
+    )
 }
 
 /// The reason a failed pass reports: the error's, except that a database already provisioned (in
@@ -135,7 +162,12 @@ async fn provision_and_observe(
     db: &MigrationDatabase,
     ctx: &Context,
     reached: &mut Option<Phase>,
+    fingerprint: u64,
 ) -> Result<Action, Error> {
+    let done = || LastPass {
+        digest: fingerprint_text(fingerprint),
+        at: Time(jiff::Timestamp::now()),
+    };
     let namespace = db.namespace().unwrap_or_default();
     let uid = db.uid().unwrap_or_default();
     let version = db.spec.data_model_version;
@@ -163,6 +195,7 @@ async fn provision_and_observe(
                 "Provisioning",
                 "creating the database and its roles",
             )],
+            None,
             None,
             None,
         )
@@ -320,6 +353,7 @@ async fn provision_and_observe(
             // Every key of the database was just expired: none is active (read from the cache,
             // the patches above might not show yet).
             None,
+            Some(done()),
         )
         .await?;
         return Ok(Action::requeue(ctx.config.resync));
@@ -387,6 +421,7 @@ async fn provision_and_observe(
         ],
         Some(coordinates),
         active_key(db, ctx).await?,
+        Some(done()),
     )
     .await?;
     if first_time {
@@ -424,25 +459,32 @@ async fn mark_activating(
         )],
         None,
         None,
+        None,
     )
     .await?;
     *reached = Some(Phase::Activating);
     Ok(())
 }
 
-/// The keys of this database, from the key controller's cache (waiting, once after a start, until
-/// it holds the first full list).
+/// Waits, once after a start, until the key controller's cache holds the first full list.
+async fn wait_for_keys(ctx: &Context) -> Result<(), Error> {
+    ctx.keys_ready
+        .clone()
+        .wait_for(|listed| *listed)
+        .await
+        .map(|_| ())
+        .map_err(|_| Error::Config {
+            reason: "KeyCacheUnavailable",
+            message: "the operator's cache of MigrationKeys stopped before it was filled".into(),
+        })
+}
+
+/// The keys of this database, from the key controller's cache.
 async fn keys_of(
     db: &MigrationDatabase,
     ctx: &Context,
 ) -> Result<Vec<Arc<crate::crd::MigrationKey>>, Error> {
-    ctx.keys
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::Config {
-            reason: "KeyCacheUnavailable",
-            message: "the operator's cache of MigrationKeys stopped before it was filled".into(),
-        })?;
+    wait_for_keys(ctx).await?;
     let (namespace, name, uid) = (db.namespace(), db.name_any(), db.uid().unwrap_or_default());
     Ok(ctx
         .keys

@@ -81,6 +81,10 @@ pub struct Context {
     /// The key controller's cache of MigrationKeys (the watched namespaces), read by the database
     /// reconcile instead of listing keys on every pass. Writes still go to the API server.
     pub keys: Store<MigrationKey>,
+    /// Turns true once `keys` holds the first full list. Waited on here, not with the store's own
+    /// `wait_until_ready`: that wakes only the last of several waiters (its future keeps one
+    /// waker), so of two reconciles started together one waited for ever.
+    pub keys_ready: tokio::sync::watch::Receiver<bool>,
     /// Databases whose last pass succeeded, with what they looked like: see [`quiet::QuietPasses`].
     pub quiet: quiet::QuietPasses,
 }
@@ -306,6 +310,44 @@ fn finalizer_reason(error: &kube::runtime::finalizer::Error<Error>) -> &'static 
     }
 }
 
+/// A watch that yields the objects changed or deleted after its first complete listing.
+///
+/// A restarted operator lists every database, and each gets its pass from that (a quiet one when
+/// `status.lastPass` says nothing changed). Listing the databases' Secrets and keys as well would
+/// wake each database two or three times more, and a wake-up with a version already seen means a
+/// full pass (PostgreSQL sessions): 1,000 databases would cost thousands of sessions to find
+/// nothing to do. So the objects of the first listing pass nothing on. Everything after it does,
+/// the objects of a later relisting (after a watch expired) included: a change may hide in them.
+/// Drift that happened while no operator ran is repaired by the resync.
+fn changes_after_start<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    use kube::runtime::WatchStreamExt as _;
+    let mut listed = false;
+    watcher(api, config)
+        .default_backoff()
+        .filter_map(move |event| {
+            let object = match event {
+                Ok(watcher::Event::Init) => None,
+                Ok(watcher::Event::InitDone) => {
+                    listed = true;
+                    None
+                }
+                Ok(watcher::Event::InitApply(object)) => listed.then_some(Ok(object)),
+                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                    Some(Ok(object))
+                }
+                Err(error) => Some(Err(error)),
+            };
+            std::future::ready(object)
+        })
+}
+
 async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::Metrics>) {
     let recorder = Recorder::new(
         client.clone(),
@@ -327,12 +369,32 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
     // reconcile (its active key, the keys to expire at the switch).
     let key_controller = Controller::new(keys.clone(), watcher::Config::default());
     let key_cache = key_controller.store();
+    let (keys_listed, keys_ready) = tokio::sync::watch::channel(false);
+    let key_store = key_cache.clone();
+    // The key controller itself waits on the same store, and the store wakes only one waiter (see
+    // `Context::keys_ready`): so this asks again every 100 ms instead of waiting to be woken. A
+    // sender dropped without sending tells the reconciles that the cache will never fill.
+    tokio::spawn(async move {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(100), key_store.wait_until_ready())
+                .await
+            {
+                Ok(Ok(())) => {
+                    keys_listed.send_replace(true);
+                    break;
+                }
+                Ok(Err(_)) => break,
+                Err(_) => continue,
+            }
+        }
+    });
     let context = Arc::new(Context {
         client: client.clone(),
         config,
         recorder,
         metrics,
         keys: key_cache.clone(),
+        keys_ready,
         quiet: Default::default(),
     });
 
@@ -342,12 +404,13 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
     let database_cache = database_controller.store();
     let database_controller = database_controller
         .with_config(controller_config.clone())
-        .owns(secrets.clone(), owned())
+        // The Secrets, keys and admin Secrets that exist when the operator starts wake no database
+        // (each database is passed from its own listing); every later change does.
+        .owns_stream(changes_after_start(secrets.clone(), owned()))
         // A fixed admin Secret (created, or its URI corrected) wakes the databases that name it at
         // once, rather than at their next backoff.
-        .watches(
-            secrets.clone(),
-            watcher::Config::default(),
+        .watches_stream(
+            changes_after_start(secrets.clone(), watcher::Config::default()),
             move |secret: Secret| {
                 let (namespace, name) = (secret.namespace(), secret.name_any());
                 database_cache
@@ -365,9 +428,8 @@ async fn run_controllers(client: Client, config: Config, metrics: Arc<metrics::M
                     .collect::<Vec<_>>()
             },
         )
-        .watches(
-            keys.clone(),
-            watcher::Config::default(),
+        .watches_stream(
+            changes_after_start(keys.clone(), watcher::Config::default()),
             |key: MigrationKey| {
                 key.namespace()
                     .map(|ns| ObjectRef::new(&key.spec.database_ref).within(&ns))

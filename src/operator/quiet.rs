@@ -19,7 +19,14 @@ use crate::crd::MigrationDatabase;
 /// without touching PostgreSQL until the resync is due. A wake-up with the version already seen came
 /// from elsewhere (an owned Secret changed or was deleted, the resync timer): that gets a full pass.
 #[derive(Default)]
-pub struct QuietPasses(std::sync::Mutex<std::collections::HashMap<String, QuietPass>>);
+pub struct QuietPasses(std::sync::Mutex<std::collections::HashMap<String, Known>>);
+
+/// What this process knows of a database's last pass.
+enum Known {
+    Passed(QuietPass),
+    /// The last pass failed: the next wake-up gets a full pass, whatever the status says.
+    Failed,
+}
 
 impl QuietPasses {
     /// How long until the next full pass is due, if this wake-up needs none.
@@ -31,7 +38,9 @@ impl QuietPasses {
         resync: Duration,
     ) -> Option<Duration> {
         let mut passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let pass = passes.get_mut(uid)?;
+        let Some(Known::Passed(pass)) = passes.get_mut(uid) else {
+            return None;
+        };
         let elapsed = pass.at.elapsed();
         let quiet = pass.fingerprint == fingerprint
             && pass.resource_version.as_deref() != resource_version
@@ -43,21 +52,50 @@ impl QuietPasses {
         Some(resync - elapsed)
     }
 
+    /// After a restart: a database this process has not passed yet, whose status records a
+    /// successful pass `ago` with the same fingerprint, needs no pass until the resync is due. That
+    /// pass is taken as this process's own (so a wake-up with this version is from elsewhere).
+    pub(super) fn restore(
+        &self,
+        uid: &str,
+        fingerprint: u64,
+        resource_version: Option<&str>,
+        ago: Duration,
+        resync: Duration,
+    ) -> Option<Duration> {
+        let mut passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if passes.contains_key(uid) || ago + Duration::from_secs(1) >= resync {
+            return None;
+        }
+        let at = Instant::now().checked_sub(ago)?;
+        passes.insert(
+            uid.to_owned(),
+            Known::Passed(QuietPass {
+                fingerprint,
+                at,
+                resource_version: resource_version.map(str::to_owned),
+            }),
+        );
+        Some(resync - ago)
+    }
+
     pub(super) fn record(&self, uid: &str, fingerprint: u64, resource_version: Option<&str>) {
         let mut passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
         passes.insert(
             uid.to_owned(),
-            QuietPass {
+            Known::Passed(QuietPass {
                 fingerprint,
                 at: Instant::now(),
                 resource_version: resource_version.map(str::to_owned),
-            },
+            }),
         );
     }
 
-    pub(super) fn forget(&self, uid: &str) {
+    /// The pass failed: the next wake-up gets a full pass (a status that still shows an earlier
+    /// success is not believed).
+    pub(super) fn failed(&self, uid: &str) {
         let mut passes = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        passes.remove(uid);
+        passes.insert(uid.to_owned(), Known::Failed);
     }
 }
 
@@ -67,30 +105,15 @@ pub(super) struct QuietPass {
     resource_version: Option<String>,
 }
 
-/// What a pass depends on, hashed: the spec (generation), deletion, labels and annotations, what the
-/// migration API reports that leads to the switch (validated digest, activation request), and the
-/// database's MigrationKeys as the key cache holds them. Not the progress counters, and not the
-/// status the operator writes itself.
+/// What a pass depends on, as a digest that is the same in every process and build of the same
+/// release (it is kept in `status.lastPass` across restarts): the spec (generation), deletion,
+/// labels and annotations, what the migration API reports that leads to the switch (validated
+/// digest, activation request), the database's MigrationKeys as the key cache holds them, and the
+/// operator's release and migrations (a new operator passes everything once). Not the progress
+/// counters, and not the status the operator writes itself.
 pub fn pass_fingerprint(db: &MigrationDatabase, ctx: &Context) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let meta = &db.metadata;
-    meta.uid.hash(&mut hasher);
-    meta.generation.hash(&mut hasher);
-    meta.deletion_timestamp
-        .as_ref()
-        .map(|t| t.0.to_string())
-        .hash(&mut hasher);
-    meta.finalizers.hash(&mut hasher);
-    meta.labels.hash(&mut hasher);
-    meta.annotations.hash(&mut hasher);
     let migration = db.status.as_ref().and_then(|s| s.migration.as_ref());
-    migration
-        .and_then(|m| m.validated_digest.as_ref())
-        .hash(&mut hasher);
-    migration
-        .and_then(|m| m.activation_requested_at.as_ref())
-        .hash(&mut hasher);
     let (namespace, name) = (db.namespace(), db.name_any());
     let mut keys: Vec<(String, Option<String>)> = ctx
         .keys
@@ -100,8 +123,29 @@ pub fn pass_fingerprint(db: &MigrationDatabase, ctx: &Context) -> u64 {
         .map(|key| (key.name_any(), key.resource_version()))
         .collect();
     keys.sort();
-    keys.hash(&mut hasher);
-    hasher.finish()
+    let facts = serde_json::json!({
+        "release": env!("CARGO_PKG_VERSION"),
+        "migrations": crate::postgres::provision::template_tag(crate::postgres::latest_version()),
+        "uid": meta.uid,
+        "generation": meta.generation,
+        "deletion": meta.deletion_timestamp,
+        "finalizers": meta.finalizers,
+        "labels": meta.labels,
+        "annotations": meta.annotations,
+        "validated": migration.and_then(|m| m.validated_digest.as_ref()),
+        "activationRequested": migration.and_then(|m| m.activation_requested_at.as_ref()),
+        "keys": keys,
+    });
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, facts.to_string().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The fingerprint as `status.lastPass.digest` spells it.
+pub fn fingerprint_text(fingerprint: u64) -> String {
+    format!("{fingerprint:016x}")
 }
 
 #[cfg(test)]
@@ -148,11 +192,51 @@ mod tests {
             None,
             "the resync is due"
         );
-        quiet.forget("uid");
+        quiet.failed("uid");
         assert_eq!(
             quiet.remaining("uid", 1, Some("6"), resync),
             None,
             "failed since"
+        );
+        assert_eq!(
+            quiet.restore("uid", 1, Some("6"), Duration::from_secs(10), resync),
+            None,
+            "a failure here outweighs a success in the status"
+        );
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::QuietPasses;
+    use std::time::Duration;
+
+    #[test]
+    fn a_pass_recorded_in_the_status_is_believed_once_by_a_new_process_until_the_resync() {
+        let resync = Duration::from_secs(300);
+        let quiet = QuietPasses::default();
+        let wait = quiet
+            .restore("uid", 7, Some("10"), Duration::from_secs(100), resync)
+            .expect("a recent pass with the same fingerprint");
+        assert!(wait <= Duration::from_secs(200) && wait > Duration::from_secs(198));
+        assert_eq!(
+            quiet.restore("uid", 7, Some("10"), Duration::from_secs(100), resync),
+            None,
+            "once: from then on this process knows the object"
+        );
+        assert_eq!(
+            quiet.remaining("uid", 7, Some("10"), resync),
+            None,
+            "the version already seen: woken by something else"
+        );
+        assert!(
+            quiet.remaining("uid", 7, Some("11"), resync).is_some(),
+            "a status write: quiet"
+        );
+        assert_eq!(
+            quiet.restore("old", 7, Some("1"), Duration::from_secs(299), resync),
+            None,
+            "the resync is due"
         );
     }
 }

@@ -7,7 +7,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::{Context, Error, FIELD_MANAGER};
 use crate::crd::conditions::{ConditionType, set_condition};
 use crate::crd::{
-    DatabaseCoordinates, MigrationDatabase, MigrationDatabaseStatus, Phase, apply_status,
+    DatabaseCoordinates, LastPass, MigrationDatabase, MigrationDatabaseStatus, Phase, apply_status,
 };
 
 /// One condition to set: type, status, reason, message.
@@ -18,6 +18,7 @@ pub(super) fn cond(type_: ConditionType, status: bool, reason: &str, message: &s
 }
 
 /// One server-side apply of the operator's status fields. Never includes `status.migration`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn patch_status(
     ctx: &Context,
     db: &MigrationDatabase,
@@ -26,6 +27,7 @@ pub(super) async fn patch_status(
     conditions: Vec<Cond>,
     coordinates: Option<DatabaseCoordinates>,
     active_key: Option<String>,
+    last_pass: Option<LastPass>,
 ) -> Result<(), Error> {
     let now = jiff::Timestamp::now();
     let mut merged = db
@@ -54,6 +56,8 @@ pub(super) async fn patch_status(
         active_key,
         // `status.migration` is the migration API's: never part of the operator's apply.
         migration: None,
+        // Only the last write of a successful pass records it; every other write takes it away.
+        last_pass,
     };
     let api: Api<MigrationDatabase> =
         Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());

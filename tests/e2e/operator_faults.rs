@@ -1,7 +1,8 @@
 //! The operator when things go wrong, against the real API server and the real PostgreSQL server:
 //! bad references and names each get a clear condition and Event, make nothing half, and recover by
 //! themselves once fixed; Manual activation waits for the matching digest; the reclaim policies; a kill
-//! mid-reconcile converges with nothing duplicated; of two operators only the Lease holder reconciles.
+//! mid-reconcile converges with nothing duplicated; of two operators only the Lease holder reconciles;
+//! a restarted operator does not pass again what it passed before.
 
 use super::cluster::*;
 use super::processes::*;
@@ -553,5 +554,91 @@ fn of_two_operators_only_the_lease_holder_reconciles_and_a_kill_hands_over() {
     apply(&database(ns, "second", "  reclaimPolicy: Delete\n"));
     wait_ready(ns, "second");
     assert!(metric(port_b, "sfm_operator_reconciliations_total") > 0.0);
+    kubectl_ok(&["-n", ns, "delete", "mdb", "--all", WAIT_TIMEOUT], None);
+}
+
+/// A restart does not cost PostgreSQL a session per database: each database whose `status.lastPass`
+/// matches what it would act on is left alone until its resync is due, so no database gets a new
+/// pass. What changes after the start still gets its pass at once.
+#[test]
+fn a_restarted_operator_passes_nothing_again_until_the_resync_but_repairs_a_change_at_once() {
+    install_crds();
+    let _ = kubectl(&["create", "namespace", API_NS], None);
+    let ns = TestNamespace::new("restart");
+    let ns = ns.name.as_str();
+    let names: Vec<String> = (0..6).map(|i| format!("org-{i}")).collect();
+    let manifests: String = names
+        .iter()
+        .map(|name| database(ns, name, "  reclaimPolicy: Delete\n"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let flags = [
+        "--lease-duration-seconds",
+        "3",
+        "--resync-seconds",
+        "600",
+        "--metrics-address",
+        address.as_str(),
+    ];
+    let mut operator = start_operator_with(ns, API_NS, &format!("operator-{ns}-1"), &flags);
+    apply(&manifests);
+    for name in &names {
+        wait_ready(ns, name);
+    }
+    let last_pass = |name: &str| jsonpath(ns, &format!("mdb/{name}"), "{.status.lastPass}");
+    let before: Vec<String> = names.iter().map(|name| last_pass(name)).collect();
+    assert!(
+        before.iter().all(|pass| pass.contains("digest")),
+        "{before:?}"
+    );
+
+    operator.kill();
+    let second = start_operator_with(ns, API_NS, &format!("operator-{ns}-2"), &flags);
+    let database_passes = r#"sfm_operator_reconciliations_total{controller="database""#;
+    assert!(
+        eventually(PATIENCE, || metric(port, database_passes)
+            >= names.len() as f64),
+        "the restarted operator did not look at every database: {}",
+        second.log_text()
+    );
+    let after: Vec<String> = names.iter().map(|name| last_pass(name)).collect();
+    assert_eq!(
+        after, before,
+        "a database got a full pass after the restart"
+    );
+
+    // An owned Secret deleted after the start: its database is passed and the Secret made again.
+    let secret = jsonpath(
+        ns,
+        "mdb/org-0",
+        "{.status.conditions[?(@.type==\"Ready\")].reason}",
+    );
+    assert_eq!(secret, "Staging");
+    let application = kubectl_ok(
+        &[
+            "-n",
+            ns,
+            "get",
+            "secret",
+            "-l",
+            "app.kubernetes.io/component=application-credentials,sfm.nhn.no/database=org-0",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+        None,
+    );
+    assert!(!application.is_empty());
+    kubectl_ok(&["-n", ns, "delete", "secret", &application], None);
+    assert!(
+        eventually(PATIENCE, || {
+            kubectl(&["-n", ns, "get", "secret", &application], None)
+                .status
+                .success()
+        }),
+        "the deleted Secret was not made again: {}",
+        second.log_text()
+    );
     kubectl_ok(&["-n", ns, "delete", "mdb", "--all", WAIT_TIMEOUT], None);
 }
