@@ -88,9 +88,18 @@ impl<'a> Cursor<'a> {
     }
 
     fn parse_error(&self, error: &quick_xml::Error) -> XmlError {
+        let reason = match error {
+            // Its text quotes the entity or reference from the document: `&12345678901;` would
+            // put a national identity number into the status answer and the audit table.
+            quick_xml::Error::Escape(_) => {
+                "an entity other than the five predefined ones, or an invalid character reference"
+                    .to_owned()
+            }
+            other => content_free(&other.to_string()),
+        };
         XmlError::Malformed {
             position: self.reader.error_position(),
-            reason: error.to_string(),
+            reason,
         }
     }
 
@@ -109,7 +118,8 @@ impl<'a> Cursor<'a> {
             match event {
                 Event::Decl(declaration) => {
                     if let Some(encoding) = declaration.encoding() {
-                        let encoding = encoding.map_err(|e| self.malformed(e.to_string()))?;
+                        let encoding =
+                            encoding.map_err(|e| self.malformed(content_free(&e.to_string())))?;
                         let label = String::from_utf8_lossy(&encoding).into_owned();
                         if !label.eq_ignore_ascii_case("utf-8")
                             && !label.eq_ignore_ascii_case("utf8")
@@ -313,7 +323,7 @@ impl<'a> Cursor<'a> {
             return Err(self.malformed("an element uses an undeclared namespace prefix"));
         }
         for attribute in start.attributes() {
-            let attribute = attribute.map_err(|e| self.malformed(e.to_string()))?;
+            let attribute = attribute.map_err(|e| self.malformed(content_free(&e.to_string())))?;
             attribute
                 .unescape_value()
                 .map_err(|e| self.parse_error(&e))?;
@@ -341,7 +351,7 @@ impl<'a> Cursor<'a> {
             .to_owned();
         let mut attributes = Vec::new();
         for attribute in start.attributes() {
-            let attribute = attribute.map_err(|e| self.malformed(e.to_string()))?;
+            let attribute = attribute.map_err(|e| self.malformed(content_free(&e.to_string())))?;
             let key = attribute.key;
             if key.as_namespace_binding().is_some() {
                 continue;
@@ -368,6 +378,12 @@ impl<'a> Cursor<'a> {
     fn close(&mut self) {
         self.depth = self.depth.saturating_sub(1);
     }
+}
+
+/// A parser's message with nothing of the document's text in it: quoted values masked and runs of
+/// five or more digits replaced (the rules of the XSD validator's messages, [`super::xsd`]).
+fn content_free(message: &str) -> String {
+    super::xsd::clean_message(message)
 }
 
 #[cfg(test)]

@@ -187,6 +187,30 @@ fn entities_other_than_the_predefined_ones_are_refused() {
     assert!(matches!(parse(&undefined), Err(XmlError::Malformed { .. })));
 }
 
+/// What the parser says about a document reaches the status answer, the audit table and the log:
+/// nothing of the document's text may be in it, however the document is broken.
+#[test]
+fn parse_errors_quote_nothing_of_the_document() {
+    let number = "13097248022";
+    let cases = [
+        patient(DEMOGRAPHICS, "").replace("Nordmann", &format!("&{number};")),
+        patient(DEMOGRAPHICS, "").replace("Nordmann", &format!("&#{number};")),
+        patient(
+            DEMOGRAPHICS,
+            &format!("<Extra a=\"{number}\" a=\"{number}\"/>"),
+        ),
+        patient(DEMOGRAPHICS, &format!("<Extra a=\"&{number};\"/>")),
+        patient(DEMOGRAPHICS, &format!("<Extra a={number}/>")),
+        patient(DEMOGRAPHICS, &format!("<Extra>{number}</Extra2>")),
+    ];
+    for case in cases {
+        let error = parse(&case).expect_err("broken documents are refused");
+        let text = error.to_string();
+        assert!(!text.contains(number), "{text}");
+        assert!(!text.contains("13097"), "{text}");
+    }
+}
+
 #[test]
 fn not_well_formed_documents_are_refused() {
     let cases = [
