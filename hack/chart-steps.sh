@@ -183,7 +183,8 @@ chart_upload() { # PATIENTS [COMMAND...]
     && ok "validated digest $client_digest, as the client computed it" \
     || wrong "validated digest '$(mdb_field validatedDigest)', the client verified '$client_digest'"
   app_uri=$(kubectl -n "$organisations" get secret legekontoret-fjordby-application -o jsonpath='{.data.uri}' | base64 -d)
-  in_db=$(psql "$app_uri" -Atc 'select count(*) from sfm.patients' 2>&1 || true)
+  # The URI names the server as the cluster knows it; this host connects to pg_host.
+  in_db=$(PGHOSTADDR=$pg_host psql "$app_uri" -Atc 'select count(*) from sfm.patients' 2>&1 || true)
   [ "$in_db" = "$patients" ] && ok "rows in sfm.patients: $in_db (none lost, none doubled)" \
     || wrong "rows in sfm.patients: '$in_db', expected $patients"
 }
