@@ -279,14 +279,9 @@ sysctl -qw net.ipv4.ip_forward=1
 sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
 
 # --- certificates: one CA for everything (the cluster's client CA, serving CA and CSR signer)
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=sfm-node-ca" \
-  -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
-issue() { # name, subject, extfile contents
-  openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$pki/$1.key" -out "$pki/$1.csr" 2>/dev/null
-  printf '%s\n' "$3" >"$pki/$1.ext"
-  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
-    -days 2 -extfile "$pki/$1.ext" -out "$pki/$1.crt" 2>/dev/null
-}
+# shellcheck source=hack/pki.sh
+source "$root/hack/pki.sh"
+pki_ca sfm-node-ca
 issue apiserver "/CN=kube-apiserver" \
   "subjectAltName=IP:$node_ip,IP:$api_service_ip,IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth"
@@ -300,8 +295,7 @@ issue scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
 issue proxy "/CN=system:kube-proxy" "extendedKeyUsage=clientAuth"
 # kube-router is a test-harness component; it reads pods, namespaces, policies and nodes cluster-wide.
 issue router "/O=system:masters/CN=kube-router" "extendedKeyUsage=clientAuth"
-openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
-openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+pki_service_account_keys
 
 kubeconfig() { # name (certificate), file
   cat >"$2" <<KCFG
