@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154 # (the variables the caller sets, below)
 # The steps that install the chart on a cluster with pods and check it, shared by hack/test-node.sh and
 # `make demo` (hack/demo.sh) on the local node and by hack/kind-e2e.sh on kind: what runs on kind is what
 # runs here in every `make test`. Sourced, not run.

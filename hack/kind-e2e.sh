@@ -50,7 +50,7 @@ export PATH="$tools:$PATH"
 if ! command -v kind >/dev/null; then
   GOBIN="$tools" go install "sigs.k8s.io/kind@$kind_version"
 fi
-command -v kubectl >/dev/null || export PATH="$("$root/hack/build-controlplane.sh"):$PATH"
+command -v kubectl >/dev/null || PATH="$("$root/hack/build-controlplane.sh"):$PATH"
 cargo build --quiet --bins
 
 work=$(mktemp -d /tmp/sfm-kind.XXXXXX)

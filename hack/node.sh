@@ -129,7 +129,7 @@ unmount_under() { # unmounts every mount point below the given paths, deepest fi
 stop() {
   [ -d "$dir" ] || return 0
   dir=$(cd "$dir" && pwd)
-  local bin ctr_bin
+  local ctr_bin
   # The enforcers and the kubelet first, so nothing restarts what is stopped next.
   for p in kube-router kube-proxy kubelet kube-scheduler kube-controller-manager; do stop_pid "$p"; done
   # Every container, through containerd while it still runs (its shims exit with their tasks).
@@ -190,7 +190,8 @@ stop() {
 leftovers() {
   local found=0 line
   report() { echo "node: left behind: $*" >&2; found=1; }
-  for line in $(ls /proc | grep -E '^[0-9]+$'); do
+  for line in /proc/[0-9]*; do
+    line=${line#/proc/}
     exe=$(readlink "/proc/$line/exe" 2>/dev/null || true)
     # Ours: built into the cache and started with a path in DIR (other control planes use the same binaries).
     case "$exe" in "${SFM_CACHE_DIR:-$HOME/.cache/sfm-migration}"/*)
@@ -209,7 +210,7 @@ leftovers() {
     while IFS= read -r line; do [ -n "$line" ] && [ -e "$line" ] && report "path $line"; done <"$dir/outside.created"
   fi
   [ -f "$dir/ip_forward.before" ] && report "net.ipv4.ip_forward not restored"
-  for line in $(ls "$dir"/*.pid 2>/dev/null); do report "pid file $line"; done
+  for line in "$dir"/*.pid; do [ -e "$line" ] && report "pid file $line"; done
   return $found
 }
 

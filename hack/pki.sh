@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154 # (pki: the caller sets it)
 # Certificates of the local clusters (hack/controlplane.sh, hack/node.sh): one CA that signs everything,
 # valid two days (a cluster here lives for one test run or demo). Sourced, not run; the caller sets
 # pki, the directory the keys and certificates go to.
