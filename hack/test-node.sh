@@ -93,7 +93,7 @@ ctr=(ctr --address "$node_dir/containerd/containerd.sock" -n k8s.io)
 container_pid() { # POD: the host's pid of the pod's (first) container
   local id
   id=$(kubectl -n "$system" get pod "$1" -o jsonpath='{.status.containerStatuses[0].containerID}')
-  "${ctr[@]}" tasks ls | awk -v id="${id#containerd://}" '$1 == id {print $2}'
+  "${ctr[@]}" tasks ls 2>/dev/null | awk -v id="${id#containerd://}" '$1 == id {print $2}'
 }
 
 # kube-router rewrites the filter table in a full sync after every pod or policy change; until the sync
@@ -157,33 +157,36 @@ chart_policy_staging
 
 phase "upload (one API pod killed)"
 # The API pod is deleted at once (--grace-period=0 --force): its endpoint leaves the Service and the
-# client's requests go on through the Service. Its log is read from the node's file, held open across
-# the deletion (the kubelet removes the file with the pod), once its container is gone.
+# client's requests go on through the Service. Its log is the node's file, opened before the deletion
+# (the kubelet removes the file with the pod) and read once containerd, which writes it, has closed it:
+# containerd may still be copying the container's last output when the process is gone.
 kill_api_pod() {
-  local id restarts uid
+  local restarts uid
   victim=$(kubectl -n "$system" get pods -l app.kubernetes.io/component=api -o jsonpath='{.items[0].metadata.name}')
   survivor=$(kubectl -n "$system" get pods -l app.kubernetes.io/component=api -o jsonpath='{.items[1].metadata.name}')
-  id=$(kubectl -n "$system" get pod "$victim" -o jsonpath='{.status.containerStatuses[0].containerID}')
   restarts=$(kubectl -n "$system" get pod "$victim" -o jsonpath='{.status.containerStatuses[0].restartCount}')
   uid=$(kubectl -n "$system" get pod "$victim" -o jsonpath='{.metadata.uid}')
-  exec {victim_log}<"/var/log/pods/${system}_${victim}_${uid}/api/$restarts.log"
+  victim_log_path=/var/log/pods/${system}_${victim}_${uid}/api/$restarts.log
+  exec {victim_log}<"$victim_log_path"
   say "  killing API pod $victim; the other replica is $survivor"
-  killed_at=$(date +%s)
   kubectl -n "$system" delete pod "$victim" --grace-period=0 --force >/dev/null 2>&1
-  for _ in $(seq 300); do
-    "${ctr[@]}" tasks ls -q | grep -qx "${id#containerd://}" || break
-    sleep 0.1
-  done
-  sed 's/^[^{]*//' <&"$victim_log" >"$work/$victim.log"
-  exec {victim_log}<&-
 }
 chart_upload "$patients" kill_api_pod
+containerd_pid=$(cat "$node_dir/containerd.pid")
+for _ in $(seq 300); do
+  find "/proc/$containerd_pid/fd" -lname "$victim_log_path*" 2>/dev/null | grep -q . || break
+  sleep 0.1
+done
+find "/proc/$containerd_pid/fd" -lname "$victim_log_path*" 2>/dev/null | grep -q . \
+  && wrong "containerd still writes the log of the killed pod $victim 30 s after the upload"
+sed 's/^[^{]*//' <&"$victim_log" >"$work/$victim.log"
+exec {victim_log}<&-
 
 # Which replica stored each upload: the upload id at the end of each stored file's URL in the client's
 # ledger, against the API pods' "file ingested" lines (debug level: the upload id, nothing else).
-ingested() { # a pod's log on stdin; prints "UPLOAD-ID EPOCH-SECONDS" per upload it stored
+ingested() { # a pod's log on stdin; prints "UPLOAD-ID TIMESTAMP" per upload it stored (RFC 3339, UTC)
   jq -rR 'fromjson? | select(.fields.message == "file ingested" and .fields.upload != null)
-    | "\(.fields.upload | gsub("-"; "")) \(.timestamp | sub("\\.[0-9]+Z$"; "Z") | fromdateiso8601)"'
+    | "\(.fields.upload | gsub("-"; "")) \(.timestamp)"'
 }
 ingested <"$work/$victim.log" >"$work/ingested.$victim"
 for pod in $(kubectl -n "$system" get pods -l app.kubernetes.io/component=api -o jsonpath='{.items[*].metadata.name}'); do
@@ -193,14 +196,16 @@ jq -rs 'map({(.name): .}) | add | .[] | select(.state == "stored") | .url | sub(
   | sort >"$work/stored.ids"
 stored_files=$(wc -l <"$work/stored.ids")
 by_victim=$(wc -l <"$work/ingested.$victim")
-after_kill=$(awk -v t="$killed_at" '$2 > t' "$work/ingested.$survivor" | wc -l)
+# The timestamps all come from one clock in one format (microseconds, UTC): compared as strings.
+victim_last=$(awk '$2 > last {last = $2} END {print last}' "$work/ingested.$victim")
+after_victim=$(awk -v t="$victim_last" '$2 > t' "$work/ingested.$survivor" | wc -l)
 cat "$work"/ingested.* | awk '{print $1}' | sort | uniq -d >"$work/twice.ids"
 missing=$(cut -d' ' -f1 "$work"/ingested.* | sort -u | comm -13 - "$work/stored.ids" | wc -l)
 say "  uploads stored, by pod: $(for f in "$work"/ingested.*; do printf '%s %s; ' "${f##*/ingested.}" "$(wc -l <"$f")"; done)"
 [ "$by_victim" -gt 0 ] && ok "the killed pod $victim stored $by_victim uploads before it died" \
   || wrong "the killed pod $victim stored no upload: it took no part in the upload"
-[ "$after_kill" -gt 0 ] && ok "the other replica $survivor stored $after_kill uploads after the kill" \
-  || wrong "the other replica $survivor stored no upload after the kill"
+[ "$after_victim" -gt 0 ] && ok "the other replica $survivor stored $after_victim uploads after the killed pod's last ($victim_last)" \
+  || wrong "the other replica $survivor stored no upload after the killed pod's last ($victim_last): the kill came too late"
 [ "$missing" = 0 ] && ok "each of the $stored_files files the client has as stored was stored by an API pod's ingest" \
   || wrong "$missing of the $stored_files files the client has as stored are in no API pod's log"
 [ ! -s "$work/twice.ids" ] && ok "no upload stored twice" || wrong "stored twice: $(head -3 "$work/twice.ids")"
