@@ -155,6 +155,10 @@ chart_upload() { # PATIENTS [COMMAND...]
   export SFM_MIGRATE_CONFIG_DIR=$work/client
   SFM_MIGRATION_KEY=$(kubectl -n "$organisations" get secret fjordby-key-1-key -o jsonpath='{.data.key}' | base64 -d) \
     "$root/target/debug/sfm-migrate" key add fjordby --for-api "$api_url" >/dev/null
+  # kube-proxy programs the NodePort some time after the Service and its endpoints appear: the client
+  # starts once the API answers there.
+  for _ in $(seq 300); do curl -fsS -o /dev/null "$api_url/readyz" 2>/dev/null && break; sleep 0.2; done
+  curl -fsS -o /dev/null "$api_url/readyz" || fail "the API does not answer at $api_url/readyz"
   "$root/target/debug/sfm-migrate" run "$work/export" --workers 8 --plain >"$work/run.log" 2>&1 &
   client_pid=$!
   ledger="$work/export/sfm-migrate.ledger"

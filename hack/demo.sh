@@ -19,8 +19,24 @@ state=${SFM_DEMO_DIR:-/tmp/sfm-demo}
 cmd=${1:-up}
 node_dir=$state/node
 
+# A process and everything it started, the children first; the process held (SIGSTOP) meanwhile so it
+# starts nothing new.
+stop_tree() {
+  local child
+  kill -STOP "$1" 2>/dev/null || return 0
+  for child in $(ps -o pid= --ppid "$1"); do stop_tree "$child"; done
+  kill -TERM "$1" 2>/dev/null || true
+  kill -CONT "$1" 2>/dev/null || true
+}
+
 down() {
   [ -d "$state" ] || return 0
+  # A `make demo` still running (waiting, or stopped half-way) goes first.
+  local pid
+  pid=$(cat "$state/demo.pid" 2>/dev/null || true)
+  if [ -n "$pid" ] && [ "$pid" != $$ ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'demo.sh up'; then
+    stop_tree "$pid"
+  fi
   "$root/hack/node.sh" stop "$node_dir"
   "$root/hack/postgres.sh" stop "$state/postgres" >/dev/null 2>&1 || true
   "$root/hack/node.sh" leftovers "$node_dir" \
@@ -38,6 +54,7 @@ esac
 started=$(date +%s)
 down
 mkdir -p "$state"; chmod 755 "$state"
+echo $$ >"$state/demo.pid"
 trap 'echo "demo: failed after $(( $(date +%s) - started )) s; logs are in $state (make demo-down cleans up)" >&2' ERR
 
 # shellcheck source=hack/chart-steps.sh
@@ -75,6 +92,7 @@ chart_install
 kubectl -n "$system" get pods -o wide
 echo "== applying examples/ (the database reaches Ready in staging, its key Active)"
 chart_examples
+"$root/hack/node.sh" settled "$node_dir" # kube-router enforces the policies of the pods just started
 echo "== the data controller: sfm-migrate key add, then run (check, upload, verify, activate) through the NodePort"
 chart_upload "${SFM_DEMO_PATIENTS:-200}"
 [ "$failures" -eq 0 ] || fail "$failures step(s) went wrong (above); logs are in $state (make demo-down cleans up)"

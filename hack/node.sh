@@ -10,6 +10,9 @@
 #                            until the node is Ready and NetworkPolicy enforcement has settled
 #   hack/node.sh stop DIR    stops it and removes everything it made outside DIR (idempotent)
 #   hack/node.sh import DIR ARCHIVE...   imports image archives (docker-archive) into the node's containerd
+#   hack/node.sh settled DIR             returns once kube-router enforces every NetworkPolicy, pod and
+#                                        namespace change made so far (a probe right after a change could
+#                                        see the old rules otherwise)
 #   hack/node.sh leftovers DIR           lists what a stopped node left behind; fails if anything
 #
 # It is a machine-wide singleton (root only): the node's address 10.250.0.1 lives on an empty bridge
@@ -237,7 +240,26 @@ import)
       --no-unpack=false "$archive" >&2
   done
   exit 0 ;;
-*) echo "usage: $0 start|stop|import DIR [ARCHIVE...]" >&2; exit 2 ;;
+settled)
+  # kube-router rewrites the filter table in a full sync after every pod or policy change; until the sync
+  # that follows a change is done the change is not enforced. So: change a marker policy (selecting no
+  # pod) and wait until a sync that started after that change has finished (-v 1 logs both).
+  dir=$(cd "$dir" && pwd)
+  log="$dir/kube-router.log"
+  before=$(grep -c 'Starting sync of iptables' "$log" || true)
+  "$("$root/hack/build-controlplane.sh")/kubectl" --kubeconfig "$dir/kubeconfig" -n default apply -f - >/dev/null <<EOF
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: sync-marker, annotations: {sfm.nhn.no/marker: "$(date +%s%N)"}}
+spec: {podSelector: {matchLabels: {sfm.nhn.no/sync-marker: none}}, policyTypes: [Ingress]}
+EOF
+  for _ in $(seq 300); do
+    awk -v before="$before" '/Starting sync of iptables/ {n++} n > before && /sync iptables took/ {found=1} END {exit !found}' "$log" \
+      && exit 0
+    sleep 0.1
+  done
+  die "kube-router did not finish a policy sync within 30 s" ;;
+*) echo "usage: $0 start|stop|import|leftovers|settled DIR [ARCHIVE...]" >&2; exit 2 ;;
 esac
 
 # --------------------------------------------------------------------------------------------- start

@@ -96,26 +96,8 @@ container_pid() { # POD: the host's pid of the pod's (first) container
   "${ctr[@]}" tasks ls 2>/dev/null | awk -v id="${id#containerd://}" '$1 == id {print $2}'
 }
 
-# kube-router rewrites the filter table in a full sync after every pod or policy change; until the sync
-# that follows a change is done the change is not enforced. So before probing: change a marker policy
-# (selecting no pod) and wait until a sync that started after that change has finished.
-policies_settled() {
-  local log="$node_dir/kube-router.log" before
-  before=$(grep -c 'Starting sync of iptables' "$log" || true)
-  kubectl -n default apply -f - >/dev/null <<EOF
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: sync-marker, annotations: {sfm.nhn.no/marker: "$(date +%s%N)"}}
-spec: {podSelector: {matchLabels: {sfm.nhn.no/sync-marker: none}}, policyTypes: [Ingress]}
-EOF
-  for _ in $(seq 300); do
-    if awk -v before="$before" '/Starting sync of iptables/ {n++} n > before && /sync iptables took/ {found=1} END {exit !found}' "$log"; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  fail "kube-router did not finish a policy sync within 30 s"
-}
+# Before probing: kube-router enforces every change made so far.
+policies_settled() { "$root/hack/node.sh" settled "$node_dir" || fail "NetworkPolicy enforcement did not settle"; }
 
 phase "node images"
 "$root/hack/images.sh" build "$node_dir" "$tag"
