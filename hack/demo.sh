@@ -4,7 +4,7 @@
 # operator and two API replicas, Pod Security "restricted" enforced), PostgreSQL on the host as the
 # external server, the examples applied, and the data controller's sfm-migrate on this host sending a
 # synthetic export through the API's NodePort until the database is Operational. Left running to look
-# around; warm (binaries and node parts built) it is up in two to three minutes and says how long it took.
+# around; warm (binaries and node parts built) it is up in about half a minute and says how long it took.
 #
 #   hack/demo.sh up     start it all (first stopping an earlier demo) and print where to look
 #   hack/demo.sh down   stop everything the demo started and check the node left nothing behind
@@ -34,7 +34,7 @@ down() {
   # A `make demo` still running (waiting, or stopped half-way) goes first.
   local pid
   pid=$(cat "$state/demo.pid" 2>/dev/null || true)
-  if [ -n "$pid" ] && [ "$pid" != $$ ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'demo.sh up'; then
+  if [ -n "$pid" ] && [ "$pid" != $$ ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q 'demo.sh up'; then
     stop_tree "$pid"
   fi
   "$root/hack/node.sh" stop "$node_dir"

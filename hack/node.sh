@@ -198,7 +198,7 @@ leftovers() {
     exe=$(readlink "/proc/$line/exe" 2>/dev/null || true)
     # Ours: built into the cache and started with a path in DIR (other control planes use the same binaries).
     case "$exe" in "${SFM_CACHE_DIR:-$HOME/.cache/sfm-migration}"/*)
-      tr '\0' ' ' <"/proc/$line/cmdline" 2>/dev/null | grep -q -- "$dir/" && report "process $line $exe" ;;
+      tr '\0' ' ' 2>/dev/null <"/proc/$line/cmdline" | grep -q -- "$dir/" && report "process $line $exe" ;;
     esac
   done
   while IFS= read -r line; do report "mount $line"; done < <(awk '{print $5}' /proc/self/mountinfo \
