@@ -8,7 +8,7 @@ CARGO ?= cargo
 help:
 	@echo "make demo            the whole flow on chart-installed pods on a real local node, left running (root)"
 	@echo "make demo-down       stop what 'make demo' started"
-	@echo "make demo-local      the same flow as local processes beside a local control plane (faster, no root)"
+	@echo "make demo-local      the same flow as local processes beside a local control plane (no root, no node)"
 	@echo "make demo-local-down stop what 'make demo-local' started"
 	@echo "make test            every check and test (formatting, clippy, CRDs, unit, PostgreSQL, end-to-end,"
 	@echo "                     the chart on a real local node; root)"
