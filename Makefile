@@ -3,16 +3,18 @@
 
 CARGO ?= cargo
 
-.PHONY: help test test-node demo demo-down demo-node demo-node-down bench build crds check-crds fmt lint deps controlplane node reference
+.PHONY: help test test-node demo demo-down demo-local demo-local-down bench build crds check-crds fmt lint deps controlplane node reference
 
 help:
-	@echo "make demo       the whole flow on a local control plane and PostgreSQL"
-	@echo "make demo-down  stop what 'make demo' started"
-	@echo "make demo-node  the same on chart-installed pods on a real local node, left running (root)"
-	@echo "make test       every check and test (formatting, clippy, CRDs, unit, PostgreSQL, end-to-end)"
-	@echo "make test-node  the chart on a real local node: images, pods, NetworkPolicy, failover (root)"
-	@echo "make bench      the benchmarks (figures printed, nothing asserted)"
-	@echo "make crds       regenerate crds/ (and the chart's copy) from the Rust types"
+	@echo "make demo            the whole flow on chart-installed pods on a real local node, left running (root)"
+	@echo "make demo-down       stop what 'make demo' started"
+	@echo "make demo-local      the same flow as local processes beside a local control plane (no root, no node)"
+	@echo "make demo-local-down stop what 'make demo-local' started"
+	@echo "make test            every check and test (formatting, clippy, CRDs, unit, PostgreSQL, end-to-end,"
+	@echo "                     the chart on a real local node; root)"
+	@echo "make test-node       only the chart on a real local node: images, pods, NetworkPolicy, failover (root)"
+	@echo "make bench           the benchmarks (figures printed, nothing asserted)"
+	@echo "make crds            regenerate crds/ (and the chart's copy) from the Rust types"
 
 deps:
 	hack/install-deps.sh
@@ -32,15 +34,13 @@ demo: deps
 	hack/demo.sh up
 
 demo-down:
-	SFM_DEMO_DIR=$${SFM_DEMO_DIR:-/tmp/sfm-demo} hack/demo.sh down
+	hack/demo.sh down
 
-demo-node: deps
-	SFM_NODE_WORK=/tmp/sfm-demo-node SFM_NODE_KEEP=1 hack/test-node.sh
+demo-local: deps
+	hack/demo-local.sh up
 
-demo-node-down:
-	hack/node.sh stop /tmp/sfm-demo-node/node
-	hack/postgres.sh stop /tmp/sfm-demo-node/postgres >/dev/null
-	rm -rf /tmp/sfm-demo-node
+demo-local-down:
+	hack/demo-local.sh down
 
 bench: reference deps
 	hack/bench.sh

@@ -50,20 +50,14 @@ trap 'stop' ERR
 
 # Certificates: one CA, a serving cert for 127.0.0.1, an admin client cert in system:masters, and the
 # service-account signing key pair.
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=sfm-local-ca" \
-  -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
-issue() { # name, subject, extfile contents
-  openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$pki/$1.key" -out "$pki/$1.csr" 2>/dev/null
-  printf '%s\n' "$3" >"$pki/$1.ext"
-  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
-    -days 2 -extfile "$pki/$1.ext" -out "$pki/$1.crt" 2>/dev/null
-}
+# shellcheck source=hack/pki.sh
+source "$root/hack/pki.sh"
+pki_ca sfm-local-ca
 issue apiserver "/CN=kube-apiserver" \
   "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
 extendedKeyUsage=serverAuth"
 issue admin "/O=system:masters/CN=sfm-admin" "extendedKeyUsage=clientAuth"
-openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
-openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+pki_service_account_keys
 
 etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
 

@@ -1,103 +1,120 @@
 #!/usr/bin/env bash
-# `make demo`: the whole flow on a local control plane and a local PostgreSQL server.
+# `make demo`: the platform the way NHN runs it, on chart-installed pods on a real local node
+# (hack/node.sh; needs root, as CI has): the images built with buildah, the chart installed with helm (two
+# operator and two API replicas, Pod Security "restricted" enforced), PostgreSQL on the host as the
+# external server, the examples applied, and the data controller's sfm-migrate on this host sending a
+# synthetic export through the API's NodePort until the database is Operational. Left running to look
+# around; warm (binaries and node parts built) it is up in about half a minute and says how long it took.
 #
-#   hack/demo.sh up     start everything, apply examples/, migrate a synthetic export with sfm-migrate
-#                       through sfm-migration-api, and wait until the database is Operational
-#   hack/demo.sh down   stop everything the demo started
+#   hack/demo.sh up     start it all (first stopping an earlier demo) and print where to look
+#   hack/demo.sh down   stop everything the demo started and check the node left nothing behind
+#                       (idempotent)
 #
-# The state lives in /tmp/sfm-demo (SFM_DEMO_DIR) until `make demo-down`: kubeconfig, PostgreSQL, keys,
-# the export, logs.
+# The state lives in /tmp/sfm-demo (SFM_DEMO_DIR) until `make demo-down`. The chart's steps are
+# hack/chart-steps.sh, which `make test` runs too. The node is one per machine: `make demo-down` before
+# `make test`. `make demo-local` (hack/demo-local.sh) is the same flow as local processes, without root.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 state=${SFM_DEMO_DIR:-/tmp/sfm-demo}
 cmd=${1:-up}
+node_dir=$state/node
 
-down() {
-  for process in operator api; do
-    if [ -f "$state/$process.pid" ]; then kill "$(cat "$state/$process.pid")" 2>/dev/null || true; rm -f "$state/$process.pid"; fi
-  done
-  "$root/hack/controlplane.sh" stop "$state/controlplane" >/dev/null 2>&1 || true
-  "$root/hack/postgres.sh" stop "$state/postgres" >/dev/null 2>&1 || true
+# A process and everything it started, the children first; the process held (SIGSTOP) meanwhile so it
+# starts nothing new.
+stop_tree() {
+  local child
+  kill -STOP "$1" 2>/dev/null || return 0
+  for child in $(ps -o pid= --ppid "$1"); do stop_tree "$child"; done
+  kill -TERM "$1" 2>/dev/null || true
+  kill -CONT "$1" 2>/dev/null || true
 }
 
-if [ "$cmd" = down ]; then down; rm -rf "$state"; echo "demo: stopped and removed $state"; exit 0; fi
-[ "$cmd" = up ] || { echo "usage: $0 up|down" >&2; exit 2; }
+down() {
+  [ -d "$state" ] || return 0
+  # A `make demo` still running (waiting, or stopped half-way) goes first.
+  local pid
+  pid=$(cat "$state/demo.pid" 2>/dev/null || true)
+  if [ -n "$pid" ] && [ "$pid" != $$ ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q 'demo.sh up'; then
+    stop_tree "$pid"
+  fi
+  "$root/hack/node.sh" stop "$node_dir"
+  "$root/hack/postgres.sh" stop "$state/postgres" >/dev/null 2>&1 || true
+  "$root/hack/node.sh" leftovers "$node_dir" \
+    || { echo "demo: the stopped node left something behind (above); $state kept" >&2; exit 1; }
+  rm -rf "$state"
+}
 
-down; rm -rf "$state"; mkdir -p "$state"; chmod 755 "$state"
-trap 'echo "demo: failed; logs are in $state (make demo-down cleans up)" >&2' ERR
+case "$cmd" in
+down) down; echo "demo: stopped, nothing left behind; removed $state"; exit 0 ;;
+up) ;;
+*) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
 
-echo "== building the binaries"
+[ "$(id -u)" = 0 ] || { echo "demo: needs root for the node (network namespaces, cgroups, iptables), as CI has; 'make demo-local' runs the same flow as local processes without it" >&2; exit 1; }
+started=$(date +%s)
+down
+mkdir -p "$state"; chmod 755 "$state"
+echo $$ >"$state/demo.pid"
+trap 'echo "demo: failed after $(( $(date +%s) - started )) s; logs are in $state (make demo-down cleans up)" >&2' ERR
+
+# shellcheck source=hack/chart-steps.sh
+source "$root/hack/chart-steps.sh"
+work=$state
+tag=node
+failures=0
+say() { echo "demo: $*"; }
+ok() { echo "   $*"; }
+wrong() { echo "   WRONG: $*"; failures=$((failures + 1)); }
+fail() { echo "demo: $*" >&2; exit 1; }
+
+echo "== building the binaries and the chart tools"
 (cd "$root" && cargo build --quiet --bins)
-echo "== starting PostgreSQL 15 (scram-sha-256, loopback only)"
-"$root/hack/postgres.sh" start "$state/postgres" >/dev/null
+PATH="$("$root/hack/tools.sh"):$PATH"
+echo "== starting the node (kubelet, containerd, kube-router enforcing NetworkPolicy)"
+"$root/hack/node.sh" start "$node_dir"
+# shellcheck disable=SC1091
+source "$node_dir/env"
+node_address=$SFM_NODE_IP
+api_server_cidr=$SFM_NODE_IP/32
+echo "== building the images with buildah and importing them into the node"
+"$root/hack/images.sh" build "$node_dir" "$tag"
+echo "== starting PostgreSQL 15 on the node's address (the chart's external server)"
+SFM_PG_LISTEN=$node_address SFM_PG_CLIENTS=10.244.0.0/16 "$root/hack/postgres.sh" start "$state/postgres" 5432 >/dev/null
 # shellcheck disable=SC1091
 source "$state/postgres/env"
-echo "== starting the local control plane (etcd, kube-apiserver, kube-controller-manager)"
-"$root/hack/controlplane.sh" start "$state/controlplane"
-# shellcheck disable=SC1091
-source "$state/controlplane/env"
+pg_host=$node_address
+pg_port=$SFM_PG_PORT
 
-echo "== installing the CRDs"
-kubectl apply --server-side -f "$root/crds/" >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd/migrationdatabases.sfm.nhn.no crd/migrationkeys.sfm.nhn.no >/dev/null
+echo "== helm install $release (two operator and two API replicas) into $system"
+chart_namespaces
+kubectl -n "$system" create secret generic sfm-postgres-admin --from-literal=uri="$SFM_PG_ADMIN_URL" >/dev/null
+chart_install
+kubectl -n "$system" get pods -o wide
+echo "== applying examples/ (the database reaches Ready in staging, its key Active)"
+chart_examples
+"$root/hack/node.sh" settled "$node_dir" # kube-router enforces the policies of the pods just started
+echo "== the data controller: sfm-migrate key add, then run (check, upload, verify, activate) through the NodePort"
+chart_upload "${SFM_DEMO_PATIENTS:-200}"
+[ "$failures" -eq 0 ] || fail "$failures step(s) went wrong (above); logs are in $state (make demo-down cleans up)"
 
-echo "== starting sfm-operator (log: $state/operator.log)"
-SFM_DEFAULT_ADMIN_URL="$SFM_PG_ADMIN_URL" "$root/target/debug/sfm-operator" run --api-namespace sfm-system \
-  --metrics-address 127.0.0.1:9090 >"$state/operator.log" 2>&1 &
-echo $! >"$state/operator.pid"
-
-echo "== applying examples/"
-kubectl apply -f "$root/examples/00-namespace.yaml"
-kubectl apply -f "$root/examples/10-migrationdatabase.yaml" -f "$root/examples/20-migrationkey.yaml"
-
-ns=sfm-organisations; db=mdb/legekontoret-fjordby
-phases=()
-for _ in $(seq 120); do
-  phase=$(kubectl -n "$ns" get "$db" -o jsonpath='{.status.phase}' 2>/dev/null || true)
-  if [ -n "$phase" ] && { [ ${#phases[@]} -eq 0 ] || [ "${phases[-1]}" != "$phase" ]; }; then
-    phases+=("$phase"); echo "   phase: $phase"
-  fi
-  [ "$phase" = Staging ] && break
-  sleep 0.5
-done
-kubectl -n "$ns" wait --for=condition=Ready "$db" --timeout=60s
-
-# The data controller's side: an export in NHN's format, encrypted to the "SFM migrering" certificate
-# whose private key only the migration API holds, sent with sfm-migrate and the key from the Secret.
-api=http://127.0.0.1:${SFM_DEMO_API_PORT:-8088}
-echo "== making the API's key pair and a synthetic export of ${SFM_DEMO_PATIENTS:-200} patients (sfm-export)"
-"$root/target/debug/sfm-export" keygen --out "$state/keys" >/dev/null
-"$root/target/debug/sfm-export" generate --cert "$state/keys/certificate.pem" --out "$state/export" \
-  --patients "${SFM_DEMO_PATIENTS:-200}" --organisation-number 974760673 --seed 2026 | tail -1
-echo "== starting sfm-migration-api on $api (log: $state/api.log)"
-"$root/target/debug/sfm-migration-api" serve --listen "${api#http://}" --namespace sfm-system \
-  --decryption-key "$state/keys/private_key.pem" >"$state/api.log" 2>&1 &
-echo $! >"$state/api.pid"
-for _ in $(seq 60); do curl -fsS "$api/healthz" >/dev/null 2>&1 && break; sleep 0.5; done
-
-echo "== the data controller: sfm-migrate key add, then run (check, upload, verify, activate)"
-export SFM_MIGRATE_CONFIG_DIR=$state/client
-SFM_MIGRATION_KEY=$(kubectl -n "$ns" get secret fjordby-key-1-key -o jsonpath='{.data.key}' | base64 -d) \
-  "$root/target/debug/sfm-migrate" key add fjordby --for-api "$api"
-"$root/target/debug/sfm-migrate" run "$state/export" --workers 10
-kubectl -n "$ns" wait --for=condition=Operational "$db" --timeout=120s
 echo
-kubectl -n "$ns" get mdb,mkey
+kubectl -n "$system" get pods
 echo
-echo "demo: phases seen at the start: ${phases[*]}; now: $(kubectl -n "$ns" get "$db" -o jsonpath='{.status.phase}')"
-echo "demo: patients stored: $(kubectl -n "$ns" get "$db" -o jsonpath='{.status.migration.patients.stored}')," \
-  "rejected: $(kubectl -n "$ns" get "$db" -o jsonpath='{.status.migration.patients.rejected}')"
-echo "demo: the export folder now holds: $(ls -A "$state/export" | tr '\n' ' ')"
+kubectl get sfm -n "$organisations"
+echo
+sed -n 's/^Verified: /demo: the client verified: /p' "$state/run.log"
+echo "demo: up in $(( $(date +%s) - started )) s"
 cat <<TOUR
 
-Look around:
-  source $state/controlplane/env        # KUBECONFIG and kubectl v1.34
-  kubectl get sfm -A                     # both kinds (category sfm)
-  kubectl describe $db -n $ns            # conditions and Events of the whole lifecycle
-  kubectl get events -n $ns --sort-by=.lastTimestamp
-  psql "\$(kubectl get secret -n $ns legekontoret-fjordby-application -o jsonpath='{.data.uri}' | base64 -d)" -c 'select count(*) from sfm.patients'
-  curl -s 127.0.0.1:9090/metrics | grep ^sfm_operator    # the operator's metrics
-  curl -s $api/metrics | grep ^sfm_                      # the API's metrics
-  tail -f $state/operator.log $state/api.log
+Look around (as root):
+  source $node_dir/env                   # KUBECONFIG and kubectl v1.34 for the node
+  kubectl get pods -n $system -o wide           # the chart's pods, Ready through their probes
+  kubectl -n $system get lease sfm-operator -o jsonpath='{.spec.holderIdentity}'; echo   # the leader
+  kubectl get sfm -A                                    # MigrationDatabases and MigrationKeys
+  kubectl -n $organisations describe mdb legekontoret-fjordby   # conditions and Events
+  kubectl get networkpolicy -A                          # the chart's and the operator's policies
+  kubectl -n $system logs deploy/$release-api | tail -3        # JSON logs, no personal data
+  psql "\$(kubectl get secret -n $organisations legekontoret-fjordby-application -o jsonpath='{.data.uri}' | base64 -d)" -c 'select count(*) from sfm.patients'
+  curl -s $api_url/metrics | grep ^sfm_                 # the API's metrics, through the NodePort
 Stop it all with: make demo-down
 TOUR

@@ -10,6 +10,9 @@
 #                            until the node is Ready and NetworkPolicy enforcement has settled
 #   hack/node.sh stop DIR    stops it and removes everything it made outside DIR (idempotent)
 #   hack/node.sh import DIR ARCHIVE...   imports image archives (docker-archive) into the node's containerd
+#   hack/node.sh settled DIR             returns once kube-router enforces every NetworkPolicy, pod and
+#                                        namespace change made so far (a probe right after a change could
+#                                        see the old rules otherwise)
 #   hack/node.sh leftovers DIR           lists what a stopped node left behind; fails if anything
 #
 # It is a machine-wide singleton (root only): the node's address 10.250.0.1 lives on an empty bridge
@@ -129,7 +132,7 @@ unmount_under() { # unmounts every mount point below the given paths, deepest fi
 stop() {
   [ -d "$dir" ] || return 0
   dir=$(cd "$dir" && pwd)
-  local bin ctr_bin
+  local ctr_bin
   # The enforcers and the kubelet first, so nothing restarts what is stopped next.
   for p in kube-router kube-proxy kubelet kube-scheduler kube-controller-manager; do stop_pid "$p"; done
   # Every container, through containerd while it still runs (its shims exit with their tasks).
@@ -190,11 +193,12 @@ stop() {
 leftovers() {
   local found=0 line
   report() { echo "node: left behind: $*" >&2; found=1; }
-  for line in $(ls /proc | grep -E '^[0-9]+$'); do
+  for line in /proc/[0-9]*; do
+    line=${line#/proc/}
     exe=$(readlink "/proc/$line/exe" 2>/dev/null || true)
     # Ours: built into the cache and started with a path in DIR (other control planes use the same binaries).
     case "$exe" in "${SFM_CACHE_DIR:-$HOME/.cache/sfm-migration}"/*)
-      tr '\0' ' ' <"/proc/$line/cmdline" 2>/dev/null | grep -q -- "$dir/" && report "process $line $exe" ;;
+      tr '\0' ' ' 2>/dev/null <"/proc/$line/cmdline" | grep -q -- "$dir/" && report "process $line $exe" ;;
     esac
   done
   while IFS= read -r line; do report "mount $line"; done < <(awk '{print $5}' /proc/self/mountinfo \
@@ -209,7 +213,7 @@ leftovers() {
     while IFS= read -r line; do [ -n "$line" ] && [ -e "$line" ] && report "path $line"; done <"$dir/outside.created"
   fi
   [ -f "$dir/ip_forward.before" ] && report "net.ipv4.ip_forward not restored"
-  for line in $(ls "$dir"/*.pid 2>/dev/null); do report "pid file $line"; done
+  for line in "$dir"/*.pid; do [ -e "$line" ] && report "pid file $line"; done
   return $found
 }
 
@@ -236,7 +240,26 @@ import)
       --no-unpack=false "$archive" >&2
   done
   exit 0 ;;
-*) echo "usage: $0 start|stop|import DIR [ARCHIVE...]" >&2; exit 2 ;;
+settled)
+  # kube-router rewrites the filter table in a full sync after every pod or policy change; until the sync
+  # that follows a change is done the change is not enforced. So: change a marker policy (selecting no
+  # pod) and wait until a sync that started after that change has finished (-v 1 logs both).
+  dir=$(cd "$dir" && pwd)
+  log="$dir/kube-router.log"
+  before=$(grep -c 'Starting sync of iptables' "$log" || true)
+  "$("$root/hack/build-controlplane.sh")/kubectl" --kubeconfig "$dir/kubeconfig" -n default apply -f - >/dev/null <<EOF
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: sync-marker, annotations: {sfm.nhn.no/marker: "$(date +%s%N)"}}
+spec: {podSelector: {matchLabels: {sfm.nhn.no/sync-marker: none}}, policyTypes: [Ingress]}
+EOF
+  for _ in $(seq 300); do
+    awk -v before="$before" '/Starting sync of iptables/ {n++} n > before && /sync iptables took/ {found=1} END {exit !found}' "$log" \
+      && exit 0
+    sleep 0.1
+  done
+  die "kube-router did not finish a policy sync within 30 s" ;;
+*) echo "usage: $0 start|stop|import|leftovers|settled DIR [ARCHIVE...]" >&2; exit 2 ;;
 esac
 
 # --------------------------------------------------------------------------------------------- start
@@ -279,14 +302,9 @@ sysctl -qw net.ipv4.ip_forward=1
 sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
 
 # --- certificates: one CA for everything (the cluster's client CA, serving CA and CSR signer)
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=sfm-node-ca" \
-  -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
-issue() { # name, subject, extfile contents
-  openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$pki/$1.key" -out "$pki/$1.csr" 2>/dev/null
-  printf '%s\n' "$3" >"$pki/$1.ext"
-  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
-    -days 2 -extfile "$pki/$1.ext" -out "$pki/$1.crt" 2>/dev/null
-}
+# shellcheck source=hack/pki.sh
+source "$root/hack/pki.sh"
+pki_ca sfm-node-ca
 issue apiserver "/CN=kube-apiserver" \
   "subjectAltName=IP:$node_ip,IP:$api_service_ip,IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth"
@@ -300,8 +318,7 @@ issue scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
 issue proxy "/CN=system:kube-proxy" "extendedKeyUsage=clientAuth"
 # kube-router is a test-harness component; it reads pods, namespaces, policies and nodes cluster-wide.
 issue router "/O=system:masters/CN=kube-router" "extendedKeyUsage=clientAuth"
-openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
-openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+pki_service_account_keys
 
 kubeconfig() { # name (certificate), file
   cat >"$2" <<KCFG

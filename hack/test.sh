@@ -7,25 +7,35 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-echo "== NHN's reference files"
+# Each phase ends with "== PHASE: N s" (hack/test-node.sh prints its own phases the same way).
+phase_start=$(date +%s)
+phase() { # ends the current phase and starts the next (none: "")
+  local now; now=$(date +%s)
+  [ -n "${phase_name:-}" ] && echo "== $phase_name: $((now - phase_start)) s"
+  phase_name=$1; phase_start=$now
+  [ -z "$1" ] || echo "-- $1${2:+ ($2)}"
+}
+
+phase "reference files" "NHN's XSD and samples"
 SFM_FORMAT_DIR=$(hack/nhn-reference.sh)
 export SFM_FORMAT_DIR
 echo "$SFM_FORMAT_DIR"
-echo "== cargo fmt --check"
+phase fmt "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy --all-targets -- -D warnings"
+phase clippy "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
-echo "== crds/ is current"
+phase crds "crds/ is current"
 cargo build --quiet --bins
 ./target/debug/sfm-operator crds | diff -u crds/sfm.nhn.no.yaml - \
   || { echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; }
 
 log=target/test-output.log
-echo "== cargo test (against a real PostgreSQL and a real kube-apiserver; log in $log)"
+phase "cargo test" "against a real PostgreSQL and a real kube-apiserver; log in $log"
 set +e
 hack/test-env.sh cargo test --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+phase ""
 
 # Count the end-to-end tests that really ran: the result line that follows the e2e test binary.
 e2e=$(awk '/Running tests\/e2e\.rs/ {seen=1} seen && /^test result:/ {print; exit}' "$log")
@@ -51,11 +61,12 @@ fi
 node_passed=0 node_failed=0 node_status=0
 if [ "${SFM_TEST_NODE:-1}" != 0 ]; then
   node_log=target/test-node.log
-  echo "== the chart on a real local node (hack/test-node.sh; log in $node_log)"
+  phase node "the chart on a real local node: hack/test-node.sh, its phases below; log in $node_log"
   set +e
   hack/test-node.sh 2>&1 | tee "$node_log"
   node_status=${PIPESTATUS[0]}
   set -e
+  phase ""
   node_passed=$(grep -cE '^(test-node|images):   ok: ' "$node_log" || true)
   node_failed=$(grep -cE '^(test-node|images):   WRONG: ' "$node_log" || true)
   if [ "$node_status" -ne 0 ] && [ "$node_failed" -eq 0 ]; then node_failed=1; fi
