@@ -15,7 +15,7 @@ use super::activation::{ActivationDecision, activation_decision};
 use super::children::{self, Credentials};
 use super::cleanup::cleanup;
 use super::credentials::{
-    admin_uri, delete_owned_secret, ensure_password, legacy_migrator_password,
+    admin_uri, delete_owned_secret, ensure_password, legacy_migrator_password, owned_password,
 };
 use super::quiet::{fingerprint_text, pass_fingerprint};
 use super::status::{cond, patch_status, publish};
@@ -232,6 +232,10 @@ async fn provision_and_observe(
     let migrator_password = if mode_before == Some(Mode::Operational) {
         // The migrator is closed for good; its Secret is gone and must not come back.
         generate_password()
+    } else if let Some(secret) = api_secrets.get_opt(&migrator_name).await? {
+        // The usual pass: one read. A Secret of the old name is only looked for (and its
+        // password taken over) when the new one is missing, and is deleted at the switch anyway.
+        owned_password(&secret, &migrator_name, &uid)?
     } else {
         let candidate = match legacy_migrator_password(&api_secrets, &child, &uid).await? {
             Some(password) => password,

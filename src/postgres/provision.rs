@@ -288,6 +288,10 @@ impl AdminSession {
         application_password: &str,
     ) -> Result<Mode, ProvisionError> {
         let names = self.names.clone();
+        // Each group of statements that may share a transaction does: one commit (one WAL flush,
+        // with fsync on) instead of one per statement. A failure leaves the group undone (the
+        // session is dropped with its transaction) and the next pass repeats it.
+        self.exec(Statement::new("BEGIN")).await?;
         self.ensure_role(&names.owner, None).await?;
         self.ensure_role(&names.migrator, Some(migrator_password))
             .await?;
@@ -300,6 +304,7 @@ impl AdminSession {
                 .push(" TO CURRENT_USER"),
         )
         .await?;
+        self.exec(Statement::new("COMMIT")).await?;
         let created = self.ensure_database(data_model_version).await?;
 
         let db = self.inside().await?;
@@ -313,6 +318,7 @@ impl AdminSession {
             return Ok(Mode::Operational);
         }
 
+        self.exec(Statement::new("BEGIN")).await?;
         self.exec(
             Statement::new("REVOKE ALL ON DATABASE ")
                 .ident(&names.database)?
@@ -345,6 +351,7 @@ impl AdminSession {
                 .push(" LOGIN"),
         )
         .await?;
+        self.exec(Statement::new("COMMIT")).await?;
 
         let uid = self.tag.trim_start_matches(TAG_PREFIX).to_owned();
         self.in_database(vec![
@@ -672,17 +679,19 @@ impl AdminSession {
         Ok(self.inside.as_mut().expect("opened above"))
     }
 
-    /// Runs statements inside the database as its owner, so everything created belongs to the owner.
+    /// Runs statements inside the database as its owner, so everything created belongs to the owner,
+    /// in one transaction: all of them or none.
     async fn in_database(&mut self, statements: Vec<Statement>) -> Result<(), ProvisionError> {
         let owner = self.names.owner.clone();
         let db = self.inside().await?;
-        sqlx::query(Statement::new("SET ROLE ").ident(&owner)?)
-            .execute(&mut *db)
+        let mut transaction = db.begin().await?;
+        sqlx::query(Statement::new("SET LOCAL ROLE ").ident(&owner)?)
+            .execute(&mut *transaction)
             .await?;
         for statement in statements {
-            sqlx::query(statement).execute(&mut *db).await?;
+            sqlx::query(statement).execute(&mut *transaction).await?;
         }
-        sqlx::query("RESET ROLE").execute(&mut *db).await?;
+        transaction.commit().await?;
         Ok(())
     }
 }
