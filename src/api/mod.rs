@@ -207,12 +207,19 @@ impl AppState {
             .insert(database, std::time::Instant::now());
     }
 
-    /// Whether this replica served a request for the database within `within`; forgets databases
-    /// idle for longer.
+    /// Whether this replica served a request for the database within `within`; forgets the
+    /// database once it has been idle for longer. Only this database's entry is looked at: the
+    /// recovery loop asks for every database on every tick.
     pub fn recently_active(&self, database: uuid::Uuid, within: Duration) -> bool {
         let mut activity = self.activity.lock().unwrap_or_else(|e| e.into_inner());
-        activity.retain(|_, at| at.elapsed() < within);
-        activity.contains_key(&database)
+        match activity.get(&database) {
+            Some(at) if at.elapsed() < within => true,
+            Some(_) => {
+                activity.remove(&database);
+                false
+            }
+            None => false,
+        }
     }
 
     /// A `busy` problem with the configured `Retry-After`.
