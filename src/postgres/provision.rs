@@ -639,32 +639,44 @@ impl AdminSession {
             .await?;
         }
         let tag = self.tag.clone();
-        self.exec(
-            Statement::new("COMMENT ON DATABASE ")
-                .ident(&temporary)?
-                .push(" IS ")
-                .literal(&tag)?,
-        )
-        .await?;
-        self.exec(
-            Statement::new("REVOKE ALL ON DATABASE ")
-                .ident(&temporary)?
-                .push(" FROM PUBLIC"),
-        )
-        .await?;
-        // Renaming waits (up to 5 s, in PostgreSQL) for the session that reassigned to end.
-        self.exec(
-            Statement::new("ALTER DATABASE ")
-                .ident(&temporary)?
-                .push(" RENAME TO ")
-                .ident(&names.database)?,
-        )
-        .await?;
+        self.tag_and_rename(&temporary, &tag, &names.database)
+            .await?;
         Ok(if copied {
             Created::FromTemplate
         } else {
             Created::Empty
         })
+    }
+
+    /// Finishes a database made under a temporary name: tags it, closes it to PUBLIC and gives it
+    /// its real name, which so only ever names a finished, tagged database. Renaming waits (up to
+    /// 5 s, in PostgreSQL) for the sessions that just worked inside it to end.
+    async fn tag_and_rename(
+        &mut self,
+        temporary: &str,
+        tag: &str,
+        name: &str,
+    ) -> Result<(), ProvisionError> {
+        self.exec(
+            Statement::new("COMMENT ON DATABASE ")
+                .ident(temporary)?
+                .push(" IS ")
+                .literal(tag)?,
+        )
+        .await?;
+        self.exec(
+            Statement::new("REVOKE ALL ON DATABASE ")
+                .ident(temporary)?
+                .push(" FROM PUBLIC"),
+        )
+        .await?;
+        self.exec(
+            Statement::new("ALTER DATABASE ")
+                .ident(temporary)?
+                .push(" RENAME TO ")
+                .ident(name)?,
+        )
+        .await
     }
 
     fn database_options(&self) -> PgConnectOptions {

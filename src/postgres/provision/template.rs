@@ -196,22 +196,8 @@ impl AdminSession {
             .execute(&mut inside)
             .await?;
         inside.close().await?;
-        let tag = template_tag(version);
-        self.exec(
-            Statement::new("COMMENT ON DATABASE ")
-                .ident(&temporary)?
-                .push(" IS ")
-                .literal(&tag)?,
-        )
-        .await?;
-        // Renaming waits (up to 5 s, in PostgreSQL) for the migration's session to end.
-        self.exec(
-            Statement::new("ALTER DATABASE ")
-                .ident(&temporary)?
-                .push(" RENAME TO ")
-                .ident(template)?,
-        )
-        .await?;
+        self.tag_and_rename(&temporary, &template_tag(version), template)
+            .await?;
         self.exec(
             Statement::new("ALTER DATABASE ")
                 .ident(template)?
