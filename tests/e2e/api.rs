@@ -2470,3 +2470,61 @@ fn idle_staging_databases_hold_no_connections_of_the_api() {
         "{connections} connections of the API to {DATABASES} idle staging databases"
     );
 }
+
+/// A broken document that puts an 11-digit number where the XML parser stops (`&<number>;` in the
+/// patient's family name): the file is rejected with a reason, and the number is in nothing anyone
+/// can read: the upload's answer, the status answer, `status.migration`, the stored rejection, the
+/// API's and the operator's logs, the Events.
+#[test]
+fn a_number_where_the_parser_stops_reaches_no_answer_status_table_or_log() {
+    let fx = Fixture::new("api-entity", "Lenient");
+    let api = fx.api("api", &[]);
+    fx.store_organisation(&api, 8192, false);
+    let number = "13097248022";
+    let family = read_patient_file(&fx.samples.patient_zip, &FormatLimits::default())
+        .unwrap()
+        .patient
+        .demographics
+        .family_name;
+    let guid = Uuid::new_v4().to_string();
+    let seen = fx.run(async {
+        let response = fx
+            .upload_patient_as(&api.base, &guid, &family, &format!("&{number};"))
+            .await;
+        assert_eq!(header(&response, "sfm-ingest-state"), "rejected");
+        let headers = format!("{:?}", response.headers());
+        let answer = format!("{headers}\n{}", response.text().await.unwrap());
+        let status = fx
+            .with_key(
+                Method::GET,
+                format!("{}{}", api.base, contract::PATH_STATUS),
+            )
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut connection = sqlx::PgConnection::connect(&fx.migrator_uri).await.unwrap();
+        let stored: String = sqlx::query_scalar(
+            "SELECT coalesce(string_agg(message, ' | '), '') FROM sfm.rejections",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+        assert!(!stored.is_empty(), "no rejection was recorded");
+        [answer, status, stored].join("\n")
+    });
+    fx.wait_for_status("{.status.migration.patients.rejected}", "1");
+    let everything = [
+        seen,
+        api.process.log_text(),
+        fx.operator.log_text(),
+        kubectl_ok(&["-n", fx.ns(), "get", "mdb,events", "-o", "yaml"], None),
+    ]
+    .join("\n");
+    assert!(
+        !everything.contains(number),
+        "the number from the document leaked into an answer, the status, a table or a log"
+    );
+}
