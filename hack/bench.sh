@@ -11,7 +11,7 @@ run() {
   "$@" || { echo "bench: $1 failed" >&2; status=1; }
 }
 run "$root/hack/bench-operator.sh" "${SFM_BENCH_DATABASES:-1000}"
-for extra in bench-api.sh bench-flow.sh; do
+for extra in bench-api.sh bench-flow.sh bench-wave.sh; do
   if [ -x "$root/hack/$extra" ]; then run "$root/hack/$extra"; fi
 done
 exit $status

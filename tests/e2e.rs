@@ -19,4 +19,5 @@ mod e2e {
     pub mod operator;
     pub mod operator_faults;
     pub mod processes;
+    pub mod wave;
 }

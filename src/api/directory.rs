@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
@@ -16,6 +16,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, PgConnection, PgPool};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::{ApiError, Limits, keys, switch};
@@ -31,6 +32,7 @@ const STORES_READY_WITHIN: Duration = Duration::from_secs(10);
 pub struct Directory {
     kube: Client,
     namespace: String,
+    /// Connections of one database's pool.
     max_connections: u32,
     keys: Store<MigrationKey>,
     databases: Store<MigrationDatabase>,
@@ -38,8 +40,41 @@ pub struct Directory {
     /// own `wait_until_ready`, which wakes only the last of several waiters: of the requests that
     /// arrived together right after a start, all but one waited out the timeout.
     listed: tokio::sync::watch::Receiver<bool>,
-    pools: tokio::sync::Mutex<HashMap<Uuid, PgPool>>,
+    pools: tokio::sync::Mutex<HashMap<Uuid, Pooled>>,
+    /// Every PostgreSQL connection this replica may hold, whatever the database: a pool reserves
+    /// `max_connections` of them for as long as it is open, a one-off look one. PostgreSQL's own
+    /// `max_connections` is shared by every replica and the operator; this is each replica's share.
+    budget: Arc<Semaphore>,
 }
+
+/// A database's pool and the connections it may open, reserved from the replica's budget and given
+/// back only once the pool is closed (when this is dropped after [`PgPool::close`]).
+struct Pooled {
+    pool: PgPool,
+    _reserved: OwnedSemaphorePermit,
+    last_used: Instant,
+}
+
+impl Pooled {
+    /// No connection of the pool is out and no request asked for it lately: closing it takes
+    /// nothing from anyone.
+    fn idle_since(&self, before: Instant) -> bool {
+        self.last_used < before && self.pool.size() as usize == self.pool.num_idle()
+    }
+}
+
+/// A connection of no pool, with its share of the budget (see [`Directory::connect_once`]).
+pub struct OnceConnection {
+    pub connection: PgConnection,
+    _reserved: OwnedSemaphorePermit,
+}
+
+/// How long a pool must have been asked for nothing before another database may take its share of
+/// the budget.
+const IDLE_BEFORE_CLOSING: Duration = Duration::from_secs(2);
+/// How long a request for a database without a pool waits for a share of the budget before it is
+/// told to come back (503 `busy`).
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 /// Keeps `writer` in step with every object of `api` (LIST, then WATCH, with backoff on errors),
 /// for as long as the process runs.
@@ -92,6 +127,7 @@ impl Directory {
             databases,
             listed,
             pools: tokio::sync::Mutex::new(HashMap::new()),
+            budget: Arc::new(Semaphore::new(limits.max_connections as usize)),
         }
     }
 
@@ -156,7 +192,9 @@ impl Directory {
 
     /// The bounded pool of the database's migrator, from its Secret in the API's namespace. Refused
     /// (`migration-operational`, and any pool dropped) once the database is `Activating` or
-    /// `Operational`: its migrator is being closed or is closed.
+    /// `Operational`: its migrator is being closed or is closed. A new pool takes its connections
+    /// from the replica's budget: when that is spent, pools nobody is using are closed to make room,
+    /// and when none is, the request is told to come back (503 `busy`, `Retry-After`).
     pub async fn pool(&self, db: &MigrationDatabase) -> Result<PgPool, ApiError> {
         let uid = database_uid(db)
             .ok_or_else(|| ApiError::internal("read the database uid", "no uid"))?;
@@ -164,10 +202,61 @@ impl Directory {
             self.forget_pool(uid).await;
             return Err(refusal);
         }
-        let mut pools = self.pools.lock().await;
-        if let Some(pool) = pools.get(&uid) {
-            return Ok(pool.clone());
+        let unused = {
+            let mut pools = self.pools.lock().await;
+            if let Some(pooled) = pools.get_mut(&uid) {
+                pooled.last_used = Instant::now();
+                return Ok(pooled.pool.clone());
+            }
+            if let Ok(reserved) = self
+                .budget
+                .clone()
+                .try_acquire_many_owned(self.max_connections)
+            {
+                return self.open_pool(&mut pools, uid, db, reserved).await;
+            }
+            let before = Instant::now() - IDLE_BEFORE_CLOSING;
+            let unused: Vec<Uuid> = pools
+                .iter()
+                .filter(|(_, pooled)| pooled.idle_since(before))
+                .map(|(uid, _)| *uid)
+                .collect();
+            unused
+                .iter()
+                .filter_map(|uid| pools.remove(uid))
+                .collect::<Vec<_>>()
+        };
+        for pooled in unused {
+            pooled.pool.close().await;
         }
+        let reserved = tokio::time::timeout(
+            BUDGET_WAIT,
+            self.budget.clone().acquire_many_owned(self.max_connections),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::new(ProblemCode::Busy)
+                .detail("every database connection of this API replica is in use")
+                .retry_after(2)
+        })?;
+        let mut pools = self.pools.lock().await;
+        if let Some(pooled) = pools.get_mut(&uid) {
+            // Made by another request meanwhile; the share reserved here goes back.
+            pooled.last_used = Instant::now();
+            return Ok(pooled.pool.clone());
+        }
+        self.open_pool(&mut pools, uid, db, reserved).await
+    }
+
+    async fn open_pool(
+        &self,
+        pools: &mut HashMap<Uuid, Pooled>,
+        uid: Uuid,
+        db: &MigrationDatabase,
+        reserved: OwnedSemaphorePermit,
+    ) -> Result<PgPool, ApiError> {
         let options = self.migrator_options(db).await?;
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
@@ -175,19 +264,34 @@ impl Directory {
             .acquire_timeout(Duration::from_secs(5))
             .idle_timeout(Duration::from_secs(60))
             .connect_lazy_with(options);
-        pools.insert(uid, pool.clone());
+        pools.insert(
+            uid,
+            Pooled {
+                pool: pool.clone(),
+                _reserved: reserved,
+                last_used: Instant::now(),
+            },
+        );
         Ok(pool)
     }
 
-    /// One connection of the database's migrator, of no pool: for a look that must not keep a
-    /// connection open afterwards (the recovery loop's scan of a database this replica does not
-    /// serve). Closed by the caller.
-    pub async fn connect_once(&self, db: &MigrationDatabase) -> Result<PgConnection, ApiError> {
+    /// One connection of the database's migrator, of no pool, with one connection's share of the
+    /// budget (none free: `busy`): for a look that must not keep a connection open afterwards (the
+    /// recovery loop's scan of a database this replica does not serve). Closed by the caller.
+    pub async fn connect_once(&self, db: &MigrationDatabase) -> Result<OnceConnection, ApiError> {
         switch::ensure_open(db)?;
+        let reserved = self.budget.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(ProblemCode::Busy)
+                .detail("every database connection of this API replica is in use")
+        })?;
         let options = self.migrator_options(db).await?;
-        PgConnection::connect_with(&options)
+        let connection = PgConnection::connect_with(&options)
             .await
-            .map_err(|e| super::error::database("connect to the staging database", e))
+            .map_err(|e| super::error::database("connect to the staging database", e))?;
+        Ok(OnceConnection {
+            connection,
+            _reserved: reserved,
+        })
     }
 
     /// How to connect as the database's migrator.
@@ -238,7 +342,7 @@ impl Directory {
 
     /// Closes the pools of every database not in `keep` (it left staging, or is gone).
     pub async fn forget_pools_except(&self, keep: &std::collections::HashSet<Uuid>) {
-        let dropped: Vec<PgPool> = {
+        let dropped: Vec<Pooled> = {
             let mut pools = self.pools.lock().await;
             let gone: Vec<Uuid> = pools
                 .keys()
@@ -247,15 +351,16 @@ impl Directory {
                 .collect();
             gone.iter().filter_map(|uid| pools.remove(uid)).collect()
         };
-        for pool in dropped {
-            pool.close().await;
+        for pooled in dropped {
+            pooled.pool.close().await;
         }
     }
 
     /// Forgets a database's pool (its migrator was closed or its password changed).
     pub async fn forget_pool(&self, uid: Uuid) {
-        if let Some(pool) = self.pools.lock().await.remove(&uid) {
-            pool.close().await;
+        let removed = self.pools.lock().await.remove(&uid);
+        if let Some(pooled) = removed {
+            pooled.pool.close().await;
         }
     }
 }

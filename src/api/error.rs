@@ -99,6 +99,11 @@ pub fn database(context: &'static str, error: sqlx::Error) -> ApiError {
         sqlx::Error::PoolTimedOut => ApiError::new(ProblemCode::Busy)
             .detail("every database connection of this API replica is in use")
             .retry_after(2),
+        // The pool was closed under the request: its database gave its connections to another
+        // (see `Directory::pool`) or left staging. Asked again, the request finds out which.
+        sqlx::Error::PoolClosed => ApiError::new(ProblemCode::Busy)
+            .detail("the database's connections were closed meanwhile")
+            .retry_after(1),
         sqlx::Error::Database(e)
             if e.code().as_deref() == Some(crate::postgres::provision::VALIDATED_SQLSTATE) =>
         {

@@ -71,6 +71,10 @@ pub struct Limits {
     pub max_concurrent_ingests: usize,
     /// Connections of this process to one staging database.
     pub max_connections_per_database: u32,
+    /// Connections of this process to all staging databases together (at least
+    /// `max_connections_per_database`): its share of PostgreSQL's `max_connections`, which every
+    /// replica and the operator share.
+    pub max_connections: u32,
     /// tus requests (creation, append) served at the same time; beyond it, 503 `busy`.
     pub max_inflight_requests: usize,
     /// How long an unfinished upload lives (tus expiration).
@@ -125,6 +129,7 @@ impl Default for Limits {
             max_chunk_bytes: 64 * 1024 * 1024,
             max_concurrent_ingests: 4,
             max_connections_per_database: 8,
+            max_connections: 64,
             max_inflight_requests: 64,
             upload_ttl: Duration::from_secs(24 * 3600),
             ingest_wait: Duration::from_secs(60),

@@ -401,7 +401,18 @@ pub async fn flush_loop(state: Arc<AppState>) {
                     .await?
                     .ok_or_else(|| ApiError::new(ProblemCode::NotFound))?;
                 let pool = state.directory.pool(&db).await?;
-                write_status(&state, &db, &pool).await
+                match write_status(&state, &db, &pool).await {
+                    // The operator closed the migrator after the cache last saw the database (it
+                    // writes `Activating` first): nothing more to write, and nothing to retry.
+                    Err(error) => match switch::closed_meanwhile(&state, &db).await {
+                        Some(_) => {
+                            state.directory.forget_pool(uid).await;
+                            Err(ApiError::new(ProblemCode::MigrationOperational))
+                        }
+                        None => Err(error),
+                    },
+                    written => written,
+                }
             }
             .await;
             // Half a tick early, so a 1 s pause is not rounded up to the next tick.

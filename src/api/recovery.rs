@@ -67,13 +67,14 @@ pub async fn recovery_loop(state: Arc<AppState>) {
                 if due > now {
                     continue;
                 }
+                let Some(waiting) = look(&state, &db).await else {
+                    continue;
+                };
                 idle_due.insert(
                     uid,
                     now + IDLE_SCAN_EVERY / 2 + spread(uid, IDLE_SCAN_EVERY / 2),
                 );
-            }
-            if !active {
-                if !look(&state, &db).await {
+                if !waiting {
                     continue;
                 }
                 // Uploads wait for their ingest: scanned often until they are taken.
@@ -97,12 +98,16 @@ fn spread(uid: Uuid, period: Duration) -> Duration {
 /// The look at a database this replica does not serve, through a connection of its own closed
 /// right after: the sweep of expired uploads and old DPoP proofs, and whether any upload waits for
 /// its ingest (however recently completed: the scan leaves the newest to their own request a few
-/// seconds, and a database found with one is scanned every few seconds from then on).
-async fn look(state: &AppState, db: &MigrationDatabase) -> bool {
+/// seconds, and a database found with one is scanned every few seconds from then on). `None` when
+/// every connection of the replica's budget is in use: the look is tried again at the next tick.
+async fn look(state: &AppState, db: &MigrationDatabase) -> Option<bool> {
     use sqlx::Connection as _;
-    let Ok(mut connection) = state.directory.connect_once(db).await else {
-        return false;
+    let once = match state.directory.connect_once(db).await {
+        Ok(once) => once,
+        Err(error) if error.code() == crate::contract::ProblemCode::Busy => return None,
+        Err(_) => return Some(false),
     };
+    let mut connection = once.connection;
     let _ = sqlx::query(
         "DELETE FROM sfm.uploads WHERE state IN ('created', 'receiving') AND expires_at < now() - interval '1 hour'",
     )
@@ -118,7 +123,7 @@ async fn look(state: &AppState, db: &MigrationDatabase) -> bool {
             .await
             .unwrap_or(false);
     let _ = connection.close().await;
-    waiting
+    Some(waiting)
 }
 
 /// One scan of one database: the sweep of expired uploads, then the ingest of what waits. Whether

@@ -37,7 +37,8 @@ enum Command {
             required = true
         )]
         decryption_keys: Vec<PathBuf>,
-        /// The URL clients reach the API at (for `Location`); default: from the Host header.
+        /// The URL clients reach the API at (for `Location`, and the URL DPoP proofs must name);
+        /// required with --trusted-issuer. Without it, `Location` is built from the Host header.
         #[arg(long, env = "SFM_PUBLIC_URL")]
         public_url: Option<String>,
         /// HelseID issuers (`iss`) this API trusts: the only ones a MigrationDatabase's
@@ -62,6 +63,11 @@ enum Command {
         /// Connections of this process to one staging database.
         #[arg(long, env = "SFM_MAX_CONNECTIONS_PER_DATABASE", default_value_t = 8)]
         max_connections_per_database: u32,
+        /// Connections of this process to all staging databases together: its share of PostgreSQL's
+        /// max_connections (shared by every replica and the operator). A database without a pool
+        /// waits for pools nobody uses to close; beyond that, 503 with Retry-After.
+        #[arg(long, env = "SFM_MAX_CONNECTIONS", default_value_t = 64)]
+        max_connections: u32,
         /// tus requests served at the same time; beyond it, 503 with Retry-After.
         #[arg(long, env = "SFM_MAX_INFLIGHT_REQUESTS", default_value_t = 64)]
         max_inflight_requests: usize,
@@ -126,6 +132,7 @@ async fn main() -> Result<()> {
             max_upload_bytes,
             max_concurrent_ingests,
             max_connections_per_database,
+            max_connections,
             max_inflight_requests,
             upload_ttl_hours,
             ingest_wait_seconds,
@@ -141,6 +148,16 @@ async fn main() -> Result<()> {
                     "the trusted issuer {plain} is not https://: tokens would be checked against keys fetched in the clear (--allow-http-issuers is for development only)"
                 );
             }
+            if max_connections < max_connections_per_database.max(1) {
+                anyhow::bail!(
+                    "--max-connections ({max_connections}) is below --max-connections-per-database ({max_connections_per_database}): no database could ever be served"
+                );
+            }
+            if !trusted_issuers.is_empty() && public_url.is_none() {
+                anyhow::bail!(
+                    "--public-url is needed with --trusted-issuer: a DPoP proof names the URL its client used, and only the URL the API is configured with can be checked against (a Host header is the sender's to choose)"
+                );
+            }
             let keys = DecryptionKeys::from_pem_files(&decryption_keys)
                 .context("the decryption keys cannot be loaded")?;
             let metrics = api::metrics::Metrics::new();
@@ -154,6 +171,7 @@ async fn main() -> Result<()> {
                 max_upload_bytes,
                 max_concurrent_ingests: max_concurrent_ingests.max(1),
                 max_connections_per_database: max_connections_per_database.max(1),
+                max_connections,
                 max_inflight_requests: max_inflight_requests.max(1),
                 upload_ttl: Duration::from_secs(upload_ttl_hours.max(1) * 3600),
                 ingest_wait: Duration::from_secs(ingest_wait_seconds),

@@ -15,10 +15,18 @@ use crate::contract::{
 };
 use crate::format::index::INDEX_FILE_NAME;
 
+/// How long a step asks again while the API answers that it is busy (or fails transiently): as long
+/// as an upload's requests do (`Retry-After` honoured). A wave of organisations starting at once is
+/// served in turns, and the ones waiting must not give up.
+pub const BUSY_PATIENCE: Duration = Duration::from_secs(20 * 60);
+
 /// Asks the product version and checks the key (step 11): the API is reachable, speaks our
 /// contract, and the key works for a database that is not finished.
 pub async fn key_check(api: &ApiClient) -> Outcome<(ProductVersion, KeyCheckResponse)> {
-    let version = api.product_version().await.map_err(|e| e.failure())?;
+    let deadline = Instant::now() + BUSY_PATIENCE;
+    let version = until_answered(deadline, || api.product_version())
+        .await
+        .map_err(|e| e.failure())?;
     if version.api_version != crate::contract::API_VERSION {
         return Err(Failure::new(
             format!(
@@ -29,7 +37,9 @@ pub async fn key_check(api: &ApiClient) -> Outcome<(ProductVersion, KeyCheckResp
             "install the sfm-migrate version NHN recommends for this API",
         ));
     }
-    let check = api.key_check().await.map_err(|e| e.failure())?;
+    let check = until_answered(deadline, || api.key_check())
+        .await
+        .map_err(|e| e.failure())?;
     if check.token_required && api.auth_has_no_token() {
         return Err(Failure::new(
             "This database requires a HelseID login.",
@@ -173,7 +183,7 @@ pub async fn verify(
                     next,
                 ));
             }
-            Err(error) if error.is_transient() && started.elapsed() < pending_wait => {
+            Err(error) if error.is_transient() && started.elapsed() < BUSY_PATIENCE => {
                 tokio::time::sleep(error.retry_after().unwrap_or(Duration::from_secs(2))).await;
             }
             Err(error) => return Err(error.failure()),

@@ -254,6 +254,12 @@ fn values_outside_the_schema_and_unsafe_combinations_are_refused() {
             "podLabels",
         ),
         (vec!["--set", "api.decryptionKeys=null"], "decryptionKeys"),
+        // DPoP proofs are checked against the configured URL, never one guessed from Host.
+        (
+            vec!["--set", "api.trustedIssuers[0]=https://helseid-sts.nhn.no"],
+            "api.publicUrl is required",
+        ),
+        (vec!["--set", "api.maxConnections=0"], "maxConnections"),
     ] {
         let mut all = vec!["template", RELEASE, chart.as_str(), "-n", "sfm-system"];
         all.extend(args.iter().copied());

@@ -48,42 +48,49 @@ impl Process {
     }
 
     /// Whether the (running) process holds a TCP socket whose local port is `port`: which of several
-    /// processes owns a PostgreSQL session, given the session's `pg_stat_activity.client_port`. Reads
-    /// the socket inodes of `/proc/<pid>/fd` and finds them in `/proc/<pid>/net/tcp{,6}`.
+    /// processes owns a PostgreSQL session, given the session's `pg_stat_activity.client_port`.
     pub fn has_local_tcp_port(&self, port: u16) -> bool {
-        let pid = self.child.id();
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            return false;
-        };
-        let sockets: std::collections::HashSet<String> = fds
-            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-            .filter_map(|target| {
-                let target = target.to_str()?;
-                Some(
-                    target
-                        .strip_prefix("socket:[")?
-                        .strip_suffix(']')?
-                        .to_owned(),
-                )
-            })
-            .collect();
-        ["tcp", "tcp6"].iter().any(|table| {
-            let text =
-                std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-            // `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...`, with
-            // addresses as `HEXADDR:HEXPORT`.
-            text.lines().skip(1).any(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                fields.len() > 9
-                    && fields[1]
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| u16::from_str_radix(p, 16).ok())
-                        == Some(port)
-                    && sockets.contains(fields[9])
-            })
-        })
+        local_tcp_ports(self.child.id()).contains(&port)
     }
+}
+
+/// The local ports of every TCP socket the process `pid` holds: the socket inodes of
+/// `/proc/<pid>/fd`, found in `/proc/<pid>/net/tcp{,6}`.
+pub fn local_tcp_ports(pid: u32) -> std::collections::HashSet<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Default::default();
+    };
+    let sockets: std::collections::HashSet<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut ports = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        // `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...`, with
+        // addresses as `HEXADDR:HEXPORT`.
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 9
+                && sockets.contains(fields[9])
+                && let Some(port) = fields[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
 }
 
 impl Drop for Process {
@@ -135,7 +142,23 @@ pub fn start_operator_with(
     log_name: &str,
     extra: &[&str],
 ) -> Process {
-    let admin = admin_url();
+    start_operator_on(
+        &admin_url(),
+        watch_namespace,
+        api_namespace,
+        log_name,
+        extra,
+    )
+}
+
+/// As [`start_operator_with`], against the PostgreSQL server of `admin` (a server of the test's own).
+pub fn start_operator_on(
+    admin: &str,
+    watch_namespace: &str,
+    api_namespace: &str,
+    log_name: &str,
+    extra: &[&str],
+) -> Process {
     let mut args = vec![
         "run",
         "--api-namespace",
@@ -153,7 +176,7 @@ pub fn start_operator_with(
     Process::start(
         env!("CARGO_BIN_EXE_sfm-operator"),
         &args,
-        &[("SFM_DEFAULT_ADMIN_URL", admin.as_str())],
+        &[("SFM_DEFAULT_ADMIN_URL", admin)],
         log_name,
     )
 }
@@ -181,6 +204,11 @@ pub fn start_api(
         key_file.as_str(),
     ];
     args.extend_from_slice(extra);
+    // An API that trusts an issuer checks DPoP proofs against its public URL, which it must be told.
+    let public_url = format!("http://127.0.0.1:{port}");
+    if extra.contains(&"--trusted-issuer") && !extra.contains(&"--public-url") {
+        args.extend_from_slice(&["--public-url", public_url.as_str()]);
+    }
     let identity = super::chart::chart_kubeconfig("api", namespace);
     let process = Process::start(
         env!("CARGO_BIN_EXE_sfm-migration-api"),
