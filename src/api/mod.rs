@@ -75,7 +75,8 @@ pub struct Limits {
     /// `max_connections_per_database`): its share of PostgreSQL's `max_connections`, which every
     /// replica and the operator share.
     pub max_connections: u32,
-    /// tus requests (creation, append) served at the same time; beyond it, 503 `busy`.
+    /// Requests served at the same time (all but health, metrics and other answers from memory);
+    /// beyond it, 503 `busy`.
     pub max_inflight_requests: usize,
     /// How long an unfinished upload lives (tus expiration).
     pub upload_ttl: Duration,
@@ -269,7 +270,42 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(contract::PATH_READYZ, get(readyz))
         .route(contract::PATH_METRICS, get(metrics::serve))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_slot,
+        ))
         .with_state(state)
+}
+
+/// Every request that may reach the cluster's objects or a staging database takes one of the
+/// replica's request slots for as long as it runs (a `PATCH` body included); with none free it is
+/// answered at once: 503 `busy` with `Retry-After`, and the connection closed (the body may be
+/// unread). Health, readiness, metrics, the OpenAPI document, the product version and tus `OPTIONS`
+/// are answered from memory and take none.
+async fn request_slot(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let from_memory = request.method() == axum::http::Method::OPTIONS
+        || [
+            contract::PATH_HEALTHZ,
+            contract::PATH_READYZ,
+            contract::PATH_METRICS,
+            contract::PATH_OPENAPI,
+            contract::PATH_PRODUCT_VERSION,
+        ]
+        .contains(&request.uri().path());
+    if from_memory {
+        return next.run(request).await;
+    }
+    let Ok(_slot) = state.request_slots.clone().try_acquire_owned() else {
+        return state
+            .busy("this API replica serves as many requests as it allows")
+            .header("connection", "close")
+            .into_response();
+    };
+    next.run(request).await
 }
 
 /// `GET /api/sfmProductVersion`: JSON for a client that asks for it (`Accept: application/json`,

@@ -68,16 +68,6 @@ pub async fn options(State(state): State<Arc<AppState>>) -> Response {
     (StatusCode::NO_CONTENT, headers).into_response()
 }
 
-async fn take_request_slot(
-    state: &AppState,
-) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    state
-        .request_slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| state.busy("this API replica serves as many uploads as it allows"))
-}
-
 /// A refused request may leave its body unread: the connection is closed after the answer so the
 /// client does not send its next request into the rest of that body.
 fn close_on_error(result: Result<Response, ApiError>) -> Result<Response, ApiError> {
@@ -103,7 +93,6 @@ async fn create_upload(
     body: Body,
 ) -> Result<Response, ApiError> {
     require_tus(&headers)?;
-    let _slot = take_request_slot(&state).await?;
     let length = header_u64(&headers, contract::HEADER_UPLOAD_LENGTH)?.ok_or_else(|| {
         ApiError::new(ProblemCode::HeaderInvalid)
             .detail("Upload-Length is required (deferred length is not offered)")
@@ -406,7 +395,6 @@ async fn append_request(
         ApiError::new(ProblemCode::HeaderInvalid).detail("Upload-Offset is required")
     })?;
     let checksum = parse_checksum(&headers)?;
-    let _slot = take_request_slot(&state).await?;
     let (session, row) = upload_session(&state, &id, &method, &uri, &headers).await?;
     switch::ensure_open(&session.database)?;
     let database = session.database.clone();

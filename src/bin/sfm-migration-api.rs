@@ -68,7 +68,8 @@ enum Command {
         /// waits for pools nobody uses to close; beyond that, 503 with Retry-After.
         #[arg(long, env = "SFM_MAX_CONNECTIONS", default_value_t = 64)]
         max_connections: u32,
-        /// tus requests served at the same time; beyond it, 503 with Retry-After.
+        /// Requests served at the same time (health, metrics and the product version aside);
+        /// beyond it, 503 with Retry-After.
         #[arg(long, env = "SFM_MAX_INFLIGHT_REQUESTS", default_value_t = 64)]
         max_inflight_requests: usize,
         /// Hours an unfinished upload lives.

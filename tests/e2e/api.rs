@@ -1710,7 +1710,7 @@ fn helseid_token_is_required_when_the_database_asks_for_it() {
     });
 }
 
-/// Backpressure: with one request slot, a second upload request while a slow PATCH is in flight (the
+/// Backpressure: with one request slot, a second upload request (and a status read) while a slow PATCH is in flight (the
 /// API's `sfm_api_upload_requests_in_flight` says 1) gets 503 `busy` with `Retry-After`; once the
 /// PATCH is done the server serves again.
 #[test]
@@ -1773,6 +1773,24 @@ fn a_busy_api_answers_503_with_retry_after() {
         assert_eq!(busy.status(), 503);
         assert!(contract::parse_retry_after(header(&busy, "retry-after")).is_some());
         assert!(busy.text().await.unwrap().contains("\"busy\""));
+        // Every request that reaches the cluster or a staging database takes a slot, reads too.
+        let status = fx
+            .client
+            .get(format!("{base}{}", contract::PATH_STATUS))
+            .header("sfm-migration-key", &fx.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status.status(), 503);
+        assert!(contract::parse_retry_after(header(&status, "retry-after")).is_some());
+        // What is answered from memory takes none.
+        let health = fx
+            .client
+            .get(format!("{base}{}", contract::PATH_HEALTHZ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
         release.send(()).unwrap();
         let done = in_flight.await.unwrap().unwrap();
         assert_eq!(done.status(), 204);
@@ -2414,44 +2432,35 @@ fn a_500_mib_upload_is_refused_by_an_api_fitted_to_its_memory_limit() {
     drop(cgroup);
 }
 
-/// Staging databases waiting for their uploads hold no connection of an API replica: with 20 of
+/// Staging databases waiting for their uploads hold no connection of an API replica: with 200 of
 /// them Ready and nothing pending, the replica's connections to them stay at a handful (its
 /// recovery loop scans a database it does not serve rarely, spread out, and closes the connection
 /// after), where one pool per database used to keep one connection each.
 #[test]
 fn idle_staging_databases_hold_no_connections_of_the_api() {
-    const DATABASES: usize = 20;
+    const DATABASES: usize = 200;
     let fx = Fixture::new("api-idle", "Lenient");
-    let names: Vec<String> = (1..DATABASES).map(|i| format!("idle-{i}")).collect();
-    for name in &names {
-        kubectl_ok(
-            &["apply", "-f", "-"],
-            Some(&database_yaml(fx.ns(), name, "Lenient")),
-        );
-    }
-    let mut databases = vec![jsonpath(
-        fx.ns(),
-        &format!("mdb/{DB}"),
-        "{.status.database.name}",
-    )];
-    for name in &names {
-        kubectl_ok(
-            &[
-                "-n",
-                fx.ns(),
-                "wait",
-                "--for=condition=Ready",
-                &format!("mdb/{name}"),
-                WAIT_TIMEOUT,
-            ],
-            None,
-        );
-        databases.push(jsonpath(
+    let manifests: Vec<String> = (1..DATABASES)
+        .map(|i| database_yaml(fx.ns(), &format!("idle-{i}"), "Lenient"))
+        .collect();
+    kubectl_ok(&["apply", "-f", "-"], Some(&manifests.join("\n---\n")));
+    kubectl_ok(
+        &[
+            "-n",
             fx.ns(),
-            &format!("mdb/{name}"),
-            "{.status.database.name}",
-        ));
-    }
+            "wait",
+            "--for=condition=Ready",
+            "mdb",
+            "--all",
+            WAIT_TIMEOUT,
+        ],
+        None,
+    );
+    let databases: Vec<String> = jsonpath(fx.ns(), "mdb", "{.items[*].status.database.name}")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(databases.len(), DATABASES);
     let _api = fx.api("api", &[]);
     // Three scan periods of the recovery loop.
     std::thread::sleep(Duration::from_secs(16));
