@@ -190,6 +190,19 @@ impl Directory {
             .map(Arc::new))
     }
 
+    /// Whether the operator gave this API the database's migrator: its status names the migrator's
+    /// Secret in this API's namespace (an operator configured for another API namespace, as in a
+    /// cluster with more than one API, puts it elsewhere). Told from the status alone, so looking
+    /// costs no call to the Kubernetes API server.
+    pub fn serves(&self, db: &MigrationDatabase) -> bool {
+        db.status
+            .as_ref()
+            .and_then(|s| s.database.as_ref())
+            .and_then(|d| d.migrator_secret.as_deref())
+            .and_then(|secret| secret.split_once('/'))
+            .is_some_and(|(namespace, _)| namespace == self.namespace)
+    }
+
     /// The bounded pool of the database's migrator, from its Secret in the API's namespace. Refused
     /// (`migration-operational`, and any pool dropped) once the database is `Activating` or
     /// `Operational`: its migrator is being closed or is closed. A new pool takes its connections

@@ -53,7 +53,7 @@ pub async fn recovery_loop(state: Arc<AppState>) {
         };
         let staging: Vec<(Uuid, Arc<MigrationDatabase>)> = databases
             .into_iter()
-            .filter(|db| in_staging(db))
+            .filter(|db| in_staging(db) && state.directory.serves(db))
             .filter_map(|db| database_uid(&db).map(|uid| (uid, db)))
             .collect();
         let keep: HashSet<Uuid> = staging.iter().map(|(uid, _)| *uid).collect();
