@@ -99,6 +99,17 @@ impl Samples {
     }
 }
 
+/// The status code of the API's health check.
+async fn healthz(client: &reqwest::Client, base: &str) -> u16 {
+    client
+        .get(format!("{base}{}", contract::PATH_HEALTHZ))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn database_yaml(ns: &str, name: &str, schema_check: &str) -> String {
     format!(
         "apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationDatabase\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  organisation:\n    name: Sample Legekontor\n    organisationNumber: \"{SAMPLE_ORGANISATION_NUMBER}\"\n    helseIdClientId: sample-sfm\n  dataModelVersion: 4\n  reclaimPolicy: Delete\n  validation:\n    allowSyntheticIdentities: false\n    schemaCheck: {schema_check}\n"
@@ -1784,13 +1795,7 @@ fn a_busy_api_answers_503_with_retry_after() {
         assert_eq!(status.status(), 503);
         assert!(contract::parse_retry_after(header(&status, "retry-after")).is_some());
         // What is answered from memory takes none.
-        let health = fx
-            .client
-            .get(format!("{base}{}", contract::PATH_HEALTHZ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(health.status(), 200);
+        assert_eq!(healthz(&fx.client, base).await, 200);
         release.send(()).unwrap();
         let done = in_flight.await.unwrap().unwrap();
         assert_eq!(done.status(), 204);
@@ -2416,13 +2421,7 @@ fn a_500_mib_upload_is_refused_by_an_api_fitted_to_its_memory_limit() {
                 .await,
             0
         );
-        let health = fx
-            .client
-            .get(format!("{base}{}", contract::PATH_HEALTHZ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(health.status().as_u16(), 200);
+        assert_eq!(healthz(&fx.client, &base).await, 200);
     });
     assert!(resident_kib(api.process.child.id()) < 256 * 1024);
     if let Some(cgroup) = &cgroup {
@@ -2444,18 +2443,7 @@ fn idle_staging_databases_hold_no_connections_of_the_api() {
         .map(|i| database_yaml(fx.ns(), &format!("idle-{i}"), "Lenient"))
         .collect();
     kubectl_ok(&["apply", "-f", "-"], Some(&manifests.join("\n---\n")));
-    kubectl_ok(
-        &[
-            "-n",
-            fx.ns(),
-            "wait",
-            "--for=condition=Ready",
-            "mdb",
-            "--all",
-            WAIT_TIMEOUT,
-        ],
-        None,
-    );
+    wait_all_ready(fx.ns());
     let databases: Vec<String> = jsonpath(fx.ns(), "mdb", "{.items[*].status.database.name}")
         .split_whitespace()
         .map(str::to_owned)

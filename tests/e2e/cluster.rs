@@ -189,6 +189,22 @@ pub fn kubectl_with_token(token: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Waits until every MigrationDatabase of `ns` is Ready.
+pub fn wait_all_ready(ns: &str) {
+    kubectl_ok(
+        &[
+            "-n",
+            ns,
+            "wait",
+            "--for=condition=Ready",
+            "mdb",
+            "--all",
+            WAIT_TIMEOUT,
+        ],
+        None,
+    );
+}
+
 /// One field of an object, by kubectl jsonpath.
 pub fn jsonpath(ns: &str, resource: &str, path: &str) -> String {
     kubectl_ok(

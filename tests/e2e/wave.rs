@@ -256,18 +256,7 @@ fn an_onboarding_wave_reaches_operational_within_every_connection_cap() {
     assert!(made.status.success(), "{}", text(&made));
     let exports = make_exports(work.path(), &keys, &numbers, patients);
 
-    kubectl_ok(
-        &[
-            "-n",
-            &ns.name,
-            "wait",
-            "--for=condition=Ready",
-            "mdb",
-            "--all",
-            WAIT_TIMEOUT,
-        ],
-        None,
-    );
+    wait_all_ready(&ns.name);
     let provisioned = started.elapsed();
     assert!(eventually(PATIENCE, || {
         let phases = jsonpath(&ns.name, "mkey", "{.items[*].status.phase}");
@@ -285,28 +274,28 @@ fn an_onboarding_wave_reaches_operational_within_every_connection_cap() {
     .map(str::to_owned);
     let replica_args: Vec<&str> = replica_args.iter().map(String::as_str).collect();
     let key_file = keys.join("private_key.pem");
-    let (port_a, port_b) = (free_port(), free_port());
-    let replica_a = start_api(
-        &api_namespace.name,
-        &key_file,
-        port_a,
-        &format!("api-a-{}", ns.name),
-        &replica_args,
+    let replicas: Vec<(Process, u16)> = ["a", "b"]
+        .iter()
+        .map(|replica| {
+            let port = free_port();
+            let log = format!("api-{replica}-{}", ns.name);
+            let process = start_api(&api_namespace.name, &key_file, port, &log, &replica_args);
+            (process, port)
+        })
+        .collect();
+    let api_url = format!(
+        "http://127.0.0.1:{}",
+        round_robin(replicas.iter().map(|(_, port)| *port).collect())
     );
-    let replica_b = start_api(
-        &api_namespace.name,
-        &key_file,
-        port_b,
-        &format!("api-b-{}", ns.name),
-        &replica_args,
-    );
-    let api_url = format!("http://127.0.0.1:{}", round_robin(vec![port_a, port_b]));
 
     let stop = Arc::new(AtomicBool::new(false));
     let peaks = Arc::new(Mutex::new(Peaks::default()));
     let sampler = sample_connections(
         postgres.admin_url.clone(),
-        vec![replica_a.child.id(), replica_b.child.id()],
+        replicas
+            .iter()
+            .map(|(process, _)| process.child.id())
+            .collect(),
         stop.clone(),
         peaks.clone(),
     );
@@ -411,7 +400,7 @@ fn an_onboarding_wave_reaches_operational_within_every_connection_cap() {
     assert!(peaks.total < SERVER_MAX_CONNECTIONS, "{peaks:?}");
     let refused = postgres.log().matches("too many clients").count();
     assert_eq!(refused, 0, "PostgreSQL refused {refused} connections");
-    for replica in [&replica_a, &replica_b] {
+    for (replica, _) in &replicas {
         let log = replica.log_text();
         assert!(!log.contains("too many clients"), "{log}");
     }
