@@ -245,7 +245,11 @@ thread_local! {
 
 struct Validator {
     parser: *mut c_void,
+    /// The tree validation's context. Never used for a streaming validation: libxml2 2.9 leaves
+    /// a context that streamed marked as streaming, and its next tree validation then reads the
+    /// freed parser of the stream when it reports (a crash seen in the tests).
     validation: *mut c_void,
+    schema: *mut c_void,
     /// Boxed so that its address, given to libxml2 as user data, never moves.
     errors: Box<Collector>,
 }
@@ -275,6 +279,7 @@ impl Validator {
             Ok(Self {
                 parser,
                 validation,
+                schema: schema.0,
                 errors,
             })
         }
@@ -299,23 +304,39 @@ impl Validator {
         // A limit of 0: every report is only counted (no message kept, no node read).
         self.errors.reset(0);
         let status = if validate {
-            // SAFETY: the buffer is copied by libxml2 into the input it creates; the validation
-            // takes that input over and frees it with its parser context. The validation context
-            // reports into the collector; parse errors go to the thread's structured handler,
-            // the same collector, which reads no node at a limit of 0.
+            // SAFETY: a validation context of its own for this one stream (see `validation`),
+            // freed right after; it reports into the collector, and parse errors go to the
+            // thread's structured handler, the same collector, which reads no node at a limit of
+            // 0. The buffer is copied by libxml2 into the input it creates; the validation takes
+            // that input over and frees it with its parser context.
             unsafe {
-                let input =
-                    xmlParserInputBufferCreateMem(document.as_ptr().cast(), length, ENCODING_NONE);
-                if input.is_null() {
+                let validation = xmlSchemaNewValidCtxt(self.schema);
+                if validation.is_null() {
                     -1
                 } else {
-                    xmlSchemaValidateStream(
-                        self.validation,
-                        input,
+                    xmlSchemaSetValidStructuredErrors(
+                        validation,
+                        Some(collect),
+                        self.errors.as_user_data(),
+                    );
+                    let input = xmlParserInputBufferCreateMem(
+                        document.as_ptr().cast(),
+                        length,
                         ENCODING_NONE,
-                        ptr::null_mut(),
-                        ptr::null_mut(),
-                    )
+                    );
+                    let status = if input.is_null() {
+                        -1
+                    } else {
+                        xmlSchemaValidateStream(
+                            validation,
+                            input,
+                            ENCODING_NONE,
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                        )
+                    };
+                    xmlSchemaFreeValidCtxt(validation);
+                    status
                 }
             }
         } else {
