@@ -132,7 +132,10 @@ pub(super) async fn store_patient(
     let documents = DocumentColumns::of(file);
     let (a, t, m) = (&rows.allergies, &rows.treatments, &rows.messages);
     sqlx::query(
-        "WITH allergies AS (
+        // The comment names what the statement writes: `pg_stat_activity` shows only the first
+        // 1 KB of a statement, and this one reaches `sfm.documents` later than that.
+        "/* a patient's rows: sfm.allergies, sfm.treatments, sfm.messages, sfm.documents */
+         WITH allergies AS (
            INSERT INTO sfm.allergies (patient_id, fm_id, group_id, head_of_history, last_updated_on, registered_by, discarded, deleted_reason, deleted_by)
            SELECT $1, * FROM unnest($3::text[], $4::text[], $5::boolean[], $6::date[], $7::text[], $8::boolean[], $9::text[], $10::text[])),
          treatments AS (
