@@ -92,9 +92,18 @@ fn ingest_path_per_stage() {
     let recipient = RecipientCertificate::from_pem(pair.certificate_pem.as_bytes()).unwrap();
     let keys = DecryptionKeys::from_pkcs8_pem(&[pair.private_key_pem.as_bytes()]).unwrap();
     let limits = FormatLimits::default();
-    let db = database();
-
     let generated = std::env::var("SFM_BENCH_INPUT").is_ok_and(|v| v == "export");
+    // The generator's identities are synthetic (Test-Norge): its patients go to a database that
+    // allows them, as the flow benchmark's does.
+    let db = if generated {
+        database_with(ValidationPolicy {
+            allow_synthetic_identities: true,
+            ..ValidationPolicy::default()
+        })
+    } else {
+        database()
+    };
+
     let (organisation, inputs): (Vec<u8>, Vec<(String, Vec<u8>)>) = if generated {
         let options = export::ExportOptions {
             patients: files,
