@@ -20,7 +20,20 @@
 #
 # Environment: BENCH_PROFILE=release (default; builds with --release) or dev; BENCH_SIZE_KB (mean XML
 # per patient, default 100); BENCH_BIN_DIR (use the binaries there, build nothing); SFM_PG_FAST
-# (default 0 here: PostgreSQL with fsync, as in production).
+# (default 0 here: PostgreSQL with fsync, as in production); SFM_BENCH_STAGES=0 skips the per-stage
+# benchmark (tests/api_bench.rs on the same PostgreSQL, the same build profile, the flow's generator);
+# SFM_BENCH_STAGE_FILES (patients of that stage benchmark, default 1000).
+#
+# CPU is the figure that counts on a shared machine: every run prints the API's and PostgreSQL's CPU
+# per patient in milliseconds and in RSA-2048 private-key operations, against `openssl speed rsa2048`
+# measured in the same run (CPU time, so robust to other work on the machine). Wall-clock figures
+# move with whatever else runs.
+#
+# SFM_BENCH_PERF=1 profiles as it goes (figures of such a run carry the profilers' overhead):
+# `perf record` of the API with DWARF call graphs and of the whole machine flat (PostgreSQL's
+# backends), pg_stat_statements per run, and auto_explain's EXPLAIN (ANALYZE, BUFFERS) of a sample of
+# the statements; reports land in SFM_BENCH_PERF_DIR (default target/bench-flow-perf). Build with
+# symbols for it: CARGO_PROFILE_RELEASE_DEBUG=line-tables-only.
 # Starts its own PostgreSQL and control plane through hack/test-env.sh unless one is already set up.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,6 +72,36 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# The reference every CPU figure is compared with: one RSA-2048 private-key operation (sign) on this
+# machine, as `openssl speed` measures it (user CPU time), now and again at the end.
+rsa_sign_ms() {
+  openssl speed -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048 bits/ { sub(/s$/, "", $4); printf "%.4f", $4 * 1000 }'
+}
+rsa_ms_start=$(rsa_sign_ms)
+rsa_ms=$rsa_ms_start
+echo "== openssl speed rsa2048: one private-key operation in $rsa_ms ms of CPU" >&2
+
+perf_on=${SFM_BENCH_PERF:-0}
+perf_dir=${SFM_BENCH_PERF_DIR:-$root/target/bench-flow-perf}
+psql_admin() { psql -X -q -v ON_ERROR_STOP=1 "$SFM_PG_ADMIN_URL" "$@"; }
+if [ "$perf_on" = 1 ]; then
+  mkdir -p "$perf_dir"
+  # pg_stat_statements (utility statements not tracked: CREATE ROLE ... PASSWORD must not land in
+  # it) and auto_explain's plans of a sample of statements, with ANALYZE and BUFFERS, in the log.
+  psql_admin -c "ALTER SYSTEM SET shared_preload_libraries = pg_stat_statements, auto_explain"
+  "$root/hack/postgres.sh" stop "$SFM_TEST_WORK_DIR/postgres" >&2
+  SFM_PG_FAST=${SFM_PG_FAST:-0} "$root/hack/postgres.sh" start "$SFM_TEST_WORK_DIR/postgres" >/dev/null
+  psql_admin >/dev/null <<'SQL'
+ALTER SYSTEM SET pg_stat_statements.track_utility = off;
+ALTER SYSTEM SET auto_explain.log_min_duration = 0;
+ALTER SYSTEM SET auto_explain.log_analyze = on;
+ALTER SYSTEM SET auto_explain.log_buffers = on;
+ALTER SYSTEM SET auto_explain.sample_rate = 0.002;
+SELECT pg_reload_conf();
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+SQL
+fi
+
 api_ns=sfm-system
 kubectl apply --server-side -f crds/ >/dev/null
 kubectl create namespace "$api_ns" >/dev/null 2>&1 || true
@@ -85,10 +128,121 @@ postgres_cpu() {
   done
   echo "$total"
 }
+# PostgreSQL's CPU seconds by kind of process: each live child of the postmaster by its title
+# (a backend by its role, walwriter, checkpointer, ...), and what exited (the postmaster's reaped
+# children: autovacuum workers, short sessions) as one line.
+postgres_cpu_by_kind() {
+  local data=${SFM_TEST_WORK_DIR:-}/postgres/data pm child title
+  [ -r "$data/postmaster.pid" ] || return 0
+  pm=$(head -1 "$data/postmaster.pid")
+  awk -v clk="$clk" '{ sub(/^.*\) /, ""); printf "exited %.2f\n", ($14 + $15) / clk; printf "postmaster %.2f\n", ($12 + $13) / clk }' "/proc/$pm/stat"
+  for child in $(pgrep -P "$pm" || true); do
+    title=$(tr '\0' ' ' <"/proc/$child/cmdline" 2>/dev/null | sed -E 's/^postgres: //; s/ [0-9.]+\([0-9]+\).*//; s/ +$//')
+    case "$title" in
+      *walwriter*|*checkpointer*|*"background writer"*|*launcher*|*"autovacuum worker"*|*archiver*) ;;
+      *) title="backend ${title%% *}" ;;
+    esac
+    echo "${title// /_} $(awk -v clk="$clk" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / clk }' "/proc/$child/stat" 2>/dev/null || echo 0)"
+  done
+}
+# The difference of two postgres_cpu_by_kind outputs, summed by kind, largest first.
+postgres_cpu_delta() {
+  awk 'NR == FNR { before[$1] += $2; next } { after[$1] += $2 }
+    END { for (k in after) { d = after[k] - before[k]; if (d > 0.005) printf "%s %.2f\n", k, d } }' "$1" "$2" | sort -k2 -gr | head -8 |
+    awk '{ printf "%s%s %s s", (NR > 1 ? ", " : ""), $1, $2 }'
+}
 free_port() { "$root/hack/free-port"; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "n/a" }'; }
+# Milliseconds per item and the same in RSA-2048 private-key operations.
+per_ms() { awk -v a="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.2f", 1000 * a / n; else print "n/a" }'; }
+in_rsa() { awk -v ms="$1" -v r="$rsa_ms" 'BEGIN { if (r > 0 && ms != "n/a") printf "%.1f", ms / r; else print "n/a" }'; }
+
+# The profiles of run $1 as text: the API's functions by self and by inclusive time, PostgreSQL's
+# by self time, the statements by total time, and the sampled plans.
+perf_report() {
+  local n=$1 out=$perf_dir
+  # This run's PostgreSQL only (the machine may run other servers): the postmaster and every
+  # process it forked, from the recording's fork events.
+  local pm pg_pids
+  pm=$(head -1 "$SFM_TEST_WORK_DIR/postgres/data/postmaster.pid")
+  pg_pids=$(perf script -i "$out/all-$n.data" --show-task-events -F pid 2>/dev/null | python3 -c '
+import re, sys
+parent = {}
+for line in sys.stdin:
+    m = re.search(r"PERF_RECORD_FORK\((\d+):\d+\):\((\d+):\d+\)", line)
+    if m:
+        parent.setdefault(int(m.group(1)), int(m.group(2)))
+root = int(sys.argv[1])
+def ours(pid, depth=0):
+    return pid == root or (depth < 8 and pid in parent and parent[pid] != pid and ours(parent[pid], depth + 1))
+print(",".join(str(p) for p in sorted({root} | {p for p in parent if ours(p)})))' "$pm")
+  perf report -i "$out/all-$n.data" --stdio --no-children --pid "$pg_pids" --sort dso,sym --percent-limit 0.3 \
+    >"$out/postgres-$n.self.txt" 2>/dev/null || true
+  perf report -i "$out/all-$n.data" --stdio --no-children --pid "$pg_pids" --sort dso --percent-limit 0.1 \
+    >"$out/postgres-$n.dso.txt" 2>/dev/null || true
+  # perf here cannot read the Rust binaries' symbols (it reports addresses): symbolise the API's
+  # samples from the binary's own symbol table.
+  python3 - "$out/api-$n.data" "$bin/sfm-migration-api" >"$out/api-$n.functions.txt" 2>/dev/null <<'SYMBOLS' || true
+import bisect, collections, re, subprocess, sys
+data, binary = sys.argv[1], sys.argv[2]
+syms = []
+for line in subprocess.run(["nm", "-C", "--defined-only", binary], capture_output=True, text=True).stdout.splitlines():
+    parts = line.split(" ", 2)
+    if len(parts) == 3 and parts[1] in "tTwW":
+        syms.append((int(parts[0], 16), re.sub(r"::h[0-9a-f]{16}$", "", parts[2])[:150]))
+syms.sort()
+starts = [a for a, _ in syms]
+shift = 0  # perf prints file offsets: move them into the executable segment's addresses
+for line in subprocess.run(["readelf", "-lW", binary], capture_output=True, text=True).stdout.splitlines():
+    f = line.split()
+    if f and f[0] == "LOAD" and "E" in f[6:-1]:
+        shift = int(f[2], 16) - int(f[1], 16)
+script = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym,dso"], capture_output=True, text=True).stdout
+own, inclusive, total = collections.Counter(), collections.Counter(), 0
+for block in script.split("\n\n"):
+    frames = []
+    for line in block.strip().splitlines():
+        m = re.match(r"\s*([0-9a-f]+)\s+(.*?)\s+\((.*)\)\s*$", line)
+        if not m:
+            continue
+        ip, sym, dso = m.groups()
+        if dso.endswith("/" + binary.split("/")[-1]):
+            i = bisect.bisect_right(starts, int(ip, 16) + shift) - 1
+            frames.append(syms[i][1] if i >= 0 else "?")
+        else:
+            frames.append(dso.split("/")[-1] + " " + ("?" if sym.startswith("[unknown]") else sym.split("+")[0]))
+    if frames:
+        total += 1
+        own[frames[0]] += 1
+        for f in set(frames):
+            inclusive[f] += 1
+print(f"{total} samples of the API")
+print("== self")
+for f, c in own.most_common(40):
+    print(f"{100 * c / total:6.2f}%  {f}")
+print("== inclusive")
+for f, c in inclusive.most_common(150):
+    print(f"{100 * c / total:6.2f}%  {f}")
+SYMBOLS
+  perf report -i "$out/all-$n.data" --stdio --no-children --sort comm --percent-limit 0.5 \
+    >"$out/all-$n.comm.txt" 2>/dev/null || true
+  psql_admin -P pager=off -c "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms,
+      round((100 * total_exec_time / sum(total_exec_time) OVER ())::numeric, 1) AS pct,
+      round(mean_exec_time::numeric, 3) AS mean_ms, shared_blks_hit + shared_blks_read AS blocks,
+      wal_bytes, left(regexp_replace(query, '\s+', ' ', 'g'), 160) AS query
+    FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25" >"$out/statements-$n.txt" || true
+  cp "$SFM_TEST_WORK_DIR/postgres/postgres.log" "$out/plans-$n.log" 2>/dev/null || true
+  echo "   profiles of run $n in $out (api-$n.functions.txt, postgres-$n.self.txt, postgres-$n.dso.txt, statements-$n.txt, plans-$n.log); the API's top:" >&2
+  sed -n '3,15p' "$out/api-$n.functions.txt" | sed 's/^/     /' >&2 || true
+  echo "   PostgreSQL's top:" >&2
+  grep -E '^ +[0-9]' "$out/postgres-$n.dso.txt" | head -6 | sed 's/^/     /' >&2 || true
+  grep -E '^ +[0-9]' "$out/postgres-$n.self.txt" | head -12 | sed 's/^/     /' >&2 || true
+  echo "   statements by total time:" >&2
+  head -14 "$out/statements-$n.txt" | sed 's/^/     /' >&2 || true
+}
+
 
 # The organisation number every export and database in this run share (valid mod 11).
 orgno=974600951
@@ -209,7 +363,18 @@ EOF
       --for-api "http://127.0.0.1:$port" >/dev/null
   fi
 
+  perf_pids=()
+  if [ "$perf_on" = 1 ]; then
+    psql_admin -c 'SELECT pg_stat_statements_reset()' >/dev/null
+    : >"$SFM_TEST_WORK_DIR/postgres/postgres.log"
+    perf record -F 199 --call-graph dwarf,16384 -o "$perf_dir/api-$n.data" -p "$api_pid" 2>"$perf_dir/api-$n.record.log" &
+    perf_pids+=("$!")
+    perf record -F 499 -a -o "$perf_dir/all-$n.data" 2>"$perf_dir/all-$n.record.log" &
+    perf_pids+=("$!")
+    sleep 1
+  fi
   api_cpu0=$(cpu_of "$api_pid"); pg_cpu0=$(postgres_cpu); op_cpu0=$(cpu_of "$operator_pid")
+  postgres_cpu_by_kind >"$work/pg-cpu-$n.before"
   t0=$(now)
   timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -f "%U %S" -o "$work/client-$n.time")
   if [ "$uploader" = nhn ]; then
@@ -224,8 +389,14 @@ EOF
   upload_s=$(elapsed "$t0" "$t1")
   api_cpu=$(elapsed "$api_cpu0" "$(cpu_of "$api_pid")")
   pg_cpu=$(elapsed "$pg_cpu0" "$(postgres_cpu)")
+  postgres_cpu_by_kind >"$work/pg-cpu-$n.after"
+  echo "   PostgreSQL CPU by process: $(postgres_cpu_delta "$work/pg-cpu-$n.before" "$work/pg-cpu-$n.after")" >&2
   op_cpu=$(elapsed "$op_cpu0" "$(cpu_of "$operator_pid")")
   client_cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$work/client-$n.time" 2>/dev/null || echo 0)
+  if [ "$perf_on" = 1 ]; then
+    for pid in "${perf_pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    perf_report "$n"
+  fi
   if [ "$uploader" = nhn ]; then
     # The finishing step of docs/operator.md: verify against Index.txt, activate, the approval.
     "$bin/sfm-migrate" --config-dir "$config" --api "http://127.0.0.1:$port" verify "$export_dir" --against-index \
@@ -259,10 +430,12 @@ EOF
   busy=$(awk -v a="$client_cpu" -v b="$api_cpu" -v c="$pg_cpu" -v d="$op_cpu" -v t="$upload_s" -v n="$(nproc)" \
     'BEGIN { if (t > 0) printf "%.0f", 100 * (a + b + c + d) / (t * n); else print 0 }')
   if [ "$busy" -lt 50 ]; then bottleneck="latency (CPU ${busy}% busy; busiest: $bottleneck)"; else bottleneck="$bottleneck (CPU ${busy}% busy)"; fi
-  line=$(printf "RSA %4s %7s patients %4s workers %-11s | upload %8ss %8s patients/s %7s MB/s files %7s MB/s XML | with verify+activate %8ss | CPU s: client %s api %s postgres %s operator %s | bottleneck %s | stored %s, %s" \
+  api_ms=$(per_ms "$api_cpu" "$patients"); pg_ms=$(per_ms "$pg_cpu" "$patients")
+  line=$(printf "RSA %4s %7s patients %4s workers %-11s | upload %8ss %8s patients/s %7s MB/s files %7s MB/s XML | with verify+activate %8ss | CPU s: client %s api %s postgres %s operator %s | per patient: api %s ms = %s RSA-2048 ops, postgres %s ms = %s ops | bottleneck %s | stored %s, %s" \
     "$bits" "$patients" "$workers" "$uploader" "$upload_s" "$(ratio "$patients" "$upload_s")" \
     "$(ratio "$(awk -v b="$bytes" 'BEGIN { print b / 1e6 }')" "$upload_s")" "$(ratio "${xml_mb:-0}" "$upload_s")" "$total_s" \
-    "$client_cpu" "$api_cpu" "$pg_cpu" "$op_cpu" "$bottleneck" "$stored" "$phase")
+    "$client_cpu" "$api_cpu" "$pg_cpu" "$op_cpu" "$api_ms" "$(in_rsa "$api_ms")" "$pg_ms" "$(in_rsa "$pg_ms")" \
+    "$bottleneck" "$stored" "$phase")
   echo "   $line" >&2
   results+=("$line")
   # Stage timings, when the API exposes them.
@@ -272,12 +445,41 @@ EOF
   kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
 done
 
+# The per-stage figures on the same build, PostgreSQL and generator: the insert stage alone is
+# what the end-to-end rate is compared with.
+insert_rate=""
+if [ "${SFM_BENCH_STAGES:-1}" = 1 ]; then
+  echo "== per-stage benchmark (tests/api_bench.rs, ${SFM_BENCH_STAGE_FILES:-1000} patients of the flow's generator)" >&2
+  stage_profile=--release
+  [ "$profile" = release ] || stage_profile=--profile=dev
+  if SFM_BENCH_INPUT=export SFM_BENCH_SIZE_KB=$size_kb SFM_BENCH_FILES=${SFM_BENCH_STAGE_FILES:-1000} \
+    cargo test "$stage_profile" --test api_bench -- --ignored --nocapture --test-threads=1 >"$work/stages.log" 2>&1; then
+    insert_rate=$(awk '/^insert \(one transaction per file\)/ { print $(NF - 1) }' "$work/stages.log")
+  else
+    echo "   the per-stage benchmark failed:" >&2; tail -20 "$work/stages.log" >&2
+  fi
+fi
+rsa_ms_end=$(rsa_sign_ms)
+
 echo
-echo "bench-flow ($profile build, ~${size_kb} KB XML per patient, PostgreSQL fsync $([ "${SFM_PG_FAST:-0}" = 1 ] && echo off || echo on), $(nproc) cores):"
+echo "bench-flow ($profile build, ~${size_kb} KB XML per patient, PostgreSQL fsync $([ "${SFM_PG_FAST:-0}" = 1 ] && echo off || echo on), $(nproc) cores, commit $(git -C "$root" rev-parse --short HEAD), $(date -u +%Y-%m-%dT%H:%MZ)):"
+echo "  RSA-2048 reference (openssl speed, CPU time): $rsa_ms_start ms per private-key operation at the start, $rsa_ms_end ms at the end; the ratios use the first"
+echo "  wall-clock figures move with other work on the machine; the CPU figures per patient are the ones to compare"
 for tag in "${!exports[@]}"; do
   echo "  exporter $tag: $(grep -o '[0-9.]* patients/s' "${exports[$tag]}/generate.log" | head -1)"
 done
 for line in "${results[@]}"; do echo "  $line"; done
+if [ -f "$work/stages.log" ]; then
+  echo "  per-stage (tests/api_bench.rs, same build and server):"
+  sed -n '/^migration API ingest benchmark/,/^slowest stage/p' "$work/stages.log" | sed 's/^/    /'
+fi
+if [ -n "$insert_rate" ]; then
+  for line in "${results[@]}"; do
+    read -r _ bits patients _ workers _ uploader _ <<<"$line"
+    rate=$(grep -o '[0-9.]* patients/s' <<<"$line" | head -1 | cut -d' ' -f1)
+    echo "  end-to-end against the insert stage alone ($insert_rate files/s): RSA $bits, $patients patients, $workers workers of $uploader: $rate patients/s = $(awk -v a="$rate" -v b="$insert_rate" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')"
+  done
+fi
 # NHN's uploader against sfm-migrate on the same export and machine (#15 asks for at least 70%).
 for line in "${results[@]}"; do
   read -r _ bits patients _ workers _ uploader _ <<<"$line"

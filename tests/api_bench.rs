@@ -5,6 +5,9 @@
 //!
 //! Input: N copies of NHN's sample patient (each with its own GUID), in the envelope, with a 2048-bit
 //! key (`SFM_BENCH_KEY_BITS=4096` for the other size); `SFM_BENCH_FILES` sets N (default 200).
+//! `SFM_BENCH_INPUT=export`: N patients of the flow benchmark's generator instead (`sfm-export`,
+//! ~`SFM_BENCH_SIZE_KB` KB of XML each, default 100), so that the stages compare with
+//! `hack/bench-flow.sh`'s end-to-end figures.
 
 #[path = "common/postgres.rs"]
 mod postgres;
@@ -22,6 +25,7 @@ use sfm_migration::contract::FileType;
 use sfm_migration::crd::{
     MigrationDatabase, MigrationDatabaseSpec, Organisation, SchemaCheck, ValidationPolicy,
 };
+use sfm_migration::export;
 use sfm_migration::format::archive::read_archive;
 use sfm_migration::format::envelope::{
     self, DecryptionKeys, RecipientCertificate, decrypt_content, generate_demo_key_pair,
@@ -88,19 +92,61 @@ fn ingest_path_per_stage() {
     let recipient = RecipientCertificate::from_pem(pair.certificate_pem.as_bytes()).unwrap();
     let keys = DecryptionKeys::from_pkcs8_pem(&[pair.private_key_pem.as_bytes()]).unwrap();
     let limits = FormatLimits::default();
-    let db = database();
-
-    let organisation = envelope::encrypt(&organisation_zip(), &recipient, "zip").unwrap();
-    let inputs: Vec<(String, Vec<u8>)> = (0..files)
-        .map(|_| {
-            let guid = uuid::Uuid::new_v4().to_string();
-            let zip = patient_zip_replacing(&[(PATIENT_GUID, &guid)]);
-            (
-                format!("Patients0\\{guid}.pat"),
-                envelope::encrypt(&zip, &recipient, "zip").unwrap(),
-            )
+    let generated = std::env::var("SFM_BENCH_INPUT").is_ok_and(|v| v == "export");
+    // The generator's identities are synthetic (Test-Norge): its patients go to a database that
+    // allows them, as the flow benchmark's does.
+    let db = if generated {
+        database_with(ValidationPolicy {
+            allow_synthetic_identities: true,
+            ..ValidationPolicy::default()
         })
-        .collect();
+    } else {
+        database()
+    };
+
+    let (organisation, inputs): (Vec<u8>, Vec<(String, Vec<u8>)>) = if generated {
+        let options = export::ExportOptions {
+            patients: files,
+            mean_patient_bytes: std::env::var("SFM_BENCH_SIZE_KB")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(100)
+                * 1024,
+            organisation_number: Some(db.spec.organisation.organisation_number.clone()),
+            ..export::ExportOptions::default()
+        };
+        let org = export::organisation(&options).unwrap();
+        let organisation = export::organisation_zip(&options, &org).unwrap();
+        let inputs = (0..files)
+            .map(|n| {
+                let (zip, _) = export::patient_zip(&options, &org, n).unwrap();
+                let guid = export::patient_id(options.seed, n);
+                (
+                    format!("Patients0\\{guid}.pat"),
+                    envelope::encrypt(&zip, &recipient, "zip").unwrap(),
+                )
+            })
+            .collect();
+        (
+            envelope::encrypt(&organisation, &recipient, "zip").unwrap(),
+            inputs,
+        )
+    } else {
+        let inputs = (0..files)
+            .map(|_| {
+                let guid = uuid::Uuid::new_v4().to_string();
+                let zip = patient_zip_replacing(&[(PATIENT_GUID, &guid)]);
+                (
+                    format!("Patients0\\{guid}.pat"),
+                    envelope::encrypt(&zip, &recipient, "zip").unwrap(),
+                )
+            })
+            .collect();
+        (
+            envelope::encrypt(&organisation_zip(), &recipient, "zip").unwrap(),
+            inputs,
+        )
+    };
     let megabytes = inputs.iter().map(|(_, d)| d.len()).sum::<usize>() as f64 / 1e6;
 
     let mut stages = Vec::new();
@@ -248,7 +294,12 @@ fn ingest_path_per_stage() {
     });
 
     println!(
-        "\nmigration API ingest benchmark: {files} patient files, {megabytes:.1} MB encrypted, RSA-{bits}, one core per stage"
+        "\nmigration API ingest benchmark: {files} patient files ({}), {megabytes:.1} MB encrypted, RSA-{bits}, one core per stage",
+        if generated {
+            "the flow's generator"
+        } else {
+            "NHN's sample patient"
+        }
     );
     println!(
         "{:<36} {:>10} {:>10} {:>10}",

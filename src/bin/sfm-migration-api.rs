@@ -11,6 +11,11 @@ use sfm_migration::api::{self, AppState, Config, Limits};
 use sfm_migration::format::envelope::DecryptionKeys;
 use sfm_migration::telemetry;
 
+/// mimalloc rather than glibc's malloc: the ingest allocates and frees a whole patient's model and
+/// documents per file, from many threads (docs/performance.md, "The ingest path").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "SFM migration API")]
 struct Cli {

@@ -1,7 +1,9 @@
 //! A prepared patient written as rows: the patient and its identifiers, allergies, treatments,
-//! messages and documents, each kind in one batched statement.
+//! messages and documents, in three statements (the patient; its identifiers with the same-person
+//! check; everything else as data-modifying CTEs over `unnest` of arrays). Each round trip costs
+//! both the API and PostgreSQL more than the rows in it (docs/performance.md).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use sqlx::PgConnection;
 
@@ -86,128 +88,135 @@ pub(super) async fn store_patient(
                 .map_err(|e| database("replace the patient's rows", e))?;
         }
     }
-    // Everything is checked before anything is written; each kind of row then goes in one
-    // statement (`unnest` of arrays), not one round trip per row.
+    // Everything is checked before anything is written; the rows then go in two statements, not
+    // one round trip per kind or per row.
     let rows = match PatientRows::collect(patient) {
         Ok(rows) => rows,
         Err(rejection) => return Ok(Err(rejection)),
     };
-    sqlx::query(
-        "INSERT INTO sfm.patient_identifiers (patient_id, type_code, type_system, value)
-         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
+    // The identifiers, and whether one of its national identity numbers is stored under another
+    // patient: one round trip (the query reads the snapshot before the insert, and this patient's
+    // own rows are excluded either way).
+    let same_person: bool = sqlx::query_scalar(
+        "WITH identifiers AS (
+           INSERT INTO sfm.patient_identifiers (patient_id, type_code, type_system, value)
+           SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[]))
+         SELECT EXISTS (SELECT 1 FROM sfm.patient_identifiers i JOIN unnest($5::text[], $6::text[]) AS p (type_code, value)
+                          ON i.value = p.value AND i.type_code = p.type_code
+                        WHERE i.patient_id <> $1)",
     )
     .bind(patient_id)
     .bind(&rows.identifiers.type_code)
     .bind(&rows.identifiers.type_system)
     .bind(&rows.identifiers.value)
-    .execute(&mut *tx)
+    .bind(&rows.person_numbers.type_code)
+    .bind(&rows.person_numbers.value)
+    .fetch_one(&mut *tx)
     .await
     .map_err(|e| database("store the identifiers", e))?;
-    if !rows.person_numbers.value.is_empty() {
-        let same_person: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sfm.patient_identifiers i JOIN unnest($2::text[], $3::text[]) AS p (type_code, value)
-                              ON i.value = p.value AND i.type_code = p.type_code
-                            WHERE i.patient_id <> $1)",
-        )
-        .bind(patient_id)
-        .bind(&rows.person_numbers.type_code)
-        .bind(&rows.person_numbers.value)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| database("look for the same person", e))?;
-        if same_person {
-            deviations.push((
-                PATIENT_DOCUMENT.to_owned(),
-                Deviation {
-                    path: "PasientExport/DemografiskInfo/Ident".into(),
-                    message: "the same person (national identity number) is stored under another patient Id".into(),
-                },
-            ));
-        }
+    if same_person {
+        deviations.push((
+            PATIENT_DOCUMENT.to_owned(),
+            Deviation {
+                path: "PasientExport/DemografiskInfo/Ident".into(),
+                message:
+                    "the same person (national identity number) is stored under another patient Id"
+                        .into(),
+            },
+        ));
     }
-    if !rows.allergies.fm_id.is_empty() {
-        let a = &rows.allergies;
-        sqlx::query(
-            "INSERT INTO sfm.allergies (patient_id, fm_id, group_id, head_of_history, last_updated_on, registered_by, discarded, deleted_reason, deleted_by)
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::boolean[], $5::date[], $6::text[], $7::boolean[], $8::text[], $9::text[])
-             ON CONFLICT (patient_id, fm_id) DO NOTHING",
-        )
-        .bind(patient_id)
-        .bind(&a.fm_id)
-        .bind(&a.group_id)
-        .bind(&a.head_of_history)
-        .bind(&a.last_updated_on)
-        .bind(&a.registered_by)
-        .bind(&a.discarded)
-        .bind(&a.deleted_reason)
-        .bind(&a.deleted_by)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("store the allergies", e))?;
-    }
-    if !rows.treatments.lib_id.is_empty() {
-        let t = &rows.treatments;
-        sqlx::query(
-            "INSERT INTO sfm.treatments (patient_id, kind, lib_id, started_on, prescription_id)
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::date[], $5::text[])
-             ON CONFLICT (patient_id, lib_id) DO NOTHING",
-        )
-        .bind(patient_id)
-        .bind(&t.kind)
-        .bind(&t.lib_id)
-        .bind(&t.started_on)
-        .bind(&t.prescription_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("store the treatments", e))?;
-    }
-    // Message ids by file name (the first message naming a file wins), for the documents.
-    let mut message_ids: BTreeMap<String, i64> = BTreeMap::new();
-    if !rows.messages.fm_id.is_empty() {
-        let m = &rows.messages;
-        let inserted: Vec<(i64, String)> = sqlx::query_as(
-            "WITH new AS (
-               INSERT INTO sfm.messages (patient_id, fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at, file_name)
-               SELECT $1, fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at, file_name
-               FROM unnest($2::text[], $3::text[], $4::boolean[], $5::text[], $6::text[], $7::text[], $8::timestamp[], $9::text[])
-                    WITH ORDINALITY AS m (fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at, file_name, position)
-               ORDER BY position
-               ON CONFLICT (patient_id, fm_id) DO NOTHING
-               RETURNING id, fm_id, file_name)
-             SELECT new.id, new.file_name FROM new
-             JOIN unnest($2::text[]) WITH ORDINALITY AS o (fm_id, position) ON o.fm_id = new.fm_id
-             ORDER BY o.position",
-        )
-        .bind(patient_id)
-        .bind(&m.fm_id)
-        .bind(&m.parent_fm_id)
-        .bind(&m.correspondence)
-        .bind(&m.state)
-        .bind(&m.msg_id)
-        .bind(&m.msg_type)
-        .bind(&m.generated_at)
-        .bind(&m.file_name)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| database("store the messages", e))?;
-        for (id, file_name) in inserted {
-            message_ids
-                .entry(file_name.replace('\\', "/"))
-                .or_insert(id);
-        }
-    }
-    let mut documents = Documents::default();
-    for document in &file.documents {
-        if document.name == PATIENT_DOCUMENT {
-            documents.push(None, "patient_data", &document.name, &document.data);
-        } else if let Some(message_id) = message_ids.get(&document.name.replace('\\', "/")) {
-            documents.push(Some(*message_id), "message", &document.name, &document.data);
-        }
-    }
-    documents
-        .insert(tx, stored_file_id, Some(patient_id))
-        .await?;
+    // Allergies, treatments, messages and documents in one statement. A document of a message
+    // goes with the first message (in `Meldinger` order) that names its file; `PatientData.xml`
+    // is the patient's own. The stored file is new in this transaction, so a document's name is
+    // taken only by an earlier entry of the same name (dropped in `DocumentColumns::of`).
+    let documents = DocumentColumns::of(file);
+    let (a, t, m) = (&rows.allergies, &rows.treatments, &rows.messages);
+    sqlx::query(
+        // The comment names what the statement writes: `pg_stat_activity` shows only the first
+        // 1 KB of a statement, and this one reaches `sfm.documents` later than that.
+        "/* a patient's rows: sfm.allergies, sfm.treatments, sfm.messages, sfm.documents */
+         WITH allergies AS (
+           INSERT INTO sfm.allergies (patient_id, fm_id, group_id, head_of_history, last_updated_on, registered_by, discarded, deleted_reason, deleted_by)
+           SELECT $1, * FROM unnest($3::text[], $4::text[], $5::boolean[], $6::date[], $7::text[], $8::boolean[], $9::text[], $10::text[])),
+         treatments AS (
+           INSERT INTO sfm.treatments (patient_id, kind, lib_id, started_on, prescription_id)
+           SELECT $1, * FROM unnest($11::text[], $12::text[], $13::date[], $14::text[])),
+         messages AS (
+           INSERT INTO sfm.messages (patient_id, fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at, file_name)
+           SELECT $1, fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at, file_name
+           FROM unnest($15::text[], $16::text[], $17::boolean[], $18::text[], $19::text[], $20::text[], $21::timestamp[], $22::text[])
+                WITH ORDINALITY AS m (fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at, file_name, position)
+           ORDER BY position
+           RETURNING id, fm_id, file_name),
+         message_files AS (
+           SELECT DISTINCT ON (replace(messages.file_name, '\\', '/')) replace(messages.file_name, '\\', '/') AS file, messages.id
+           FROM messages JOIN unnest($15::text[]) WITH ORDINALITY AS o (fm_id, position) ON o.fm_id = messages.fm_id
+           ORDER BY replace(messages.file_name, '\\', '/'), o.position)
+         INSERT INTO sfm.documents (stored_file_id, patient_id, message_id, kind, entry_name, size_bytes, sha256, content)
+         SELECT $2, $1, CASE WHEN d.entry_name = $23 THEN NULL ELSE f.id END,
+                CASE WHEN d.entry_name = $23 THEN 'patient_data' ELSE 'message' END,
+                d.entry_name, d.size_bytes, d.sha256, d.content
+         FROM unnest($24::text[], $25::bigint[], $26::bytea[], $27::bytea[]) WITH ORDINALITY AS d (entry_name, size_bytes, sha256, content, position)
+              LEFT JOIN message_files f ON f.file = replace(d.entry_name, '\\', '/')
+         WHERE d.entry_name = $23 OR f.id IS NOT NULL
+         ORDER BY d.position",
+    )
+    .bind(patient_id)
+    .bind(stored_file_id)
+    .bind(&a.fm_id)
+    .bind(&a.group_id)
+    .bind(&a.head_of_history)
+    .bind(&a.last_updated_on)
+    .bind(&a.registered_by)
+    .bind(&a.discarded)
+    .bind(&a.deleted_reason)
+    .bind(&a.deleted_by)
+    .bind(&t.kind)
+    .bind(&t.lib_id)
+    .bind(&t.started_on)
+    .bind(&t.prescription_id)
+    .bind(&m.fm_id)
+    .bind(&m.parent_fm_id)
+    .bind(&m.correspondence)
+    .bind(&m.state)
+    .bind(&m.msg_id)
+    .bind(&m.msg_type)
+    .bind(&m.generated_at)
+    .bind(&m.file_name)
+    .bind(PATIENT_DOCUMENT)
+    .bind(&documents.entry_name)
+    .bind(&documents.size_bytes)
+    .bind(&documents.sha256)
+    .bind(&documents.content)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| database("store the patient's rows and documents", e))?;
     Ok(Ok(()))
+}
+
+/// A patient file's documents as columns, each with its size and SHA-256.
+struct DocumentColumns<'a> {
+    entry_name: Vec<&'a str>,
+    size_bytes: Vec<i64>,
+    sha256: Vec<Vec<u8>>,
+    content: Vec<&'a [u8]>,
+}
+
+impl<'a> DocumentColumns<'a> {
+    fn of(file: &'a PatientFile) -> Self {
+        let mut names = HashSet::new();
+        let documents: Vec<_> = file
+            .documents
+            .iter()
+            .filter(|d| names.insert(d.name.as_str()))
+            .collect();
+        Self {
+            entry_name: documents.iter().map(|d| d.name.as_str()).collect(),
+            size_bytes: documents.iter().map(|d| d.data.len() as i64).collect(),
+            sha256: documents.iter().map(|d| digest(&d.data)).collect(),
+            content: documents.iter().map(|d| d.data.as_slice()).collect(),
+        }
+    }
 }
 
 /// A patient's rows as column arrays, every field checked: a missing date or id refuses the file
@@ -261,11 +270,31 @@ struct MessageColumns {
     file_name: Vec<String>,
 }
 
+/// The keys already taken, per kind of row.
+#[derive(Default)]
+struct Seen<'a> {
+    identifiers: HashSet<(&'a str, &'a str)>,
+    allergies: HashSet<&'a str>,
+    treatments: HashSet<&'a str>,
+    messages: HashSet<&'a str>,
+}
+
 impl PatientRows {
     fn collect(patient: &crate::model::PatientExport) -> Result<Self, Refusal> {
         let mut rows = PatientRows::default();
+        // Each kind's key is unique per patient: the first row of a key is stored and later ones
+        // are dropped here (what `ON CONFLICT DO NOTHING` did, without its cost per row: an index
+        // probe and a second WAL record). A patient's rows never meet older ones: a new patient
+        // has none, and a re-ingest deletes them first.
+        let mut seen = Seen::default();
         for ident in &patient.demographics.identifiers {
             if ident.value.is_empty() || ident.type_id.code.is_empty() {
+                continue;
+            }
+            if !seen
+                .identifiers
+                .insert((ident.type_id.code.as_str(), ident.value.as_str()))
+            {
                 continue;
             }
             let system = ident.type_id.system.clone().unwrap_or_default();
@@ -298,6 +327,9 @@ impl PatientRows {
                     ProblemCode::DataQualityMissingField,
                     format!("PasientExport/Legemiddelreaksjon[{}] has no Id", index + 1),
                 ));
+            }
+            if !seen.allergies.insert(reaction.id.as_str()) {
+                continue;
             }
             let a = &mut rows.allergies;
             a.fm_id.push(reaction.id.clone());
@@ -338,6 +370,9 @@ impl PatientRows {
                     ),
                 ));
             }
+            if !seen.treatments.insert(treatment.lib_id.as_str()) {
+                continue;
+            }
             let t = &mut rows.treatments;
             t.kind.push(treatment_kind(treatment.kind));
             t.lib_id.push(treatment.lib_id.clone());
@@ -364,14 +399,16 @@ impl PatientRows {
                     ),
                 ));
             };
+            let fm_id = message
+                .id
+                .as_deref()
+                .filter(|id| !id.is_empty())
+                .unwrap_or(file_name);
+            if !seen.messages.insert(fm_id) {
+                continue;
+            }
             let m = &mut rows.messages;
-            m.fm_id.push(
-                message
-                    .id
-                    .clone()
-                    .filter(|id| !id.is_empty())
-                    .unwrap_or_else(|| file_name.to_owned()),
-            );
+            m.fm_id.push(fm_id.to_owned());
             m.parent_fm_id.push(message.parent_id.clone());
             m.correspondence
                 .push(message.correspondence.unwrap_or(false));

@@ -149,7 +149,43 @@ unsafe extern "C" {
         user_data: *mut c_void,
     );
     fn xmlSchemaValidateDoc(context: *mut c_void, document: *mut c_void) -> c_int;
+    fn xmlParserInputBufferCreateMem(
+        buffer: *const c_char,
+        size: c_int,
+        encoding: c_int,
+    ) -> *mut c_void;
+    fn xmlSchemaValidateStream(
+        context: *mut c_void,
+        input: *mut c_void,
+        encoding: c_int,
+        sax: *mut c_void,
+        user_data: *mut c_void,
+    ) -> c_int;
+    fn xmlSAXUserParseMemory(
+        sax: *mut SaxHandler,
+        user_data: *mut c_void,
+        buffer: *const c_char,
+        size: c_int,
+    ) -> c_int;
 }
+
+/// `xmlSAXHandler` (libxml2 `parser.h`, unchanged from 2.9 to 2.14): 27 SAX1 callbacks, the
+/// `initialized` magic, then the SAX2 part. All callbacks null with the SAX2 magic: a
+/// namespace-aware parse that checks well-formedness and builds nothing.
+#[repr(C)]
+struct SaxHandler {
+    sax1: [*const c_void; 27],
+    initialized: std::ffi::c_uint,
+    private: *mut c_void,
+    start_element_ns: *const c_void,
+    end_element_ns: *const c_void,
+    serror: *const c_void,
+}
+
+/// `XML_SAX2_MAGIC`.
+const SAX2_MAGIC: std::ffi::c_uint = 0xDEED_BEAF;
+/// `XML_CHAR_ENCODING_NONE`: detect it, as `xmlCtxtReadMemory` does without an encoding.
+const ENCODING_NONE: c_int = 0;
 
 // ---- the compiled schema, once per process ----
 
@@ -209,7 +245,11 @@ thread_local! {
 
 struct Validator {
     parser: *mut c_void,
+    /// The tree validation's context. Never used for a streaming validation: libxml2 2.9 leaves
+    /// a context that streamed marked as streaming, and its next tree validation then reads the
+    /// freed parser of the stream when it reports (a crash seen in the tests).
     validation: *mut c_void,
+    schema: *mut c_void,
     /// Boxed so that its address, given to libxml2 as user data, never moves.
     errors: Box<Collector>,
 }
@@ -239,13 +279,96 @@ impl Validator {
             Ok(Self {
                 parser,
                 validation,
+                schema: schema.0,
                 errors,
             })
         }
     }
 
     /// Parses, then validates unless `max_departures` is `None`.
+    ///
+    /// First without a tree (a streaming validation, or a bare SAX parse for well-formedness), which
+    /// costs about half of building, walking and freeing a tree: when libxml2 reports nothing
+    /// there, the document is well-formed and valid and the verdict is the tree's. Any report at all
+    /// goes the tree way, which names element paths (a stream has no nodes to name).
     fn run(&mut self, document: &[u8], length: c_int, max_departures: Option<usize>) -> Verdict {
+        if self.clean_without_tree(document, length, max_departures.is_some()) {
+            return Verdict::Departures(Vec::new());
+        }
+        self.run_on_tree(document, length, max_departures)
+    }
+
+    /// Whether libxml2 parses (and with `validate`, validates against the schema) the document
+    /// without reporting anything: no error, no warning.
+    fn clean_without_tree(&mut self, document: &[u8], length: c_int, validate: bool) -> bool {
+        // A limit of 0: every report is only counted (no message kept, no node read).
+        self.errors.reset(0);
+        let status = if validate {
+            // SAFETY: a validation context of its own for this one stream (see `validation`),
+            // freed right after; it reports into the collector, and parse errors go to the
+            // thread's structured handler, the same collector, which reads no node at a limit of
+            // 0. The buffer is copied by libxml2 into the input it creates; the validation takes
+            // that input over and frees it with its parser context.
+            unsafe {
+                let validation = xmlSchemaNewValidCtxt(self.schema);
+                if validation.is_null() {
+                    -1
+                } else {
+                    xmlSchemaSetValidStructuredErrors(
+                        validation,
+                        Some(collect),
+                        self.errors.as_user_data(),
+                    );
+                    let input = xmlParserInputBufferCreateMem(
+                        document.as_ptr().cast(),
+                        length,
+                        ENCODING_NONE,
+                    );
+                    let status = if input.is_null() {
+                        -1
+                    } else {
+                        xmlSchemaValidateStream(
+                            validation,
+                            input,
+                            ENCODING_NONE,
+                            ptr::null_mut(),
+                            ptr::null_mut(),
+                        )
+                    };
+                    xmlSchemaFreeValidCtxt(validation);
+                    status
+                }
+            }
+        } else {
+            let mut sax = SaxHandler {
+                sax1: [ptr::null(); 27],
+                initialized: SAX2_MAGIC,
+                private: ptr::null_mut(),
+                start_element_ns: ptr::null(),
+                end_element_ns: ptr::null(),
+                serror: ptr::null(),
+            };
+            // SAFETY: the handler lives across the call and has no callbacks; libxml2 reads the
+            // caller's buffer of `length` bytes and reports into the thread's structured handler.
+            unsafe {
+                xmlSAXUserParseMemory(&mut sax, ptr::null_mut(), document.as_ptr().cast(), length)
+            }
+        };
+        let clean = status == 0
+            && self.errors.found.is_empty()
+            && self.errors.dropped == 0
+            && self.errors.first_error.is_none();
+        self.errors.reset(0);
+        clean
+    }
+
+    /// The parse into a tree, then the validation of the tree unless `max_departures` is `None`.
+    fn run_on_tree(
+        &mut self,
+        document: &[u8],
+        length: c_int,
+        max_departures: Option<usize>,
+    ) -> Verdict {
         self.errors.reset(PARSE_MESSAGES_KEPT);
         // SAFETY: the buffer and its length are the caller's slice; the document tree lives until
         // xmlFreeDoc below, and the handler reads node pointers only while it is alive.
@@ -331,6 +454,7 @@ struct Collector {
     found: Vec<Found>,
     limit: usize,
     dropped: usize,
+
     /// The first error (not warning), kept even beyond `limit`: what makes a parse fail.
     first_error: Option<(u32, String)>,
 }
