@@ -346,7 +346,8 @@ EOF
 
   port=$(free_port)
   "$bin/sfm-migration-api" serve --listen "127.0.0.1:$port" --namespace "$api_ns" \
-    --decryption-key "$dir/keys/private_key.pem" --trusted-issuer "$issuer_url" --allow-http-issuers >"$work/api-$n.log" 2>&1 &
+    --decryption-key "$dir/keys/private_key.pem" --trusted-issuer "$issuer_url" --allow-http-issuers \
+    --public-url "http://127.0.0.1:$port" >"$work/api-$n.log" 2>&1 &
   api_pid=$!
   pids+=("$api_pid")
   for _ in $(seq 1 120); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.25; done
