@@ -420,14 +420,14 @@ pub async fn flush_loop(state: Arc<AppState>) {
             not_before.insert(uid, now + pause);
             // A database past staging has its final `status.migration` (written at activate) and
             // no migrator to recompute it from.
-            if let Err(error) = result
-                && !matches!(
-                    error.code(),
-                    ProblemCode::NotFound | ProblemCode::MigrationOperational
-                )
-            {
-                tracing::warn!(database_uid = %uid, code = %error.code(), "status.migration not written; retrying");
-                state.mark_dirty(uid);
+            match result.map_err(|error| error.code()) {
+                Ok(()) | Err(ProblemCode::NotFound | ProblemCode::MigrationOperational) => {}
+                // Every connection of the replica's budget is in use (a wave): the next tick.
+                Err(ProblemCode::Busy) => state.mark_dirty(uid),
+                Err(code) => {
+                    tracing::warn!(database_uid = %uid, %code, "status.migration not written; retrying");
+                    state.mark_dirty(uid);
+                }
             }
         }
     }

@@ -15,16 +15,37 @@ use crate::contract::{
 };
 use crate::format::index::INDEX_FILE_NAME;
 
-/// How long a step asks again while the API answers that it is busy (or fails transiently): as long
-/// as an upload's requests do (`Retry-After` honoured). A wave of organisations starting at once is
-/// served in turns, and the ones waiting must not give up.
+/// How long a step asks again while the API says to come back later (`busy` or another answer with
+/// `Retry-After`, which is honoured): as long as an upload's requests do. A wave of organisations
+/// starting at once is served in turns, and the ones waiting must not give up. An API that cannot
+/// be reached at all is reported at once.
 pub const BUSY_PATIENCE: Duration = Duration::from_secs(20 * 60);
+
+/// Asks until the API stops saying "come back later" ([`BUSY_PATIENCE`] at most).
+async fn patiently<T, F, Fut>(mut ask: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let deadline = Instant::now() + BUSY_PATIENCE;
+    loop {
+        match ask().await {
+            Err(error) if Instant::now() < deadline => match error.retry_after() {
+                Some(wait) => {
+                    tracing::debug!(code = ?error.code(), "the API asked to come back later");
+                    tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
+                }
+                None => return Err(error),
+            },
+            answer => return answer,
+        }
+    }
+}
 
 /// Asks the product version and checks the key (step 11): the API is reachable, speaks our
 /// contract, and the key works for a database that is not finished.
 pub async fn key_check(api: &ApiClient) -> Outcome<(ProductVersion, KeyCheckResponse)> {
-    let deadline = Instant::now() + BUSY_PATIENCE;
-    let version = until_answered(deadline, || api.product_version())
+    let version = patiently(|| api.product_version())
         .await
         .map_err(|e| e.failure())?;
     if version.api_version != crate::contract::API_VERSION {
@@ -37,7 +58,7 @@ pub async fn key_check(api: &ApiClient) -> Outcome<(ProductVersion, KeyCheckResp
             "install the sfm-migrate version NHN recommends for this API",
         ));
     }
-    let check = until_answered(deadline, || api.key_check())
+    let check = patiently(|| api.key_check())
         .await
         .map_err(|e| e.failure())?;
     if check.token_required && api.auth_has_no_token() {
@@ -183,7 +204,12 @@ pub async fn verify(
                     next,
                 ));
             }
-            Err(error) if error.is_transient() && started.elapsed() < BUSY_PATIENCE => {
+            Err(error)
+                if error.is_transient()
+                    && (started.elapsed() < pending_wait
+                        || (error.retry_after().is_some()
+                            && started.elapsed() < BUSY_PATIENCE)) =>
+            {
                 tokio::time::sleep(error.retry_after().unwrap_or(Duration::from_secs(2))).await;
             }
             Err(error) => return Err(error.failure()),
