@@ -379,7 +379,16 @@ impl Fixture {
 
     /// One number from the staging database, as the migrator sees it.
     async fn count(&self, sql: &'static str) -> i64 {
-        query_i64(&self.migrator_uri, sql).await
+        self.scalar(sql).await
+    }
+
+    /// One value from the staging database, as the migrator sees it.
+    async fn scalar<T>(&self, sql: &'static str) -> T
+    where
+        T: Send + Unpin,
+        (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        scalar_at(&self.migrator_uri, sql).await
     }
 
     /// A superuser session on the staging database (the test server's admin URL with the staging
@@ -667,9 +676,14 @@ fn manifest_entry(path: &str, file_type: contract::FileType, data: &[u8]) -> Man
     }
 }
 
-async fn query_i64(uri: &str, sql: &'static str) -> i64 {
+/// One value read on a fresh connection to `uri` (a database as the role in the URL sees it).
+async fn scalar_at<T>(uri: &str, sql: &'static str) -> T
+where
+    T: Send + Unpin,
+    (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
     let mut connection = sqlx::PgConnection::connect(uri).await.unwrap();
-    sqlx::query_scalar::<_, i64>(sql)
+    sqlx::query_scalar(sql)
         .fetch_one(&mut connection)
         .await
         .unwrap()
@@ -1112,13 +1126,9 @@ fn two_replicas_share_an_upload_across_a_kill() {
             1
         );
         // The stored file is byte for byte what was sent.
-        let mut connection = sqlx::PgConnection::connect(&fx.migrator_uri).await.unwrap();
-        let digest: String = sqlx::query_scalar(
-            "SELECT encode(sha256, 'hex') FROM sfm.stored_files WHERE kind = 'patient'",
-        )
-        .fetch_one(&mut connection)
-        .await
-        .unwrap();
+        let digest: String = fx
+            .scalar("SELECT encode(sha256, 'hex') FROM sfm.stored_files WHERE kind = 'patient'")
+            .await;
         assert_eq!(digest, contract::sha256_hex(patient));
 
         // The same person under another Id is stored and flagged; an HPR number no user has is rejected.
@@ -1581,11 +1591,11 @@ fn keys_of_another_database_superseded_or_expired_are_refused() {
 
         assert_eq!(fx.count("SELECT count(*) FROM sfm.stored_files").await, 0);
         assert_eq!(
-            query_i64(&other_uri, "SELECT count(*) FROM sfm.stored_files").await,
+            scalar_at::<i64>(&other_uri, "SELECT count(*) FROM sfm.stored_files").await,
             0
         );
         assert_eq!(
-            query_i64(&other_uri, "SELECT count(*) FROM sfm.uploads").await,
+            scalar_at::<i64>(&other_uri, "SELECT count(*) FROM sfm.uploads").await,
             0
         );
         secrets.extend([key_2, short]);
@@ -2502,13 +2512,9 @@ fn a_number_where_the_parser_stops_reaches_no_answer_status_table_or_log() {
             .text()
             .await
             .unwrap();
-        let mut connection = sqlx::PgConnection::connect(&fx.migrator_uri).await.unwrap();
-        let stored: String = sqlx::query_scalar(
-            "SELECT coalesce(string_agg(message, ' | '), '') FROM sfm.rejections",
-        )
-        .fetch_one(&mut connection)
-        .await
-        .unwrap();
+        let stored: String = fx
+            .scalar("SELECT coalesce(string_agg(message, ' | '), '') FROM sfm.rejections")
+            .await;
         assert!(!stored.is_empty(), "no rejection was recorded");
         [answer, status, stored].join("\n")
     });
