@@ -22,17 +22,40 @@ use crate::format::index::INDEX_FILE_NAME;
 pub const BUSY_PATIENCE: Duration = Duration::from_secs(20 * 60);
 
 /// Asks until the API stops saying "come back later" ([`BUSY_PATIENCE`] at most).
-async fn patiently<T, F, Fut>(mut ask: F) -> Result<T, ApiError>
+async fn patiently<T, F, Fut>(ask: F) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
     let deadline = Instant::now() + BUSY_PATIENCE;
+    retry_while(
+        deadline,
+        "the API asked to come back later",
+        ApiError::retry_after,
+        ask,
+    )
+    .await
+}
+
+/// Asks until `wait_for` finds no wait in the failure (or the answer is not a failure) or `deadline`
+/// has passed, sleeping the wait it gives (100 ms at least) in between; returns that answer. Each
+/// retry is logged at debug level as `reason` with the problem code.
+async fn retry_while<T, W, F, Fut>(
+    deadline: Instant,
+    reason: &'static str,
+    wait_for: W,
+    mut ask: F,
+) -> Result<T, ApiError>
+where
+    W: Fn(&ApiError) -> Option<Duration>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
     loop {
         match ask().await {
-            Err(error) if Instant::now() < deadline => match error.retry_after() {
+            Err(error) if Instant::now() < deadline => match wait_for(&error) {
                 Some(wait) => {
-                    tracing::debug!(code = ?error.code(), "the API asked to come back later");
+                    tracing::debug!(code = ?error.code(), "{reason}");
                     tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
                 }
                 None => return Err(error),
@@ -279,24 +302,22 @@ pub async fn activate_and_wait(api: &ApiClient, timeout: Duration) -> Outcome<()
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
+
 /// Asks until the answer is not a transient failure (see [`ApiError::is_transient`]) or `deadline`
-/// has passed, waiting `Retry-After` (else 2 s) in between; returns that answer.
-async fn until_answered<T, F, Fut>(deadline: Instant, mut ask: F) -> Result<T, ApiError>
+/// has passed, waiting `Retry-After` (else 2 s, never past the deadline) in between; returns that
+/// answer.
+async fn until_answered<T, F, Fut>(deadline: Instant, ask: F) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
-    loop {
-        match ask().await {
-            Err(error) if error.is_transient() && Instant::now() < deadline => {
-                tracing::debug!(code = ?error.code(), "transient failure; asking again");
-                let wait = error.retry_after().unwrap_or(Duration::from_secs(2));
-                let left = deadline.saturating_duration_since(Instant::now());
-                tokio::time::sleep(wait.min(left).max(Duration::from_millis(100))).await;
-            }
-            answer => return answer,
-        }
-    }
+    let wait_for = |error: &ApiError| {
+        error.is_transient().then(|| {
+            let wait = error.retry_after().unwrap_or(Duration::from_secs(2));
+            wait.min(deadline.saturating_duration_since(Instant::now()))
+        })
+    };
+    retry_while(deadline, "transient failure; asking again", wait_for, ask).await
 }
 
 /// Deletes exactly the export's files: `ExportData.dat`, `Index.txt`, every patient and report file
@@ -328,4 +349,80 @@ pub fn delete_export(folder: &Path, report: &CheckReport) -> Outcome<usize> {
         let _ = std::fs::remove_dir(&dir);
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn network() -> ApiError {
+        ApiError::Network {
+            url: "https://api.invalid".into(),
+            reason: "refused".into(),
+        }
+    }
+
+    fn unavailable(retry_after: Option<u64>) -> ApiError {
+        ApiError::Status {
+            status: 503,
+            problem: None,
+            retry_after,
+        }
+    }
+
+    /// Answers `failures` in turn, then `Ok(())`; counts the calls.
+    async fn ask(calls: &AtomicUsize, failures: &[ApiError]) -> Result<(), ApiError> {
+        let call = calls.fetch_add(1, Ordering::SeqCst);
+        failures.get(call).cloned().map_or(Ok(()), Err)
+    }
+
+    #[tokio::test]
+    async fn patiently_waits_out_retry_after_and_reports_anything_else_at_once() {
+        let calls = AtomicUsize::new(0);
+        let failures = [unavailable(Some(0)), unavailable(Some(0))];
+        assert!(patiently(|| ask(&calls, &failures)).await.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        for failure in [network(), unavailable(None)] {
+            let calls = AtomicUsize::new(0);
+            let failures = [failure];
+            assert!(patiently(|| ask(&calls, &failures)).await.is_err());
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn until_answered_asks_again_after_transient_failures_until_the_deadline() {
+        let calls = AtomicUsize::new(0);
+        // 100 ms after the first, then what is left of the deadline rather than 2 s after the second.
+        let failures = [unavailable(Some(0)), network()];
+        let deadline = Instant::now() + Duration::from_millis(400);
+        assert!(
+            until_answered(deadline, || ask(&calls, &failures))
+                .await
+                .is_ok()
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(Instant::now() < deadline + Duration::from_secs(1));
+
+        let calls = AtomicUsize::new(0);
+        let failures = [ApiError::Protocol("unreadable".into())];
+        assert!(
+            until_answered(deadline, || ask(&calls, &failures))
+                .await
+                .is_err()
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        let calls = AtomicUsize::new(0);
+        let failures = [network()];
+        let passed = Instant::now();
+        assert!(
+            until_answered(passed, || ask(&calls, &failures))
+                .await
+                .is_err()
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }
