@@ -108,15 +108,7 @@ async fn look(state: &AppState, db: &MigrationDatabase) -> Option<bool> {
         Err(_) => return Some(false),
     };
     let mut connection = once.connection;
-    let _ = sqlx::query(
-        "DELETE FROM sfm.uploads WHERE state IN ('created', 'receiving') AND expires_at < now() - interval '1 hour'",
-    )
-    .execute(&mut connection)
-    .await;
-    let _ =
-        sqlx::query("DELETE FROM sfm.dpop_proofs WHERE seen_at < now() - interval '10 minutes'")
-            .execute(&mut connection)
-            .await;
+    sweep(&mut connection).await;
     let waiting: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sfm.uploads WHERE state = 'complete')")
             .fetch_one(&mut connection)
@@ -126,21 +118,29 @@ async fn look(state: &AppState, db: &MigrationDatabase) -> Option<bool> {
     Some(waiting)
 }
 
+/// The sweep of a database: unfinished uploads an hour past their expiry and DPoP proofs too old
+/// to be replayed. A failure is left for the next sweep.
+async fn sweep(connection: &mut sqlx::PgConnection) {
+    let _ = sqlx::query(
+        "DELETE FROM sfm.uploads WHERE state IN ('created', 'receiving') AND expires_at < now() - interval '1 hour'",
+    )
+    .execute(&mut *connection)
+    .await;
+    let _ =
+        sqlx::query("DELETE FROM sfm.dpop_proofs WHERE seen_at < now() - interval '10 minutes'")
+            .execute(&mut *connection)
+            .await;
+}
+
 /// One scan of one database: the sweep of expired uploads, then the ingest of what waits. Whether
 /// uploads were waiting.
 async fn scan(state: &Arc<AppState>, uid: Uuid, db: &Arc<MigrationDatabase>) -> bool {
     let Ok(pool) = state.directory.pool(db).await else {
         return false;
     };
-    let _ =
-        sqlx::query("DELETE FROM sfm.dpop_proofs WHERE seen_at < now() - interval '10 minutes'")
-            .execute(&pool)
-            .await;
-    let _ = sqlx::query(
-        "DELETE FROM sfm.uploads WHERE state IN ('created', 'receiving') AND expires_at < now() - interval '1 hour'",
-    )
-    .execute(&pool)
-    .await;
+    if let Ok(mut connection) = pool.acquire().await {
+        sweep(&mut connection).await;
+    }
     let waiting: Vec<(Uuid, String)> = match sqlx::query_as(
         "SELECT id, migration_key_id FROM sfm.uploads WHERE state = 'complete' AND completed_at < now() - interval '3 seconds'
          ORDER BY completed_at LIMIT 16",
