@@ -228,12 +228,16 @@ impl Directory {
             {
                 return self.open_pool(&mut pools, uid, db, reserved).await;
             }
-            let before = Instant::now() - IDLE_BEFORE_CLOSING;
-            let unused: Vec<Uuid> = pools
-                .iter()
-                .filter(|(_, pooled)| pooled.idle_since(before))
-                .map(|(uid, _)| *uid)
-                .collect();
+            // A monotonic clock younger than IDLE_BEFORE_CLOSING (a machine just booted): no pool
+            // has been idle that long.
+            let unused: Vec<Uuid> = match Instant::now().checked_sub(IDLE_BEFORE_CLOSING) {
+                Some(before) => pools
+                    .iter()
+                    .filter(|(_, pooled)| pooled.idle_since(before))
+                    .map(|(uid, _)| *uid)
+                    .collect(),
+                None => Vec::new(),
+            };
             unused
                 .iter()
                 .filter_map(|uid| pools.remove(uid))
