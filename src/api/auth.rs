@@ -245,29 +245,25 @@ async fn tokenholder(
     let facts = uploader::token_facts(request.headers)?;
     let databases = state.directory.databases().await?;
     let database = uploader::choose(&databases, &facts, &state.config.trusted_issuers, purpose)?;
-    let policy = database.spec.validation.helse_id.as_ref().ok_or_else(|| {
-        ApiError::internal("read the token policy", "a chosen database has no policy")
-    })?;
-    let (client, proof) = state
-        .helseid
-        .check_request_with_proof(
-            policy,
-            &database.spec.organisation.organisation_number,
-            request,
-        )
+    // The chosen database has a policy naming the token's issuer ([`uploader::accepts`]), which
+    // `choose` found trusted.
+    let token = checked_token(state, &database, request)
         .await
         .inspect_err(|_| {
             state.metrics.auth_failures.inc();
+        })?
+        .ok_or_else(|| {
+            ApiError::internal("read the token policy", "a chosen database has no policy")
         })?;
     // The claims that chose the database are now verified; the client id is checked again on them.
     let verified = uploader::TokenFacts {
-        client_id: Some(client.clone()),
+        client_id: Some(token.client.clone()),
         ..facts
     };
     if !uploader::accepts(&database, &verified) {
         return Err(ApiError::new(ProblemCode::UploaderNoDatabase));
     }
-    Ok((database, CheckedToken { client, proof }))
+    Ok((database, token))
 }
 
 /// The database a key fills: the one of its `databaseRef` whose UID the key was issued for.
