@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::credentials::{admin_uri, delete_owned_secret};
-use super::status::{cond, patch_status, publish};
+use super::status::{StatusParts, cond, patch_status, publish};
 use super::{Context, Error};
 use crate::crd::{ConditionType, MigrationDatabase, Phase, ReclaimPolicy};
 use crate::names::{self, ChildNames};
@@ -46,9 +46,7 @@ pub(super) async fn cleanup(
                 "Deleting",
                 "the MigrationDatabase is being deleted; its reclaim policy is applied",
             )],
-            None,
-            None,
-            None,
+            StatusParts::default(),
         )
         .await?;
     }

@@ -18,7 +18,7 @@ use super::credentials::{
     admin_uri, delete_owned_secret, ensure_password, legacy_migrator_password, owned_password,
 };
 use super::quiet::{fingerprint_text, pass_fingerprint};
-use super::status::{cond, patch_status, publish};
+use super::status::{StatusParts, cond, patch_status, publish};
 use super::{Context, Error, FIELD_MANAGER, FINALIZER};
 use crate::crd::conditions::ConditionType;
 use crate::crd::{DatabaseCoordinates, LastPass, MigrationDatabase, Phase, apply_status};
@@ -99,9 +99,7 @@ async fn apply(db: Arc<MigrationDatabase>, ctx: Arc<Context>) -> Result<Action, 
                 phase,
                 reason,
                 vec![cond(ConditionType::Ready, false, reason, &message)],
-                None,
-                None,
-                None,
+                StatusParts::default(),
             )
             .await?;
             Err(error)
@@ -195,9 +193,7 @@ async fn provision_and_observe(
                 "Provisioning",
                 "creating the database and its roles",
             )],
-            None,
-            None,
-            None,
+            StatusParts::default(),
         )
         .await?;
     }
@@ -353,11 +349,13 @@ async fn provision_and_observe(
                     "the organisation's HelseID client has access",
                 ),
             ],
-            Some(coordinates),
-            // Every key of the database was just expired: none is active (read from the cache,
-            // the patches above might not show yet).
-            None,
-            Some(done()),
+            StatusParts {
+                coordinates: Some(coordinates),
+                // Every key of the database was just expired: none is active (read from the cache,
+                // the patches above might not show yet).
+                active_key: None,
+                last_pass: Some(done()),
+            },
         )
         .await?;
         return Ok(Action::requeue(ctx.config.resync));
@@ -423,9 +421,11 @@ async fn provision_and_observe(
                 "not yet switched to operational mode",
             ),
         ],
-        Some(coordinates),
-        active_key(db, ctx).await?,
-        Some(done()),
+        StatusParts {
+            coordinates: Some(coordinates),
+            active_key: active_key(db, ctx).await?,
+            last_pass: Some(done()),
+        },
     )
     .await?;
     if first_time {
@@ -461,9 +461,7 @@ async fn mark_activating(
             "Validated",
             "the validation record is in the database",
         )],
-        None,
-        None,
-        None,
+        StatusParts::default(),
     )
     .await?;
     *reached = Some(Phase::Activating);

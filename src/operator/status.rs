@@ -17,18 +17,32 @@ pub(super) fn cond(type_: ConditionType, status: bool, reason: &str, message: &s
     Cond(type_, status, reason.to_owned(), message.to_owned())
 }
 
+/// What a status write records besides the phase and the conditions. The default, nothing, is what
+/// every write before the end of a successful pass records.
+#[derive(Default)]
+pub(super) struct StatusParts {
+    /// Where the database is; `None` keeps what the status records.
+    pub coordinates: Option<DatabaseCoordinates>,
+    /// The key in use; `None` leaves it out of the apply, which takes it away.
+    pub active_key: Option<String>,
+    /// Only the last write of a successful pass records it; every other write takes it away.
+    pub last_pass: Option<LastPass>,
+}
+
 /// One server-side apply of the operator's status fields. Never includes `status.migration`.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn patch_status(
     ctx: &Context,
     db: &MigrationDatabase,
     phase: Phase,
     reason: &str,
     conditions: Vec<Cond>,
-    coordinates: Option<DatabaseCoordinates>,
-    active_key: Option<String>,
-    last_pass: Option<LastPass>,
+    parts: StatusParts,
 ) -> Result<(), Error> {
+    let StatusParts {
+        coordinates,
+        active_key,
+        last_pass,
+    } = parts;
     let now = jiff::Timestamp::now();
     let mut merged = db
         .status
