@@ -20,20 +20,46 @@ END
 $body$";
 
 /// Attaches [`REFUSE_AFTER_VALIDATION_FUNCTION`] to every data table the schema has at its version
-/// (repeated on every pass, so a table a later migration adds is covered too).
+/// that lacks it (looked at on every pass, so a table a later migration adds is covered too, and a
+/// trigger dropped, disabled or altered is made again).
+///
+/// Only where it is missing or not as made here: `CREATE OR REPLACE TRIGGER` takes `SHARE ROW
+/// EXCLUSIVE` on its table until the pass commits. That waits for every ingest in flight on the
+/// table, and every ingest after it waits for the pass: on every pass, all ingests of the database
+/// stalled (a quarter of the migrator's sessions sampled in the flow benchmark waited on it).
 pub const REFUSE_AFTER_VALIDATION_TRIGGERS: &str = "DO $body$
 DECLARE
     data_table text;
 BEGIN
     FOR data_table IN
-        SELECT tablename FROM pg_tables
-        WHERE schemaname = 'sfm'
-          AND tablename NOT IN ('metadata', 'validation', 'rejections', 'dpop_proofs')
-          AND left(tablename, 6) <> '_sqlx_'
+        SELECT t.tablename FROM pg_tables t
+        WHERE t.schemaname = 'sfm'
+          AND t.tablename NOT IN ('metadata', 'validation', 'rejections', 'dpop_proofs')
+          AND left(t.tablename, 6) <> '_sqlx_'
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_trigger g
+              WHERE g.tgrelid = format('sfm.%I', t.tablename)::regclass
+                AND g.tgname = 'refuse_after_validation'
+                AND g.tgenabled = 'O'
+                AND pg_get_triggerdef(g.oid) = format(
+                    'CREATE TRIGGER refuse_after_validation BEFORE INSERT ON sfm.%I '
+                    'FOR EACH STATEMENT EXECUTE FUNCTION sfm.refuse_after_validation()', t.tablename))
     LOOP
         EXECUTE format('CREATE OR REPLACE TRIGGER refuse_after_validation BEFORE INSERT ON sfm.%I '
                        'FOR EACH STATEMENT EXECUTE FUNCTION sfm.refuse_after_validation()', data_table);
     END LOOP;
+END
+$body$";
+
+/// Hands [`DPOP_PROOFS_TABLE`] to the role running the statement (the database's owner, see
+/// `in_database`) when another role owns it. Only then: `ALTER TABLE ... OWNER` takes `ACCESS
+/// EXCLUSIVE` even when the owner stays, which would hold up every DPoP-authenticated request
+/// until the pass commits.
+pub const DPOP_PROOFS_OWNER: &str = "DO $body$
+BEGIN
+    IF (SELECT relowner FROM pg_class WHERE oid = 'sfm.dpop_proofs'::regclass) <> current_user::regrole THEN
+        EXECUTE format('ALTER TABLE sfm.dpop_proofs OWNER TO %I', current_user);
+    END IF;
 END
 $body$";
 

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 pub use super::backstop::VALIDATED_SQLSTATE;
 use super::backstop::{
-    DPOP_PROOFS_TABLE, REFUSE_AFTER_VALIDATION_FUNCTION, REFUSE_AFTER_VALIDATION_TRIGGERS,
+    DPOP_PROOFS_OWNER, DPOP_PROOFS_TABLE, REFUSE_AFTER_VALIDATION_FUNCTION,
+    REFUSE_AFTER_VALIDATION_TRIGGERS,
 };
 use super::schema::{MIGRATIONS_TABLE, MIGRATOR, SchemaError, migrate_to};
 use super::scram::new_scram_sha256_verifier;
@@ -356,7 +357,7 @@ impl AdminSession {
         let uid = self.tag.trim_start_matches(TAG_PREFIX).to_owned();
         self.in_database(vec![
             Statement::new(DPOP_PROOFS_TABLE),
-            Statement::new("ALTER TABLE sfm.dpop_proofs OWNER TO ").ident(&names.owner)?,
+            Statement::new(DPOP_PROOFS_OWNER),
             Statement::new("GRANT USAGE ON SCHEMA sfm TO ").ident(&names.migrator)?,
             Statement::new("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA sfm TO ").ident(&names.migrator)?,
             Statement::new("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA sfm TO ").ident(&names.migrator)?,

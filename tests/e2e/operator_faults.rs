@@ -642,3 +642,98 @@ fn a_restarted_operator_passes_nothing_again_until_the_resync_but_repairs_a_chan
     );
     kubectl_ok(&["-n", ns, "delete", "mdb", "--all", WAIT_TIMEOUT], None);
 }
+
+/// An operator pass in staging waits for no write in flight. A transaction of the migration API holds
+/// `ROW EXCLUSIVE` on the tables it writes until it commits (an ingest, about 30 ms a patient): the
+/// operator's passes go on meanwhile. They used to replace the backstop's trigger on every data table
+/// each time, which waits for every such transaction and holds up every write after it, so ingests
+/// stalled on each pass. A trigger that is missing or disabled is still made again.
+#[test]
+fn passes_in_staging_wait_for_no_write_in_flight_and_still_repair_the_backstop() {
+    install_crds();
+    let _ = kubectl(&["create", "namespace", API_NS], None);
+    let ns = TestNamespace::new("no-stall");
+    let ns = ns.name.as_str();
+    let _operator = start_operator_with(
+        ns,
+        API_NS,
+        &format!("operator-{ns}"),
+        &["--resync-seconds", "2"],
+    );
+    apply(&database(ns, "busy", "  reclaimPolicy: Delete\n"));
+    wait_ready(ns, "busy");
+    // One runtime for the test: a connection lives on the runtime that opened it.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut url = url::Url::parse(&admin_url()).unwrap();
+    url.set_path(&format!(
+        "/{}",
+        jsonpath(ns, "mdb/busy", "{.status.database.name}")
+    ));
+    let last_pass = || jsonpath(ns, "mdb/busy", "{.status.lastPass.at}");
+    // Full passes follow each other every 2 s; the status records each one's time.
+    let passes_go_on = |within: Duration| {
+        let first = last_pass();
+        eventually(within, || last_pass() != first) && {
+            let second = last_pass();
+            eventually(within, || last_pass() != second)
+        }
+    };
+    let triggers = |connection: &mut PgConnection| {
+        runtime.block_on(
+            sqlx::query_scalar::<_, String>(
+                "SELECT string_agg(c.relname || ':' || g.tgenabled::text, ' ' ORDER BY c.relname) FROM pg_trigger g
+                 JOIN pg_class c ON c.oid = g.tgrelid WHERE g.tgname = 'refuse_after_validation'",
+            )
+            .fetch_one(connection),
+        )
+        .unwrap()
+    };
+
+    let mut writer = runtime
+        .block_on(PgConnection::connect(url.as_str()))
+        .unwrap();
+    let made = triggers(&mut writer);
+    assert!(
+        made.contains("patients:O") && made.contains("documents:O"),
+        "{made}"
+    );
+    runtime.block_on(async {
+        sqlx::raw_sql("BEGIN").execute(&mut writer).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT format('sfm.%I', tablename) FROM pg_tables WHERE schemaname = 'sfm' ORDER BY 1",
+        )
+        .fetch_all(&mut writer)
+        .await
+        .unwrap();
+        let lock = format!("LOCK TABLE {} IN ROW EXCLUSIVE MODE", tables.join(", "));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(lock))
+            .execute(&mut writer)
+            .await
+            .unwrap();
+    });
+    assert!(
+        passes_go_on(Duration::from_secs(60)),
+        "no operator pass finished while a write was in flight"
+    );
+    runtime
+        .block_on(sqlx::raw_sql("ROLLBACK").execute(&mut writer))
+        .unwrap();
+
+    // The backstop is repaired where it is not as made: dropped on one table, disabled on another.
+    runtime
+        .block_on(
+            sqlx::raw_sql(
+                "DROP TRIGGER refuse_after_validation ON sfm.patients;
+         ALTER TABLE sfm.treatments DISABLE TRIGGER refuse_after_validation",
+            )
+            .execute(&mut writer),
+        )
+        .unwrap();
+    assert_ne!(triggers(&mut writer), made);
+    assert!(
+        eventually(Duration::from_secs(60), || triggers(&mut writer) == made),
+        "the backstop was not made again: {}",
+        triggers(&mut writer)
+    );
+    kubectl_ok(&["-n", ns, "delete", "mdb", "--all", WAIT_TIMEOUT], None);
+}
