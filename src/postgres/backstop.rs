@@ -27,6 +27,9 @@ $body$";
 /// EXCLUSIVE` on its table until the pass commits. That waits for every ingest in flight on the
 /// table, and every ingest after it waits for the pass: on every pass, all ingests of the database
 /// stalled (a quarter of the migrator's sessions sampled in the flow benchmark waited on it).
+/// `pg_get_triggerdef` names the table and function with their schema as long as `sfm` is not on
+/// the session's `search_path` (it is not by default); were it, every trigger would look altered
+/// and be made again on each pass: the old cost, never a missing trigger.
 pub const REFUSE_AFTER_VALIDATION_TRIGGERS: &str = "DO $body$
 DECLARE
     data_table text;

@@ -13,11 +13,16 @@ use std::time::Duration;
 
 const API_NS: &str = "sfm-system";
 
-/// The CRDs, the API namespace, a namespace of the test's own and an operator watching it.
-fn setup(prefix: &str) -> (TestNamespace, Process) {
+/// The CRDs, the API namespace and a namespace of the test's own.
+fn namespace(prefix: &str) -> TestNamespace {
     install_crds();
     let _ = kubectl(&["create", "namespace", API_NS], None);
-    let ns = TestNamespace::new(prefix);
+    TestNamespace::new(prefix)
+}
+
+/// [`namespace`] and an operator watching it.
+fn setup(prefix: &str) -> (TestNamespace, Process) {
+    let ns = namespace(prefix);
     let operator = start_operator(&ns.name, API_NS, &format!("operator-{}", ns.name));
     (ns, operator)
 }
@@ -415,9 +420,7 @@ fn deletion_honours_the_reclaim_policy() {
 
 #[test]
 fn killing_the_operator_mid_reconcile_converges_with_nothing_duplicated_or_leaked() {
-    install_crds();
-    let _ = kubectl(&["create", "namespace", API_NS], None);
-    let ns = TestNamespace::new("crash");
+    let ns = namespace("crash");
     let ns = ns.name.as_str();
     let names: Vec<String> = (0..8).map(|i| format!("org-{i}")).collect();
     let manifests: String = names
@@ -501,9 +504,7 @@ fn metric(port: u16, name: &str) -> f64 {
 
 #[test]
 fn of_two_operators_only_the_lease_holder_reconciles_and_a_kill_hands_over() {
-    install_crds();
-    let _ = kubectl(&["create", "namespace", API_NS], None);
-    let ns = TestNamespace::new("leader");
+    let ns = namespace("leader");
     let ns = ns.name.as_str();
     let (port_a, port_b) = (free_port(), free_port());
     let flags = |port: u16| {
@@ -562,9 +563,7 @@ fn of_two_operators_only_the_lease_holder_reconciles_and_a_kill_hands_over() {
 /// pass. What changes after the start still gets its pass at once.
 #[test]
 fn a_restarted_operator_passes_nothing_again_until_the_resync_but_repairs_a_change_at_once() {
-    install_crds();
-    let _ = kubectl(&["create", "namespace", API_NS], None);
-    let ns = TestNamespace::new("restart");
+    let ns = namespace("restart");
     let ns = ns.name.as_str();
     let names: Vec<String> = (0..6).map(|i| format!("org-{i}")).collect();
     let manifests: String = names
@@ -650,9 +649,7 @@ fn a_restarted_operator_passes_nothing_again_until_the_resync_but_repairs_a_chan
 /// stalled on each pass. A trigger that is missing or disabled is still made again.
 #[test]
 fn passes_in_staging_wait_for_no_write_in_flight_and_still_repair_the_backstop() {
-    install_crds();
-    let _ = kubectl(&["create", "namespace", API_NS], None);
-    let ns = TestNamespace::new("no-stall");
+    let ns = namespace("no-stall");
     let ns = ns.name.as_str();
     let _operator = start_operator_with(
         ns,
