@@ -227,6 +227,8 @@ fn ingest_path_per_stage() {
                 .await
                 .unwrap();
                 let mut connection = test.pool.acquire().await.unwrap();
+                // As the API holds it: the users' HPR numbers read once per organisation file.
+                let users = sfm_migration::api::ingest::KnownUsers::default();
                 let org = prepare(
                     keys,
                     organisation,
@@ -237,12 +239,15 @@ fn ingest_path_per_stage() {
                 )
                 .unwrap();
                 let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
+                let written = guard_read(&mut tx).await;
                 store(
                     &mut tx,
                     db,
                     None,
                     &claimed("ExportData.dat", FileType::ExportData, organisation),
                     org,
+                    written,
+                    &users,
                 )
                 .await
                 .unwrap()
@@ -259,12 +264,15 @@ fn ingest_path_per_stage() {
                         prepare(keys, data, FileType::Patient, name, limits, db).unwrap()
                     };
                     let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
+                    let written = guard_read(&mut tx).await;
                     store(
                         &mut tx,
                         db,
                         None,
                         &claimed(name, FileType::Patient, data),
                         prepared,
+                        written,
+                        &users,
                     )
                     .await
                     .unwrap()
@@ -403,4 +411,23 @@ fn xsd_cost(
         figures.push((what, per_100_kb(start.elapsed(), xml_bytes * files)));
     }
     figures
+}
+
+/// What the API's guard reads before `store` (the organisation file stored last), for a database
+/// the tests migrated themselves (no operator, so no metadata row for the guard to check).
+async fn guard_read(tx: &mut sqlx::PgConnection) -> sfm_migration::api::guard::Writable {
+    let organisation: Option<(i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT stored_file_id, updated_at FROM sfm.organisation")
+            .fetch_optional(&mut *tx)
+            .await
+            .unwrap();
+    sfm_migration::api::guard::Writable {
+        database: uuid::Uuid::nil(),
+        organisation_file: organisation.map(|(stored_file_id, stored_at)| {
+            sfm_migration::api::guard::OrganisationFile {
+                stored_file_id,
+                stored_at,
+            }
+        }),
+    }
 }

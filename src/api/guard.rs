@@ -32,17 +32,44 @@ pub async fn lock(tx: &mut PgConnection) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Takes the write locks and checks the database's owner and the validation record.
-pub async fn writable(tx: &mut PgConnection, database_uid: Uuid) -> Result<(), ApiError> {
+/// What the guard read, for the writes after it in the same transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Writable {
+    /// The MigrationDatabase the connection was checked against.
+    pub database: Uuid,
+    /// The organisation file stored last; `None` until one is stored. Patients and reports are
+    /// refused without it, and it versions the users' HPR numbers ([`super::ingest::KnownUsers`]).
+    pub organisation_file: Option<OrganisationFile>,
+}
+
+/// The organisation file stored last, as the organisation's row names it: every organisation file
+/// stored sets both in its own transaction, and the time tells apart a database provisioned again
+/// under the same MigrationDatabase (its file ids start again from 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrganisationFile {
+    pub stored_file_id: i64,
+    pub stored_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Takes the write locks and checks the database's owner and the validation record; reads the
+/// organisation file in the same round trip.
+pub async fn writable(tx: &mut PgConnection, database_uid: Uuid) -> Result<Writable, ApiError> {
     lock(tx).await?;
-    let row: Option<(Uuid, bool)> = sqlx::query_as(
-        "SELECT migration_database_uid, EXISTS (SELECT 1 FROM sfm.validation) FROM sfm.metadata",
+    type Row = (
+        Uuid,
+        bool,
+        Option<i64>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT m.migration_database_uid, EXISTS (SELECT 1 FROM sfm.validation), o.stored_file_id, o.updated_at
+         FROM sfm.metadata m LEFT JOIN sfm.organisation o ON true",
     )
     .fetch_optional(&mut *tx)
     .await
     .map_err(|e| database("read the database's owner", e))?;
     match row {
-        Some((owner, _)) if owner != database_uid => {
+        Some((owner, ..)) if owner != database_uid => {
             tracing::error!(
                 expected = %database_uid,
                 found = %owner,
@@ -53,8 +80,16 @@ pub async fn writable(tx: &mut PgConnection, database_uid: Uuid) -> Result<(), A
                 "the connection leads to another MigrationDatabase's database",
             ))
         }
-        Some((_, true)) => Err(ApiError::new(ProblemCode::MigrationValidated)),
-        Some((_, false)) => Ok(()),
+        Some((_, true, ..)) => Err(ApiError::new(ProblemCode::MigrationValidated)),
+        Some((_, false, stored_file_id, stored_at)) => Ok(Writable {
+            database: database_uid,
+            organisation_file: stored_file_id
+                .zip(stored_at)
+                .map(|(stored_file_id, stored_at)| OrganisationFile {
+                    stored_file_id,
+                    stored_at,
+                }),
+        }),
         None => Err(ApiError::internal(
             "check the database's owner",
             "the staging database has no metadata row",
@@ -62,7 +97,7 @@ pub async fn writable(tx: &mut PgConnection, database_uid: Uuid) -> Result<(), A
     }
 }
 
-/// Whether the organisation file is stored (patients and reports wait for it).
+/// Whether the organisation file is stored (patients and reports wait for it), outside a write.
 pub async fn organisation_stored<'c, E>(executor: E) -> Result<bool, ApiError>
 where
     E: sqlx::PgExecutor<'c>,
@@ -80,15 +115,15 @@ pub async fn check_creation(
     state: &AppState,
     session: &Session,
     file_type: Option<FileType>,
-) -> Result<(), ApiError> {
-    writable(tx, session.uid).await?;
+) -> Result<Writable, ApiError> {
+    let found = writable(tx, session.uid).await?;
     // The organisation file, and a file of no known type (it is never stored, only recorded).
     if file_type != Some(FileType::Patient) && file_type != Some(FileType::Report) {
-        return Ok(());
+        return Ok(found);
     }
-    // An index lookup. Only when it fails is the (unindexed) look for an organisation upload in
-    // progress made: run for every file, that scan over all uploads took 46 ms at 50,000 patients.
-    if !organisation_stored(&mut *tx).await? {
+    // Only when no organisation file is stored is the (unindexed) look for an organisation upload
+    // in progress made: run for every file, that scan over all uploads took 46 ms at 50,000 patients.
+    if found.organisation_file.is_none() {
         let in_progress: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM sfm.uploads WHERE file_type = 'ExportData' AND state IN ('created', 'receiving', 'complete'))",
         )
@@ -103,5 +138,5 @@ pub async fn check_creation(
         }
         return Err(error);
     }
-    Ok(())
+    Ok(found)
 }

@@ -168,6 +168,8 @@ pub struct AppState {
     /// When this replica last served a request for each database: the recovery loop scans those
     /// often and the others rarely ([`recovery`]).
     pub activity: Mutex<std::collections::HashMap<uuid::Uuid, std::time::Instant>>,
+    /// The users' HPR numbers per database, read once per organisation file.
+    pub known_users: ingest::KnownUsers,
 }
 
 impl AppState {
@@ -191,6 +193,7 @@ impl AppState {
             helseid: crate::helseid::verify::Verifier::new(),
             dirty: Mutex::new(HashSet::new()),
             activity: Mutex::new(std::collections::HashMap::new()),
+            known_users: ingest::KnownUsers::default(),
             config,
             kube,
         })

@@ -1078,7 +1078,8 @@ fn strict_schema_check_rejects_the_sample_patient() {
 
 /// Two API processes; the PATCHes of one upload alternate between them, one is killed with SIGKILL
 /// between chunks and started again: the upload completes, nothing is lost or stored twice. Then the
-/// same person under another Id is stored and flagged, and an HPR number no user has is rejected.
+/// same person under another Id is stored and flagged, and an HPR number no user has is rejected
+/// until a new organisation file gives a user that number.
 #[test]
 fn two_replicas_share_an_upload_across_a_kill() {
     let fx = Fixture::new("api-replicas", "Lenient");
@@ -1153,6 +1154,40 @@ fn two_replicas_share_an_upload_across_a_kill() {
         assert_eq!(header(&r, "sfm-ingest-state"), "rejected");
         assert_eq!(header(&r, "sfm-rejection-code"), "data-quality-hpr-unknown");
         assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 2);
+
+        // A new organisation file gives that user the HPR number: the replica that refused the
+        // patient (and read the users for it) stores it now, and the rejection is resolved.
+        let entries = read_archive(&fx.samples.organisation_zip, &ArchiveLimits::default())
+            .unwrap()
+            .entries;
+        let xml = String::from_utf8(entries[0].data.clone()).unwrap();
+        assert_eq!(xml.matches("<Id>222200082</Id>").count(), 1);
+        let renumbered = xml.replace("<Id>222200082</Id>", "<Id>999999999</Id>");
+        let organisation = zip_entries(&[(entries[0].name.clone(), renumbered.into_bytes())]);
+        let (_, r) = fx
+            .upload_whole(
+                &apis[1].base,
+                "ExportData.dat",
+                "ExportData",
+                &fx.samples.encrypt(&organisation),
+            )
+            .await;
+        assert_eq!(header(&r, "sfm-ingest-state"), "stored");
+        let r = fx
+            .upload_patient_as(
+                &apis[0].base,
+                stranger_guid,
+                "<Hpr>222200082</Hpr>",
+                "<Hpr>999999999</Hpr>",
+            )
+            .await;
+        assert_eq!(header(&r, "sfm-ingest-state"), "stored");
+        assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 3);
+        assert_eq!(
+            fx.count("SELECT count(*) FROM sfm.rejections WHERE NOT resolved")
+                .await,
+            0
+        );
     });
 }
 

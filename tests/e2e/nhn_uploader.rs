@@ -690,10 +690,13 @@ fn nhn_uploader_fills_a_database_on_its_helseid_token_and_the_migration_ends_ope
         "{.status.migration.activationRequestedAt}"
     )
     .is_empty()));
-    assert_eq!(
-        status("{.status.phase}"),
-        "Validated",
-        "no Operational before the approval"
+    // The operator's pass after the request writes the phase (the request is in the status
+    // before that pass ends); nothing moves it past `Validated` before the approval below.
+    let waiting = || status("{.status.phase}/{.status.phaseReason}");
+    assert!(
+        eventually(PATIENCE, || waiting() == "Validated/AwaitingManualApproval"),
+        "no Operational before the approval: {}",
+        waiting()
     );
     kubectl_ok(
         &[

@@ -12,12 +12,14 @@
 
 mod checks;
 mod file;
+mod known_users;
 mod patient_rows;
 mod rejection;
 mod store;
 
 pub use checks::{Prepared, check_organisation, check_patient, prepare};
 pub use file::{Claimed, digest};
+pub use known_users::KnownUsers;
 pub use rejection::{Refusal, archive_rejection, envelope_rejection, format_rejection};
 pub use store::store;
 
@@ -31,7 +33,7 @@ use axum::body::Bytes;
 
 use super::auth::Session;
 use super::error::database;
-use super::guard::check_creation;
+use super::guard::{Writable, check_creation};
 use super::uploads::{NewUpload, UploadState};
 use super::{ApiError, AppState};
 use crate::contract::{FileType, IngestState, ProblemCode};
@@ -120,11 +122,13 @@ pub async fn ingest_upload(
             "the migration was validated before this file was stored; nothing is stored after the validation",
         ))),
         Err(error) => Err(error),
-        Ok(()) => check_and_store(&state, &session, &mut tx, upload, &claimed, data).await,
+        Ok(found) => {
+            check_and_store(&state, &session, &mut tx, found, upload, &claimed, data).await
+        }
     };
     let outcome = match checked? {
         Ok(()) => {
-            mark_stored(&mut tx, upload, &claimed.file_name).await?;
+            close_upload(&mut tx, upload, UploadState::Ingested).await?;
             (IngestState::Stored, None)
         }
         Err(rejection)
@@ -193,30 +197,28 @@ pub async fn ingest_whole(
         .begin()
         .await
         .map_err(|e| database("begin the ingest", e))?;
-    check_creation(&mut tx, &state, &session, new.file_type).await?;
+    let found = check_creation(&mut tx, &state, &session, new.file_type).await?;
     new.insert(
         &mut tx,
         &session,
         Some((UploadState::Ingested, &claimed.sha256)),
     )
     .await?;
-    let outcome = match check_and_store(&state, &session, &mut tx, new.id, &claimed, data).await? {
-        Ok(()) => {
-            resolve_earlier_rejections(&mut tx, &claimed.file_name).await?;
-            (IngestState::Stored, None)
-        }
-        Err(rejection) => {
-            tx = start_over(tx, &session).await?;
-            new.insert(
-                &mut tx,
-                &session,
-                Some((UploadState::Rejected, &claimed.sha256)),
-            )
-            .await?;
-            insert_rejection(&mut tx, new.id, &claimed, &rejection).await?;
-            (IngestState::Rejected, Some(rejection.code))
-        }
-    };
+    let outcome =
+        match check_and_store(&state, &session, &mut tx, found, new.id, &claimed, data).await? {
+            Ok(()) => (IngestState::Stored, None),
+            Err(rejection) => {
+                tx = start_over(tx, &session).await?;
+                new.insert(
+                    &mut tx,
+                    &session,
+                    Some((UploadState::Rejected, &claimed.sha256)),
+                )
+                .await?;
+                insert_rejection(&mut tx, new.id, &claimed, &rejection).await?;
+                (IngestState::Rejected, Some(rejection.code))
+            }
+        };
     tx.commit()
         .await
         .map_err(|e| database("commit the ingest", e))?;
@@ -244,7 +246,7 @@ pub async fn ingest_in_place(
         .await
         .map_err(|e| database("begin the ingest", e))?;
     let row = open_at_start(&mut tx, upload, data.len()).await?;
-    super::guard::writable(&mut tx, session.uid).await?;
+    let found = super::guard::writable(&mut tx, session.uid).await?;
     let claimed = Claimed {
         file_name: row.file_name.clone(),
         file_type: row.file_type.clone(),
@@ -254,20 +256,20 @@ pub async fn ingest_in_place(
         size: data.len() as i64,
         completed_at: chrono::Utc::now(),
     };
-    let outcome = match check_and_store(&state, &session, &mut tx, upload, &claimed, data).await? {
-        Ok(()) => {
-            finish_in_place(&mut tx, upload, &claimed, UploadState::Ingested).await?;
-            resolve_earlier_rejections(&mut tx, &claimed.file_name).await?;
-            (IngestState::Stored, None)
-        }
-        Err(rejection) => {
-            tx = start_over(tx, &session).await?;
-            open_at_start(&mut tx, upload, claimed.size as usize).await?;
-            finish_in_place(&mut tx, upload, &claimed, UploadState::Rejected).await?;
-            insert_rejection(&mut tx, upload, &claimed, &rejection).await?;
-            (IngestState::Rejected, Some(rejection.code))
-        }
-    };
+    let outcome =
+        match check_and_store(&state, &session, &mut tx, found, upload, &claimed, data).await? {
+            Ok(()) => {
+                finish_in_place(&mut tx, upload, &claimed, UploadState::Ingested).await?;
+                (IngestState::Stored, None)
+            }
+            Err(rejection) => {
+                tx = start_over(tx, &session).await?;
+                open_at_start(&mut tx, upload, claimed.size as usize).await?;
+                finish_in_place(&mut tx, upload, &claimed, UploadState::Rejected).await?;
+                insert_rejection(&mut tx, upload, &claimed, &rejection).await?;
+                (IngestState::Rejected, Some(rejection.code))
+            }
+        };
     tx.commit()
         .await
         .map_err(|e| database("commit the ingest", e))?;
@@ -343,12 +345,14 @@ async fn start_over(
     Ok(tx)
 }
 
-/// Checks one file and stores it in `tx`. `Ok(Err(_))`: refused; the caller rolls `tx` back and
-/// records the rejection. The same bytes stored before count as stored.
+/// Checks one file and stores it in `tx`, where the guard read `found`. `Ok(Err(_))`: refused; the
+/// caller rolls `tx` back and records the rejection. The same bytes stored before count as stored.
+/// Either way a stored file resolves the rejections recorded earlier under its name.
 async fn check_and_store(
     state: &Arc<AppState>,
     session: &Session,
     tx: &mut PgConnection,
+    found: Writable,
     upload: Uuid,
     claimed: &Claimed,
     data: Bytes,
@@ -360,6 +364,7 @@ async fn check_and_store(
             .await
             .map_err(|e| database("look for the same file", e))?;
     if already.is_some() {
+        resolve_earlier_rejections(tx, &claimed.file_name).await?;
         return Ok(Ok(()));
     }
     let Ok(file_type) = claimed.file_type.parse::<FileType>() else {
@@ -385,7 +390,19 @@ async fn check_and_store(
     .map_err(|e| ApiError::internal("run the ingest", e))?;
     match prepared {
         Err(rejection) => Ok(Err(rejection)),
-        Ok(prepared) => store(tx, &session.database, Some(upload), claimed, prepared).await,
+        Ok(prepared) => {
+            let users = &state.known_users;
+            store(
+                tx,
+                &session.database,
+                Some(upload),
+                claimed,
+                prepared,
+                found,
+                users,
+            )
+            .await
+        }
     }
 }
 
@@ -435,11 +452,6 @@ async fn current_outcome(session: &Session, upload: Uuid) -> Result<Option<Outco
     }))
 }
 
-async fn mark_stored(tx: &mut PgConnection, upload: Uuid, file_name: &str) -> Result<(), ApiError> {
-    close_upload(tx, upload, UploadState::Ingested).await?;
-    resolve_earlier_rejections(tx, file_name).await
-}
-
 /// Marks a claimed upload `ingested` or `rejected` and drops its bytes: they are stored (or refused)
 /// by now.
 async fn close_upload(
@@ -461,7 +473,8 @@ async fn close_upload(
     Ok(())
 }
 
-/// A file stored under a name resolves the rejections recorded earlier for that name.
+/// A file stored under a name resolves the rejections recorded earlier for that name (a file stored
+/// now does it in [`store`]'s own statement).
 async fn resolve_earlier_rejections(
     tx: &mut PgConnection,
     file_name: &str,

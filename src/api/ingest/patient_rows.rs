@@ -23,14 +23,11 @@ pub(super) async fn store_patient(
     claimed: &Claimed,
     file: &PatientFile,
     deviations: &mut Vec<(String, Deviation)>,
+    known: &HashSet<String>,
 ) -> Result<Result<(), Refusal>, ApiError> {
     let patient = &file.patient;
-    // Every HPR number the patient names must belong to a user of the organisation file.
-    let users: Vec<String> = sqlx::query_scalar("SELECT hpr FROM sfm.users WHERE hpr IS NOT NULL")
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| database("read the users' HPR numbers", e))?;
-    let known: HashSet<String> = users.iter().map(|h| hpr_key(h)).collect();
+    // Every HPR number the patient names must belong to a user of the organisation file (`known`:
+    // their numbers, normalised by `hpr_key`).
     let unknown = patient
         .referenced_hpr_numbers()
         .into_iter()

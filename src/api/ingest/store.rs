@@ -6,37 +6,48 @@ use uuid::Uuid;
 
 use super::checks::Prepared;
 use super::file::Claimed;
+use super::known_users::KnownUsers;
 use super::patient_rows::{Documents, digits_or_none, store_patient};
 use super::rejection::Refusal;
 use crate::api::ApiError;
 use crate::api::error::database;
+use crate::api::guard::Writable;
 use crate::contract::ProblemCode;
 use crate::crd::MigrationDatabase;
 use crate::format::patient_file::{ORGANISATION_DOCUMENT, OrganisationFile, PATIENT_DOCUMENT};
 use crate::model::Deviation;
 
-/// Writes a prepared file. `Ok(Err(_))` is a rejection found against the database (an unknown HPR
-/// number, a patient before the organisation); the caller rolls back. Public for the benchmark.
+/// Writes a prepared file, in the transaction `found` was read in by [`crate::api::guard::writable`],
+/// and resolves the rejections recorded earlier under its name. `Ok(Err(_))` is a rejection found
+/// against the database (an unknown HPR number, a patient before the organisation); the caller
+/// rolls back. Public for the benchmark.
 pub async fn store(
     tx: &mut PgConnection,
     target: &MigrationDatabase,
     upload: Option<Uuid>,
     claimed: &Claimed,
     prepared: Prepared,
+    found: Writable,
+    users: &KnownUsers,
 ) -> Result<Result<(), Refusal>, ApiError> {
     let kind = match &prepared {
         Prepared::Organisation(_) => "organisation",
         Prepared::Patient(_) => "patient",
         Prepared::Report(_) => "report",
     };
-    if kind != "organisation" && !crate::api::guard::organisation_stored(&mut *tx).await? {
+    let organisation_file = found.organisation_file;
+    if kind != "organisation" && organisation_file.is_none() {
         return Ok(Err(Refusal::new(
             ProblemCode::OrganisationMissing,
             "the organisation file was not stored before this file",
         )));
     }
+    // One round trip: the stored file, and the rejections of its name resolved (a refusal later in
+    // this transaction rolls both back).
     let stored_file_id: i64 = sqlx::query_scalar(
-        "INSERT INTO sfm.stored_files (kind, file_name, size_bytes, sha256, migration_key_id, helseid_client_id, upload_id, received_at)
+        "WITH resolved AS (
+           UPDATE sfm.rejections SET resolved = true, resolved_at = now() WHERE file_name = $2 AND NOT resolved)
+         INSERT INTO sfm.stored_files (kind, file_name, size_bytes, sha256, migration_key_id, helseid_client_id, upload_id, received_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
     .bind(kind)
@@ -67,8 +78,11 @@ pub async fn store(
             store_organisation(tx, target, stored_file_id, &file).await?
         }
         Prepared::Patient(file) => {
+            let known = users
+                .hpr_numbers(tx, found.database, organisation_file)
+                .await?;
             if let Err(rejection) =
-                store_patient(tx, stored_file_id, claimed, &file, &mut deviations).await?
+                store_patient(tx, stored_file_id, claimed, &file, &mut deviations, &known).await?
             {
                 return Ok(Err(rejection));
             }
