@@ -118,6 +118,12 @@ cpu_of() {
   # Fields after the command: utime=14 stime=15 cutime=16 cstime=17.
   awk -v clk="$clk" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13 + $14 + $15) / clk }' "/proc/$pid/stat"
 }
+# The part of it spent in the kernel (system time).
+kernel_of() {
+  local pid=$1
+  [ -r "/proc/$pid/stat" ] || { echo 0; return; }
+  awk -v clk="$clk" '{ sub(/^.*\) /, ""); printf "%.2f", ($13 + $15) / clk }' "/proc/$pid/stat"
+}
 postgres_cpu() {
   local data=${SFM_TEST_WORK_DIR:-}/postgres/data pm total=0 child
   [ -r "$data/postmaster.pid" ] || { echo 0; return; }
@@ -130,7 +136,8 @@ postgres_cpu() {
 }
 # PostgreSQL's CPU seconds by kind of process: each live child of the postmaster by its title
 # (a backend by its role, walwriter, checkpointer, ...), and what exited (the postmaster's reaped
-# children: autovacuum workers, short sessions) as one line.
+# children: autovacuum workers, short sessions) as one line; for the backends also the part of it
+# spent in the kernel (`..._in_kernel`, included in the line before it).
 postgres_cpu_by_kind() {
   local data=${SFM_TEST_WORK_DIR:-}/postgres/data pm child title
   [ -r "$data/postmaster.pid" ] || return 0
@@ -143,6 +150,10 @@ postgres_cpu_by_kind() {
       *) title="backend ${title%% *}" ;;
     esac
     echo "${title// /_} $(awk -v clk="$clk" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / clk }' "/proc/$child/stat" 2>/dev/null || echo 0)"
+    # And the part of it spent in the kernel (sockets, fsync, scheduling), for the backends.
+    case "$title" in
+      backend*) echo "${title// /_}_in_kernel $(awk -v clk="$clk" '{ sub(/^.*\) /, ""); printf "%.2f", $13 / clk }' "/proc/$child/stat" 2>/dev/null || echo 0)" ;;
+    esac
   done
 }
 # The difference of two postgres_cpu_by_kind outputs, summed by kind, largest first.
@@ -375,6 +386,7 @@ EOF
     sleep 1
   fi
   api_cpu0=$(cpu_of "$api_pid"); pg_cpu0=$(postgres_cpu); op_cpu0=$(cpu_of "$operator_pid")
+  api_kernel0=$(kernel_of "$api_pid")
   postgres_cpu_by_kind >"$work/pg-cpu-$n.before"
   t0=$(now)
   timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -f "%U %S" -o "$work/client-$n.time")
@@ -392,6 +404,7 @@ EOF
   pg_cpu=$(elapsed "$pg_cpu0" "$(postgres_cpu)")
   postgres_cpu_by_kind >"$work/pg-cpu-$n.after"
   echo "   PostgreSQL CPU by process: $(postgres_cpu_delta "$work/pg-cpu-$n.before" "$work/pg-cpu-$n.after")" >&2
+  echo "   API CPU in the kernel: $(elapsed "$api_kernel0" "$(kernel_of "$api_pid")") of $api_cpu s" >&2
   op_cpu=$(elapsed "$op_cpu0" "$(cpu_of "$operator_pid")")
   client_cpu=$(awk '{ printf "%.2f", $1 + $2 }' "$work/client-$n.time" 2>/dev/null || echo 0)
   if [ "$perf_on" = 1 ]; then

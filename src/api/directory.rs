@@ -215,19 +215,53 @@ impl Directory {
             self.forget_pool(uid).await;
             return Err(refusal);
         }
-        let unused = {
+        let reserved = {
             let mut pools = self.pools.lock().await;
             if let Some(pooled) = pools.get_mut(&uid) {
                 pooled.last_used = Instant::now();
                 return Ok(pooled.pool.clone());
             }
-            if let Ok(reserved) = self
-                .budget
+            self.budget
                 .clone()
                 .try_acquire_many_owned(self.max_connections)
-            {
-                return self.open_pool(&mut pools, uid, db, reserved).await;
-            }
+                .ok()
+        };
+        let reserved = match reserved {
+            Some(reserved) => reserved,
+            None => self.reserve_after_closing_unused().await?,
+        };
+        // The Secret is read while no lock is held: a slow read holds up this database's first
+        // request, not every other database's.
+        let options = self.migrator_options(db).await?;
+        let mut pools = self.pools.lock().await;
+        if let Some(pooled) = pools.get_mut(&uid) {
+            // Made by another request meanwhile; the share reserved here goes back.
+            pooled.last_used = Instant::now();
+            return Ok(pooled.pool.clone());
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .idle_timeout(Duration::from_secs(60))
+            .connect_lazy_with(options);
+        pools.insert(
+            uid,
+            Pooled {
+                pool: pool.clone(),
+                _reserved: reserved,
+                last_used: Instant::now(),
+            },
+        );
+        Ok(pool)
+    }
+
+    /// A new pool's share of the budget when none is free: the pools nobody has used for
+    /// [`IDLE_BEFORE_CLOSING`] are closed, and the share is waited for (at most [`BUDGET_WAIT`],
+    /// then `busy`).
+    async fn reserve_after_closing_unused(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        let unused = {
+            let mut pools = self.pools.lock().await;
             // A monotonic clock younger than IDLE_BEFORE_CLOSING (a machine just booted): no pool
             // has been idle that long.
             let unused: Vec<Uuid> = match Instant::now().checked_sub(IDLE_BEFORE_CLOSING) {
@@ -246,7 +280,7 @@ impl Directory {
         for pooled in unused {
             pooled.pool.close().await;
         }
-        let reserved = tokio::time::timeout(
+        tokio::time::timeout(
             BUDGET_WAIT,
             self.budget.clone().acquire_many_owned(self.max_connections),
         )
@@ -257,39 +291,7 @@ impl Directory {
             ApiError::new(ProblemCode::Busy)
                 .detail("every database connection of this API replica is in use")
                 .retry_after(2)
-        })?;
-        let mut pools = self.pools.lock().await;
-        if let Some(pooled) = pools.get_mut(&uid) {
-            // Made by another request meanwhile; the share reserved here goes back.
-            pooled.last_used = Instant::now();
-            return Ok(pooled.pool.clone());
-        }
-        self.open_pool(&mut pools, uid, db, reserved).await
-    }
-
-    async fn open_pool(
-        &self,
-        pools: &mut HashMap<Uuid, Pooled>,
-        uid: Uuid,
-        db: &MigrationDatabase,
-        reserved: OwnedSemaphorePermit,
-    ) -> Result<PgPool, ApiError> {
-        let options = self.migrator_options(db).await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
-            .idle_timeout(Duration::from_secs(60))
-            .connect_lazy_with(options);
-        pools.insert(
-            uid,
-            Pooled {
-                pool: pool.clone(),
-                _reserved: reserved,
-                last_used: Instant::now(),
-            },
-        );
-        Ok(pool)
+        })
     }
 
     /// One connection of the database's migrator, of no pool, with one connection's share of the
