@@ -12,7 +12,7 @@
 //! The backstop below the API: a trigger the operator installs in every staging database refuses
 //! inserts into the data tables once a validation record exists (SQLSTATE [`crate::postgres::provision::VALIDATED_SQLSTATE`]).
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::auth::Session;
@@ -25,11 +25,27 @@ use crate::contract::ProblemCode;
 /// `sfm.rejections`): a writer that took them first makes verify wait for its commit, and no
 /// writer can hold one of them while waiting for another that verify holds (no deadlock).
 pub async fn lock(tx: &mut PgConnection) -> Result<(), ApiError> {
-    sqlx::query("LOCK TABLE sfm.uploads, sfm.stored_files, sfm.rejections IN ROW EXCLUSIVE MODE")
+    sqlx::query(LOCK)
         .execute(&mut *tx)
         .await
         .map_err(|e| database("lock against the verify", e))?;
     Ok(())
+}
+
+/// The write locks of [`lock`] (a macro, so that [`begin`] can join it to its `BEGIN`).
+macro_rules! lock_statement {
+    () => {
+        "LOCK TABLE sfm.uploads, sfm.stored_files, sfm.rejections IN ROW EXCLUSIVE MODE"
+    };
+}
+const LOCK: &str = lock_statement!();
+
+/// Begins a write transaction with [`lock`]'s locks taken, in one round trip (a simple query of
+/// two statements; the `BEGIN` makes them one transaction that stays open).
+pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, ApiError> {
+    pool.begin_with(concat!("BEGIN; ", lock_statement!()))
+        .await
+        .map_err(|e| database("begin the write", e))
 }
 
 /// What the guard read, for the writes after it in the same transaction.
@@ -55,6 +71,11 @@ pub struct OrganisationFile {
 /// organisation file in the same round trip.
 pub async fn writable(tx: &mut PgConnection, database_uid: Uuid) -> Result<Writable, ApiError> {
     lock(tx).await?;
+    checked(tx, database_uid).await
+}
+
+/// [`writable`] in a transaction [`begin`] made, which holds the locks already.
+pub async fn checked(tx: &mut PgConnection, database_uid: Uuid) -> Result<Writable, ApiError> {
     type Row = (
         Uuid,
         bool,
@@ -108,15 +129,16 @@ where
         .map_err(|e| database("check the organisation file", e))
 }
 
-/// What every creation checks first, inside its transaction: the migration is not validated yet, and
-/// anything but the organisation file waits until the organisation and its users are stored.
+/// What every creation checks first, inside its transaction (made by [`begin`]): the migration is
+/// not validated yet, and anything but the organisation file waits until the organisation and its
+/// users are stored.
 pub async fn check_creation(
     tx: &mut sqlx::PgConnection,
     state: &AppState,
     session: &Session,
     file_type: Option<FileType>,
 ) -> Result<Writable, ApiError> {
-    let found = writable(tx, session.uid).await?;
+    let found = checked(tx, session.uid).await?;
     // The organisation file, and a file of no known type (it is never stored, only recorded).
     if file_type != Some(FileType::Patient) && file_type != Some(FileType::Report) {
         return Ok(found);

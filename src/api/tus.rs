@@ -176,11 +176,7 @@ async fn create_in_session(
         whole_outcome =
             Some(ingest::ingest_whole(state.clone(), session.clone(), new, initial.clone()).await?);
     } else {
-        let mut tx = session
-            .pool
-            .begin()
-            .await
-            .map_err(|e| database("begin the creation", e))?;
+        let mut tx = guard::begin(&session.pool).await?;
         check_creation(&mut tx, state, &session, metadata.file_type).await?;
         new.insert(&mut tx, &session, None).await?;
         tx.commit()

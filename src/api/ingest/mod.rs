@@ -192,11 +192,7 @@ pub async fn ingest_whole(
         size: data.len() as i64,
         completed_at: chrono::Utc::now(),
     };
-    let mut tx = session
-        .pool
-        .begin()
-        .await
-        .map_err(|e| database("begin the ingest", e))?;
+    let mut tx = super::guard::begin(&session.pool).await?;
     let found = check_creation(&mut tx, &state, &session, new.file_type).await?;
     new.insert(
         &mut tx,
@@ -336,13 +332,7 @@ async fn start_over(
     tx.rollback()
         .await
         .map_err(|e| database("undo the ingest", e))?;
-    let mut tx = session
-        .pool
-        .begin()
-        .await
-        .map_err(|e| database("begin the rejection", e))?;
-    super::guard::lock(&mut tx).await?;
-    Ok(tx)
+    super::guard::begin(&session.pool).await
 }
 
 /// Checks one file and stores it in `tx`, where the guard read `found`. `Ok(Err(_))`: refused; the
