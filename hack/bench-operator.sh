@@ -5,10 +5,11 @@
 #
 #   hack/bench-operator.sh [N]          (SFM_BENCH_CONCURRENCY=8 sets both the operator and psql fan-out)
 #
-# SFM_BENCH_FLOORS=0 skips the two psql floors (for comparing operator builds). Over the operator's
-# run it also prints the CPU seconds of the kube-apiserver, etcd, PostgreSQL (with its reaped
-# children) and the operator, and the kube-apiserver's requests by verb and resource
-# (`apiserver_request_total`; they include the benchmark's own apply and polling).
+# SFM_BENCH_FLOORS=0 skips the two psql floors and SFM_BENCH_OPERATOR=PATH runs that operator binary
+# instead of the one built here (both for comparing operator builds). Over the operator's run it also
+# prints the CPU seconds of the kube-apiserver, etcd, PostgreSQL (with its reaped children) and the
+# operator, and the kube-apiserver's requests by verb and resource (`apiserver_request_total`; they
+# include the benchmark's own apply and polling).
 #
 # Runs inside hack/test-env.sh (its own PostgreSQL and control plane). PostgreSQL runs with fsync on here
 # (unlike the tests), so the figures are those of a durable server.
@@ -24,6 +25,7 @@ fi
 work=$SFM_TEST_WORK_DIR
 profile=${SFM_BENCH_RELEASE:+release}
 profile=${profile:-debug}
+operator_bin=${SFM_BENCH_OPERATOR:-$root/target/$profile/sfm-operator}
 ns=bench
 echo "== operator benchmark: $n MigrationDatabases, concurrency $concurrency, $profile build of sfm-operator (SFM_BENCH_RELEASE=1 for release)"
 psql_admin() { psql "$SFM_PG_ADMIN_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
@@ -57,7 +59,7 @@ for i in $(seq 1 "$n"); do
   printf 'apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationDatabase\nmetadata:\n  name: org-%d\n  namespace: %s\nspec:\n  organisation:\n    name: Bench %d\n    organisationNumber: "974760673"\n    helseIdClientId: bench-%d\n  dataModelVersion: 4\n  reclaimPolicy: Delete\n---\n' "$i" "$ns" "$i" "$i"
 done >"$manifests"
 
-SFM_DEFAULT_ADMIN_URL=$SFM_PG_ADMIN_URL RUST_LOG=warn "$root/target/$profile/sfm-operator" run \
+SFM_DEFAULT_ADMIN_URL=$SFM_PG_ADMIN_URL RUST_LOG=warn "$operator_bin" run \
   --api-namespace sfm-system --watch-namespace $ns --leader-election=false \
   --concurrency "$concurrency" >"$work/operator.log" 2>&1 &
 operator=$!
@@ -101,7 +103,7 @@ kill $operator; wait $operator 2>/dev/null || true
 sessions() { psql_admin -At -c "SELECT sum(sessions) FROM pg_stat_database"; }
 metrics_port=$("$root/hack/free-port")
 sessions_before=$(sessions)
-SFM_DEFAULT_ADMIN_URL=$SFM_PG_ADMIN_URL RUST_LOG=warn "$root/target/$profile/sfm-operator" run \
+SFM_DEFAULT_ADMIN_URL=$SFM_PG_ADMIN_URL RUST_LOG=warn "$operator_bin" run \
   --api-namespace sfm-system --watch-namespace $ns --leader-election=false \
   --concurrency "$concurrency" --metrics-address "127.0.0.1:$metrics_port" >"$work/operator-restart.log" 2>&1 &
 operator=$!
