@@ -5,6 +5,12 @@
 #
 #   hack/bench-operator.sh [N]          (SFM_BENCH_CONCURRENCY=8 sets both the operator and psql fan-out)
 #
+# SFM_BENCH_FLOORS=0 skips the two psql floors and SFM_BENCH_OPERATOR=PATH runs that operator binary
+# instead of the one built here (both for comparing operator builds). Over the operator's run it also
+# prints the CPU seconds of the kube-apiserver, etcd, PostgreSQL (with its reaped children) and the
+# operator, and the kube-apiserver's requests by verb and resource (`apiserver_request_total`; they
+# include the benchmark's own apply and polling).
+#
 # Runs inside hack/test-env.sh (its own PostgreSQL and control plane). PostgreSQL runs with fsync on here
 # (unlike the tests), so the figures are those of a durable server.
 set -euo pipefail
@@ -19,6 +25,7 @@ fi
 work=$SFM_TEST_WORK_DIR
 profile=${SFM_BENCH_RELEASE:+release}
 profile=${profile:-debug}
+operator_bin=${SFM_BENCH_OPERATOR:-$root/target/$profile/sfm-operator}
 ns=bench
 echo "== operator benchmark: $n MigrationDatabases, concurrency $concurrency, $profile build of sfm-operator (SFM_BENCH_RELEASE=1 for release)"
 psql_admin() { psql "$SFM_PG_ADMIN_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
@@ -30,16 +37,35 @@ kubectl wait --for=condition=Established --timeout=60s crd/migrationdatabases.sf
 kubectl create namespace $ns >/dev/null
 kubectl create namespace sfm-system >/dev/null
 
+# CPU ticks of a process and of its reaped children (/proc/PID/stat utime+stime+cutime+cstime); for
+# PostgreSQL the postmaster and every live backend.
+ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
+postmaster=$(pgrep -o -f "postgres -D $work/postgres/data" || pgrep -o -f "$work/postgres/data")
+cpu_ticks() {
+  local pg=$(ticks "$postmaster") child
+  for child in $(pgrep -P "$postmaster"); do pg=$((pg + $(ticks "$child" 2>/dev/null || echo 0))); done
+  echo "$(ticks "$(cat "$work/controlplane/kube-apiserver.pid")") $(ticks "$(cat "$work/controlplane/etcd.pid")") $pg $(ticks "$operator")"
+}
+requests() {
+  kubectl get --raw /metrics | awk '/^apiserver_request_total\{/ {
+      match($0, /resource="[^"]*"/); r = substr($0, RSTART + 10, RLENGTH - 11)
+      match($0, /verb="[^"]*"/); v = substr($0, RSTART + 6, RLENGTH - 7)
+      if (r ~ /^(secrets|networkpolicies|migrationdatabases|events|configmaps|leases|migrationkeys)$/) n[v " " r] += $NF
+    } END { for (k in n) print k, n[k] }' | sort
+}
+
 manifests=$work/databases.yaml
 for i in $(seq 1 "$n"); do
   printf 'apiVersion: sfm.nhn.no/v1alpha1\nkind: MigrationDatabase\nmetadata:\n  name: org-%d\n  namespace: %s\nspec:\n  organisation:\n    name: Bench %d\n    organisationNumber: "974760673"\n    helseIdClientId: bench-%d\n  dataModelVersion: 4\n  reclaimPolicy: Delete\n---\n' "$i" "$ns" "$i" "$i"
 done >"$manifests"
 
-SFM_DEFAULT_ADMIN_URL=$SFM_PG_ADMIN_URL RUST_LOG=warn "$root/target/$profile/sfm-operator" run \
+SFM_DEFAULT_ADMIN_URL=$SFM_PG_ADMIN_URL RUST_LOG=warn "$operator_bin" run \
   --api-namespace sfm-system --watch-namespace $ns --leader-election=false \
   --concurrency "$concurrency" >"$work/operator.log" 2>&1 &
 operator=$!
 trap 'kill $operator 2>/dev/null || true' EXIT
+requests >"$work/requests-before.txt"
+read -r cpu_api cpu_etcd cpu_pg cpu_op < <(cpu_ticks)
 start=$(date +%s.%N)
 kubectl apply --server-side -f "$manifests" >/dev/null
 applied=$(date +%s.%N)
@@ -51,6 +77,8 @@ while [ "$ready" -lt "$n" ]; do
   kill -0 $operator 2>/dev/null || { echo; echo "the operator died; see $work/operator.log" >&2; exit 1; }
 done
 done_at=$(date +%s.%N)
+read -r cpu_api2 cpu_etcd2 cpu_pg2 cpu_op2 < <(cpu_ticks)
+requests >"$work/requests-after.txt"
 peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$operator/status")
 echo
 databases=$(psql_admin -At -c "SELECT count(*) FROM pg_database WHERE datname LIKE 'sfm\\_bench\\_%'")
@@ -58,6 +86,15 @@ operator_s=$(echo "$done_at - $start" | bc)
 printf 'operator: %d databases Ready in %.1fs (apply took %.1fs), %.1f databases/s; peak RSS %.0f MiB; %s tagged databases on the server\n' \
   "$n" "$operator_s" "$(echo "$applied - $start" | bc)" \
   "$(echo "$n / ($done_at - $start)" | bc -l)" "$(echo "$peak_kb / 1024" | bc -l)" "$databases"
+hz=$(getconf CLK_TCK)
+printf 'CPU seconds over the operator run: kube-apiserver %.1f, etcd %.1f, PostgreSQL %.1f, operator %.1f\n' \
+  "$(echo "($cpu_api2 - $cpu_api) / $hz" | bc -l)" "$(echo "($cpu_etcd2 - $cpu_etcd) / $hz" | bc -l)" \
+  "$(echo "($cpu_pg2 - $cpu_pg) / $hz" | bc -l)" "$(echo "($cpu_op2 - $cpu_op) / $hz" | bc -l)"
+echo "kube-apiserver requests over the operator run (verb resource count, per database):"
+join -a 2 -e 0 -o 0,1.2,2.2 <(sed 's/ /:/' "$work/requests-before.txt" | sort) \
+  <(sed 's/ /:/' "$work/requests-after.txt" | sort) |
+  awk -v n="$n" '{d = $3 - $2; if (d > 0) {sub(":", " ", $1); printf "   %-32s %7d %6.2f\n", $1, d, d / n; t += d}}
+    END {printf "   %-32s %7d %6.2f\n", "total", t, t / n}'
 kill $operator; wait $operator 2>/dev/null || true
 
 # The restart: a new operator process looks at every database (its reconcile count reaches N) and
@@ -66,7 +103,7 @@ kill $operator; wait $operator 2>/dev/null || true
 sessions() { psql_admin -At -c "SELECT sum(sessions) FROM pg_stat_database"; }
 metrics_port=$("$root/hack/free-port")
 sessions_before=$(sessions)
-SFM_DEFAULT_ADMIN_URL=$SFM_PG_ADMIN_URL RUST_LOG=warn "$root/target/$profile/sfm-operator" run \
+SFM_DEFAULT_ADMIN_URL=$SFM_PG_ADMIN_URL RUST_LOG=warn "$operator_bin" run \
   --api-namespace sfm-system --watch-namespace $ns --leader-election=false \
   --concurrency "$concurrency" --metrics-address "127.0.0.1:$metrics_port" >"$work/operator-restart.log" 2>&1 &
 operator=$!
@@ -83,6 +120,7 @@ sleep 2
 printf 'restart: all %d databases looked at in %.1fs; %d PostgreSQL sessions opened meanwhile (one per pass would be %d or more)\n' \
   "$n" "$(echo "$done_at - $start" | bc)" "$(( $(sessions) - sessions_before ))" "$n"
 kill $operator; wait $operator 2>/dev/null || true
+[ "${SFM_BENCH_FLOORS:-1}" = 0 ] && exit 0
 
 # Two floors, the same statements from psql, $concurrency at a time: roles with SCRAM verifiers,
 # a tagged database made under a temporary name and renamed, grants, the metadata row. Floor (a)

@@ -17,6 +17,29 @@ use kube::{Resource, ResourceExt};
 use crate::crd::MigrationDatabase;
 use crate::names::{self, ChildNames, LABEL_APPLICATION_DATABASE};
 
+/// What a pass expects under its children's names. It picks only which call comes first: a child
+/// expected [`Expected::Absent`] is created and read only when the create meets an object of its
+/// name (409); one expected [`Expected::Present`] is read first. Both paths refuse an object not
+/// made for this database (its UID label) before anything in it is read or changed, so a wrong
+/// guess costs a call, never safety.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    Absent,
+    Present,
+}
+
+/// [`Expected::Absent`] for a database without `status.phase`. Every pass, of this release and of
+/// the earlier ones, writes `Provisioning` before it makes any child, and nothing writes the phase
+/// away again, so no operator has made a child for this UID yet; a new object under an old name has
+/// a new UID and no phase. Only a status cleared by hand, or a cache behind the status write of an
+/// earlier pass, gets this wrong: then the create meets the child and the pass reads it as usual.
+pub fn expected(db: &MigrationDatabase) -> Expected {
+    match db.status.as_ref().and_then(|s| s.phase) {
+        None => Expected::Absent,
+        Some(_) => Expected::Present,
+    }
+}
+
 /// An owner reference to the MigrationDatabase (same namespace only).
 pub fn owner(db: &MigrationDatabase) -> Vec<OwnerReference> {
     db.controller_owner_ref(&()).into_iter().collect()
@@ -173,5 +196,39 @@ pub fn access_entry(db: &MigrationDatabase, database_name: &str) -> ConfigMap {
             ),
         ])),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{MigrationDatabaseStatus, Phase};
+
+    /// Only a database no pass has written a phase for expects no children; `Pending` and
+    /// `Failed` are written by failed passes, which may have made some.
+    #[test]
+    fn only_a_database_without_a_phase_expects_no_children() {
+        let spec = serde_json::from_value(serde_json::json!({
+            "organisation": {"name": "Test", "organisationNumber": "974600951", "helseIdClientId": "c"},
+            "dataModelVersion": 4,
+        }))
+        .unwrap();
+        let mut db = MigrationDatabase::new("db", spec);
+        assert_eq!(expected(&db), Expected::Absent, "no status");
+        let table = [
+            (None, Expected::Absent),
+            (Some(Phase::Pending), Expected::Present),
+            (Some(Phase::Provisioning), Expected::Present),
+            (Some(Phase::Failed), Expected::Present),
+            (Some(Phase::Staging), Expected::Present),
+            (Some(Phase::Operational), Expected::Present),
+        ];
+        for (phase, wanted) in table {
+            db.status = Some(MigrationDatabaseStatus {
+                phase,
+                ..Default::default()
+            });
+            assert_eq!(expected(&db), wanted, "{phase:?}");
+        }
     }
 }

@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt};
 
+use super::children::Expected;
 use super::{Context, Error, FIELD_MANAGER};
 use crate::crd::MigrationDatabase;
 use crate::names::{self, ChildNames};
@@ -50,15 +51,19 @@ pub(super) async fn admin_uri(db: &MigrationDatabase, ctx: &Context) -> Result<S
 /// holding `candidate_password`) when it does not exist. The password is written to Kubernetes
 /// before it reaches PostgreSQL, so a crash in between loses nothing: the next pass sets the same
 /// password again. A Secret of that name that was not made for this database (its UID label) is a
-/// name collision: neither read nor changed.
+/// name collision: neither read nor changed. `expected` picks the first call (see [`Expected`]):
+/// a Secret expected absent costs one create, one expected present one read.
 pub(super) async fn ensure_password(
     api: &Api<Secret>,
     name: &str,
     uid: &str,
     candidate: Secret,
     candidate_password: String,
+    expected: Expected,
 ) -> Result<String, Error> {
-    if let Some(secret) = api.get_opt(name).await? {
+    if expected == Expected::Present
+        && let Some(secret) = api.get_opt(name).await?
+    {
         return owned_password(&secret, name, uid);
     }
     match api

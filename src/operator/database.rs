@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
 
 use super::activation::{ActivationDecision, activation_decision};
-use super::children::{self, Credentials};
+use super::children::{self, Credentials, Expected};
 use super::cleanup::cleanup;
 use super::credentials::{
     admin_uri, delete_owned_secret, ensure_password, legacy_migrator_password, owned_password,
@@ -181,6 +181,9 @@ async fn provision_and_observe(
     let admin = admin_uri(db, ctx).await?;
     let child = ChildNames::of(db);
     let names = child.database.clone();
+    // Taken before this pass writes `Provisioning`, which is what makes it sound: no child is made
+    // before that write (see `children::expected`).
+    let expected = children::expected(db);
     if current_phase(db).is_none() || current_phase(db) == Some(Phase::Pending) {
         patch_status(
             ctx,
@@ -222,12 +225,42 @@ async fn provision_and_observe(
         },
     );
     let application_password =
-        ensure_password(&local_secrets, &app_name, &uid, secret, candidate).await?;
+        ensure_password(&local_secrets, &app_name, &uid, secret, candidate, expected).await?;
 
+    let migrator_secret = |password: &str| {
+        children::credentials_secret(
+            &migrator_name,
+            &ctx.config.api_namespace,
+            names::database_labels(db, names::COMPONENT_MIGRATOR_CREDENTIALS),
+            vec![],
+            &Credentials {
+                username: &names.migrator,
+                password,
+                host: &host,
+                port,
+                database: &names.database,
+                ssl_mode,
+            },
+        )
+    };
     let (mode_before, _) = session.observe().await.unwrap_or((None, None));
     let migrator_password = if mode_before == Some(Mode::Operational) {
         // The migrator is closed for good; its Secret is gone and must not come back.
         generate_password()
+    } else if expected == Expected::Absent {
+        // Never provisioned, by this release or an earlier one: no Secret of the old name to take
+        // over or delete. One create; a Secret met under the name is read and checked instead.
+        let candidate = generate_password();
+        let secret = migrator_secret(&candidate);
+        ensure_password(
+            &api_secrets,
+            &migrator_name,
+            &uid,
+            secret,
+            candidate,
+            expected,
+        )
+        .await?
     } else if let Some(secret) = api_secrets.get_opt(&migrator_name).await? {
         // The usual pass: one read. A Secret of the old name is only looked for (and its
         // password taken over) when the new one is missing, and is deleted at the switch anyway.
@@ -237,22 +270,17 @@ async fn provision_and_observe(
             Some(password) => password,
             None => generate_password(),
         };
-        let secret = children::credentials_secret(
+        let secret = migrator_secret(&candidate);
+        // Just read as missing: created first.
+        let password = ensure_password(
+            &api_secrets,
             &migrator_name,
-            &ctx.config.api_namespace,
-            names::database_labels(db, names::COMPONENT_MIGRATOR_CREDENTIALS),
-            vec![],
-            &Credentials {
-                username: &names.migrator,
-                password: &candidate,
-                host: &host,
-                port,
-                database: &names.database,
-                ssl_mode,
-            },
-        );
-        let password =
-            ensure_password(&api_secrets, &migrator_name, &uid, secret, candidate).await?;
+            &uid,
+            secret,
+            candidate,
+            Expected::Absent,
+        )
+        .await?;
         delete_owned_secret(&api_secrets, &child.legacy_migrator_secret, &uid).await?;
         password
     };
@@ -296,6 +324,7 @@ async fn provision_and_observe(
             &Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &namespace),
             &children::network_policy(db, mode == Mode::Operational),
             &uid,
+            expected,
         )
         .await?;
     }
@@ -315,6 +344,7 @@ async fn provision_and_observe(
             &Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace),
             &children::access_entry(db, &names.database),
             &uid,
+            expected,
         )
         .await?;
         delete_owned_secret(&api_secrets, &migrator_name, &uid).await?;
@@ -536,8 +566,18 @@ async fn expire_keys(db: &MigrationDatabase, ctx: &Context) -> Result<(), Error>
 }
 
 /// Server-side applies a child of the database with this UID, unless an object of its name exists
-/// that was not made for it (a name collision: left unchanged).
-async fn apply_child<K>(api: &Api<K>, object: &K, uid: &str) -> Result<(), Error>
+/// that was not made for it (a name collision: left unchanged). The read before the apply is what
+/// keeps the apply off such an object, so a child [`Expected::Absent`] is created instead (one call)
+/// and read, checked and applied only when the create meets an object of its name. A create records
+/// the operator's field manager with the operation `Update`; later passes apply with force under
+/// the same manager, which takes over every field whose value they change (the egress rules at the
+/// switch). A field a later release stops setting would stay with that `Update` entry.
+async fn apply_child<K>(
+    api: &Api<K>,
+    object: &K,
+    uid: &str,
+    expected: Expected,
+) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -546,6 +586,17 @@ where
         + std::fmt::Debug,
 {
     let name = object.meta().name.clone().unwrap_or_default();
+    if expected == Expected::Absent {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api.create(&params, object).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
     if let Some(existing) = api.get_opt(&name).await?
         && !names::owned_by(existing.meta(), uid)
     {

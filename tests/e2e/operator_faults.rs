@@ -358,6 +358,106 @@ fn manual_activation_waits_for_the_approval_of_exactly_the_validated_digest() {
     );
 }
 
+/// A first pass creates its Secrets and NetworkPolicy without reading their names first: an object
+/// planted under one of them (the migrator's Secret, named from the UID, and the policy) is still a
+/// `NameCollision` and left exactly as it was. The policy a first pass made lets the pods reach DNS
+/// only, and is changed at the switch to let them reach the server too.
+#[test]
+fn a_first_pass_refuses_planted_children_and_its_policy_opens_at_the_switch() {
+    let ns = namespace("first-pass");
+    let ns = ns.name.as_str();
+    // No operator yet: the objects are planted before any pass.
+    for name in ["planted-secret", "planted-policy", "clean"] {
+        apply(&database(ns, name, ""));
+    }
+    let migrator_secret = format!("sfm-migrator-{}", uid(ns, "mdb/planted-secret"));
+    kubectl_ok(
+        &[
+            "-n",
+            API_NS,
+            "create",
+            "secret",
+            "generic",
+            &migrator_secret,
+            "--from-literal=password=planted",
+        ],
+        None,
+    );
+    apply(&format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: planted-policy-sfm-database\n  namespace: {ns}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n"
+    ));
+    let secret_version = jsonpath(
+        API_NS,
+        &format!("secret/{migrator_secret}"),
+        "{.metadata.resourceVersion}",
+    );
+    let policy_version = jsonpath(
+        ns,
+        "networkpolicy/planted-policy-sfm-database",
+        "{.metadata.resourceVersion}",
+    );
+    assert_eq!(jsonpath(ns, "mdb/clean", "{.status.phase}"), "");
+    let _operator = start_operator(ns, API_NS, &format!("operator-{ns}"));
+
+    for planted in ["planted-secret", "planted-policy"] {
+        assert!(
+            eventually(PATIENCE, || jsonpath(
+                ns,
+                &format!("mdb/{planted}"),
+                "{.status.phase}/{.status.phaseReason}"
+            ) == "Failed/NameCollision"),
+            "{planted}: {}",
+            jsonpath(ns, &format!("mdb/{planted}"), "{.status}")
+        );
+    }
+    wait_ready(ns, "clean");
+    assert_eq!(
+        jsonpath(
+            API_NS,
+            &format!("secret/{migrator_secret}"),
+            "{.metadata.resourceVersion}"
+        ),
+        secret_version,
+        "the planted Secret was changed"
+    );
+    assert_eq!(
+        jsonpath(
+            ns,
+            "networkpolicy/planted-policy-sfm-database",
+            "{.metadata.resourceVersion}"
+        ),
+        policy_version,
+        "the planted NetworkPolicy was changed"
+    );
+    kubectl_ok(&["-n", API_NS, "delete", "secret", &migrator_secret], None);
+
+    let egress_ports = || {
+        jsonpath(
+            ns,
+            "networkpolicy/clean-sfm-database",
+            "{range .spec.egress[*]}{.ports[*].port},{end}",
+        )
+    };
+    assert_eq!(egress_ports(), "53 53,", "staging: DNS only");
+    validate_and_request_activation(ns, "clean", &"7a".repeat(32));
+    kubectl_ok(
+        &[
+            "-n",
+            ns,
+            "wait",
+            "--for=condition=Operational",
+            "mdb/clean",
+            WAIT_TIMEOUT,
+        ],
+        None,
+    );
+    assert!(
+        eventually(PATIENCE, || egress_ports() == "53 53,5432,"),
+        "operational: {}",
+        egress_ports()
+    );
+}
+
 #[test]
 fn deletion_honours_the_reclaim_policy() {
     let (ns_guard, _operator) = setup("reclaim");
