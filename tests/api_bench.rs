@@ -239,7 +239,7 @@ fn ingest_path_per_stage() {
                 )
                 .unwrap();
                 let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
-                let written = guard_read(&mut tx).await;
+                let written = postgres::guard_read(&mut tx).await;
                 store(
                     &mut tx,
                     db,
@@ -264,7 +264,7 @@ fn ingest_path_per_stage() {
                         prepare(keys, data, FileType::Patient, name, limits, db).unwrap()
                     };
                     let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
-                    let written = guard_read(&mut tx).await;
+                    let written = postgres::guard_read(&mut tx).await;
                     store(
                         &mut tx,
                         db,
@@ -411,23 +411,4 @@ fn xsd_cost(
         figures.push((what, per_100_kb(start.elapsed(), xml_bytes * files)));
     }
     figures
-}
-
-/// What the API's guard reads before `store` (the organisation file stored last), for a database
-/// the tests migrated themselves (no operator, so no metadata row for the guard to check).
-async fn guard_read(tx: &mut sqlx::PgConnection) -> sfm_migration::api::guard::Writable {
-    let organisation: Option<(i64, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as("SELECT stored_file_id, updated_at FROM sfm.organisation")
-            .fetch_optional(&mut *tx)
-            .await
-            .unwrap();
-    sfm_migration::api::guard::Writable {
-        database: uuid::Uuid::nil(),
-        organisation_file: organisation.map(|(stored_file_id, stored_at)| {
-            sfm_migration::api::guard::OrganisationFile {
-                stored_file_id,
-                stored_at,
-            }
-        }),
-    }
 }

@@ -322,7 +322,7 @@ async fn ingest(
     )?;
     let users = sfm_migration::api::ingest::KnownUsers::default();
     let mut tx = pool.begin().await.unwrap();
-    let written = guard_read(&mut tx).await;
+    let written = postgres::guard_read(&mut tx).await;
     store(
         &mut tx,
         db,
@@ -533,24 +533,5 @@ fn not_well_formed_xml_is_refused_in_both_modes() {
             "{}",
             refusal.message
         );
-    }
-}
-
-/// What the API's guard reads before `store` (the organisation file stored last), for a database
-/// the tests migrated themselves (no operator, so no metadata row for the guard to check).
-async fn guard_read(tx: &mut sqlx::PgConnection) -> sfm_migration::api::guard::Writable {
-    let organisation: Option<(i64, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as("SELECT stored_file_id, updated_at FROM sfm.organisation")
-            .fetch_optional(&mut *tx)
-            .await
-            .unwrap();
-    sfm_migration::api::guard::Writable {
-        database: uuid::Uuid::nil(),
-        organisation_file: organisation.map(|(stored_file_id, stored_at)| {
-            sfm_migration::api::guard::OrganisationFile {
-                stored_file_id,
-                stored_at,
-            }
-        }),
     }
 }

@@ -94,3 +94,22 @@ where
         std::panic::resume_unwind(panic);
     }
 }
+
+/// What the API's guard reads before `store` (the organisation file stored last), for a database
+/// the tests migrated themselves (no operator, so no metadata row for the guard to check).
+pub async fn guard_read(tx: &mut sqlx::PgConnection) -> sfm_migration::api::guard::Writable {
+    let organisation: Option<(i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT stored_file_id, updated_at FROM sfm.organisation")
+            .fetch_optional(&mut *tx)
+            .await
+            .unwrap();
+    sfm_migration::api::guard::Writable {
+        database: uuid::Uuid::nil(),
+        organisation_file: organisation.map(|(stored_file_id, stored_at)| {
+            sfm_migration::api::guard::OrganisationFile {
+                stored_file_id,
+                stored_at,
+            }
+        }),
+    }
+}

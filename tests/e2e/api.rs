@@ -1142,15 +1142,16 @@ fn two_replicas_share_an_upload_across_a_kill() {
             1
         );
 
-        let stranger_guid = "2a4e3c9e-38fc-4e3c-8cd0-1c831db782d4";
-        let r = fx
-            .upload_patient_as(
+        // A patient naming HPR number 999999999, sent to the first replica.
+        let stranger = || {
+            fx.upload_patient_as(
                 &apis[0].base,
-                stranger_guid,
+                "2a4e3c9e-38fc-4e3c-8cd0-1c831db782d4",
                 "<Hpr>222200082</Hpr>",
                 "<Hpr>999999999</Hpr>",
             )
-            .await;
+        };
+        let r = stranger().await;
         assert_eq!(header(&r, "sfm-ingest-state"), "rejected");
         assert_eq!(header(&r, "sfm-rejection-code"), "data-quality-hpr-unknown");
         assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 2);
@@ -1173,14 +1174,7 @@ fn two_replicas_share_an_upload_across_a_kill() {
             )
             .await;
         assert_eq!(header(&r, "sfm-ingest-state"), "stored");
-        let r = fx
-            .upload_patient_as(
-                &apis[0].base,
-                stranger_guid,
-                "<Hpr>222200082</Hpr>",
-                "<Hpr>999999999</Hpr>",
-            )
-            .await;
+        let r = stranger().await;
         assert_eq!(header(&r, "sfm-ingest-state"), "stored");
         assert_eq!(fx.count("SELECT count(*) FROM sfm.patients").await, 3);
         assert_eq!(
