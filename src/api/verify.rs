@@ -380,7 +380,18 @@ pub async fn activate(
         ApiError::new(ProblemCode::NotValidated).detail("verify the manifest first")
     })?;
     tracing::info!(database = %session.database_name(), "activation requested");
-    write_status(&state, &session.database, &session.pool).await?;
+    // The request is recorded, and that row is what the operator's rule reads: the answer is 202
+    // whatever becomes of the status write, which only shows the request and wakes the operator.
+    // A pass already under way may read the row first, write `Activating` and revoke the migrator;
+    // the write's read then fails. The flush loop writes the status later, or finds the switch.
+    if let Err(error) = write_status(&state, &session.database, &session.pool).await {
+        tracing::info!(
+            database = %session.database_name(),
+            code = %error.code(),
+            "activation recorded; status.migration left to the next flush"
+        );
+        state.mark_dirty(session.uid);
+    }
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(ActivateResponse {

@@ -297,6 +297,16 @@ impl Fixture {
         )
     }
 
+    /// The report the sample organisation file names, as `Reports0\<id>.rpt` (a zip holding
+    /// `<id>.xps`), encrypted: its name and bytes.
+    fn report(&self) -> (String, Vec<u8>) {
+        let report = raw_zip(&[(&format!("{REPORT_ID}.xps"), b"PK synthetic XPS".as_slice())]);
+        (
+            format!("Reports0\\{REPORT_ID}.rpt"),
+            self.samples.encrypt(&report),
+        )
+    }
+
     /// Uploads the organisation file with tuspy, asserts that it was stored and returns its URL.
     fn store_organisation(&self, api: &Api, chunk: usize, session_id: bool) -> String {
         let result = self.tuspy(
@@ -903,12 +913,7 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
     // NHN's organisation file names one report (`RapportFil` `Reports0\<id>.xps`): until a report
     // file holding it is stored, verify lists it as missing, though the manifest matches what is
     // stored. It travels as `Reports0\<id>.rpt`, a zip holding `<id>.xps`.
-    let report_id = "d86e6322-9c1b-42d9-aebc-1d03207c8942";
-    let report_name = format!("Reports0\\{report_id}.rpt");
-    let report = fx.samples.encrypt(&raw_zip(&[(
-        &format!("{report_id}.xps"),
-        b"PK synthetic XPS".as_slice(),
-    )]));
+    let (report_name, report) = fx.report();
     fx.run(async {
         let manifest = Manifest::new(vec![
             manifest_entry(
@@ -928,7 +933,7 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         let mismatch: contract::Problem = response.json().await.unwrap();
         assert_eq!(
             mismatch.mismatches.unwrap().missing,
-            vec![format!("Reports0\\{report_id}.xps")]
+            vec![format!("Reports0\\{REPORT_ID}.xps")]
         );
     });
     let result = fx.tuspy(&api, &report, &report_name, "Report", 65536, false);
@@ -1058,6 +1063,81 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
             "a fixture value or secret leaked into logs, metrics or status"
         );
     }
+}
+
+/// The report the sample organisation file names.
+const REPORT_ID: &str = "d86e6322-9c1b-42d9-aebc-1d03207c8942";
+
+/// The operator may act on an activation request before the API has shown it in the status: a pass
+/// that reads the validation record just after the request commits switches at once and revokes the
+/// migrator, so the API's own status write fails. Here a trigger revokes a table the status read
+/// needs in the request's own transaction, the worst moment. The request is still accepted (202)
+/// and, once the migrator may read again, the database switches.
+#[test]
+fn an_activation_is_accepted_when_its_status_write_fails_after_the_request_is_recorded() {
+    let fx = Fixture::new("api-activate", "Lenient");
+    let api = fx.api("api", &[]);
+    fx.store_organisation(&api, 65536, false);
+    let (report_name, report) = fx.report();
+    let result = fx.tuspy(&api, &report, &report_name, "Report", 65536, false);
+    assert_eq!(result["ingestState"], "stored", "{result}");
+    let base = api.base.clone();
+    fx.run(async {
+        let manifest = Manifest::new(vec![
+            manifest_entry(
+                "ExportData.dat",
+                contract::FileType::ExportData,
+                &fx.organisation,
+            ),
+            manifest_entry(&report_name, contract::FileType::Report, &report),
+        ]);
+        let response = fx
+            .with_key(Method::POST, format!("{base}{}", contract::PATH_VERIFY))
+            .json(&manifest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    });
+    fx.wait_for_status(
+        "{.status.conditions[?(@.type=='Validated')].status}",
+        "True",
+    );
+    fx.run(async {
+        let mut admin = fx.admin().await;
+        for statement in [
+            "CREATE FUNCTION revoke_at_request() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+             BEGIN EXECUTE format('REVOKE SELECT ON sfm.rejections FROM %I', session_user); RETURN NULL; END $$",
+            "CREATE TRIGGER revoke_at_request AFTER UPDATE ON sfm.validation
+             FOR EACH STATEMENT EXECUTE FUNCTION revoke_at_request()",
+        ] {
+            sqlx::query(statement).execute(&mut admin).await.unwrap();
+        }
+        let response = fx
+            .with_key(Method::POST, format!("{base}{}", contract::PATH_ACTIVATE))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+        let accepted: contract::ActivateResponse = response.json().await.unwrap();
+        let recorded: chrono::DateTime<chrono::Utc> =
+            fx.scalar("SELECT activation_requested_at FROM sfm.validation").await;
+        assert_eq!(accepted.activation_requested_at, recorded);
+        // The status could not be read: not shown, and the operator not woken.
+        assert_eq!(fx.status("{.status.migration.activationRequestedAt}"), "");
+        let migrator = url::Url::parse(&fx.migrator_uri).unwrap();
+        for statement in [
+            "DROP TRIGGER revoke_at_request ON sfm.validation".to_owned(),
+            "DROP FUNCTION revoke_at_request()".to_owned(),
+            format!("GRANT SELECT ON sfm.rejections TO \"{}\"", migrator.username()),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+    });
+    fx.wait_for_status("{.status.phase}", "Operational");
 }
 
 /// Strict: the 2021 sample patient (`Brukere` where the XSD has `InVib`) is rejected with a reason.
