@@ -21,31 +21,18 @@ use super::{ApiError, AppState};
 use crate::contract::FileType;
 use crate::contract::ProblemCode;
 
-/// Takes the write locks every writer takes, in verify's order (`sfm.uploads`, `sfm.stored_files`,
-/// `sfm.rejections`): a writer that took them first makes verify wait for its commit, and no
-/// writer can hold one of them while waiting for another that verify holds (no deadlock).
-pub async fn lock(tx: &mut PgConnection) -> Result<(), ApiError> {
-    sqlx::query(LOCK)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| database("lock against the verify", e))?;
-    Ok(())
-}
-
-/// The write locks of [`lock`] (a macro, so that [`begin`] can join it to its `BEGIN`).
-macro_rules! lock_statement {
-    () => {
-        "LOCK TABLE sfm.uploads, sfm.stored_files, sfm.rejections IN ROW EXCLUSIVE MODE"
-    };
-}
-const LOCK: &str = lock_statement!();
-
-/// Begins a write transaction with [`lock`]'s locks taken, in one round trip (a simple query of
-/// two statements; the `BEGIN` makes them one transaction that stays open).
+/// Begins a write transaction and takes the write locks every writer takes, in verify's order
+/// (`sfm.uploads`, `sfm.stored_files`, `sfm.rejections`): a writer that took them first makes
+/// verify wait for its commit, and no writer can hold one of them while waiting for another that
+/// verify holds (no deadlock). One round trip: a simple query of two statements, which the `BEGIN`
+/// makes one transaction that stays open. Every write begins here, before it locks an upload's row
+/// or reads anything it will change.
 pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>, ApiError> {
-    pool.begin_with(concat!("BEGIN; ", lock_statement!()))
-        .await
-        .map_err(|e| database("begin the write", e))
+    pool.begin_with(
+        "BEGIN; LOCK TABLE sfm.uploads, sfm.stored_files, sfm.rejections IN ROW EXCLUSIVE MODE",
+    )
+    .await
+    .map_err(|e| database("begin the write", e))
 }
 
 /// What the guard read, for the writes after it in the same transaction.
@@ -67,14 +54,8 @@ pub struct OrganisationFile {
     pub stored_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Takes the write locks and checks the database's owner and the validation record; reads the
-/// organisation file in the same round trip.
-pub async fn writable(tx: &mut PgConnection, database_uid: Uuid) -> Result<Writable, ApiError> {
-    lock(tx).await?;
-    checked(tx, database_uid).await
-}
-
-/// [`writable`] in a transaction [`begin`] made, which holds the locks already.
+/// Checks the database's owner and the validation record, in a transaction [`begin`] made (which
+/// holds the write locks already); reads the organisation file in the same round trip.
 pub async fn checked(tx: &mut PgConnection, database_uid: Uuid) -> Result<Writable, ApiError> {
     type Row = (
         Uuid,

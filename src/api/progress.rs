@@ -418,8 +418,9 @@ pub async fn flush_loop(state: Arc<AppState>) {
             // Half a tick early, so a 1 s pause is not rounded up to the next tick.
             let pause = refresh_pause(now.elapsed()) - Duration::from_millis(500);
             not_before.insert(uid, now + pause);
-            // A database past staging has its final `status.migration` (written at activate) and
-            // no migrator to recompute it from.
+            // A database past staging has no migrator to recompute `status.migration` from: it
+            // keeps the last one written (at activate, unless the operator switched before that
+            // write, when it lacks the activation request; the phase says the rest).
             match result.map_err(|error| error.code()) {
                 Ok(()) | Err(ProblemCode::NotFound | ProblemCode::MigrationOperational) => {}
                 // Every connection of the replica's budget is in use (a wave): the next tick.

@@ -532,11 +532,7 @@ async fn append(
     if let Some(checksum) = &checksum {
         verify_checksum(checksum, &body)?;
     }
-    let mut tx = session
-        .pool
-        .begin()
-        .await
-        .map_err(|e| database("begin the append", e))?;
+    let mut tx = guard::begin(&session.pool).await?;
     let row = uploads::lock(&mut tx, upload).await?;
     let server_offset = row.upload_offset as u64;
     if !UploadState::of(&row.state).is_open() {
@@ -567,7 +563,7 @@ async fn append(
             ApiError::new(ProblemCode::UploadTooLarge).detail("the body goes past Upload-Length")
         );
     }
-    guard::writable(&mut tx, session.uid).await?;
+    guard::checked(&mut tx, session.uid).await?;
     uploads::add_chunk(&mut tx, upload, server_offset, &body).await?;
     let completed = new_offset == row.declared_length as u64;
     if completed {

@@ -66,7 +66,7 @@ async fn verify_in_session(
         .begin()
         .await
         .map_err(|e| database("begin the verify", e))?;
-    // Nothing is stored or uploaded while the comparison runs: every write takes `guard::lock`
+    // Nothing is stored or uploaded while the comparison runs: every write begins with `guard::begin`
     // (ROW EXCLUSIVE on uploads, stored files and rejections) first, so a SHARE lock on uploads and
     // rejections waits for those in flight and holds back the next. (Not on stored files: a SHARE
     // lock needs UPDATE or DELETE there, which the migrator does not have, the audit trail being

@@ -80,11 +80,7 @@ pub async fn ingest_upload(
 ) -> Result<Option<Outcome>, ApiError> {
     let _slot = ingest_slot(&state).await?;
     let started = Instant::now();
-    let mut tx = session
-        .pool
-        .begin()
-        .await
-        .map_err(|e| database("begin the ingest", e))?;
+    let mut tx = super::guard::begin(&session.pool).await?;
     let row = sqlx::query(
         "SELECT file_name, file_type, migration_key_id, helseid_client_id, sha256, declared_length, completed_at
          FROM sfm.uploads WHERE id = $1 AND state = 'complete' FOR UPDATE SKIP LOCKED",
@@ -116,7 +112,7 @@ pub async fn ingest_upload(
     let data = Bytes::from(chunks.concat());
 
     // Nothing is stored once the migration is validated: the upload is closed as refused for that.
-    let checked = match super::guard::writable(&mut tx, session.uid).await {
+    let checked = match super::guard::checked(&mut tx, session.uid).await {
         Err(error) if error.code() == ProblemCode::MigrationValidated => Ok(Err(Refusal::new(
             ProblemCode::MigrationValidated,
             "the migration was validated before this file was stored; nothing is stored after the validation",
@@ -236,13 +232,9 @@ pub async fn ingest_in_place(
 ) -> Result<Outcome, ApiError> {
     let _slot = ingest_slot(&state).await?;
     let started = Instant::now();
-    let mut tx = session
-        .pool
-        .begin()
-        .await
-        .map_err(|e| database("begin the ingest", e))?;
+    let mut tx = super::guard::begin(&session.pool).await?;
     let row = open_at_start(&mut tx, upload, data.len()).await?;
-    let found = super::guard::writable(&mut tx, session.uid).await?;
+    let found = super::guard::checked(&mut tx, session.uid).await?;
     let claimed = Claimed {
         file_name: row.file_name.clone(),
         file_type: row.file_type.clone(),

@@ -17,7 +17,7 @@ use crate::crd::MigrationDatabase;
 use crate::format::patient_file::{ORGANISATION_DOCUMENT, OrganisationFile, PATIENT_DOCUMENT};
 use crate::model::Deviation;
 
-/// Writes a prepared file, in the transaction `found` was read in by [`crate::api::guard::writable`],
+/// Writes a prepared file, in the transaction `found` was read in by [`crate::api::guard::checked`],
 /// and resolves the rejections recorded earlier under its name. `Ok(Err(_))` is a rejection found
 /// against the database (an unknown HPR number, a patient before the organisation); the caller
 /// rolls back. Public for the benchmark.
