@@ -11,23 +11,15 @@ if [ -z "${SFM_PG_ADMIN_URL:-}" ]; then
   export SFM_BENCH_KEY_BITS=${SFM_BENCH_KEY_BITS:-2048}
   exec hack/test-env.sh "$0" "$@"
 fi
-# PostgreSQL's CPU seconds, when the server is this run's own (hack/test-env.sh): the postmaster with
-# its reaped children, and every live child. The benchmark stores its N patients twice (the insert
-# stage and the whole path, each into a database of its own), so the figure per patient is over 2N.
-clk=$(getconf CLK_TCK)
-postgres_cpu() {
-  local data=${SFM_TEST_WORK_DIR:-}/postgres/data pm child
-  [ -r "$data/postmaster.pid" ] || { echo 0; return; }
-  pm=$(head -1 "$data/postmaster.pid")
-  for child in "$pm" $(pgrep -P "$pm" || true); do
-    awk -v clk="$clk" -v self="$([ "$child" = "$pm" ] && echo 1)" \
-      '{ sub(/^.*\) /, ""); print (self ? $12 + $13 + $14 + $15 : $12 + $13) / clk }' "/proc/$child/stat" 2>/dev/null || true
-  done | awk '{ s += $1 } END { printf "%.2f", s }'
-}
-before=$(postgres_cpu)
+# PostgreSQL's CPU seconds, when the server is this run's own (hack/test-env.sh). The benchmark
+# stores its N patients twice (the insert stage and the whole path, each into a database of its
+# own), so the figure per patient is over 2N.
+. "$root/hack/cpu.sh"
+pg_data=${SFM_TEST_WORK_DIR:-}/postgres/data
+before=$(postgres_cpu "$pg_data")
 cargo test ${SFM_BENCH_PROFILE:---release} --test api_bench -- --ignored --nocapture --test-threads=1
 if [ -n "${SFM_TEST_WORK_DIR:-}" ]; then
   files=${SFM_BENCH_FILES:-200}
-  awk -v a="$before" -v b="$(postgres_cpu)" -v n="$files" 'BEGIN {
+  awk -v a="$before" -v b="$(postgres_cpu "$pg_data")" -v n="$files" 'BEGIN {
     printf "PostgreSQL CPU of the run: %.2f s, %.2f ms per patient stored (2 x %d, databases made included)\n", b - a, (b - a) * 1000 / (2 * n), n }'
 fi

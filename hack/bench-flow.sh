@@ -110,30 +110,9 @@ SFM_DEFAULT_ADMIN_URL=$SFM_PG_ADMIN_URL "$bin/sfm-operator" run --api-namespace 
 operator_pid=$!
 pids+=("$operator_pid")
 
-# CPU seconds (user+system) of a process, with its reaped children (PostgreSQL's backends).
-clk=$(getconf CLK_TCK)
-cpu_of() {
-  local pid=$1
-  [ -r "/proc/$pid/stat" ] || { echo 0; return; }
-  # Fields after the command: utime=14 stime=15 cutime=16 cstime=17.
-  awk -v clk="$clk" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13 + $14 + $15) / clk }' "/proc/$pid/stat"
-}
-# The part of it spent in the kernel (system time).
-kernel_of() {
-  local pid=$1
-  [ -r "/proc/$pid/stat" ] || { echo 0; return; }
-  awk -v clk="$clk" '{ sub(/^.*\) /, ""); printf "%.2f", ($13 + $15) / clk }' "/proc/$pid/stat"
-}
-postgres_cpu() {
-  local data=${SFM_TEST_WORK_DIR:-}/postgres/data pm total=0 child
-  [ -r "$data/postmaster.pid" ] || { echo 0; return; }
-  pm=$(head -1 "$data/postmaster.pid")
-  total=$(cpu_of "$pm")
-  for child in $(pgrep -P "$pm" || true); do
-    total=$(awk -v a="$total" -v b="$(cpu_of "$child")" 'BEGIN { printf "%.2f", a + b }')
-  done
-  echo "$total"
-}
+# CPU seconds of a process (cpu_of, kernel_of) and of the PostgreSQL server (postgres_cpu).
+. "$root/hack/cpu.sh"
+pg_data=${SFM_TEST_WORK_DIR:-}/postgres/data
 # PostgreSQL's CPU seconds by kind of process: each live child of the postmaster by its title
 # (a backend by its role, walwriter, checkpointer, ...), and what exited (the postmaster's reaped
 # children: autovacuum workers, short sessions) as one line; for the backends also the part of it
@@ -385,7 +364,7 @@ EOF
     perf_pids+=("$!")
     sleep 1
   fi
-  api_cpu0=$(cpu_of "$api_pid"); pg_cpu0=$(postgres_cpu); op_cpu0=$(cpu_of "$operator_pid")
+  api_cpu0=$(cpu_of "$api_pid"); pg_cpu0=$(postgres_cpu "$pg_data"); op_cpu0=$(cpu_of "$operator_pid")
   api_kernel0=$(kernel_of "$api_pid")
   postgres_cpu_by_kind >"$work/pg-cpu-$n.before"
   t0=$(now)
@@ -401,7 +380,7 @@ EOF
   t1=$(now)
   upload_s=$(elapsed "$t0" "$t1")
   api_cpu=$(elapsed "$api_cpu0" "$(cpu_of "$api_pid")")
-  pg_cpu=$(elapsed "$pg_cpu0" "$(postgres_cpu)")
+  pg_cpu=$(elapsed "$pg_cpu0" "$(postgres_cpu "$pg_data")")
   postgres_cpu_by_kind >"$work/pg-cpu-$n.after"
   echo "   PostgreSQL CPU by process: $(postgres_cpu_delta "$work/pg-cpu-$n.before" "$work/pg-cpu-$n.after")" >&2
   echo "   API CPU in the kernel: $(elapsed "$api_kernel0" "$(kernel_of "$api_pid")") of $api_cpu s" >&2

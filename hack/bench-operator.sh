@@ -37,14 +37,12 @@ kubectl wait --for=condition=Established --timeout=60s crd/migrationdatabases.sf
 kubectl create namespace $ns >/dev/null
 kubectl create namespace sfm-system >/dev/null
 
-# CPU ticks of a process and of its reaped children (/proc/PID/stat utime+stime+cutime+cstime); for
-# PostgreSQL the postmaster and every live backend.
-ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
-postmaster=$(pgrep -o -f "postgres -D $work/postgres/data" || pgrep -o -f "$work/postgres/data")
-cpu_ticks() {
-  local pg=$(ticks "$postmaster") child
-  for child in $(pgrep -P "$postmaster"); do pg=$((pg + $(ticks "$child" 2>/dev/null || echo 0))); done
-  echo "$(ticks "$(cat "$work/controlplane/kube-apiserver.pid")") $(ticks "$(cat "$work/controlplane/etcd.pid")") $pg $(ticks "$operator")"
+# CPU seconds of the kube-apiserver, etcd, PostgreSQL (the postmaster and every backend) and the
+# operator, in that order.
+. "$root/hack/cpu.sh"
+cpu_seconds() {
+  echo "$(cpu_of "$(cat "$work/controlplane/kube-apiserver.pid")") $(cpu_of "$(cat "$work/controlplane/etcd.pid")")" \
+    "$(postgres_cpu "$work/postgres/data") $(cpu_of "$operator")"
 }
 requests() {
   kubectl get --raw /metrics | awk '/^apiserver_request_total\{/ {
@@ -65,7 +63,7 @@ SFM_DEFAULT_ADMIN_URL=$SFM_PG_ADMIN_URL RUST_LOG=warn "$operator_bin" run \
 operator=$!
 trap 'kill $operator 2>/dev/null || true' EXIT
 requests >"$work/requests-before.txt"
-read -r cpu_api cpu_etcd cpu_pg cpu_op < <(cpu_ticks)
+read -r cpu_api cpu_etcd cpu_pg cpu_op < <(cpu_seconds)
 start=$(date +%s.%N)
 kubectl apply --server-side -f "$manifests" >/dev/null
 applied=$(date +%s.%N)
@@ -77,7 +75,7 @@ while [ "$ready" -lt "$n" ]; do
   kill -0 $operator 2>/dev/null || { echo; echo "the operator died; see $work/operator.log" >&2; exit 1; }
 done
 done_at=$(date +%s.%N)
-read -r cpu_api2 cpu_etcd2 cpu_pg2 cpu_op2 < <(cpu_ticks)
+read -r cpu_api2 cpu_etcd2 cpu_pg2 cpu_op2 < <(cpu_seconds)
 requests >"$work/requests-after.txt"
 peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$operator/status")
 echo
@@ -86,10 +84,9 @@ operator_s=$(echo "$done_at - $start" | bc)
 printf 'operator: %d databases Ready in %.1fs (apply took %.1fs), %.1f databases/s; peak RSS %.0f MiB; %s tagged databases on the server\n' \
   "$n" "$operator_s" "$(echo "$applied - $start" | bc)" \
   "$(echo "$n / ($done_at - $start)" | bc -l)" "$(echo "$peak_kb / 1024" | bc -l)" "$databases"
-hz=$(getconf CLK_TCK)
 printf 'CPU seconds over the operator run: kube-apiserver %.1f, etcd %.1f, PostgreSQL %.1f, operator %.1f\n' \
-  "$(echo "($cpu_api2 - $cpu_api) / $hz" | bc -l)" "$(echo "($cpu_etcd2 - $cpu_etcd) / $hz" | bc -l)" \
-  "$(echo "($cpu_pg2 - $cpu_pg) / $hz" | bc -l)" "$(echo "($cpu_op2 - $cpu_op) / $hz" | bc -l)"
+  "$(echo "$cpu_api2 - $cpu_api" | bc -l)" "$(echo "$cpu_etcd2 - $cpu_etcd" | bc -l)" \
+  "$(echo "$cpu_pg2 - $cpu_pg" | bc -l)" "$(echo "$cpu_op2 - $cpu_op" | bc -l)"
 echo "kube-apiserver requests over the operator run (verb resource count, per database):"
 join -a 2 -e 0 -o 0,1.2,2.2 <(sed 's/ /:/' "$work/requests-before.txt" | sort) \
   <(sed 's/ /:/' "$work/requests-after.txt" | sort) |

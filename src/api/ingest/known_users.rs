@@ -33,8 +33,9 @@ pub struct KnownUsers(Mutex<HashMap<Uuid, HprNumbers>>);
 
 impl KnownUsers {
     /// The users' HPR numbers as of `organisation_file`, read in `tx` when this replica has no set
-    /// for that file (and not kept when there is no organisation file to version them by). A set read while a newer organisation file was committing is at least as new
-    /// as `organisation_file`, as the read without a cache would have been; it is kept under the
+    /// for that file (and not kept when there is no organisation file to version them by). A set
+    /// read while a newer organisation file was committing is at least as new as
+    /// `organisation_file`, as the read without a cache would have been; it is kept under the
     /// older file, which the next guard no longer finds.
     pub async fn hpr_numbers(
         &self,
