@@ -366,6 +366,15 @@ impl Fixture {
     }
 
     /// `GET /api/v1/status` of the API at `base`.
+    /// `POST /api/v1/verify` with this test's key and `manifest`.
+    async fn verify(&self, base: &str, manifest: &Manifest) -> reqwest::Response {
+        self.with_key(Method::POST, format!("{base}{}", contract::PATH_VERIFY))
+            .json(manifest)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn api_status(&self, base: &str) -> contract::MigrationStatus {
         self.with_key(Method::GET, format!("{base}{}", contract::PATH_STATUS))
             .send()
@@ -923,12 +932,7 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
             ),
             manifest_entry(&patient_name, contract::FileType::Patient, patient),
         ]);
-        let response = fx
-            .with_key(Method::POST, format!("{base}{}", contract::PATH_VERIFY))
-            .json(&manifest)
-            .send()
-            .await
-            .unwrap();
+        let response = fx.verify(base, &manifest).await;
         assert_eq!(response.status(), 409);
         let mismatch: contract::Problem = response.json().await.unwrap();
         assert_eq!(
@@ -940,7 +944,6 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
     assert_eq!(result["ingestState"], "stored", "{result}");
 
     fx.run(async {
-        let verify = format!("{base}{}", contract::PATH_VERIFY);
         let activate = format!("{base}{}", contract::PATH_ACTIVATE);
         let manifest_with = |patient_file: &[u8]| {
             Manifest::new(vec![
@@ -956,12 +959,7 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         // A manifest that lacks nothing but names another digest is a mismatch; the right one validates.
         let mut wrong = manifest_with(organisation);
         wrong.files[1].size = patient.len() as u64;
-        let response = fx
-            .with_key(Method::POST, verify.clone())
-            .json(&wrong)
-            .send()
-            .await
-            .unwrap();
+        let response = fx.verify(base, &wrong).await;
         assert_eq!(response.status(), 409);
         let mismatch: contract::Problem = response.json().await.unwrap();
         assert_eq!(mismatch.code, contract::ProblemCode::ManifestMismatch);
@@ -979,12 +977,7 @@ fn sample_export_over_tus_is_stored_verified_and_activated() {
         assert_eq!(response.status(), 409);
 
         let manifest = manifest_with(patient);
-        let response = fx
-            .with_key(Method::POST, verify)
-            .json(&manifest)
-            .send()
-            .await
-            .unwrap();
+        let response = fx.verify(base, &manifest).await;
         assert_eq!(response.status(), 200, "{:?}", response.text().await);
         let verified: contract::VerifyResponse = response.json().await.unwrap();
         assert_eq!(verified.digest, manifest.digest());
@@ -1091,12 +1084,7 @@ fn an_activation_is_accepted_when_its_status_write_fails_after_the_request_is_re
             ),
             manifest_entry(&report_name, contract::FileType::Report, &report),
         ]);
-        let response = fx
-            .with_key(Method::POST, format!("{base}{}", contract::PATH_VERIFY))
-            .json(&manifest)
-            .send()
-            .await
-            .unwrap();
+        let response = fx.verify(&base, &manifest).await;
         assert_eq!(response.status(), 200, "{:?}", response.text().await);
     });
     fx.wait_for_status(
@@ -2272,12 +2260,7 @@ fn nothing_is_stored_after_the_migration_is_validated() {
             contract::FileType::ExportData,
             organisation,
         )]);
-        let response = fx
-            .with_key(Method::POST, format!("{base}{}", contract::PATH_VERIFY))
-            .json(&manifest)
-            .send()
-            .await
-            .unwrap();
+        let response = fx.verify(&base, &manifest).await;
         assert_eq!(response.status(), 409);
         let refused: contract::Problem = response.json().await.unwrap();
         assert_eq!(refused.code, contract::ProblemCode::ManifestMismatch);
