@@ -640,6 +640,17 @@ async fn eventually_async<F: Future<Output = bool>>(mut check: impl FnMut() -> F
     }
 }
 
+/// `POST /api/v1/key-check` with `key`: the answer's status and problem code.
+async fn key_check(client: &reqwest::Client, base: &str, key: &str) -> (u16, String) {
+    let response = client
+        .post(format!("{base}{}", contract::PATH_KEY_CHECK))
+        .header("sfm-migration-key", key)
+        .send()
+        .await
+        .unwrap();
+    problem(response).await
+}
+
 /// Uploads with tuspy; returns its JSON line.
 fn tuspy(
     base: &str,
@@ -1649,7 +1660,12 @@ fn keys_of_another_database_superseded_or_expired_are_refused() {
             "mkey/key-1",
             "{.status.phase}"
         ) == "Superseded"));
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The API sees it through its watch, a moment after kubectl does: asked until it answers.
+        let superseded = eventually_async(|| async {
+            key_check(client, base, &fx.key).await == (403, "key-superseded".into())
+        })
+        .await;
+        assert!(superseded, "key-1 was not refused as superseded");
         let r = fx.patch(&url, 0, organisation).await;
         assert_eq!(problem(r).await, (403, "key-superseded".into()));
         let r = create_upload(client, base, &fx.key, "ExportData.dat", "ExportData", 10).await;
@@ -1669,13 +1685,7 @@ fn keys_of_another_database_superseded_or_expired_are_refused() {
         let r = patch(client, &short, &url, 0, &organisation[..1000]).await;
         assert_eq!(r.status(), 204);
         let expired = eventually_async(|| async {
-            let r = client
-                .post(format!("{base}{}", contract::PATH_KEY_CHECK))
-                .header("sfm-migration-key", &short)
-                .send()
-                .await
-                .unwrap();
-            problem(r).await == (403, "key-expired".into())
+            key_check(client, base, &short).await == (403, "key-expired".into())
         })
         .await;
         assert!(expired, "key-3 did not expire");
