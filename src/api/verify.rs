@@ -66,11 +66,11 @@ async fn verify_in_session(
         .begin()
         .await
         .map_err(|e| database("begin the verify", e))?;
-    // Nothing is stored or uploaded while the comparison runs: every write begins with `guard::begin`
-    // (ROW EXCLUSIVE on uploads, stored files and rejections) first, so a SHARE lock on uploads and
-    // rejections waits for those in flight and holds back the next. (Not on stored files: a SHARE
-    // lock needs UPDATE or DELETE there, which the migrator does not have, the audit trail being
-    // append-only.)
+    // Nothing is stored or uploaded while the comparison runs: every write takes ROW EXCLUSIVE on
+    // uploads, stored files and rejections as it begins (`guard::begin`), so a SHARE lock on
+    // uploads and rejections waits for those in flight and holds back the next. (Not on stored
+    // files: a SHARE lock needs UPDATE or DELETE there, which the migrator does not have, the
+    // audit trail being append-only.)
     sqlx::query("LOCK TABLE sfm.uploads, sfm.rejections IN SHARE MODE")
         .execute(&mut *tx)
         .await
