@@ -5,7 +5,8 @@
 
 use std::collections::HashSet;
 
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments as _, PgConnection};
 
 use super::checks::hpr_key;
 use super::file::{Claimed, digest};
@@ -16,6 +17,12 @@ use crate::contract::ProblemCode;
 use crate::format::patient_file::{PATIENT_DOCUMENT, PatientFile};
 use crate::model::Deviation;
 use crate::model::TreatmentKind;
+
+/// The parameters of the statement that writes a patient's rows and documents.
+const STATEMENT_PARAMETERS: usize = 27;
+/// Room in its argument buffer besides the documents' content: the rows, names and digests of a
+/// large patient (a few hundred rows) fit.
+const ROWS_BYTES: usize = 32 * 1024;
 
 pub(super) async fn store_patient(
     tx: &mut PgConnection,
@@ -128,7 +135,14 @@ pub(super) async fn store_patient(
     // taken only by an earlier entry of the same name (dropped in `DocumentColumns::of`).
     let documents = DocumentColumns::of(file);
     let (a, t, m) = (&rows.allergies, &rows.treatments, &rows.messages);
-    sqlx::query(
+    // The argument buffer sized for the documents up front: grown by doubling instead, it copied
+    // about twice a patient's ~100 KB and took fresh pages for each step.
+    let mut arguments = PgArguments::default();
+    arguments.reserve(
+        STATEMENT_PARAMETERS,
+        documents.content.iter().map(|c| c.len()).sum::<usize>() + ROWS_BYTES,
+    );
+    sqlx::query_with(
         // The comment names what the statement writes: `pg_stat_activity` shows only the first
         // 1 KB of a statement, and this one reaches `sfm.documents` later than that.
         "/* a patient's rows: sfm.allergies, sfm.treatments, sfm.messages, sfm.documents */
@@ -157,6 +171,7 @@ pub(super) async fn store_patient(
               LEFT JOIN message_files f ON f.file = replace(d.entry_name, '\\', '/')
          WHERE d.entry_name = $23 OR f.id IS NOT NULL
          ORDER BY d.position",
+        arguments,
     )
     .bind(patient_id)
     .bind(stored_file_id)
