@@ -1,16 +1,14 @@
-//! A pull cursor over quick-xml's namespace-aware reader that the model parsers walk like a tree:
-//! `next_child` until `None`, `text` for leaves, `skip` for what is not modelled.
+//! A document as libxml2 read it ([`Events`]: elements, attributes and text, recorded from its SAX
+//! callbacks in the same pass that checks well-formedness and, for the export's documents,
+//! validates against NHN's XSD), and a pull [`Cursor`] over it that the model parsers walk like a
+//! tree: `next_child` until `None`, `text` for leaves, `skip` for what is not modelled.
 //!
-//! It is where the defences live: the prolog scan, the UTF-8 check, the depth and element-count
-//! bounds (counted for skipped subtrees too). Departures from the XSD are not its business: libxml2
-//! validates the whole document afterwards (`super::xsd`). It never copies text into an error.
+//! One pass over the bytes: libxml2's. The depth and element-count bounds are counted while
+//! recording; past either, nothing more is kept and the document is refused. Nothing here copies
+//! text into an error.
 
-use quick_xml::NsReader;
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::ResolveResult;
+use std::ops::Range;
 
-use super::prolog::check_prolog;
-use super::values::shown_label;
 use super::{XmlError, XmlLimits};
 
 /// An element the cursor stopped at: its local name, whether it is in the document's namespace
@@ -36,120 +34,220 @@ impl Element {
     }
 }
 
-pub(crate) struct Cursor<'a> {
-    reader: NsReader<&'a [u8]>,
-    limits: XmlLimits,
-    /// The root element's namespace; children in it are "ours".
-    namespace: Vec<u8>,
-    elements: usize,
-    /// Elements open, the root included.
-    depth: usize,
-    /// The element last returned was self-closing: it has no content and no end event.
-    pending_empty: bool,
+/// Where a name, value or text is in [`Events::text`].
+type Span = Range<usize>;
+
+#[derive(Debug)]
+enum Item {
+    Start {
+        name: Span,
+        in_namespace: bool,
+        /// Its attributes in [`Events::attributes`].
+        attributes: Range<usize>,
+    },
+    End,
+    Text(Span),
 }
 
-/// How an element's namespace relates to the document's.
-fn in_namespace(resolved: &ResolveResult, namespace: &[u8]) -> Option<bool> {
-    match resolved {
-        ResolveResult::Bound(ns) => Some(ns.as_ref() == namespace),
-        ResolveResult::Unbound => Some(namespace.is_empty()),
-        ResolveResult::Unknown(_) => None,
+/// A document's elements, attributes and character data in document order, as libxml2's SAX
+/// callbacks delivered them (entities and character references already replaced). Comments and
+/// processing instructions are not kept.
+#[derive(Debug)]
+pub(crate) struct Events {
+    /// Every name, attribute value and text, one after the other.
+    text: String,
+    items: Vec<Item>,
+    attributes: Vec<(Span, Span)>,
+    /// The root element's namespace (empty when it has none).
+    namespace: Vec<u8>,
+    max_depth: usize,
+    max_elements: usize,
+    elements: usize,
+    depth: usize,
+    /// A bound was passed, or libxml2 handed over something that is not UTF-8: nothing more is
+    /// recorded, and the document is refused.
+    refused: Option<XmlError>,
+}
+
+impl Events {
+    pub(crate) fn new(limits: &XmlLimits) -> Self {
+        Self {
+            text: String::new(),
+            items: Vec::new(),
+            attributes: Vec::new(),
+            namespace: Vec::new(),
+            max_depth: limits.max_depth,
+            max_elements: limits.max_elements,
+            elements: 0,
+            depth: 0,
+            refused: None,
+        }
+    }
+
+    /// Forgets what was recorded, to record the same document again.
+    pub(crate) fn clear(&mut self) {
+        self.text.clear();
+        self.items.clear();
+        self.attributes.clear();
+        self.namespace.clear();
+        self.elements = 0;
+        self.depth = 0;
+        self.refused = None;
+    }
+
+    /// Why the document is refused whatever libxml2 says of it, if it is.
+    pub(crate) fn take_refusal(&mut self) -> Option<XmlError> {
+        self.refused.take()
+    }
+
+    fn push_text(&mut self, bytes: &[u8]) -> Option<Span> {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            self.refused = Some(XmlError::NotUtf8);
+            return None;
+        };
+        let start = self.text.len();
+        self.text.push_str(text);
+        Some(start..self.text.len())
+    }
+
+    /// An element's start: its local name, its namespace (`None`: none) and its attributes as
+    /// (local name, value). libxml2 keeps a `&` that came from `&amp;` or `&#38;` in an
+    /// attribute value as `&#38;` when it does not replace entities; it is replaced here.
+    pub(crate) fn start<'b>(
+        &mut self,
+        local_name: &[u8],
+        namespace: Option<&[u8]>,
+        attributes: impl Iterator<Item = (&'b [u8], &'b [u8])>,
+    ) {
+        if self.refused.is_some() {
+            return;
+        }
+        self.depth += 1;
+        self.elements += 1;
+        if self.depth > self.max_depth {
+            self.refused = Some(XmlError::TooDeep {
+                limit: self.max_depth,
+            });
+            return;
+        }
+        if self.elements > self.max_elements {
+            self.refused = Some(XmlError::TooManyElements {
+                limit: self.max_elements,
+            });
+            return;
+        }
+        let namespace = namespace.unwrap_or_default();
+        let in_namespace = if self.items.is_empty() {
+            self.namespace = namespace.to_vec();
+            true
+        } else {
+            namespace == self.namespace.as_slice()
+        };
+        let Some(name) = self.push_text(local_name) else {
+            return;
+        };
+        let first = self.attributes.len();
+        for (key, value) in attributes {
+            let Some(key) = self.push_text(key) else {
+                return;
+            };
+            let value = if value.windows(5).any(|w| w == b"&#38;") {
+                let Ok(value) = std::str::from_utf8(value) else {
+                    self.refused = Some(XmlError::NotUtf8);
+                    return;
+                };
+                let start = self.text.len();
+                self.text.push_str(&value.replace("&#38;", "&"));
+                start..self.text.len()
+            } else {
+                let Some(value) = self.push_text(value) else {
+                    return;
+                };
+                value
+            };
+            self.attributes.push((key, value));
+        }
+        self.items.push(Item::Start {
+            name,
+            in_namespace,
+            attributes: first..self.attributes.len(),
+        });
+    }
+
+    pub(crate) fn end(&mut self) {
+        if self.refused.is_some() {
+            return;
+        }
+        self.depth = self.depth.saturating_sub(1);
+        self.items.push(Item::End);
+    }
+
+    /// Character data, CDATA included; consecutive pieces become one text.
+    pub(crate) fn characters(&mut self, bytes: &[u8]) {
+        if self.refused.is_some() {
+            return;
+        }
+        let Some(span) = self.push_text(bytes) else {
+            return;
+        };
+        if let Some(Item::Text(last)) = self.items.last_mut()
+            && last.end == span.start
+        {
+            last.end = span.end;
+            return;
+        }
+        self.items.push(Item::Text(span));
     }
 }
 
+pub(crate) struct Cursor<'a> {
+    events: &'a Events,
+    /// The next item to read.
+    next: usize,
+}
+
 impl<'a> Cursor<'a> {
-    /// Checks the prolog and the encoding, then prepares to read.
-    pub fn new(bytes: &'a [u8], limits: &XmlLimits) -> Result<Self, XmlError> {
-        check_prolog(bytes)?;
-        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-        let text = std::str::from_utf8(bytes).map_err(|_| XmlError::NotUtf8)?;
-        let mut reader = NsReader::from_str(text);
-        reader.config_mut().check_comments = true;
-        Ok(Self {
-            reader,
-            limits: limits.clone(),
-            namespace: Vec::new(),
-            elements: 0,
-            depth: 0,
-            pending_empty: false,
-        })
+    pub fn new(events: &'a Events) -> Self {
+        Self { events, next: 0 }
     }
 
     /// The root element's namespace (empty when it has none).
     pub fn namespace(&self) -> &[u8] {
-        &self.namespace
+        &self.events.namespace
     }
 
-    fn malformed(&self, reason: impl Into<String>) -> XmlError {
-        XmlError::Malformed {
-            position: self.reader.buffer_position(),
-            reason: reason.into(),
+    fn read(&mut self) -> Result<&'a Item, XmlError> {
+        let item = self.events.items.get(self.next).ok_or_else(ended_inside)?;
+        self.next += 1;
+        Ok(item)
+    }
+
+    fn element(&self, name: &Span, in_namespace: bool, attributes: &Range<usize>) -> Element {
+        let text = &self.events.text;
+        Element {
+            name: text[name.clone()].to_owned(),
+            in_namespace,
+            attributes: self.events.attributes[attributes.clone()]
+                .iter()
+                .map(|(key, value)| (text[key.clone()].to_owned(), text[value.clone()].to_owned()))
+                .collect(),
         }
     }
 
-    fn parse_error(&self, error: &quick_xml::Error) -> XmlError {
-        let reason = match error {
-            // Its text quotes the entity or reference from the document: `&12345678901;` would
-            // put a national identity number into the status answer and the audit table.
-            quick_xml::Error::Escape(_) => {
-                "an entity other than the five predefined ones, or an invalid character reference"
-                    .to_owned()
-            }
-            other => content_free(&other.to_string()),
-        };
-        XmlError::Malformed {
-            position: self.reader.error_position(),
-            reason,
-        }
-    }
-
-    /// Reads up to the root element and enters it. Its namespace becomes the document's.
+    /// Enters the root element.
     pub fn root(&mut self) -> Result<Element, XmlError> {
         loop {
-            let (resolved, event) = match self.reader.read_resolved_event() {
-                Ok(read) => read,
-                Err(e) => return Err(self.parse_error(&e)),
-            };
-            let namespace = match &resolved {
-                ResolveResult::Bound(ns) => Some(ns.as_ref().to_vec()),
-                ResolveResult::Unbound => Some(Vec::new()),
-                ResolveResult::Unknown(_) => None,
-            };
-            match event {
-                Event::Decl(declaration) => {
-                    if let Some(encoding) = declaration.encoding() {
-                        let encoding =
-                            encoding.map_err(|e| self.malformed(content_free(&e.to_string())))?;
-                        let label = String::from_utf8_lossy(&encoding).into_owned();
-                        if !label.eq_ignore_ascii_case("utf-8")
-                            && !label.eq_ignore_ascii_case("utf8")
-                        {
-                            return Err(XmlError::UnsupportedEncoding(shown_label(&label)));
-                        }
-                    }
+            match self.events.items.get(self.next) {
+                None => return Err(XmlError::NoRoot),
+                Some(Item::Start {
+                    name,
+                    in_namespace,
+                    attributes,
+                }) => {
+                    self.next += 1;
+                    return Ok(self.element(name, *in_namespace, attributes));
                 }
-                Event::Start(_) | Event::Empty(_) if namespace.is_none() => {
-                    return Err(self.malformed("the root element uses an undeclared prefix"));
-                }
-                Event::Start(start) => {
-                    self.namespace = namespace.unwrap_or_default();
-                    return self.open(&start, true, false);
-                }
-                Event::Empty(start) => {
-                    self.namespace = namespace.unwrap_or_default();
-                    return self.open(&start, true, true);
-                }
-                Event::Text(text) => {
-                    let text = text.unescape().map_err(|e| self.parse_error(&e))?;
-                    if !text.trim().is_empty() {
-                        return Err(self.malformed("text before the root element"));
-                    }
-                }
-                Event::Comment(_) | Event::PI(_) => {}
-                Event::DocType(_) => return Err(XmlError::Doctype),
-                Event::CData(_) => return Err(self.malformed("CDATA before the root element")),
-                Event::End(_) => return Err(self.malformed("an end tag before the root element")),
-                Event::Eof => return Err(XmlError::NoRoot),
+                Some(_) => self.next += 1,
             }
         }
     }
@@ -157,34 +255,15 @@ impl<'a> Cursor<'a> {
     /// The next child of the current element (which it enters), or `None` at the current
     /// element's end (which it leaves).
     pub fn next_child(&mut self) -> Result<Option<Element>, XmlError> {
-        if self.pending_empty {
-            self.pending_empty = false;
-            self.close();
-            return Ok(None);
-        }
         loop {
-            let (resolved, event) = match self.reader.read_resolved_event() {
-                Ok(read) => read,
-                Err(e) => return Err(self.parse_error(&e)),
-            };
-            let ours = in_namespace(&resolved, &self.namespace);
-            match event {
-                Event::Start(start) => return self.open_child(&start, ours, false).map(Some),
-                Event::Empty(start) => return self.open_child(&start, ours, true).map(Some),
-                Event::End(_) => {
-                    self.close();
-                    return Ok(None);
-                }
-                Event::Text(text) => {
-                    text.unescape().map_err(|e| self.parse_error(&e))?;
-                }
-                Event::CData(_) => {}
-                Event::Comment(_) | Event::PI(_) => {}
-                Event::Decl(_) => {
-                    return Err(self.malformed("an XML declaration inside the document"));
-                }
-                Event::DocType(_) => return Err(XmlError::Doctype),
-                Event::Eof => return Err(self.malformed("the document ends inside an element")),
+            match self.read()? {
+                Item::Start {
+                    name,
+                    in_namespace,
+                    attributes,
+                } => return Ok(Some(self.element(name, *in_namespace, attributes))),
+                Item::End => return Ok(None),
+                Item::Text(_) => {}
             }
         }
     }
@@ -192,198 +271,42 @@ impl<'a> Cursor<'a> {
     /// The text of the current element (a leaf), which it leaves. Child elements are skipped (the
     /// XSD check reports them).
     pub fn text(&mut self) -> Result<String, XmlError> {
-        if self.pending_empty {
-            self.pending_empty = false;
-            self.close();
-            return Ok(String::new());
-        }
         let mut content = String::new();
         loop {
-            let (resolved, event) = match self.reader.read_resolved_event() {
-                Ok(read) => read,
-                Err(e) => return Err(self.parse_error(&e)),
-            };
-            let ours = in_namespace(&resolved, &self.namespace);
-            match event {
-                Event::Text(text) => {
-                    content.push_str(&text.unescape().map_err(|e| self.parse_error(&e))?);
-                }
-                Event::CData(data) => {
-                    let data = std::str::from_utf8(&data).map_err(|_| XmlError::NotUtf8)?;
-                    content.push_str(data);
-                }
-                Event::Start(start) => {
-                    self.open_child(&start, ours, false)?;
-                    self.skip()?;
-                }
-                Event::Empty(start) => {
-                    self.open_child(&start, ours, true)?;
-                    self.skip()?;
-                }
-                Event::End(_) => {
-                    self.close();
-                    return Ok(content);
-                }
-                Event::Comment(_) | Event::PI(_) => {}
-                Event::Decl(_) => {
-                    return Err(self.malformed("an XML declaration inside the document"));
-                }
-                Event::DocType(_) => return Err(XmlError::Doctype),
-                Event::Eof => return Err(self.malformed("the document ends inside an element")),
+            match self.read()? {
+                Item::Text(span) => content.push_str(&self.events.text[span.clone()]),
+                Item::Start { .. } => self.skip()?,
+                Item::End => return Ok(content),
             }
         }
     }
 
-    /// Skips the current element with everything inside it, still checking well-formedness,
-    /// depth and element count.
+    /// Skips the rest of the current element with everything inside it.
     pub fn skip(&mut self) -> Result<(), XmlError> {
-        if self.pending_empty {
-            self.pending_empty = false;
-            self.close();
-            return Ok(());
-        }
         let mut depth = 0usize;
         loop {
-            let (resolved, event) = match self.reader.read_resolved_event() {
-                Ok(read) => read,
-                Err(e) => return Err(self.parse_error(&e)),
-            };
-            let resolvable = !matches!(resolved, ResolveResult::Unknown(_));
-            match event {
-                Event::Start(start) => {
-                    depth += 1;
-                    self.count_element(depth)?;
-                    self.check_element(&start, resolvable)?;
-                }
-                Event::Empty(start) => {
-                    self.count_element(depth + 1)?;
-                    self.check_element(&start, resolvable)?;
-                }
-                Event::End(_) => {
-                    if depth == 0 {
-                        self.close();
-                        return Ok(());
-                    }
-                    depth -= 1;
-                }
-                Event::Text(text) => {
-                    text.unescape().map_err(|e| self.parse_error(&e))?;
-                }
-                Event::CData(_) | Event::Comment(_) | Event::PI(_) => {}
-                Event::Decl(_) => {
-                    return Err(self.malformed("an XML declaration inside the document"));
-                }
-                Event::DocType(_) => return Err(XmlError::Doctype),
-                Event::Eof => return Err(self.malformed("the document ends inside an element")),
+            match self.read()? {
+                Item::Start { .. } => depth += 1,
+                Item::End if depth == 0 => return Ok(()),
+                Item::End => depth -= 1,
+                Item::Text(_) => {}
             }
         }
     }
 
-    /// After the root element: only comments, processing instructions and blanks may follow.
-    pub fn finish(mut self) -> Result<(), XmlError> {
-        loop {
-            let event = match self.reader.read_event() {
-                Ok(event) => event,
-                Err(e) => return Err(self.parse_error(&e)),
-            };
-            match event {
-                Event::Eof => break,
-                Event::Text(text) => {
-                    let text = text.unescape().map_err(|e| self.parse_error(&e))?;
-                    if !text.trim().is_empty() {
-                        return Err(self.malformed("text after the root element"));
-                    }
-                }
-                Event::Comment(_) | Event::PI(_) => {}
-                Event::DocType(_) => return Err(XmlError::Doctype),
-                _ => return Err(self.malformed("content after the root element")),
-            }
-        }
+    /// After the root element. What may follow it (comments, processing instructions, blanks)
+    /// libxml2 has checked; nothing of it is recorded.
+    pub fn finish(self) -> Result<(), XmlError> {
         Ok(())
-    }
-
-    fn count_element(&mut self, depth_below_current: usize) -> Result<(), XmlError> {
-        if self.depth + depth_below_current > self.limits.max_depth {
-            return Err(XmlError::TooDeep {
-                limit: self.limits.max_depth,
-            });
-        }
-        self.elements += 1;
-        if self.elements > self.limits.max_elements {
-            return Err(XmlError::TooManyElements {
-                limit: self.limits.max_elements,
-            });
-        }
-        Ok(())
-    }
-
-    /// Well-formedness of a skipped element: a declared prefix and clean attributes.
-    fn check_element(&self, start: &BytesStart, resolvable: bool) -> Result<(), XmlError> {
-        if !resolvable {
-            return Err(self.malformed("an element uses an undeclared namespace prefix"));
-        }
-        for attribute in start.attributes() {
-            let attribute = attribute.map_err(|e| self.malformed(content_free(&e.to_string())))?;
-            attribute
-                .unescape_value()
-                .map_err(|e| self.parse_error(&e))?;
-        }
-        Ok(())
-    }
-
-    fn open_child(
-        &mut self,
-        start: &BytesStart,
-        ours: Option<bool>,
-        empty: bool,
-    ) -> Result<Element, XmlError> {
-        let Some(ours) = ours else {
-            return Err(self.malformed("an element uses an undeclared namespace prefix"));
-        };
-        self.open(start, ours, empty)
-    }
-
-    /// Enters an element: bounds, attributes, frame.
-    fn open(&mut self, start: &BytesStart, ours: bool, empty: bool) -> Result<Element, XmlError> {
-        self.count_element(1)?;
-        let name = std::str::from_utf8(start.local_name().as_ref())
-            .map_err(|_| XmlError::NotUtf8)?
-            .to_owned();
-        let mut attributes = Vec::new();
-        for attribute in start.attributes() {
-            let attribute = attribute.map_err(|e| self.malformed(content_free(&e.to_string())))?;
-            let key = attribute.key;
-            if key.as_namespace_binding().is_some() {
-                continue;
-            }
-            let local = std::str::from_utf8(key.local_name().as_ref())
-                .map_err(|_| XmlError::NotUtf8)?
-                .to_owned();
-            let value = attribute
-                .unescape_value()
-                .map_err(|e| self.parse_error(&e))?
-                .into_owned();
-            attributes.push((local, value));
-        }
-        self.depth += 1;
-        self.pending_empty = empty;
-        Ok(Element {
-            name,
-            in_namespace: ours,
-            attributes,
-        })
-    }
-
-    /// Leaves the current element.
-    fn close(&mut self) {
-        self.depth = self.depth.saturating_sub(1);
     }
 }
 
-/// A parser's message with nothing of the document's text in it: quoted values masked and runs of
-/// five or more digits replaced (the rules of the XSD validator's messages, [`super::xsd`]).
-fn content_free(message: &str) -> String {
-    super::xsd::clean_message(message)
+/// A recording cut short: never after a parse libxml2 finished without error.
+fn ended_inside() -> XmlError {
+    XmlError::Malformed {
+        position: 0,
+        reason: "the document ends inside an element".into(),
+    }
 }
 
 #[cfg(test)]
@@ -417,7 +340,13 @@ mod tests {
 
     #[test]
     fn prolog_scan_stops_at_the_root() {
+        use super::super::prolog::check_prolog;
         assert!(check_prolog(b"\xEF\xBB\xBF<?xml version=\"1.0\"?><!-- c --><a/>").is_ok());
+        assert!(check_prolog(b"<?xml version='1.0' encoding='UTF-8'?><a/>").is_ok());
+        assert!(matches!(
+            check_prolog(b"<?xml version=\"1.0\" encoding = \"windows-1252\"?><a/>"),
+            Err(XmlError::UnsupportedEncoding(e)) if e == "windows-1252"
+        ));
         assert!(matches!(
             check_prolog(b"<?xml version=\"1.0\"?>\n<!DOCTYPE a [<!ENTITY x \"y\">]><a/>"),
             Err(XmlError::Doctype)
@@ -429,6 +358,54 @@ mod tests {
         assert!(matches!(
             check_prolog(b"\xFF\xFE<\0a\0/\0>\0"),
             Err(XmlError::UnsupportedEncoding(_))
+        ));
+    }
+
+    #[test]
+    fn the_cursor_walks_what_was_recorded() {
+        let mut events = Events::new(&XmlLimits::default());
+        events.start(b"root", Some(b"urn:a"), std::iter::empty());
+        events.characters(b"\n ");
+        events.start(
+            b"leaf",
+            Some(b"urn:a"),
+            [(&b"V"[..], &b"x&#38;y"[..])].into_iter(),
+        );
+        events.characters(b"one ");
+        events.characters(b"two");
+        events.end();
+        events.start(b"other", None, std::iter::empty());
+        events.start(b"inner", Some(b"urn:a"), std::iter::empty());
+        events.end();
+        events.end();
+        events.end();
+        let mut cursor = Cursor::new(&events);
+        let root = cursor.root().unwrap();
+        assert_eq!((root.name.as_str(), root.in_namespace), ("root", true));
+        assert_eq!(cursor.namespace(), b"urn:a");
+        let leaf = cursor.next_child().unwrap().unwrap();
+        assert_eq!(leaf.attribute("V"), Some("x&y"));
+        assert_eq!(cursor.text().unwrap(), "one two");
+        let other = cursor.next_child().unwrap().unwrap();
+        assert!(!other.in_namespace);
+        cursor.skip().unwrap();
+        assert!(cursor.next_child().unwrap().is_none());
+        assert!(cursor.next_child().is_err(), "nothing after the root's end");
+    }
+
+    #[test]
+    fn recording_stops_at_the_bounds() {
+        let limits = XmlLimits {
+            max_depth: 2,
+            ..XmlLimits::default()
+        };
+        let mut events = Events::new(&limits);
+        for _ in 0..3 {
+            events.start(b"a", None, std::iter::empty());
+        }
+        assert!(matches!(
+            events.take_refusal(),
+            Some(XmlError::TooDeep { limit: 2 })
         ));
     }
 }

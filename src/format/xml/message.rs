@@ -3,7 +3,7 @@
 //! for their message id. Their content is stored as it is.
 
 use super::cursor::Cursor;
-use super::{XmlError, XmlLimits, check_well_formed, shown_name};
+use super::{Schema, XmlError, XmlLimits, read_document, shown_name};
 
 /// Every KITH standard's namespace starts with this.
 pub const KITH_NAMESPACE_PREFIX: &str = "http://www.kith.no/xmlstds/";
@@ -31,7 +31,8 @@ pub struct MessageInfo {
 /// Checks a message file and extracts its id. The whole document is read, so a file that is
 /// not well-formed to its last byte is refused.
 pub fn parse_message(xml: &[u8], limits: &XmlLimits) -> Result<MessageInfo, XmlError> {
-    let mut cursor = Cursor::new(xml, limits)?;
+    let (events, _) = read_document(xml, limits, Schema::WellFormedOnly)?;
+    let mut cursor = Cursor::new(&events);
     let root = cursor.root()?;
     let kind = match root.name.as_str() {
         "MsgHead" => MessageKind::MsgHead,
@@ -78,7 +79,6 @@ pub fn parse_message(xml: &[u8], limits: &XmlLimits) -> Result<MessageInfo, XmlE
         }
     }
     cursor.finish()?;
-    check_well_formed(xml)?;
     let msg_id = msg_id.ok_or_else(|| XmlError::MissingRequired {
         path: match kind {
             MessageKind::MsgHead => "MsgHead/MsgInfo/MsgId".into(),

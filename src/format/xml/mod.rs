@@ -3,15 +3,16 @@
 //! carries, of which only the message id is extracted.
 //!
 //! Defences come before parsing: the prolog is scanned and any DOCTYPE is refused (so no DTD, no
-//! entity can be declared and the billion-laughs family cannot start), the text must be UTF-8,
-//! and the parser bounds nesting depth and element count as it goes, so hostile input costs at
-//! most one pass over its bytes.
+//! entity can be declared and the billion-laughs family cannot start), the text must be UTF-8 and
+//! declare no other encoding, and the recording bounds nesting depth and element count as it goes,
+//! so hostile input costs at most one pass over its bytes.
 //!
-//! After the parse, libxml2 parses the document again and validates it against NHN's XSD
-//! ([`xsd`]): what libxml2 finds not well-formed is an error, and every departure from the XSD is
-//! a [`Deviation`]; real exports drift from the XSD, and whether deviations are acceptable is the
-//! caller's policy. Only what the API cannot do without (the patient's id and at least one
-//! identifier, an institution) is an error of the parse itself.
+//! The pass is libxml2's ([`xsd`]): it checks well-formedness, validates the export's documents
+//! against NHN's XSD, and its SAX callbacks record the document ([`cursor::Events`]) that the
+//! model parsers then walk. What libxml2 finds not well-formed is an error, and every departure
+//! from the XSD is a [`Deviation`]; real exports drift from the XSD, and whether deviations are
+//! acceptable is the caller's policy. Only what the API cannot do without (the patient's id and at
+//! least one identifier, an institution) is an error of the parse itself.
 //!
 //! Errors and deviations name elements and positions, never values: nothing from the document's
 //! text reaches a message.
@@ -166,12 +167,36 @@ pub fn compile_xsd() -> Result<(), XmlError> {
     xsd::compile_once()
 }
 
-/// libxml2's well-formedness check of a document NHN's XSD does not cover (a KITH message), after
-/// the parse accepted it.
-fn check_well_formed(xml: &[u8]) -> Result<(), XmlError> {
-    match xsd::check_well_formed(xml)? {
+/// Whether a document is read against NHN's XSD or only for well-formedness.
+#[derive(Clone, Copy)]
+enum Schema {
+    /// `ExportImport` and `PasientExport`.
+    Nhn,
+    /// The KITH messages, which NHN's XSD does not cover.
+    WellFormedOnly,
+}
+
+/// A document read by libxml2 in one pass: its events for the model parsers and its departures
+/// from NHN's XSD. Refused before libxml2 sees it when its prolog or encoding is not acceptable;
+/// refused after when it passes a bound or libxml2 finds it not well-formed.
+fn read_document(
+    xml: &[u8],
+    limits: &XmlLimits,
+    schema: Schema,
+) -> Result<(cursor::Events, Vec<Deviation>), XmlError> {
+    check_prolog(xml)?;
+    std::str::from_utf8(xml).map_err(|_| XmlError::NotUtf8)?;
+    let mut events = cursor::Events::new(limits);
+    let verdict = match schema {
+        Schema::Nhn => xsd::validate_and_record(xml, limits.max_deviations, &mut events)?,
+        Schema::WellFormedOnly => xsd::record_well_formed(xml, &mut events)?,
+    };
+    if let Some(refusal) = events.take_refusal() {
+        return Err(refusal);
+    }
+    match verdict {
         xsd::Verdict::Malformed { line, reason } => Err(XmlError::NotWellFormed { line, reason }),
-        xsd::Verdict::Departures(_) => Ok(()),
+        xsd::Verdict::Departures(departures) => Ok((events, departures)),
     }
 }
 

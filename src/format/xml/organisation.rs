@@ -1,7 +1,7 @@
 //! `ExportImport` (the organisation file's `ExportData.xml`) into [`OrganisationExport`].
 
 use super::cursor::{Cursor, Element};
-use super::{EXPORT_NAMESPACE, Parsed, XmlError, XmlLimits, shown_name, xsd_departures};
+use super::{EXPORT_NAMESPACE, Parsed, Schema, XmlError, XmlLimits, read_document, shown_name};
 use crate::model::{Institution, OrganisationExport, Report, User};
 
 const ROOT: &str = "ExportImport";
@@ -12,7 +12,8 @@ pub fn parse_organisation(
     xml: &[u8],
     limits: &XmlLimits,
 ) -> Result<Parsed<OrganisationExport>, XmlError> {
-    let mut cursor = Cursor::new(xml, limits)?;
+    let (events, deviations) = read_document(xml, limits, Schema::Nhn)?;
+    let mut cursor = Cursor::new(&events);
     let root = cursor.root()?;
     if root.name != ROOT {
         return Err(XmlError::WrongRoot {
@@ -73,7 +74,6 @@ pub fn parse_organisation(
         }
     }
     cursor.finish()?;
-    let deviations = xsd_departures(xml, limits)?;
     if organisation.institutions.is_empty() {
         return Err(XmlError::MissingRequired {
             path: format!("{ROOT}/Institusjon"),

@@ -3,7 +3,7 @@
 use uuid::Uuid;
 
 use super::cursor::{Cursor, Element};
-use super::{EXPORT_NAMESPACE, Parsed, XmlError, XmlLimits, shown_name, xsd_departures};
+use super::{EXPORT_NAMESPACE, Parsed, Schema, XmlError, XmlLimits, read_document, shown_name};
 use crate::model::{
     CareService, Cave, CaveSubstance, Demographics, Doctor, DrugReaction, MessageRef,
     PatientExport, Prescription, PrescriptionUser, ReactionDeletion, Treatment, TreatmentKind,
@@ -14,7 +14,8 @@ const ROOT: &str = "PasientExport";
 /// Parses one patient. Errors when the document is unsafe or not well-formed, or lacks the
 /// patient's id (a GUID) or any identifier; every other departure from the XSD is a deviation.
 pub fn parse_patient(xml: &[u8], limits: &XmlLimits) -> Result<Parsed<PatientExport>, XmlError> {
-    let mut cursor = Cursor::new(xml, limits)?;
+    let (events, deviations) = read_document(xml, limits, Schema::Nhn)?;
+    let mut cursor = Cursor::new(&events);
     let root = cursor.root()?;
     if root.name != ROOT {
         return Err(XmlError::WrongRoot {
@@ -56,7 +57,6 @@ pub fn parse_patient(xml: &[u8], limits: &XmlLimits) -> Result<Parsed<PatientExp
         }
     }
     cursor.finish()?;
-    let deviations = xsd_departures(xml, limits)?;
 
     let id_text = id.ok_or_else(|| XmlError::MissingRequired {
         path: format!("{ROOT}/Id"),

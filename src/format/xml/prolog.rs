@@ -1,11 +1,14 @@
 //! The defence before any parser sees the bytes: the prolog scanned, a DOCTYPE (so any DTD or
-//! entity declaration) refused, UTF-16 and UTF-32 refused.
+//! entity declaration) refused, UTF-16 and UTF-32 refused, an XML declaration naming another
+//! encoding than UTF-8 refused (libxml2 would convert it).
 
 use super::XmlError;
+use super::values::shown_label;
 
 /// Refuses a DOCTYPE (or any other `<!` declaration) in the prolog, before any parser sees the
-/// bytes, and refuses UTF-16 and UTF-32 byte order marks. Comments, processing instructions and
-/// the XML declaration are skipped; the scan stops at the root element.
+/// bytes, and refuses UTF-16 and UTF-32 byte order marks and an XML declaration of another
+/// encoding than UTF-8. Comments and processing instructions are skipped; the scan stops at the
+/// root element.
 pub fn check_prolog(bytes: &[u8]) -> Result<(), XmlError> {
     if bytes.starts_with(&[0xFE, 0xFF]) || bytes.starts_with(&[0xFF, 0xFE]) {
         return Err(XmlError::UnsupportedEncoding("UTF-16".into()));
@@ -14,6 +17,12 @@ pub fn check_prolog(bytes: &[u8]) -> Result<(), XmlError> {
         return Err(XmlError::UnsupportedEncoding("UTF-32".into()));
     }
     let mut rest = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if let Some(label) = declared_encoding(rest)
+        && !label.eq_ignore_ascii_case("utf-8")
+        && !label.eq_ignore_ascii_case("utf8")
+    {
+        return Err(XmlError::UnsupportedEncoding(shown_label(&label)));
+    }
     loop {
         let start = rest
             .iter()
@@ -30,6 +39,22 @@ pub fn check_prolog(bytes: &[u8]) -> Result<(), XmlError> {
             return Ok(());
         }
     }
+}
+
+/// The `encoding` of the XML declaration the document starts with, if it has one. A declaration
+/// libxml2 would not accept is left to libxml2 to refuse.
+fn declared_encoding(bytes: &[u8]) -> Option<String> {
+    let declaration = bytes.strip_prefix(b"<?xml")?;
+    if !declaration.first()?.is_ascii_whitespace() {
+        return None;
+    }
+    let end = declaration.windows(2).position(|w| w == b"?>")?;
+    let declaration = std::str::from_utf8(&declaration[..end]).ok()?;
+    let after = &declaration[declaration.find("encoding")? + "encoding".len()..];
+    let after = after.trim_start().strip_prefix('=')?.trim_start();
+    let quote = after.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+    let value = &after[1..];
+    Some(value[..value.find(quote)?].to_owned())
 }
 
 /// The slice after the first `end` found from `skip` on.

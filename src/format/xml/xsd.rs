@@ -5,9 +5,14 @@
 //! The schema is compiled once per process; every thread that validates keeps its own parser and
 //! validation context (libxml2 contexts are single-threaded, a compiled schema is read-only and may
 //! be shared). Validation is CPU work: callers run it on blocking threads. It must only ever see
-//! documents that passed [`super::check_prolog`] (no DOCTYPE, so no DTD and no entity declaration)
-//! and the cursor's depth and element bounds: the parse here loads nothing from the network, and
-//! substitutes no entities.
+//! documents that passed [`super::check_prolog`] (no DOCTYPE, so no DTD and no entity declaration):
+//! the parse here loads nothing from the network, and substitutes no entities. Its work is linear
+//! in the document: the stream keeps no tree, libxml2's own bounds (256 levels, 10 MB per text
+//! without `XML_PARSE_HUGE`) hold, and the recording ([`super::cursor::Events`]) stops keeping
+//! anything past the depth and element bounds, which then refuse the document.
+//!
+//! The same pass records the document for the model parsers through SAX callbacks: libxml2 hands
+//! them every element and text after its own validation handlers have seen them.
 //!
 //! Reports never carry document content: libxml2 quotes values in its messages ("'three' is not a
 //! valid value of the atomic type 'xs:int'"), so every quoted value is replaced by `'…'` and long
@@ -22,6 +27,7 @@ use std::ptr;
 use std::sync::OnceLock;
 
 use super::XmlError;
+use super::cursor::Events;
 use crate::model::Deviation;
 
 /// NHN's schema, as published (pinned by SHA-256 in `hack/nhn-reference.sh`; a test compares).
@@ -45,15 +51,32 @@ pub(crate) enum Verdict {
 /// Parses `document` with libxml2 and validates it against NHN's XSD.
 pub(crate) fn validate(document: &[u8], max_departures: usize) -> Result<Verdict, XmlError> {
     with_validator(document, |validator, length| {
-        validator.run(document, length, Some(max_departures))
+        validator.run(document, length, Some(max_departures), None)
     })
 }
 
-/// Parses `document` with libxml2 only: a document NHN's XSD does not cover (the KITH messages) is
-/// still refused when libxml2 finds it not well-formed. `Departures` is then always empty.
-pub(crate) fn check_well_formed(document: &[u8]) -> Result<Verdict, XmlError> {
+/// Parses `document` with libxml2, validates it against NHN's XSD and records it into `events`
+/// (complete unless the verdict is `Malformed` or `events` refuses it), all in one pass when the
+/// document is clean.
+pub(crate) fn validate_and_record(
+    document: &[u8],
+    max_departures: usize,
+    events: &mut Events,
+) -> Result<Verdict, XmlError> {
     with_validator(document, |validator, length| {
-        validator.run(document, length, None)
+        validator.run(document, length, Some(max_departures), Some(events))
+    })
+}
+
+/// Parses `document` with libxml2 only, recording it into `events`: a document NHN's XSD does not
+/// cover (the KITH messages) is still refused when libxml2 finds it not well-formed. `Departures`
+/// is then always empty.
+pub(crate) fn record_well_formed(
+    document: &[u8],
+    events: &mut Events,
+) -> Result<Verdict, XmlError> {
+    with_validator(document, |validator, length| {
+        validator.run(document, length, None, Some(events))
     })
 }
 
@@ -170,8 +193,8 @@ unsafe extern "C" {
 }
 
 /// `xmlSAXHandler` (libxml2 `parser.h`, unchanged from 2.9 to 2.14): 27 SAX1 callbacks, the
-/// `initialized` magic, then the SAX2 part. All callbacks null with the SAX2 magic: a
-/// namespace-aware parse that checks well-formedness and builds nothing.
+/// `initialized` magic, then the SAX2 part. With the SAX2 magic, a namespace-aware parse that
+/// checks well-formedness and builds nothing; the callbacks set are the recording's.
 #[repr(C)]
 struct SaxHandler {
     sax1: [*const c_void; 27],
@@ -180,6 +203,140 @@ struct SaxHandler {
     start_element_ns: *const c_void,
     end_element_ns: *const c_void,
     serror: *const c_void,
+}
+
+/// Positions in `SaxHandler::sax1` (the order of `parser.h`).
+const SAX_CHARACTERS: usize = 17;
+const SAX_IGNORABLE_WHITESPACE: usize = 18;
+const SAX_CDATA_BLOCK: usize = 25;
+
+impl SaxHandler {
+    /// No callback: a parse that only checks.
+    fn checking() -> Self {
+        Self {
+            sax1: [ptr::null(); 27],
+            initialized: SAX2_MAGIC,
+            private: ptr::null_mut(),
+            start_element_ns: ptr::null(),
+            end_element_ns: ptr::null(),
+            serror: ptr::null(),
+        }
+    }
+
+    /// Elements, attributes and character data into the [`Events`] given as user data.
+    fn recording() -> Self {
+        let mut handler = Self::checking();
+        let characters: CharactersCallback = record_characters;
+        handler.sax1[SAX_CHARACTERS] = characters as *const c_void;
+        handler.sax1[SAX_IGNORABLE_WHITESPACE] = characters as *const c_void;
+        handler.sax1[SAX_CDATA_BLOCK] = characters as *const c_void;
+        let start: StartElementCallback = record_start;
+        let end: EndElementCallback = record_end;
+        handler.start_element_ns = start as *const c_void;
+        handler.end_element_ns = end as *const c_void;
+        handler
+    }
+}
+
+/// `startElementNsSAX2Func`.
+type StartElementCallback = unsafe extern "C" fn(
+    user_data: *mut c_void,
+    local_name: *const u8,
+    prefix: *const u8,
+    namespace: *const u8,
+    namespace_count: c_int,
+    namespaces: *const *const u8,
+    attribute_count: c_int,
+    defaulted_count: c_int,
+    attributes: *const *const u8,
+);
+/// `endElementNsSAX2Func`.
+type EndElementCallback = unsafe extern "C" fn(
+    user_data: *mut c_void,
+    local_name: *const u8,
+    prefix: *const u8,
+    namespace: *const u8,
+);
+/// `charactersSAXFunc`, `ignorableWhitespaceSAXFunc` and `cdataBlockSAXFunc` alike.
+type CharactersCallback =
+    unsafe extern "C" fn(user_data: *mut c_void, text: *const u8, length: c_int);
+
+/// A NUL-terminated libxml2 string, without its NUL.
+///
+/// # Safety
+/// `text` is non-null and NUL-terminated, alive for `'b`.
+unsafe fn c_bytes<'b>(text: *const u8) -> &'b [u8] {
+    // SAFETY: the caller's.
+    unsafe { CStr::from_ptr(text.cast()) }.to_bytes()
+}
+
+/// Records an element's start. Never unwinds (nothing here panics on any input).
+unsafe extern "C" fn record_start(
+    user_data: *mut c_void,
+    local_name: *const u8,
+    _prefix: *const u8,
+    namespace: *const u8,
+    _namespace_count: c_int,
+    _namespaces: *const *const u8,
+    attribute_count: c_int,
+    _defaulted_count: c_int,
+    attributes: *const *const u8,
+) {
+    if user_data.is_null() || local_name.is_null() {
+        return;
+    }
+    let count = if attributes.is_null() {
+        0
+    } else {
+        usize::try_from(attribute_count).unwrap_or(0)
+    };
+    // SAFETY: user data is the `Events` the parse was started with (`Validator::run`), alive and
+    // not otherwise borrowed during the parse. libxml2 passes NUL-terminated names (the namespace
+    // null when there is none) and, per attribute, five pointers: local name, prefix, namespace,
+    // and the value's first byte and the byte after it; all alive during the call.
+    unsafe {
+        let events = &mut *user_data.cast::<Events>();
+        let namespace = (!namespace.is_null()).then(|| c_bytes(namespace));
+        let attributes = (0..count).filter_map(|i| {
+            let attribute = attributes.add(i * 5);
+            let (name, value, end) = (*attribute, *attribute.add(3), *attribute.add(4));
+            if name.is_null() || value.is_null() || end.is_null() {
+                return None;
+            }
+            let length = usize::try_from(end.offset_from(value)).ok()?;
+            Some((c_bytes(name), std::slice::from_raw_parts(value, length)))
+        });
+        events.start(c_bytes(local_name), namespace, attributes);
+    }
+}
+
+/// Records an element's end.
+unsafe extern "C" fn record_end(
+    user_data: *mut c_void,
+    _local_name: *const u8,
+    _prefix: *const u8,
+    _namespace: *const u8,
+) {
+    if user_data.is_null() {
+        return;
+    }
+    // SAFETY: as in `record_start`.
+    unsafe { (*user_data.cast::<Events>()).end() };
+}
+
+/// Records character data (entities and character references replaced by libxml2) and CDATA.
+unsafe extern "C" fn record_characters(user_data: *mut c_void, text: *const u8, length: c_int) {
+    let Ok(length) = usize::try_from(length) else {
+        return;
+    };
+    if user_data.is_null() || text.is_null() {
+        return;
+    }
+    // SAFETY: as in `record_start`; `text` holds `length` bytes during the call.
+    unsafe {
+        let text = std::slice::from_raw_parts(text, length);
+        (*user_data.cast::<Events>()).characters(text);
+    }
 }
 
 /// `XML_SAX2_MAGIC`.
@@ -291,16 +448,45 @@ impl Validator {
     /// costs about half of building, walking and freeing a tree: when libxml2 reports nothing
     /// there, the document is well-formed and valid and the verdict is the tree's. Any report at all
     /// goes the tree way, which names element paths (a stream has no nodes to name).
-    fn run(&mut self, document: &[u8], length: c_int, max_departures: Option<usize>) -> Verdict {
-        if self.clean_without_tree(document, length, max_departures.is_some()) {
+    ///
+    /// With `events`, the pass without a tree records the document too. When libxml2 reported
+    /// anything there, the document is recorded again by a parse that does not validate: the
+    /// recording of a stream that reported may have stopped short.
+    fn run(
+        &mut self,
+        document: &[u8],
+        length: c_int,
+        max_departures: Option<usize>,
+        mut events: Option<&mut Events>,
+    ) -> Verdict {
+        let validate = max_departures.is_some();
+        if self.clean_without_tree(document, length, validate, events.as_deref_mut()) {
             return Verdict::Departures(Vec::new());
         }
-        self.run_on_tree(document, length, max_departures)
+        let verdict = self.run_on_tree(document, length, max_departures);
+        if let (Verdict::Departures(_), Some(events)) = (&verdict, events) {
+            events.clear();
+            self.clean_without_tree(document, length, false, Some(events));
+        }
+        verdict
     }
 
     /// Whether libxml2 parses (and with `validate`, validates against the schema) the document
-    /// without reporting anything: no error, no warning.
-    fn clean_without_tree(&mut self, document: &[u8], length: c_int, validate: bool) -> bool {
+    /// without reporting anything: no error, no warning. With `events`, records it there.
+    fn clean_without_tree(
+        &mut self,
+        document: &[u8],
+        length: c_int,
+        validate: bool,
+        events: Option<&mut Events>,
+    ) -> bool {
+        let (mut sax, user_data) = match events {
+            Some(events) => (
+                SaxHandler::recording(),
+                ptr::from_mut(events).cast::<c_void>(),
+            ),
+            None => (SaxHandler::checking(), ptr::null_mut()),
+        };
         // A limit of 0: every report is only counted (no message kept, no node read).
         self.errors.reset(0);
         let status = if validate {
@@ -308,7 +494,9 @@ impl Validator {
             // freed right after; it reports into the collector, and parse errors go to the
             // thread's structured handler, the same collector, which reads no node at a limit of
             // 0. The buffer is copied by libxml2 into the input it creates; the validation takes
-            // that input over and frees it with its parser context.
+            // that input over and frees it with its parser context. The SAX handler (libxml2
+            // calls it after its own validation handlers) and its user data, null or the caller's
+            // `Events`, outlive the call.
             unsafe {
                 let validation = xmlSchemaNewValidCtxt(self.schema);
                 if validation.is_null() {
@@ -331,8 +519,8 @@ impl Validator {
                             validation,
                             input,
                             ENCODING_NONE,
-                            ptr::null_mut(),
-                            ptr::null_mut(),
+                            ptr::from_mut(&mut sax).cast(),
+                            user_data,
                         )
                     };
                     xmlSchemaFreeValidCtxt(validation);
@@ -340,19 +528,10 @@ impl Validator {
                 }
             }
         } else {
-            let mut sax = SaxHandler {
-                sax1: [ptr::null(); 27],
-                initialized: SAX2_MAGIC,
-                private: ptr::null_mut(),
-                start_element_ns: ptr::null(),
-                end_element_ns: ptr::null(),
-                serror: ptr::null(),
-            };
-            // SAFETY: the handler lives across the call and has no callbacks; libxml2 reads the
-            // caller's buffer of `length` bytes and reports into the thread's structured handler.
-            unsafe {
-                xmlSAXUserParseMemory(&mut sax, ptr::null_mut(), document.as_ptr().cast(), length)
-            }
+            // SAFETY: the handler and its user data (null or the caller's `Events`) live across
+            // the call; libxml2 reads the caller's buffer of `length` bytes and reports into the
+            // thread's structured handler.
+            unsafe { xmlSAXUserParseMemory(&mut sax, user_data, document.as_ptr().cast(), length) }
         };
         let clean = status == 0
             && self.errors.found.is_empty()
