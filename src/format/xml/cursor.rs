@@ -344,6 +344,10 @@ mod tests {
         assert!(check_prolog(b"\xEF\xBB\xBF<?xml version=\"1.0\"?><!-- c --><a/>").is_ok());
         assert!(check_prolog(b"<?xml version='1.0' encoding='UTF-8'?><a/>").is_ok());
         assert!(matches!(
+            check_prolog(b"<?xml version=\"1.0encoding='utf-8'\"\n encoding=\"latin1\"?><a/>"),
+            Err(XmlError::UnsupportedEncoding(e)) if e == "latin1"
+        ));
+        assert!(matches!(
             check_prolog(b"<?xml version=\"1.0\" encoding = \"windows-1252\"?><a/>"),
             Err(XmlError::UnsupportedEncoding(e)) if e == "windows-1252"
         ));

@@ -41,20 +41,27 @@ pub fn check_prolog(bytes: &[u8]) -> Result<(), XmlError> {
     }
 }
 
-/// The `encoding` of the XML declaration the document starts with, if it has one. A declaration
-/// libxml2 would not accept is left to libxml2 to refuse.
+/// The `encoding` of the XML declaration the document starts with, if it has one. The
+/// declaration is read pseudo-attribute by pseudo-attribute (`version="1.0encoding='x'"` is a
+/// version); one that does not read so is left to libxml2, which refuses it.
 fn declared_encoding(bytes: &[u8]) -> Option<String> {
     let declaration = bytes.strip_prefix(b"<?xml")?;
     if !declaration.first()?.is_ascii_whitespace() {
         return None;
     }
     let end = declaration.windows(2).position(|w| w == b"?>")?;
-    let declaration = std::str::from_utf8(&declaration[..end]).ok()?;
-    let after = &declaration[declaration.find("encoding")? + "encoding".len()..];
-    let after = after.trim_start().strip_prefix('=')?.trim_start();
-    let quote = after.chars().next().filter(|c| *c == '"' || *c == '\'')?;
-    let value = &after[1..];
-    Some(value[..value.find(quote)?].to_owned())
+    let mut rest = std::str::from_utf8(&declaration[..end]).ok()?;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', '\r', '\n']);
+        let (name, after) = rest.split_once('=')?;
+        let after = after.trim_start_matches([' ', '\t', '\r', '\n']);
+        let quote = after.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+        let (value, after) = after[1..].split_once(quote)?;
+        if name.trim_end_matches([' ', '\t', '\r', '\n']) == "encoding" {
+            return Some(value.to_owned());
+        }
+        rest = after;
+    }
 }
 
 /// The slice after the first `end` found from `skip` on.
