@@ -293,12 +293,6 @@ impl<'a> Cursor<'a> {
             }
         }
     }
-
-    /// After the root element. What may follow it (comments, processing instructions, blanks)
-    /// libxml2 has checked; nothing of it is recorded.
-    pub fn finish(self) -> Result<(), XmlError> {
-        Ok(())
-    }
 }
 
 /// A recording cut short: never after a parse libxml2 finished without error.

@@ -78,7 +78,6 @@ pub fn parse_message(xml: &[u8], limits: &XmlLimits) -> Result<MessageInfo, XmlE
             _ => cursor.skip()?,
         }
     }
-    cursor.finish()?;
     let msg_id = msg_id.ok_or_else(|| XmlError::MissingRequired {
         path: match kind {
             MessageKind::MsgHead => "MsgHead/MsgInfo/MsgId".into(),

@@ -73,7 +73,6 @@ pub fn parse_organisation(
             _ => cursor.skip()?,
         }
     }
-    cursor.finish()?;
     if organisation.institutions.is_empty() {
         return Err(XmlError::MissingRequired {
             path: format!("{ROOT}/Institusjon"),

@@ -56,7 +56,6 @@ pub fn parse_patient(xml: &[u8], limits: &XmlLimits) -> Result<Parsed<PatientExp
             _ => cursor.skip()?,
         }
     }
-    cursor.finish()?;
 
     let id_text = id.ok_or_else(|| XmlError::MissingRequired {
         path: format!("{ROOT}/Id"),
