@@ -1,5 +1,6 @@
 //! Everything about one file that needs no database: decrypt, unzip, parse, and the data-quality
-//! checks, pure functions over the model. Pure CPU: run on a blocking thread.
+//! checks, pure functions over the model. Pure CPU, about a millisecond for a usual patient file:
+//! `super::check_and_store` runs a larger file on a blocking thread.
 
 use uuid::Uuid;
 
@@ -31,8 +32,8 @@ impl Prepared {
     }
 }
 
-/// Decrypts and parses one file and runs every check that needs no database. Pure CPU: run it on a
-/// blocking thread.
+/// Decrypts and parses one file and runs every check that needs no database. Pure CPU: a large file
+/// belongs on a blocking thread.
 pub fn prepare(
     keys: &DecryptionKeys,
     data: &[u8],

@@ -153,7 +153,8 @@ mod tests;
 /// libxml2's verdict under NHN's XSD on a document [`parse_patient`] or [`parse_organisation`]
 /// accepted (they call it; it must not see a document that did not pass [`check_prolog`] and the
 /// parse's bounds): not well-formed is an error, every departure from the XSD a deviation (at most
-/// [`XmlLimits::max_deviations`] and one counting the rest). CPU work: run it on a blocking thread.
+/// [`XmlLimits::max_deviations`] and one counting the rest). CPU work: run a large document on a
+/// blocking thread.
 pub fn xsd_departures(xml: &[u8], limits: &XmlLimits) -> Result<Vec<Deviation>, XmlError> {
     match xsd::validate(xml, limits.max_deviations)? {
         xsd::Verdict::Malformed { line, reason } => Err(XmlError::NotWellFormed { line, reason }),
