@@ -1,7 +1,7 @@
 //! A prepared patient written as rows: the patient and its identifiers, allergies, treatments,
-//! messages and documents, in three statements (the patient; its identifiers with the same-person
-//! check; everything else as data-modifying CTEs over `unnest` of arrays). Each round trip costs
-//! both the API and PostgreSQL more than the rows in it (docs/performance.md).
+//! messages and documents, in two statements (the patient; everything else as data-modifying CTEs
+//! over `unnest` of arrays, with the same-person check). Each round trip costs both the API and
+//! PostgreSQL more than the rows in it (docs/performance.md).
 
 use std::collections::HashSet;
 
@@ -19,7 +19,7 @@ use crate::model::Deviation;
 use crate::model::TreatmentKind;
 
 /// The parameters of the statement that writes a patient's rows and documents.
-const STATEMENT_PARAMETERS: usize = 27;
+const STATEMENT_PARAMETERS: usize = 32;
 /// Room in its argument buffer besides the documents' content: the rows, names and digests of a
 /// large patient (a few hundred rows) fit.
 const ROWS_BYTES: usize = 32 * 1024;
@@ -98,41 +98,13 @@ pub(super) async fn store_patient(
         Ok(rows) => rows,
         Err(rejection) => return Ok(Err(rejection)),
     };
-    // The identifiers, and whether one of its national identity numbers is stored under another
-    // patient: one round trip (the query reads the snapshot before the insert, and this patient's
-    // own rows are excluded either way).
-    let same_person: bool = sqlx::query_scalar(
-        "WITH identifiers AS (
-           INSERT INTO sfm.patient_identifiers (patient_id, type_code, type_system, value)
-           SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[]))
-         SELECT EXISTS (SELECT 1 FROM sfm.patient_identifiers i JOIN unnest($5::text[], $6::text[]) AS p (type_code, value)
-                          ON i.value = p.value AND i.type_code = p.type_code
-                        WHERE i.patient_id <> $1)",
-    )
-    .bind(patient_id)
-    .bind(&rows.identifiers.type_code)
-    .bind(&rows.identifiers.type_system)
-    .bind(&rows.identifiers.value)
-    .bind(&rows.person_numbers.type_code)
-    .bind(&rows.person_numbers.value)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| database("store the identifiers", e))?;
-    if same_person {
-        deviations.push((
-            PATIENT_DOCUMENT.to_owned(),
-            Deviation {
-                path: "PasientExport/DemografiskInfo/Ident".into(),
-                message:
-                    "the same person (national identity number) is stored under another patient Id"
-                        .into(),
-            },
-        ));
-    }
-    // Allergies, treatments, messages and documents in one statement. A document of a message
-    // goes with the first message (in `Meldinger` order) that names its file; `PatientData.xml`
-    // is the patient's own. The stored file is new in this transaction, so a document's name is
-    // taken only by an earlier entry of the same name (dropped in `DocumentColumns::of`).
+    // Identifiers, allergies, treatments, messages and documents in one statement, which answers
+    // whether one of the patient's national identity numbers is stored under another patient (it
+    // reads the snapshot before its own inserts, and this patient's rows are excluded either way).
+    // A document of a message goes with the first message (in `Meldinger` order) that names its
+    // file; `PatientData.xml` is the patient's own. The stored file is new in this transaction, so
+    // a document's name is taken only by an earlier entry of the same name (dropped in
+    // `DocumentColumns::of`).
     let documents = DocumentColumns::of(file);
     let (a, t, m) = (&rows.allergies, &rows.treatments, &rows.messages);
     // The argument buffer sized for the documents up front: grown by doubling instead, it copied
@@ -142,11 +114,14 @@ pub(super) async fn store_patient(
         STATEMENT_PARAMETERS,
         documents.content.iter().map(|c| c.len()).sum::<usize>() + ROWS_BYTES,
     );
-    sqlx::query_with(
+    let same_person: bool = sqlx::query_scalar_with(
         // The comment names what the statement writes: `pg_stat_activity` shows only the first
         // 1 KB of a statement, and this one reaches `sfm.documents` later than that.
-        "/* a patient's rows: sfm.allergies, sfm.treatments, sfm.messages, sfm.documents */
-         WITH allergies AS (
+        "/* a patient's rows: sfm.patient_identifiers, sfm.allergies, sfm.treatments, sfm.messages, sfm.documents */
+         WITH identifiers AS (
+           INSERT INTO sfm.patient_identifiers (patient_id, type_code, type_system, value)
+           SELECT $1, * FROM unnest($28::text[], $29::text[], $30::text[])),
+         allergies AS (
            INSERT INTO sfm.allergies (patient_id, fm_id, group_id, head_of_history, last_updated_on, registered_by, discarded, deleted_reason, deleted_by)
            SELECT $1, * FROM unnest($3::text[], $4::text[], $5::boolean[], $6::date[], $7::text[], $8::boolean[], $9::text[], $10::text[])),
          treatments AS (
@@ -162,15 +137,19 @@ pub(super) async fn store_patient(
          message_files AS (
            SELECT DISTINCT ON (replace(messages.file_name, '\\', '/')) replace(messages.file_name, '\\', '/') AS file, messages.id
            FROM messages JOIN unnest($15::text[]) WITH ORDINALITY AS o (fm_id, position) ON o.fm_id = messages.fm_id
-           ORDER BY replace(messages.file_name, '\\', '/'), o.position)
-         INSERT INTO sfm.documents (stored_file_id, patient_id, message_id, kind, entry_name, size_bytes, sha256, content)
-         SELECT $2, $1, CASE WHEN d.entry_name = $23 THEN NULL ELSE f.id END,
-                CASE WHEN d.entry_name = $23 THEN 'patient_data' ELSE 'message' END,
-                d.entry_name, d.size_bytes, d.sha256, d.content
-         FROM unnest($24::text[], $25::bigint[], $26::bytea[], $27::bytea[]) WITH ORDINALITY AS d (entry_name, size_bytes, sha256, content, position)
-              LEFT JOIN message_files f ON f.file = replace(d.entry_name, '\\', '/')
-         WHERE d.entry_name = $23 OR f.id IS NOT NULL
-         ORDER BY d.position",
+           ORDER BY replace(messages.file_name, '\\', '/'), o.position),
+         documents AS (
+           INSERT INTO sfm.documents (stored_file_id, patient_id, message_id, kind, entry_name, size_bytes, sha256, content)
+           SELECT $2, $1, CASE WHEN d.entry_name = $23 THEN NULL ELSE f.id END,
+                  CASE WHEN d.entry_name = $23 THEN 'patient_data' ELSE 'message' END,
+                  d.entry_name, d.size_bytes, d.sha256, d.content
+           FROM unnest($24::text[], $25::bigint[], $26::bytea[], $27::bytea[]) WITH ORDINALITY AS d (entry_name, size_bytes, sha256, content, position)
+                LEFT JOIN message_files f ON f.file = replace(d.entry_name, '\\', '/')
+           WHERE d.entry_name = $23 OR f.id IS NOT NULL
+           ORDER BY d.position)
+         SELECT EXISTS (SELECT 1 FROM sfm.patient_identifiers i JOIN unnest($31::text[], $32::text[]) AS p (type_code, value)
+                          ON i.value = p.value AND i.type_code = p.type_code
+                        WHERE i.patient_id <> $1)",
         arguments,
     )
     .bind(patient_id)
@@ -200,9 +179,25 @@ pub(super) async fn store_patient(
     .bind(&documents.size_bytes)
     .bind(&documents.sha256)
     .bind(&documents.content)
-    .execute(&mut *tx)
+    .bind(&rows.identifiers.type_code)
+    .bind(&rows.identifiers.type_system)
+    .bind(&rows.identifiers.value)
+    .bind(&rows.person_numbers.type_code)
+    .bind(&rows.person_numbers.value)
+    .fetch_one(&mut *tx)
     .await
     .map_err(|e| database("store the patient's rows and documents", e))?;
+    if same_person {
+        deviations.push((
+            PATIENT_DOCUMENT.to_owned(),
+            Deviation {
+                path: "PasientExport/DemografiskInfo/Ident".into(),
+                message:
+                    "the same person (national identity number) is stored under another patient Id"
+                        .into(),
+            },
+        ));
+    }
     Ok(Ok(()))
 }
 
