@@ -362,31 +362,30 @@ async fn check_and_store(
             "the uploader sent this file as FileType Unknown: it is not ExportData.dat and not in a Patients or Reports folder, so it is not part of an FM export",
         )));
     };
-    let prepared = if data.len() <= CHECKED_ON_TASK_BYTES {
-        prepare(
-            &state.config.decryption_keys,
-            &data,
-            file_type,
-            &claimed.file_name,
-            &state.config.limits.format,
-            &session.database,
-        )
-    } else {
-        let blocking_state = state.clone();
-        let db = session.database.clone();
-        let name = claimed.file_name.clone();
-        tokio::task::spawn_blocking(move || {
+    let on_task = data.len() <= CHECKED_ON_TASK_BYTES;
+    let check = {
+        let (state, db, name) = (
+            state.clone(),
+            session.database.clone(),
+            claimed.file_name.clone(),
+        );
+        move || {
             prepare(
-                &blocking_state.config.decryption_keys,
+                &state.config.decryption_keys,
                 &data,
                 file_type,
                 &name,
-                &blocking_state.config.limits.format,
+                &state.config.limits.format,
                 &db,
             )
-        })
-        .await
-        .map_err(|e| ApiError::internal("run the ingest", e))?
+        }
+    };
+    let prepared = if on_task {
+        check()
+    } else {
+        tokio::task::spawn_blocking(check)
+            .await
+            .map_err(|e| ApiError::internal("run the ingest", e))?
     };
     match prepared {
         Err(rejection) => Ok(Err(rejection)),
