@@ -571,9 +571,14 @@ impl Fixture {
         );
         assert!(wrote, "the ingest has written nothing yet");
         let client_port = u16::try_from(client_port.expect("the API connects over TCP")).unwrap();
+        let server_port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+            .fetch_one(&mut watch)
+            .await
+            .unwrap();
+        let server_port = u16::try_from(server_port).unwrap();
         let owner = apis
             .iter()
-            .position(|api| api.process.has_local_tcp_port(client_port))
+            .position(|api| api.process.has_session_port(client_port, server_port))
             .expect("the waiting ingest is one of the test's API processes");
         // The upload is complete (committed before the ingest began) and claimed: its row lock is
         // held, so a recovery loop skips it. Nothing of it is visible as stored.

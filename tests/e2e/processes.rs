@@ -47,16 +47,19 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Whether the (running) process holds a TCP socket whose local port is `port`: which of several
-    /// processes owns a PostgreSQL session, given the session's `pg_stat_activity.client_port`.
-    pub fn has_local_tcp_port(&self, port: u16) -> bool {
-        local_tcp_ports(self.child.id()).contains(&port)
+    /// Whether the (running) process holds the client end of a TCP connection to `server_port` whose
+    /// local port is `port`: which of several processes owns a PostgreSQL session, given the
+    /// session's `pg_stat_activity.client_port` and the server's port.
+    pub fn has_session_port(&self, port: u16, server_port: u16) -> bool {
+        local_tcp_ports_to(self.child.id(), server_port).contains(&port)
     }
 }
 
-/// The local ports of every TCP socket the process `pid` holds: the socket inodes of
-/// `/proc/<pid>/fd`, found in `/proc/<pid>/net/tcp{,6}`.
-pub fn local_tcp_ports(pid: u32) -> std::collections::HashSet<u16> {
+/// The local ports of the TCP sockets the process `pid` holds to `remote_port` (the socket inodes
+/// of `/proc/<pid>/fd`, found in `/proc/<pid>/net/tcp{,6}`). Only those: Linux gives the same
+/// ephemeral port to connections to different servers, so a port alone can name another process's
+/// PostgreSQL session when this one uses that port for, say, the Kubernetes API.
+pub fn local_tcp_ports_to(pid: u32, remote_port: u16) -> std::collections::HashSet<u16> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Default::default();
     };
@@ -72,6 +75,12 @@ pub fn local_tcp_ports(pid: u32) -> std::collections::HashSet<u16> {
             )
         })
         .collect();
+    let port_of = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
     let mut ports = std::collections::HashSet::new();
     for table in ["tcp", "tcp6"] {
         let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
@@ -81,10 +90,8 @@ pub fn local_tcp_ports(pid: u32) -> std::collections::HashSet<u16> {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() > 9
                 && sockets.contains(fields[9])
-                && let Some(port) = fields[1]
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                && port_of(fields[2]) == Some(remote_port)
+                && let Some(port) = port_of(fields[1])
             {
                 ports.insert(port);
             }

@@ -108,7 +108,7 @@ struct Peaks {
 }
 
 /// Samples `pg_stat_activity` every 100 ms until `stop`, attributing the API's sessions to the replica
-/// holding their client port.
+/// holding the client end of their connection (its local port, connected to the server's port).
 fn sample_connections(
     admin_url: String,
     replica_pids: Vec<u32>,
@@ -123,6 +123,11 @@ fn sample_connections(
         runtime.block_on(async {
             use sqlx::Connection as _;
             let mut connection = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+            let server_port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+                .fetch_one(&mut connection)
+                .await
+                .unwrap();
+            let server_port = u16::try_from(server_port).unwrap();
             while !stop.load(Ordering::SeqCst) {
                 let sessions: Vec<(Option<String>, Option<i32>)> = sqlx::query_as(
                     "SELECT application_name, client_port FROM pg_stat_activity
@@ -133,7 +138,7 @@ fn sample_connections(
                 .unwrap();
                 let ports: Vec<HashSet<u16>> = replica_pids
                     .iter()
-                    .map(|pid| local_tcp_ports(*pid))
+                    .map(|pid| local_tcp_ports_to(*pid, server_port))
                     .collect();
                 let api_ports: Vec<u16> = sessions
                     .iter()
