@@ -195,7 +195,7 @@ async fn a_crash_after_the_roles_or_before_the_rename_is_repaired_by_the_next_pa
     .await
     .unwrap();
     // The same temporary name the operator uses.
-    let temporary = sfm_migration::postgres::sanitise_identifier(&names.database, "tmp_", "");
+    let temporary = sfm_migration::postgres::provision::temporary_name(&names.database);
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE DATABASE \"{temporary}\""
     )))

@@ -139,6 +139,12 @@ impl DatabaseNames {
     }
 }
 
+/// The name a database (or template) is built under before it is tagged and renamed to `name`;
+/// the next build of `name` drops whatever a crash left under it.
+pub fn temporary_name(name: &str) -> String {
+    sanitise_identifier(name, "tmp_", "")
+}
+
 /// The current mode, as recorded in the database itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -604,7 +610,7 @@ impl AdminSession {
         // CREATE DATABASE cannot run in a transaction; a crash right after it leaves an untagged
         // database, which the next pass would call a collision. So it is created under a temporary
         // name, made complete and tagged, and renamed: the real name only ever appears tagged.
-        let temporary = sanitise_identifier(&names.database, "tmp_", "");
+        let temporary = temporary_name(&names.database);
         self.exec(Statement::new("DROP DATABASE IF EXISTS ").ident(&temporary)?)
             .await?;
         let copied = self.from_template

@@ -6,7 +6,7 @@
 
 use super::cluster::*;
 use super::processes::*;
-use sfm_migration::postgres::provision::DatabaseNames;
+use sfm_migration::postgres::provision::{DatabaseNames, temporary_name};
 use sqlx::{Connection, PgConnection};
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -560,20 +560,29 @@ fn killing_the_operator_mid_reconcile_converges_with_nothing_duplicated_or_leake
             "{name}: the migrator's Secret does not match its role"
         );
     }
-    // No temporary database survived a crash.
-    let temporary: i64 = block_on(async {
-        let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname LIKE 'tmp\\_%'")
-            .fetch_one(&mut admin)
-            .await
-            .unwrap()
-    });
-    assert_eq!(temporary, 0);
-    // Deleting cleans up everything (reclaimPolicy Delete), with the restarted operator.
     let uids: Vec<String> = names
         .iter()
         .map(|name| uid(ns, &format!("mdb/{name}")))
         .collect();
+    // No temporary database of these objects survived a crash. (Only theirs: tests running
+    // alongside on the same server have temporary databases of their own in flight.)
+    let temporaries: Vec<String> = names
+        .iter()
+        .zip(&uids)
+        .map(|(name, object_uid)| {
+            temporary_name(&DatabaseNames::new(ns, name, object_uid).database)
+        })
+        .collect();
+    let survivors: Vec<String> = block_on(async {
+        let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname = ANY($1)")
+            .bind(&temporaries)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap()
+    });
+    assert_eq!(survivors, Vec::<String>::new());
+    // Deleting cleans up everything (reclaimPolicy Delete), with the restarted operator.
     kubectl_ok(&["-n", ns, "delete", "mdb", "--all", WAIT_TIMEOUT], None);
     for object_uid in uids {
         assert_eq!(tagged(&object_uid), (0, 0));

@@ -23,9 +23,9 @@
 use aws_lc_rs::digest;
 use sqlx::{Connection, PgConnection};
 
-use super::{AdminSession, ProvisionError, connect, migrate_as};
+use super::{AdminSession, ProvisionError, connect, migrate_as, temporary_name};
 use crate::postgres::schema::MIGRATOR;
-use crate::postgres::sql::{Statement, sanitise_identifier};
+use crate::postgres::sql::Statement;
 
 /// The role that owns every object inside a template.
 pub const TEMPLATE_OWNER: &str = "sfm_template_owner";
@@ -158,7 +158,7 @@ impl AdminSession {
         if !self.ensure_template_owner().await? {
             return Ok(false);
         }
-        let temporary = sanitise_identifier(template, "tmp_", "");
+        let temporary = temporary_name(template);
         self.exec(Statement::new("DROP DATABASE IF EXISTS ").ident(&temporary)?)
             .await?;
         self.exec(Statement::new("CREATE DATABASE ").ident(&temporary)?)
