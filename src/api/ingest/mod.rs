@@ -37,6 +37,7 @@ use super::guard::{Writable, check_creation};
 use super::uploads::{NewUpload, UploadState};
 use super::{ApiError, AppState};
 use crate::contract::{FileType, IngestState, ProblemCode};
+use crate::crd::MigrationDatabase;
 
 pub type Outcome = (IngestState, Option<ProblemCode>);
 
@@ -362,28 +363,27 @@ async fn check_and_store(
             "the uploader sent this file as FileType Unknown: it is not ExportData.dat and not in a Patients or Reports folder, so it is not part of an FM export",
         )));
     };
-    let on_task = data.len() <= CHECKED_ON_TASK_BYTES;
-    let check = {
+    let check = move |state: &AppState, db: &MigrationDatabase, name: &str, data: &[u8]| {
+        prepare(
+            &state.config.decryption_keys,
+            data,
+            file_type,
+            name,
+            &state.config.limits.format,
+            db,
+        )
+    };
+    // A patient-sized file is checked on the request's own task, borrowing what it needs; a larger
+    // one goes to the blocking pool (which needs owned handles) so no runtime worker is held long.
+    let prepared = if data.len() <= CHECKED_ON_TASK_BYTES {
+        check(state, &session.database, &claimed.file_name, &data)
+    } else {
         let (state, db, name) = (
             state.clone(),
             session.database.clone(),
             claimed.file_name.clone(),
         );
-        move || {
-            prepare(
-                &state.config.decryption_keys,
-                &data,
-                file_type,
-                &name,
-                &state.config.limits.format,
-                &db,
-            )
-        }
-    };
-    let prepared = if on_task {
-        check()
-    } else {
-        tokio::task::spawn_blocking(check)
+        tokio::task::spawn_blocking(move || check(&state, &db, &name, &data))
             .await
             .map_err(|e| ApiError::internal("run the ingest", e))?
     };
