@@ -34,6 +34,31 @@ async fn open(names: &DatabaseNames, uid: &str) -> AdminSession {
         .expect("the admin session opens")
 }
 
+#[tokio::test]
+async fn deleting_after_a_crash_before_the_rename_leaves_nothing_behind() {
+    // A first pass crashed after creating its temporary database (owned by the object's owner
+    // role), before the rename; then the object is deleted with reclaimPolicy Delete.
+    let (names, uid) = provisioned("m", "a").await;
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    let temporary = sfm_migration::postgres::provision::temporary_name(&names.database);
+    for statement in [
+        format!("DROP DATABASE \"{}\" WITH (FORCE)", names.database),
+        format!("CREATE DATABASE \"{temporary}\" OWNER \"{}\"", names.owner),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let mut session = open(&names, &uid).await;
+    session
+        .drop_everything()
+        .await
+        .expect("the deletion finishes");
+    session.close().await.unwrap();
+    assert_eq!(snapshot(&names).await, Vec::<String>::new());
+}
+
 /// Everything about the database and its roles that provisioning decides, in comparable form.
 async fn snapshot(names: &DatabaseNames) -> Vec<String> {
     let mut admin = PgConnection::connect(&admin_url()).await.unwrap();

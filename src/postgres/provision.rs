@@ -484,7 +484,7 @@ impl AdminSession {
     }
 
     /// For `Delete` on deletion: drops the database and the three roles, but only what carries this
-    /// MigrationDatabase's tag. Idempotent.
+    /// MigrationDatabase's tag, and a temporary database a crashed pass left. Idempotent.
     pub async fn drop_everything(&mut self) -> Result<(), ProvisionError> {
         let names = self.names.clone();
         if let Some(inside) = self.inside.take() {
@@ -504,6 +504,14 @@ impl AdminSession {
             )
             .await?;
         }
+        // A pass that crashed before its rename left a temporary database owned by the owner role,
+        // which could then never be dropped. The name is this object's as in `ensure_database`.
+        self.exec(
+            Statement::new("DROP DATABASE IF EXISTS ")
+                .ident(&temporary_name(&names.database))?
+                .push(" WITH (FORCE)"),
+        )
+        .await?;
         for role in [&names.migrator, &names.application, &names.owner] {
             if self.role_exists(role).await? {
                 self.check_role_tag(role).await?;
