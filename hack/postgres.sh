@@ -95,9 +95,11 @@ pick_free_port() {
     local port attempt low
     # Below the kernel's ephemeral range: a port from that range can be taken by an outgoing
     # connection's local end between this check and the server's bind (seen: "Address already in use").
+    # From 20000 up: the end-to-end tests hand out the ports below it (tests/e2e/processes.rs).
     low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    [ "$low" -gt 20000 ] || low=20001
     for attempt in $(seq 1 50); do
-        port=$((10000 + (RANDOM * 32768 + RANDOM) % (low - 10000)))
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % (low - 20000)))
         if ! port_in_use "$port"; then
             echo "$port"
             return 0

@@ -616,10 +616,14 @@ fn of_two_operators_only_the_lease_holder_reconciles_and_a_kill_hands_over() {
     let ns = namespace("leader");
     let ns = ns.name.as_str();
     let (port_a, port_b) = (free_port(), free_port());
+    // The leader gives up a Lease it could not renew for two thirds of its duration, as it should;
+    // with a short Lease a loaded machine (the other tests run alongside) can stall it that long,
+    // and the standby would then rightly reconcile. Fifteen seconds (the default) keeps the first
+    // half about the standby never acting while the leader lives; the handover still takes <20 s.
     let flags = |port: u16| {
         vec![
             "--lease-duration-seconds".to_string(),
-            "4".to_string(),
+            "15".to_string(),
             "--metrics-address".to_string(),
             format!("127.0.0.1:{port}"),
         ]

@@ -108,7 +108,9 @@ impl Drop for Process {
 
 /// A TCP port free on the loopback now, for a process the test starts: below the kernel's ephemeral
 /// range (a port from that range can be given to an outgoing connection's local end before the
-/// process binds it), and never the same twice in this test process (tests run in parallel).
+/// process binds it), never the same twice in this test process (tests run in parallel), and
+/// below 20000, which the scripts' ports start at (`hack/free-port`, `hack/postgres.sh`: the wave's
+/// own server could otherwise take a port handed out here before its process binds it).
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -116,7 +118,7 @@ pub fn free_port() -> u16 {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse().ok())
         .unwrap_or(32768);
-    let span = low.saturating_sub(10000).max(1);
+    let span = low.clamp(10001, 20000) - 10000;
     // A start of its own for each test process, so two processes rarely walk the same ports.
     let start = std::process::id().wrapping_mul(7919) % span;
     loop {
