@@ -535,3 +535,108 @@ fn not_well_formed_xml_is_refused_in_both_modes() {
         );
     }
 }
+
+/// What a database holds of its patients, without the ids it generated: each row of the patient
+/// tables and each patient document (name, kind, digest, size and its message's FM id) as text.
+async fn patient_rows(pool: &sqlx::PgPool) -> Vec<String> {
+    let mut rows = Vec::new();
+    for query in [
+        "SELECT row(fm_id, family_name, middle_name, given_name, sex_code, date_of_birth, gp_hpr,
+                    multidose_hpr, plo_her_id, source_file_name)::text FROM sfm.patients",
+        "SELECT row(type_code, type_system, value)::text FROM sfm.patient_identifiers",
+        "SELECT row(fm_id, group_id, head_of_history, last_updated_on, registered_by, discarded,
+                    deleted_reason, deleted_by)::text FROM sfm.allergies",
+        "SELECT row(kind, lib_id, started_on, prescription_id)::text FROM sfm.treatments",
+        "SELECT row(fm_id, parent_fm_id, correspondence, state, msg_id, msg_type, generated_at,
+                    file_name)::text FROM sfm.messages",
+        "SELECT row(d.kind, d.entry_name, d.size_bytes, octet_length(d.content),
+                    encode(d.sha256, 'hex'), encode(sha256(d.content), 'hex'), m.fm_id)::text
+           FROM sfm.documents d LEFT JOIN sfm.messages m ON m.id = d.message_id
+          WHERE d.patient_id IS NOT NULL",
+    ] {
+        let mut table: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        table.sort();
+        rows.push(format!("{} rows", table.len()));
+        rows.extend(table);
+    }
+    rows
+}
+
+/// A re-export of a patient (same Id, same file name, other content) replaces what the first
+/// version stored: the database then holds exactly what the new version alone would give, nothing
+/// of the old version's rows is left, and the audit trail keeps both files.
+#[test]
+fn a_changed_patient_sent_again_replaces_its_rows() {
+    let keys = keys();
+    let db = database(SAMPLE_ORGANISATION_NUMBER, lenient());
+    let first = xsd_corpus::mended_patient_xml();
+    let vaccine = first.find("<VaksineBehandling>").expect("a vaccine");
+    let end = first.find("</VaksineBehandling>").unwrap() + "</VaksineBehandling>".len();
+    // The second version: the vaccine is gone and a medicine started on another day.
+    let mut second = format!("{}{}", &first[..vaccine], &first[end..]);
+    let started = second.find("<DatoOppstart>").expect("a start date");
+    second.replace_range(
+        started..started + "<DatoOppstart>2000-01-01".len(),
+        "<DatoOppstart>2000-01-01",
+    );
+    assert_ne!(second, first);
+    let name = patient_name();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (keys, db, name) = (&keys, &db, name.as_str());
+    // The patient rows after ingesting these versions in turn into a new database; None when
+    // PostgreSQL tests are skipped.
+    let stored = |versions: Vec<String>| async move {
+        let mut rows = None;
+        postgres::with_database(|test| {
+            let rows = &mut rows;
+            async move {
+                sfm_migration::postgres::migrate_to(
+                    &test.pool,
+                    sfm_migration::postgres::latest_version(),
+                )
+                .await
+                .unwrap();
+                let org = ingest(
+                    &test.pool,
+                    keys,
+                    db,
+                    FileType::ExportData,
+                    "ExportData.dat",
+                    &organisation_zip(),
+                )
+                .await;
+                assert_eq!(org, Ok(0));
+                for xml in &versions {
+                    let zip = patient_zip_of(xml, PATIENT_GUID);
+                    let outcome = ingest(&test.pool, keys, db, FileType::Patient, name, &zip).await;
+                    assert_eq!(outcome, Ok(0), "stored without deviations");
+                }
+                let files: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM sfm.stored_files WHERE kind = 'patient'",
+                )
+                .fetch_one(&test.pool)
+                .await
+                .unwrap();
+                assert_eq!(files, versions.len() as i64, "each file in the audit trail");
+                *rows = Some(patient_rows(&test.pool).await);
+            }
+        })
+        .await;
+        rows
+    };
+    runtime.block_on(async {
+        let Some(resent) = stored(vec![first.clone(), second.clone()]).await else {
+            return;
+        };
+        let alone = stored(vec![second.clone()]).await.unwrap();
+        let original = stored(vec![first.clone()]).await.unwrap();
+        assert_eq!(resent, alone, "the re-export left other rows than its own");
+        assert_ne!(resent, original);
+        assert_eq!(resent[0], "1 rows", "one patient");
+        assert!(!resent.iter().any(|row| row.starts_with("(vaccine,")));
+        assert!(original.iter().any(|row| row.starts_with("(vaccine,")));
+    });
+}
