@@ -617,12 +617,15 @@ impl Fixture {
 
         hold.rollback().await.unwrap();
         let ended = eventually_async(|| async {
-            let alive: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
-                    .bind(backend)
-                    .fetch_one(&mut self.admin().await)
-                    .await
-                    .unwrap();
+            // The pid and the client's port: a new session of another test could reuse the pid.
+            let alive: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND client_port = $2",
+            )
+            .bind(backend)
+            .bind(i32::from(client_port))
+            .fetch_one(&mut self.admin().await)
+            .await
+            .unwrap();
             alive == 0
         })
         .await;
