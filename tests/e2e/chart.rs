@@ -646,8 +646,32 @@ fn the_api_accepts_ingress_only_on_its_port_and_postgresql_only_from_the_allowed
 /// has no network for kubeconform's default schema registry): one file per kind, named as kubeconform
 /// looks them up, with every object closed (`additionalProperties: false`) as in its strict mode.
 fn kubeconform_schemas(dir: &std::path::Path) {
-    let openapi: Value =
-        serde_json::from_str(&kubectl_ok(&["get", "--raw", "/openapi/v2"], None)).unwrap();
+    // A CRD's schema is published in /openapi/v2 a moment after it is Established (another test may
+    // just have installed one): read it once it has the kinds the rendered files use.
+    let published = |openapi: &Value, group: &str, kind: &str| {
+        openapi["definitions"]
+            .as_object()
+            .into_iter()
+            .flat_map(|definitions| definitions.values())
+            .filter_map(|definition| definition["x-kubernetes-group-version-kind"].as_array())
+            .flatten()
+            .any(|gvk| gvk["group"] == group && gvk["kind"] == kind)
+    };
+    let mut openapi = Value::Null;
+    assert!(
+        eventually(PATIENCE, || {
+            openapi =
+                serde_json::from_str(&kubectl_ok(&["get", "--raw", "/openapi/v2"], None)).unwrap();
+            [
+                ("monitoring.coreos.com", "ServiceMonitor"),
+                ("sfm.nhn.no", "MigrationDatabase"),
+                ("sfm.nhn.no", "MigrationKey"),
+            ]
+            .iter()
+            .all(|(group, kind)| published(&openapi, group, kind))
+        }),
+        "the CRDs' schemas never appeared in /openapi/v2"
+    );
     let definitions = openapi["definitions"].as_object().unwrap();
     fn refs(value: &Value, out: &mut BTreeSet<String>) {
         match value {
