@@ -345,6 +345,24 @@ async fn ingest(
     .unwrap())
 }
 
+/// A new database at the latest schema with the sample organisation file stored (its users are the
+/// ones a patient's HPR numbers must name).
+async fn organisation_stored(pool: &sqlx::PgPool, keys: &Keys, db: &MigrationDatabase) {
+    sfm_migration::postgres::migrate_to(pool, sfm_migration::postgres::latest_version())
+        .await
+        .unwrap();
+    let org = ingest(
+        pool,
+        keys,
+        db,
+        FileType::ExportData,
+        "ExportData.dat",
+        &organisation_zip(),
+    )
+    .await;
+    assert_eq!(org, Ok(0), "the organisation file validates");
+}
+
 fn assert_strict_refusal(refusal: &Refusal, reason: &str, root: &str) {
     assert_eq!(
         refusal.code,
@@ -381,22 +399,7 @@ fn xsd_departures_are_refused_strict_and_stored_lenient() {
         for db in [&lenient_db, &strict_db] {
             let (keys, variants, patient) = (&keys, &variants, &patient);
             postgres::with_database(|test| async move {
-                sfm_migration::postgres::migrate_to(
-                    &test.pool,
-                    sfm_migration::postgres::latest_version(),
-                )
-                .await
-                .unwrap();
-                let org = ingest(
-                    &test.pool,
-                    keys,
-                    db,
-                    FileType::ExportData,
-                    "ExportData.dat",
-                    &organisation_zip(),
-                )
-                .await;
-                assert_eq!(org, Ok(0), "the organisation file validates");
+                organisation_stored(&test.pool, keys, db).await;
                 let guid = uuid::Uuid::new_v4().to_string();
                 let name = format!("Patients0\\{guid}.pat");
                 let unchanged = ingest(
@@ -593,22 +596,7 @@ fn a_changed_patient_sent_again_replaces_its_rows() {
         postgres::with_database(|test| {
             let rows = &mut rows;
             async move {
-                sfm_migration::postgres::migrate_to(
-                    &test.pool,
-                    sfm_migration::postgres::latest_version(),
-                )
-                .await
-                .unwrap();
-                let org = ingest(
-                    &test.pool,
-                    keys,
-                    db,
-                    FileType::ExportData,
-                    "ExportData.dat",
-                    &organisation_zip(),
-                )
-                .await;
-                assert_eq!(org, Ok(0));
+                organisation_stored(&test.pool, keys, db).await;
                 for xml in &versions {
                     let zip = patient_zip_of(xml, PATIENT_GUID);
                     let outcome = ingest(&test.pool, keys, db, FileType::Patient, name, &zip).await;
