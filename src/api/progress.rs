@@ -134,7 +134,15 @@ pub async fn status(
         }
         Reader::Live { session, .. } => session,
     };
-    match read_status(&session.pool, &session.database).await {
+    let read = async {
+        let mut connection = session
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| database("read the progress", e))?;
+        read_status(&mut connection, &session.database).await
+    };
+    match read.await {
         Ok(status) => Ok(axum::Json(status).into_response()),
         // The operator closed the migrator after this request read the phase: it wrote
         // `Activating` first, so the database read again says so.
@@ -192,7 +200,7 @@ pub(super) fn count(value: i64) -> u64 {
 
 /// The migration's progress, from the staging database.
 pub async fn read_status(
-    pool: &sqlx::PgPool,
+    connection: &mut sqlx::PgConnection,
     db: &MigrationDatabase,
 ) -> Result<MigrationStatus, ApiError> {
     let row = sqlx::query(
@@ -208,20 +216,20 @@ pub async fn read_status(
            (SELECT count(DISTINCT file_name) FROM sfm.rejections WHERE NOT resolved AND lower(file_name) LIKE '%.rpt') AS reports_rejected,
            (SELECT count(DISTINCT file_name) FROM sfm.rejections WHERE NOT resolved AND lower(file_name) LIKE '%.dat') AS organisation_rejected",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *connection)
     .await
     .map_err(|e| database("read the progress", e))?;
     let validation = sqlx::query(
         "SELECT encode(manifest_sha256, 'hex') AS digest, validated_at, activation_requested_at, patients_expected FROM sfm.validation",
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *connection)
     .await
     .map_err(|e| database("read the validation record", e))?;
     let rejections_rows = sqlx::query(
         "SELECT file_name, reason_code, message, rejected_at FROM sfm.rejections WHERE NOT resolved ORDER BY id LIMIT $1",
     )
     .bind((MAX_REJECTIONS_LISTED + 1) as i64)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await
     .map_err(|e| database("read the rejections", e))?;
     let mut rejections: Vec<Rejection> = rejections_rows
@@ -272,7 +280,7 @@ pub async fn read_status(
         activation_requested_at: validation
             .as_ref()
             .and_then(|v| v.get("activation_requested_at")),
-        stored: stored_files(pool).await?,
+        stored: stored_files(connection).await?,
     })
 }
 
@@ -280,10 +288,12 @@ pub async fn read_status(
 /// verify compares them. Not while a completed upload waits for its ingest (its ingest marks the
 /// status for another write). Open uploads do not hold it back: they store nothing until they
 /// complete, and an uploader killed after a creation leaves one open that nobody will finish.
-async fn stored_files(pool: &sqlx::PgPool) -> Result<Option<StoredFiles>, ApiError> {
+async fn stored_files(
+    connection: &mut sqlx::PgConnection,
+) -> Result<Option<StoredFiles>, ApiError> {
     let busy: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sfm.uploads WHERE state = 'complete')")
-            .fetch_one(pool)
+            .fetch_one(&mut *connection)
             .await
             .map_err(|e| database("look for open uploads", e))?;
     if busy {
@@ -293,7 +303,7 @@ async fn stored_files(pool: &sqlx::PgPool) -> Result<Option<StoredFiles>, ApiErr
         "SELECT DISTINCT ON (lower(file_name)) file_name, kind, size_bytes, encode(sha256, 'hex') AS sha256
          FROM sfm.stored_files ORDER BY lower(file_name), stored_at DESC",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await
     .map_err(|e| database("read the stored files", e))?;
     if rows.is_empty() {
@@ -350,13 +360,30 @@ pub fn migration_block(status: &MigrationStatus, key_id: Option<&str>) -> Migrat
     }
 }
 
+/// The advisory lock, in a staging database, that orders the writes of its `status.migration`.
+const STATUS_WRITE_LOCK: &str = "sfm-migration-api/status.migration";
+
 /// Writes `status.migration` of one database, recomputed from its staging database.
 pub async fn write_status(
     state: &AppState,
     db: &MigrationDatabase,
     pool: &sqlx::PgPool,
 ) -> Result<(), ApiError> {
-    let status = read_status(pool, db).await?;
+    // The writers of one database (this replica's flush loop, verify and activate, the other
+    // replicas) take turns under a lock in its staging database, each reading its snapshot after the
+    // previous one's write reached the API server. Without it a progress write read just before a
+    // verify committed could land after the verify's own write and take `validatedDigest` away
+    // again (the operator then reports ValidationDigestMismatch until the next write).
+    let mut turn = pool
+        .begin()
+        .await
+        .map_err(|e| database("begin the status write", e))?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(STATUS_WRITE_LOCK)
+        .execute(&mut *turn)
+        .await
+        .map_err(|e| database("wait for the turn to write the status", e))?;
+    let status = read_status(&mut turn, db).await?;
     let key_id = db.status.as_ref().and_then(|s| s.active_key.clone());
     let api: Api<MigrationDatabase> =
         Api::namespaced(state.kube.clone(), &db.namespace().unwrap_or_default());
@@ -368,6 +395,9 @@ pub async fn write_status(
     apply_status(&api, &db.name_any(), FIELD_MANAGER, &status)
         .await
         .map_err(|e| ApiError::internal("write status.migration", e))?;
+    turn.commit()
+        .await
+        .map_err(|e| database("end the status write", e))?;
     state.metrics.status_writes.inc();
     Ok(())
 }
