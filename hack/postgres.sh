@@ -92,20 +92,8 @@ port_in_use() {
 }
 
 pick_free_port() {
-    local port attempt low
-    # Below the kernel's ephemeral range: a port from that range can be taken by an outgoing
-    # connection's local end between this check and the server's bind (seen: "Address already in use").
-    # From 20000 up: the end-to-end tests hand out the ports below it (tests/e2e/processes.rs).
-    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    [ "$low" -gt 20000 ] || low=20001
-    for attempt in $(seq 1 50); do
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % (low - 20000)))
-        if ! port_in_use "$port"; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "found no free TCP port on $LISTEN"
+    # hack/free-port: below the kernel's ephemeral range and above the end-to-end tests' ports.
+    "$(dirname "${BASH_SOURCE[0]}")/free-port" "$LISTEN" || die "found no free TCP port on $LISTEN"
 }
 
 # Percent-encodes a string for the userinfo part of a URL (the generated password is hex, but a
