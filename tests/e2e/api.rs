@@ -571,11 +571,7 @@ impl Fixture {
         );
         assert!(wrote, "the ingest has written nothing yet");
         let client_port = u16::try_from(client_port.expect("the API connects over TCP")).unwrap();
-        let server_port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
-            .fetch_one(&mut watch)
-            .await
-            .unwrap();
-        let server_port = u16::try_from(server_port).unwrap();
+        let server_port = server_port(&mut watch).await;
         let owner = apis
             .iter()
             .position(|api| api.process.has_session_port(client_port, server_port))

@@ -55,6 +55,16 @@ impl Process {
     }
 }
 
+/// The TCP port of the PostgreSQL server this connection reached, as [`Process::has_session_port`]
+/// and [`local_tcp_ports_to`] take it.
+pub async fn server_port(connection: &mut sqlx::PgConnection) -> u16 {
+    let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+        .fetch_one(connection)
+        .await
+        .expect("the connection is over TCP");
+    u16::try_from(port).unwrap()
+}
+
 /// The local ports of the TCP sockets the process `pid` holds to `remote_port` (the socket inodes
 /// of `/proc/<pid>/fd`, found in `/proc/<pid>/net/tcp{,6}`). Only those: Linux gives the same
 /// ephemeral port to connections to different servers, so a port alone can name another process's

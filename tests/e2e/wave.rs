@@ -123,11 +123,7 @@ fn sample_connections(
         runtime.block_on(async {
             use sqlx::Connection as _;
             let mut connection = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-            let server_port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
-                .fetch_one(&mut connection)
-                .await
-                .unwrap();
-            let server_port = u16::try_from(server_port).unwrap();
+            let server_port = server_port(&mut connection).await;
             while !stop.load(Ordering::SeqCst) {
                 let sessions: Vec<(Option<String>, Option<i32>)> = sqlx::query_as(
                     "SELECT application_name, client_port FROM pg_stat_activity
